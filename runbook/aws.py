@@ -1,0 +1,243 @@
+"""AWS access: sessions, the caller-identity guard and the Terraform backend.
+
+boto3 is imported inside the functions, never at module import, so that
+``inv --list`` stays fast (importing boto3 and making a client costs about a
+quarter of a second). Sessions are passed in; nothing builds global clients.
+Credentials come from boto3's standard chain (environment, profiles, SSO); this
+module never reads credential files itself.
+
+Errors are told apart by ``ClientError.response["Error"]["Code"]``, never by
+message text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runbook.config import Account, Backend
+from runbook.errors import RunbookError
+
+# STS error codes for credentials that exist but are not accepted. Source: AWS STS API
+# reference, "Common Errors" (ExpiredToken, InvalidClientTokenId, SignatureDoesNotMatch).
+EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"}
+REJECTED_CODES = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The AWS caller identity: ARN, 12-digit account ID, user ID (from STS GetCallerIdentity)."""
+
+    arn: str
+    account_id: str
+    user_id: str
+
+
+def session(account: Account) -> Any:
+    """A ``boto3.Session`` for *account* (its profile when set, its region).
+
+    Raises RunbookError when the named profile does not exist.
+    """
+    import boto3
+    import botocore.exceptions
+
+    try:
+        return boto3.Session(profile_name=account.profile, region_name=account.region)
+    except botocore.exceptions.ProfileNotFound:
+        raise RunbookError(
+            f"The AWS profile {account.profile!r} of account {account.name!r} is not configured on this machine",
+            where=f"config field accounts.{account.name}.profile",
+            fix=f"aws configure sso --profile {account.profile}  (or aws configure --profile {account.profile})",
+        ) from None
+
+
+def client(sess: Any, service: str, account: Account) -> Any:
+    """A boto3 client for *service* in *account*'s region, at its ``endpoint_url`` when set.
+
+    Standard retry mode with 5 attempts: botocore backs off on throttling by itself.
+    """
+    from botocore.config import Config
+
+    return sess.client(
+        service,
+        region_name=account.region,
+        endpoint_url=account.endpoint_url,
+        config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=30),
+    )
+
+
+def login_hint(account: Account) -> str:
+    """The command that gets fresh credentials for *account*."""
+    if account.profile:
+        return f"aws sso login --profile {account.profile}  (then run the command again)"
+    return "export fresh credentials (aws sso login, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN)"
+
+
+def caller_identity(sess: Any, account: Account, *, purpose: str) -> Identity:
+    """Ask STS who we are and insist on being in *account*.
+
+    Args:
+        sess: boto3 Session from :func:`session`.
+        account: the configured account the credentials must belong to.
+        purpose: words for the message, e.g. "environment stg".
+
+    Raises RunbookError for: no credentials, expired or rejected credentials,
+    an unreachable endpoint, or credentials of another account (the message
+    names both account IDs).
+    """
+    import botocore.exceptions
+
+    sts = client(sess, "sts", account)
+    try:
+        found = sts.get_caller_identity()
+    except botocore.exceptions.NoCredentialsError:
+        raise RunbookError(
+            f"No AWS credentials found for account {account.name} ({account.id}), needed for {purpose}",
+            fix=login_hint(account),
+        ) from None
+    except (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError):
+        raise RunbookError(
+            f"The AWS SSO session for account {account.name} has expired", fix=login_hint(account)
+        ) from None
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in EXPIRED_CODES:
+            what = f"The AWS credentials for account {account.name} ({account.id}) have expired ({code})"
+        elif code in REJECTED_CODES:
+            what = (
+                f"AWS rejected the credentials for account {account.name} ({account.id}) ({code}): "
+                "they are expired, revoked or mistyped"
+            )
+        else:
+            what = f"STS GetCallerIdentity failed for account {account.name} ({account.id}): {code}"
+        raise RunbookError(what, fix=login_hint(account)) from None
+    except botocore.exceptions.EndpointConnectionError:
+        where = account.endpoint_url or f"STS in {account.region}"
+        raise RunbookError(
+            f"Cannot reach AWS ({where}) to check the caller identity",
+            where=f"config field accounts.{account.name}" if account.endpoint_url else None,
+            fix="check the network (or that the local AWS at endpoint_url is running) and try again",
+        ) from None
+    identity = Identity(arn=found["Arn"], account_id=found["Account"], user_id=found["UserId"])
+    if identity.account_id != account.id:
+        raise RunbookError(
+            f"These AWS credentials are for account {identity.account_id} ({identity.arn}), but {purpose} "
+            f"lives in account {account.name} ({account.id}); nothing was changed",
+            where=f"config field accounts.{account.name}.id",
+            fix=(
+                f"use credentials for {account.id}"
+                + (f": AWS_PROFILE={account.profile}" if account.profile else " (switch profile or role)")
+            ),
+        )
+    return identity
+
+
+@dataclass(frozen=True)
+class BackendState:
+    """Whether the state bucket and the lock table exist (as seen by S3 HeadBucket / DynamoDB DescribeTable)."""
+
+    bucket_exists: bool
+    table_exists: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.bucket_exists and self.table_exists
+
+
+def backend_state(sess: Any, account: Account, backend: Backend) -> BackendState:
+    """Look at the backend without changing it. Raises RunbookError on access problems."""
+    import botocore.exceptions
+
+    s3 = client(sess, "s3", account)
+    ddb = client(sess, "dynamodb", account)
+    try:
+        s3.head_bucket(Bucket=backend.bucket)
+        bucket = True
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            bucket = False
+        elif code in ("403", "AccessDenied"):
+            raise RunbookError(
+                f"S3 bucket {backend.bucket} exists but this identity may not use it (403): the name may be "
+                "taken by another AWS account, or the identity lacks s3:ListBucket",
+                where="config field terraform.backend.state_bucket",
+                fix="choose another state_bucket name, or use an administrator identity",
+            ) from None
+        else:
+            raise _aws_error("S3 HeadBucket", backend.bucket, exc) from None
+    try:
+        ddb.describe_table(TableName=backend.lock_table)
+        table = True
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            table = False
+        else:
+            raise _aws_error("DynamoDB DescribeTable", backend.lock_table, exc) from None
+    return BackendState(bucket_exists=bucket, table_exists=table)
+
+
+def ensure_backend(sess: Any, account: Account, backend: Backend) -> list[str]:
+    """Create the state bucket and the lock table when absent; leave them alone when present.
+
+    The bucket gets versioning, default encryption (SSE-S3) and a full public
+    access block; the table has the ``LockID`` string hash key that Terraform's
+    S3 backend requires (Terraform docs, "Backend Type: s3", DynamoDB State Locking)
+    and on-demand billing.
+
+    Returns the list of things created (empty when both existed).
+    Raises RunbookError on any AWS error, naming the resource.
+    """
+    import botocore.exceptions
+
+    state = backend_state(sess, account, backend)
+    created = []
+    s3 = client(sess, "s3", account)
+    ddb = client(sess, "dynamodb", account)
+    try:
+        if not state.bucket_exists:
+            kwargs: dict[str, Any] = {"Bucket": backend.bucket}
+            if account.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": account.region}
+            s3.create_bucket(**kwargs)
+            s3.put_bucket_versioning(Bucket=backend.bucket, VersioningConfiguration={"Status": "Enabled"})
+            s3.put_bucket_encryption(
+                Bucket=backend.bucket,
+                ServerSideEncryptionConfiguration={
+                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                },
+            )
+            s3.put_public_access_block(
+                Bucket=backend.bucket,
+                PublicAccessBlockConfiguration={
+                    "BlockPublicAcls": True,
+                    "IgnorePublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "RestrictPublicBuckets": True,
+                },
+            )
+            created.append(f"S3 bucket {backend.bucket} (versioned, encrypted, public access blocked)")
+        if not state.table_exists:
+            ddb.create_table(
+                TableName=backend.lock_table,
+                AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            ddb.get_waiter("table_exists").wait(
+                TableName=backend.lock_table, WaiterConfig={"Delay": 2, "MaxAttempts": 60}
+            )
+            created.append(f"DynamoDB lock table {backend.lock_table}")
+    except botocore.exceptions.ClientError as exc:
+        raise _aws_error("creating the Terraform backend", backend.bucket, exc) from None
+    return created
+
+
+def _aws_error(action: str, resource: str, exc: Any) -> RunbookError:
+    code = exc.response.get("Error", {}).get("Code", "Unknown")
+    if code in ("AccessDenied", "AccessDeniedException", "403"):
+        return RunbookError(
+            f"AWS denied {action} for {resource} ({code})",
+            fix="use an administrator identity for the IAM steps (the CI deployer cannot do this)",
+        )
+    return RunbookError(f"AWS error while {action} for {resource}: {code}", fix="fix the cause and run again")

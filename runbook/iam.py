@@ -1,0 +1,335 @@
+"""The IAM steps of the runbook and the plans built from them.
+
+``build(ctx)`` gives the ordered steps for one scope: "account" (the
+account-specific root module) or "environment" (the environment-specific one):
+
+1. preflight: configuration, git, Terraform, AWS caller identity;
+2. backend: S3 state bucket and DynamoDB lock table, created when absent;
+3. plan (``deploy-app.sh`` in plan mode), confirmation where needed, apply of
+   exactly that plan file.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runbook import console, git, terraform
+from runbook.config import Account, Config, Environment
+from runbook.errors import RunbookError
+from runbook.plan import Decision, Plan, Step
+
+
+@dataclass
+class IamRun:
+    """Everything the IAM steps share.
+
+    Args:
+        config: the loaded configuration.
+        scope: "account" or "environment".
+        environment: the environment; for the account scope, the one whose account is meant
+            (and whose branch must be checked out).
+        dry_run: print and check only; no AWS or Terraform calls.
+        assume_yes: answer confirmation prompts with yes (automation).
+        skip_branch_check: apply from another branch (loudly).
+        cwd: the git checkout to check (default: the current directory).
+    """
+
+    config: Config
+    scope: str
+    environment: Environment
+    dry_run: bool = False
+    assume_yes: bool = False
+    skip_branch_check: bool = False
+    cwd: Path | None = None
+    session: Any = None
+    identity: Any = None
+    terraform_bin: str | None = None
+    head: str | None = None
+    summary: terraform.PlanSummary | None = None
+    created: list[str] = field(default_factory=list)
+
+    @property
+    def account(self) -> Account:
+        return self.environment.account
+
+    @property
+    def label(self) -> str:
+        if self.scope == "account":
+            return f"account {self.account.name} ({self.account.id})"
+        return f"environment {self.environment.name}"
+
+    @property
+    def root(self) -> Path:
+        return self.config.roots[self.scope]
+
+    @property
+    def backend(self):
+        env = self.environment.name if self.scope == "environment" else None
+        return self.config.backend(self.scope, self.account, env)
+
+    @property
+    def command(self) -> str:
+        if self.scope == "account":
+            return f"inv iam.account --env {self.environment.name}"
+        return f"inv iam.env --name {self.environment.name}"
+
+    def tf_vars(self) -> dict[str, str]:
+        values = {"project": self.config.project, "account_id": self.account.id, "region": self.account.region}
+        if self.scope == "environment":
+            values["environment"] = self.environment.name
+        return values
+
+    def aws_session(self):
+        if self.session is None:
+            from runbook import aws
+
+            self.session = aws.session(self.account)
+        return self.session
+
+
+class ConfigCheck(Step):
+    title = "Preflight: configuration"
+    preflight = True
+
+    def check(self, ctx: IamRun) -> Decision:
+        return Decision(True, f"{ctx.config.path} is valid; {ctx.label} uses account {ctx.account.id} "
+                              f"in {ctx.account.region}")
+
+    def run(self, ctx: IamRun) -> str:
+        return self.check(ctx).reason
+
+
+class GitCheck(Step):
+    title = "Preflight: git"
+    preflight = True
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        b = ctx.environment.branch
+        fetch = "(dry run: compared with the last fetch, no network)" if ctx.dry_run else ""
+        return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch origin {b} {fetch}".rstrip()]
+
+    def check(self, ctx: IamRun) -> Decision:
+        branch = ctx.environment.branch
+        checkout = git.inspect(ctx.cwd)
+        ctx.head = checkout.head
+        if checkout.branch != branch:
+            if not ctx.skip_branch_check:
+                raise RunbookError(
+                    f"The checkout is on branch {checkout.branch!r}, but {ctx.label} is deployed from "
+                    f"{branch!r}: the IAM must be applied from the branch being deployed",
+                    where=str(ctx.cwd or Path.cwd()),
+                    fix=f"git checkout {branch} && git pull --ff-only",
+                )
+            console.warn(f"BRANCH CHECK OVERRIDDEN (--skip-branch-check): applying from {checkout.branch!r}, "
+                         f"not {branch!r}. The pipeline of {branch!r} will not match what you apply.")
+        if not checkout.clean:
+            shown = ", ".join(c[3:] for c in checkout.changes[:5])
+            more = f" and {len(checkout.changes) - 5} more" if len(checkout.changes) > 5 else ""
+            raise RunbookError(
+                f"The working tree has uncommitted changes ({shown}{more}); what is applied must be "
+                "exactly what is committed",
+                where=str(ctx.cwd or Path.cwd()),
+                fix="commit or stash them (git stash --include-untracked), then run again",
+            )
+        target = checkout.branch if ctx.skip_branch_check else branch
+        remote = git.remote_commit(target, fetch=not ctx.dry_run, cwd=ctx.cwd)
+        if remote is None:
+            raise RunbookError(
+                f"There is no origin/{target}: the branch was never pushed or fetched",
+                fix=f"git push -u origin {target}" if not ctx.dry_run else f"git fetch origin {target}",
+            )
+        if remote != checkout.head:
+            raise RunbookError(
+                f"HEAD is {checkout.head[:12]} but origin/{target} is {remote[:12]}: the local branch is "
+                "not what was merged",
+                fix="git pull --ff-only  (or push your commits first if you are ahead)",
+            )
+        return Decision(True, f"on {target} at {checkout.head[:12]}, clean, equal to origin/{target}")
+
+    def run(self, ctx: IamRun) -> str:
+        return self.check(ctx).reason
+
+
+class TerraformCheck(Step):
+    title = "Preflight: Terraform"
+    preflight = True
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        return [f"$ terraform version -json   (must satisfy {ctx.config.required_version!r})"]
+
+    def check(self, ctx: IamRun) -> Decision:
+        if ctx.dry_run:
+            found = shutil.which("terraform")
+            if not found:
+                raise RunbookError("terraform is not on PATH", fix=terraform.INSTALL_HINT)
+            return Decision(True, f"found {found}; its version is checked at run time")
+        ctx.terraform_bin, version = terraform.find(ctx.config.required_version)
+        return Decision(True, f"Terraform {version} at {ctx.terraform_bin}")
+
+    def run(self, ctx: IamRun) -> str:
+        return self.check(ctx).reason
+
+
+class IdentityCheck(Step):
+    title = "Preflight: AWS caller identity"
+    preflight = True
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        via = f", endpoint {ctx.account.endpoint_url}" if ctx.account.endpoint_url else ""
+        profile = f", profile {ctx.account.profile}" if ctx.account.profile else ""
+        return [f"STS GetCallerIdentity (region {ctx.account.region}{profile}{via}): "
+                f"must be account {ctx.account.id}"]
+
+    def check(self, ctx: IamRun) -> Decision:
+        if ctx.dry_run:
+            return Decision(True, "checked at run time (a dry run calls no AWS)")
+        from runbook import aws
+
+        ctx.identity = aws.caller_identity(ctx.aws_session(), ctx.account, purpose=ctx.label)
+        return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}")
+
+    def run(self, ctx: IamRun) -> str:
+        return self.check(ctx).reason
+
+
+class BackendStep(Step):
+    title = "Backend: state bucket and lock table"
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        b = ctx.backend
+        return [f"S3 bucket {b.bucket} (versioned, encrypted, public access blocked), key {b.key}",
+                f"DynamoDB lock table {b.lock_table} (hash key LockID)"]
+
+    def check(self, ctx: IamRun) -> Decision:
+        if ctx.dry_run:
+            return Decision(True, "created when absent, left alone when present (looked up at run time)")
+        from runbook import aws
+
+        state = aws.backend_state(ctx.aws_session(), ctx.account, ctx.backend)
+        if state.complete:
+            return Decision(False, f"bucket {ctx.backend.bucket} and table {ctx.backend.lock_table} exist")
+        missing = [n for n, ok in (("bucket", state.bucket_exists), ("lock table", state.table_exists)) if not ok]
+        return Decision(True, f"first deploy into this account: the {' and '.join(missing)} must be created")
+
+    def run(self, ctx: IamRun) -> str:
+        from runbook import aws
+
+        ctx.created = aws.ensure_backend(ctx.aws_session(), ctx.account, ctx.backend)
+        return "created " + "; ".join(ctx.created) if ctx.created else "nothing to create"
+
+
+class ScriptStep(Step):
+    """A run of deploy-app.sh in one mode."""
+
+    mode = "plan"
+
+    def env(self, ctx: IamRun) -> dict[str, str]:
+        return terraform.script_env(ctx.backend, mode=self.mode, tf_vars=ctx.tf_vars(),
+                                    terraform_bin=ctx.terraform_bin)
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        env = console.mask_env(self.env(ctx))
+        return [
+            f"$ cd {shlex.quote(_rel(ctx.root))} && {shlex.join(terraform.command(ctx.root))}",
+            "  env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+        ]
+
+
+class PlanStep(ScriptStep):
+    title = "Terraform: plan"
+    mode = "plan"
+
+    def check(self, ctx: IamRun) -> Decision:
+        return Decision(True, f"show what would change in {ctx.label} before anything changes")
+
+    def run(self, ctx: IamRun) -> str:
+        terraform.run_script(ctx.root, self.env(ctx), what=f"plan of {ctx.label}")
+        ctx.summary = terraform.read_plan(ctx.root)
+        return f"Plan: {ctx.summary}"
+
+
+class ConfirmStep(Step):
+    title = "Confirm"
+
+    def _why(self, ctx: IamRun) -> list[str]:
+        why = []
+        if ctx.environment.protected:
+            why.append(f"environment {ctx.environment.name} is protected")
+        if ctx.summary is not None and ctx.summary.destroy:
+            why.append(f"the plan destroys {ctx.summary.destroy} resource(s)")
+        return why
+
+    def check(self, ctx: IamRun) -> Decision:
+        if ctx.dry_run:
+            if ctx.environment.protected:
+                return Decision(True, f"environment {ctx.environment.name} is protected (--yes answers it)")
+            return Decision(True, "asked only if the plan destroys anything (--yes answers it)")
+        why = self._why(ctx)
+        if not why:
+            return Decision(False, "not protected and nothing is destroyed")
+        return Decision(True, " and ".join(why))
+
+    def run(self, ctx: IamRun) -> str:
+        question = f"Apply this plan to {ctx.label} ({ctx.summary})?"
+        if not console.confirm(question, assume_yes=ctx.assume_yes):
+            raise RunbookError(
+                f"Not confirmed: nothing was applied to {ctx.label}",
+                fix=f"run `{ctx.command}` again and answer y, after reading the plan",
+            )
+        return "confirmed"
+
+
+class ApplyStep(ScriptStep):
+    title = "Terraform: apply the saved plan"
+    mode = "apply"
+
+    def check(self, ctx: IamRun) -> Decision:
+        if ctx.summary is not None and ctx.summary.empty:
+            return Decision(False, "the plan has no changes")
+        return Decision(True, "apply exactly the plan file just shown (what was reviewed is what is applied)")
+
+    def run(self, ctx: IamRun) -> str:
+        terraform.run_script(ctx.root, self.env(ctx), what=f"apply to {ctx.label}")
+        return f"applied to {ctx.label}: {ctx.summary}"
+
+
+def _rel(path: Path) -> str:
+    from runbook.config import PROJECT_ROOT
+
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def steps(ctx: IamRun) -> list[Step]:
+    """The ordered steps for one IAM scope (see the module docstring)."""
+    return [ConfigCheck(), GitCheck(), TerraformCheck(), IdentityCheck(), BackendStep(),
+            PlanStep(), ConfirmStep(), ApplyStep()]
+
+
+def build(ctx: IamRun) -> Plan:
+    """The plan for ``ctx.scope``; its resume command is the task's own command line."""
+    return Plan(name=f"IAM for {ctx.label}", steps=steps(ctx), resume=ctx.command)
+
+
+def environment_for(config: Config, name: str | None, cwd: Path | None = None) -> Environment:
+    """The environment *name*, or the one whose branch is checked out when *name* is None.
+
+    Raises RunbookError when neither gives an environment, listing the branches.
+    """
+    if name:
+        return config.environment(name)
+    branch = git.inspect(cwd).branch
+    env = config.environment_for_branch(branch)
+    if env is None:
+        pairs = ", ".join(f"{e.name} ({e.branch})" for e in config.environments.values())
+        raise RunbookError(
+            f"The checked-out branch {branch!r} is not the branch of any environment ({pairs})",
+            fix="check out an environment's branch, or name it: --env stg",
+        )
+    return env

@@ -1,0 +1,19 @@
+"""The Invoke task layer: thin tasks that parse flags and call the library.
+
+Nothing in the library imports this package. :func:`namespace` builds the
+collection that ``tasks.py`` exposes.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+
+def namespace() -> Collection:
+    """The root collection: ``config``, ``iam`` (and more as they land)."""
+    from runbook.tasks import config_tasks, iam_tasks
+
+    ns = Collection()
+    ns.add_collection(Collection.from_module(config_tasks, name="config"))
+    ns.add_collection(Collection.from_module(iam_tasks, name="iam"))
+    return ns

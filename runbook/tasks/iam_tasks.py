@@ -1,0 +1,47 @@
+"""``inv iam.account`` and ``inv iam.env``: the runbook's two manual IAM steps, made safe."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from runbook import config as configuration
+from runbook import console, iam
+from runbook.tasks._common import user_errors
+
+COMMON_HELP = {
+    "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
+    "yes": "answer the confirmation (protected environment, or anything destroyed) with yes",
+    "skip_branch_check": "LOUD override: apply from a branch other than the environment's",
+}
+
+
+def _run(ctx: iam.IamRun) -> None:
+    plan = iam.build(ctx)
+    if ctx.dry_run:
+        plan.dry_run(ctx)
+        return
+    plan.run(ctx)
+    console.say()
+    console.ok(f"IAM for {ctx.label} is applied.")
+    plan.summary()
+
+
+@task(help={"env": "environment whose account is meant (default: the one whose branch is checked out)",
+            **COMMON_HELP})
+@user_errors
+def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False):
+    """Apply the account-specific IAM root module (CI deployer policy, shared roles)."""
+    cfg = configuration.load()
+    environment = iam.environment_for(cfg, env)
+    _run(iam.IamRun(cfg, "account", environment, dry_run=dry_run, assume_yes=yes,
+                    skip_branch_check=skip_branch_check))
+
+
+@task(name="env", help={"name": "environment to apply, e.g. stg", **COMMON_HELP})
+@user_errors
+def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
+    """Apply the environment-specific IAM root module (the roles the environment's lambdas assume)."""
+    cfg = configuration.load()
+    environment = iam.environment_for(cfg, name)
+    _run(iam.IamRun(cfg, "environment", environment, dry_run=dry_run, assume_yes=yes,
+                    skip_branch_check=skip_branch_check))

@@ -1,0 +1,361 @@
+"""Applied records: what was last applied to a scope, kept in SSM Parameter Store.
+
+After every successful apply of an IAM root module the runbook writes one
+record into Parameter Store of the same AWS account:
+
+- ``/<project>/iam/account`` for the account root module;
+- ``/<project>/iam/env/<name>`` for an environment root module.
+
+The value is compact JSON with sorted keys, for example (wrapped here)::
+
+    {"applied_at":"2024-06-01T12:00:00Z",
+     "applied_by":"arn:aws:sts::123456789012:assumed-role/Admin/alice",
+     "branch":"staging","commit":"1a2b3c4d...","fingerprint":"<64 hex>",
+     "outputs":{"lambda_role_names":["acme-api-stg-lambda"]},"scope":"stg",
+     "tool_version":"0.1.0"}
+
+Anyone with ``ssm:GetParameter`` on that name (an administrator's laptop, the
+CI gate) can then compare it with the fingerprint of the commit at hand.
+
+Limits, from the AWS Systems Manager API reference (PutParameter, GetParameter)
+and the Parameter Store user guide ("Managing parameter tiers"): a Standard tier
+parameter value holds at most 4 KB (4096 characters); names use letters,
+digits and ``_.-/`` and must not begin with ``aws`` or ``ssm`` (case-insensitive).
+Standard parameters carry no extra charge.
+
+boto3 and botocore are imported inside the functions that use them, so
+``import runbook.records`` stays cheap; every function takes the boto3 Session
+(or an SSM client) of the account that holds the record.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import runbook
+from runbook.errors import RunbookError
+
+ACCOUNT = "account"
+"""The scope name of the account root module; every other scope is an environment name."""
+
+CURRENT = "current"
+PENDING = "pending"
+NEVER_APPLIED = "never-applied"
+
+MAX_VALUE_BYTES = 4096
+"""Largest Standard tier parameter value (AWS SSM PutParameter: 4 KB)."""
+
+RETRY_CONFIG = {"mode": "standard", "total_max_attempts": 5}
+"""botocore retry settings for the SSM client: standard mode retries ThrottlingException and
+transient errors with exponential backoff and full jitter (up to 1, 2, 4, 8 s between attempts),
+five attempts in all (botocore "Retries" guide: standard mode, ``total_max_attempts``)."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_FIELDS = ("fingerprint", "commit", "branch", "applied_by", "applied_at", "tool_version", "scope")
+_CREDENTIAL_CODES = {
+    "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException",
+    "InvalidSignatureException", "SignatureDoesNotMatch",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One applied record.
+
+    Attributes:
+        fingerprint: 64-character lowercase hex SHA-256 from ``fingerprint.compute``.
+        commit: full git commit SHA that was applied.
+        branch: git branch it was applied from ("staging").
+        applied_by: caller identity ARN (STS GetCallerIdentity ``Arn``) of whoever applied.
+        applied_at: UTC time of the apply, ISO-8601 with seconds and ``Z`` ("2024-06-01T12:00:00Z").
+        tool_version: ``runbook.__version__`` of the tool that wrote the record.
+        scope: ``"account"`` or the environment name ("stg").
+        outputs: the root module outputs later steps need, JSON-serialisable; the environment
+            root records ``{"lambda_role_names": [...]}``.
+    """
+
+    fingerprint: str
+    commit: str
+    branch: str
+    applied_by: str
+    applied_at: str
+    tool_version: str
+    scope: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, *, fingerprint: str, commit: str, branch: str, applied_by: str, scope: str,
+               outputs: Mapping[str, Any] | None = None, now: datetime | None = None) -> Record:
+        """A record for an apply that just succeeded: ``applied_at`` is *now* (default: the
+        current time) in UTC, ``tool_version`` is this package's version. Raises ValueError on a
+        malformed field (see :meth:`from_dict`)."""
+        moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        return cls.from_dict({
+            "fingerprint": fingerprint, "commit": commit, "branch": branch, "applied_by": applied_by,
+            "applied_at": moment.strftime("%Y-%m-%dT%H:%M:%SZ"), "tool_version": runbook.__version__,
+            "scope": scope, "outputs": dict(outputs or {}),
+        })
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Record:
+        """Validate and build. Unknown keys are ignored (a newer tool may add fields).
+
+        Raises ValueError naming the first missing or malformed field.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        for name in _FIELDS:
+            if not isinstance(data.get(name), str) or not data[name]:
+                raise ValueError(f"field {name!r} is missing or not a non-empty string")
+        fingerprint = data["fingerprint"]
+        if len(fingerprint) != 64 or not set(fingerprint) <= set(string.hexdigits.lower()):
+            raise ValueError("field 'fingerprint' is not 64 lowercase hex characters")
+        try:
+            datetime.strptime(data["applied_at"], "%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            raise ValueError("field 'applied_at' is not UTC ISO-8601 like 2024-06-01T12:00:00Z") from None
+        outputs = data.get("outputs", {})
+        if not isinstance(outputs, Mapping):
+            raise ValueError("field 'outputs' is not an object")
+        return cls(**{name: data[name] for name in _FIELDS}, outputs=dict(outputs))
+
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        """Parse the parameter value. Raises ValueError when it is not JSON or not a valid record."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON ({error.msg} at character {error.pos})") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict with every field (``outputs`` copied)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Compact ASCII JSON with sorted keys: the exact parameter value written."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def parameter_name(project: str, scope: str, env: str | None = None) -> str:
+    """The SSM parameter that holds *scope*'s record.
+
+    Args:
+        project: the ``project`` short name from config/environments.yml ("acme-api").
+        scope: ``"account"``, or an environment name ("stg"). The form ``scope="env", env="stg"``
+            is accepted too.
+        env: environment name when *scope* is ``"env"``.
+
+    Returns ``/<project>/iam/account`` or ``/<project>/iam/env/<name>``.
+
+    Raises RunbookError when *project* or the environment name cannot be part of a parameter
+    name (letters, digits and ``_.-`` only; *project* must not begin with "aws" or "ssm").
+    """
+    if env is not None:
+        if scope != "env":
+            raise ValueError(f"env={env!r} given with scope={scope!r}; use scope='env' or scope={env!r}")
+        scope = env
+    if not _NAME.match(project or "") or project.lower().startswith(("aws", "ssm")):
+        raise RunbookError(
+            f"The project name {project!r} cannot be used in an SSM parameter name: use letters, digits"
+            " and _.- only, not beginning with 'aws' or 'ssm'",
+            where="config/environments.yml, field project",
+            fix="edit project in config/environments.yml, then run inv config.check",
+        )
+    if scope == ACCOUNT:
+        return f"/{project}/iam/account"
+    if not _NAME.match(scope or ""):
+        raise RunbookError(
+            f"The environment name {scope!r} cannot be used in an SSM parameter name: use letters,"
+            " digits and _.- only",
+            where="config/environments.yml, field environments",
+            fix="rename the environment in config/environments.yml, then run inv config.check",
+        )
+    return f"/{project}/iam/env/{scope}"
+
+
+def rewrite_command(scope: str) -> str:
+    """The command that applies *scope* again and so rewrites its record."""
+    return "inv iam.account" if scope == ACCOUNT else f"inv iam.env --name {scope}"
+
+
+def ssm_client(session: Any, endpoint_url: str | None = None) -> Any:
+    """An SSM client from *session* (a boto3 Session) with :data:`RETRY_CONFIG`.
+
+    If *session* already is a client (has ``get_parameter``) it is returned unchanged, so tests
+    and callers that hold a client can pass it straight to :func:`read` and :func:`write`.
+    *endpoint_url* points the client at a local AWS (moto, LocalStack); None means AWS itself.
+    """
+    if hasattr(session, "get_parameter"):
+        return session
+    from botocore.config import Config
+
+    return session.client("ssm", endpoint_url=endpoint_url, config=Config(retries=dict(RETRY_CONFIG)))
+
+
+def write(session: Any, project: str, scope: str, record: Record | Mapping[str, Any],
+          endpoint_url: str | None = None) -> str:
+    """Store *record* as *scope*'s applied record, replacing any earlier one.
+
+    Args:
+        session: boto3 Session (or SSM client) for the account the scope lives in.
+        project: the ``project`` short name from config/environments.yml.
+        scope: ``"account"`` or an environment name; must equal ``record.scope``.
+        record: a :class:`Record`, or a dict with the same fields.
+        endpoint_url: a local AWS endpoint, or None.
+
+    One PutParameter call: Type String, Tier Standard, Overwrite True.
+    Returns the parameter name written.
+
+    Raises RunbookError when the record is malformed, belongs to another scope or its JSON is
+    longer than 4096 bytes (the Standard tier limit), when the caller lacks ``ssm:PutParameter``,
+    when credentials are missing or expired, or on any other AWS error (named by its code).
+    """
+    name = parameter_name(project, scope)
+    if not isinstance(record, Record):
+        try:
+            record = Record.from_dict(record)
+        except ValueError as error:
+            raise RunbookError(f"Refusing to write a malformed applied record to {name}: {error}") from None
+    if record.scope != scope:
+        raise RunbookError(
+            f"Refusing to write a record for scope {record.scope!r} to {name} (scope {scope!r})",
+            where=name,
+        )
+    value = record.to_json()
+    size = len(value.encode("utf-8"))
+    if size > MAX_VALUE_BYTES:
+        raise RunbookError(
+            f"The applied record for {scope} is {size} bytes of JSON; an SSM Standard parameter holds at most"
+            f" {MAX_VALUE_BYTES}, and its outputs alone take {len(json.dumps(record.outputs))}",
+            where=name,
+            fix="record fewer or shorter root module outputs (only what the gate needs), then "
+            + rewrite_command(scope),
+        )
+    client = ssm_client(session, endpoint_url)
+    _call(client.put_parameter, name, scope, "ssm:PutParameter", endpoint_url,
+          Name=name, Value=value, Type="String", Tier="Standard", Overwrite=True,
+          Description=f"runbook applied record: IAM {scope}")
+    return name
+
+
+def read(session: Any, project: str, scope: str, endpoint_url: str | None = None) -> dict[str, Any] | None:
+    """*scope*'s applied record, or None if it was never applied.
+
+    Args:
+        session: boto3 Session (or SSM client) for the account the scope lives in.
+        project: the ``project`` short name from config/environments.yml.
+        scope: ``"account"`` or an environment name.
+        endpoint_url: a local AWS endpoint, or None.
+
+    One GetParameter call (throttling is retried by botocore, see :data:`RETRY_CONFIG`).
+    Returns the record as a dict (``Record.to_dict()``: fingerprint, commit, branch, applied_by,
+    applied_at, tool_version, scope, outputs); None when the parameter does not exist.
+
+    Raises RunbookError when the caller lacks ``ssm:GetParameter``, when the value is not a valid
+    record (naming the parameter and the command that rewrites it), when credentials are missing
+    or expired, or on any other AWS error (named by its code).
+    """
+    name = parameter_name(project, scope)
+    client = ssm_client(session, endpoint_url)
+    response = _call(client.get_parameter, name, scope, "ssm:GetParameter", endpoint_url, Name=name)
+    if response is None:
+        return None
+    value = response["Parameter"]["Value"]
+    try:
+        record = Record.from_json(value)
+    except ValueError as error:
+        raise RunbookError(
+            f"The applied record for {scope} is malformed: {error}",
+            where=f"SSM parameter {name}",
+            fix=f"{rewrite_command(scope)} (applies again and rewrites the record)",
+        ) from None
+    if record.scope != scope:
+        raise RunbookError(
+            f"The applied record in {name} names scope {record.scope!r}, not {scope!r}",
+            where=f"SSM parameter {name}",
+            fix=f"{rewrite_command(scope)} (applies again and rewrites the record)",
+        )
+    return record.to_dict()
+
+
+def compare(record: Record | Mapping[str, Any] | None, fingerprint: str) -> str:
+    """Whether *fingerprint* (of the commit at hand) is what was last applied.
+
+    Returns :data:`CURRENT` ("current") when the record's fingerprint equals it,
+    :data:`PENDING` ("pending") when a record exists with another fingerprint, and
+    :data:`NEVER_APPLIED` ("never-applied") when *record* is None.
+    """
+    if record is None:
+        return NEVER_APPLIED
+    applied = record.fingerprint if isinstance(record, Record) else record.get("fingerprint")
+    return CURRENT if applied == fingerprint else PENDING
+
+
+def _call(method, name: str, scope: str, permission: str, endpoint_url: str | None, **kwargs):
+    """Call one SSM API; map its failures to RunbookError. Returns None on ParameterNotFound."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+    )
+
+    where = f"SSM parameter {name}"
+    try:
+        return method(**kwargs)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "ParameterNotFound":
+            return None
+        if code in ("AccessDeniedException", "AccessDenied"):
+            raise RunbookError(
+                f"AWS refused {permission} on {name}",
+                where=where,
+                fix=f"grant {permission} on arn:aws:ssm:<region>:<account>:parameter{name} to the role you"
+                " use, or switch to a role that has it (aws sts get-caller-identity shows the current one)",
+            ) from None
+        if code in _CREDENTIAL_CODES:
+            raise RunbookError(
+                f"AWS rejected the credentials while reading or writing {name} ({code})",
+                where=where,
+                fix="aws sso login (or refresh the credentials of AWS_PROFILE), then run the command again",
+            ) from None
+        if code == "TooManyUpdates":
+            raise RunbookError(
+                f"Another writer was updating {name} at the same moment; the record was not written",
+                where=where,
+                fix=rewrite_command(scope),
+            ) from None
+        raise RunbookError(
+            f"AWS SSM failed on {name}: {code or 'unknown error'}",
+            where=where,
+            fix="check the AWS status and your permissions, then run the command again",
+        ) from None
+    except NoCredentialsError:
+        raise RunbookError(
+            f"No AWS credentials found to access {name}",
+            where=where,
+            fix="set AWS_PROFILE or run aws sso login / aws configure",
+        ) from None
+    except NoRegionError:
+        raise RunbookError(
+            "No AWS region set for the SSM client",
+            where="config/environments.yml, field accounts.*.region",
+            fix="set the account's region in config/environments.yml",
+        ) from None
+    except EndpointConnectionError as error:
+        raise RunbookError(
+            f"Cannot reach the SSM endpoint {getattr(error, 'kwargs', {}).get('endpoint_url', endpoint_url)}",
+            where=f"config/environments.yml, field accounts.*.endpoint_url ({endpoint_url or 'AWS default'})",
+            fix="start the local AWS (moto_server / LocalStack) or remove endpoint_url",
+        ) from None
+    except BotoCoreError as error:
+        raise RunbookError(f"AWS SSM call on {name} failed: {error}", where=where) from None

@@ -1,0 +1,265 @@
+"""Applied records in SSM Parameter Store, against moto's in-process AWS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+import runbook
+from runbook import records
+from runbook.errors import RunbookError
+
+boto3 = pytest.importorskip("boto3")
+moto = pytest.importorskip("moto")
+
+PROJECT = "acme-api"
+FP_A = "a" * 64
+FP_B = "b" * 64
+ARN = "arn:aws:sts::123456789012:assumed-role/Admin/alice"
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """A boto3 Session on moto's in-process AWS, with fake credentials only."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with moto.mock_aws():
+        yield boto3.Session(region_name="eu-west-1")
+
+
+def make_record(scope="stg", fingerprint=FP_A, **outputs):
+    return records.Record.create(
+        fingerprint=fingerprint,
+        commit="1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d",
+        branch="staging",
+        applied_by=ARN,
+        scope=scope,
+        outputs=outputs or {"lambda_role_names": ["acme-api-stg-lambda"]},
+        now=datetime(2024, 6, 1, 12, 0, 0, tzinfo=timezone.utc),
+    )
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self._body = body
+
+    def stream(self, **_):
+        yield self._body
+
+
+def fail_calls(session_client, operation: str, code: str, times: int, calls: list):
+    """Make the next *times* calls of *operation* fail with AWS error *code* before reaching moto."""
+    from botocore.awsrequest import AWSResponse
+
+    def handler(request, **_):
+        calls.append(code)
+        if len(calls) > times:
+            return None
+        body = json.dumps({"__type": code, "message": "simulated"}).encode()
+        return AWSResponse(request.url, 400, {"x-amzn-RequestId": "test"}, _Raw(body))
+
+    session_client.meta.events.register_first(f"before-send.ssm.{operation}", handler)
+
+
+def test_parameter_names():
+    assert records.parameter_name("acme-api", "account") == "/acme-api/iam/account"
+    assert records.parameter_name("acme-api", "stg") == "/acme-api/iam/env/stg"
+    assert records.parameter_name("acme-api", "env", "prod") == "/acme-api/iam/env/prod"
+
+
+@pytest.mark.parametrize("project", ["", "acme api", "acme/api", "aws-tools", "SSM-x"])
+def test_unusable_project_name_points_at_config(project):
+    with pytest.raises(RunbookError) as caught:
+        records.parameter_name(project, "stg")
+    assert "config/environments.yml, field project" in str(caught.value)
+
+
+def test_unusable_environment_name_is_refused():
+    with pytest.raises(RunbookError, match="environment name"):
+        records.parameter_name("acme-api", "stg/../prod")
+
+
+def test_write_then_read_round_trip(aws):
+    record = make_record()
+    name = records.write(aws, PROJECT, "stg", record)
+    assert name == "/acme-api/iam/env/stg"
+    got = records.read(aws, PROJECT, "stg")
+    assert got == {
+        "fingerprint": FP_A,
+        "commit": "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d",
+        "branch": "staging",
+        "applied_by": ARN,
+        "applied_at": "2024-06-01T12:00:00Z",
+        "tool_version": runbook.__version__,
+        "scope": "stg",
+        "outputs": {"lambda_role_names": ["acme-api-stg-lambda"]},
+    }
+
+
+def test_written_parameter_is_standard_string_with_sorted_json(aws):
+    records.write(aws, PROJECT, "account", make_record(scope="account", account_role="x"))
+    ssm = aws.client("ssm")
+    parameter = ssm.get_parameter(Name="/acme-api/iam/account")["Parameter"]
+    assert parameter["Type"] == "String"
+    described = ssm.describe_parameters()["Parameters"][0]
+    assert described["Tier"] == "Standard"
+    assert parameter["Value"].startswith('{"applied_at":"2024-06-01T12:00:00Z","applied_by":')
+
+
+def test_write_overwrites_the_earlier_record(aws):
+    records.write(aws, PROJECT, "stg", make_record(fingerprint=FP_A))
+    records.write(aws, PROJECT, "stg", make_record(fingerprint=FP_B))
+    assert records.read(aws, PROJECT, "stg")["fingerprint"] == FP_B
+
+
+def test_account_and_environments_are_separate(aws):
+    records.write(aws, PROJECT, "account", make_record(scope="account", fingerprint=FP_A))
+    records.write(aws, PROJECT, "stg", make_record(scope="stg", fingerprint=FP_B))
+    assert records.read(aws, PROJECT, "account")["fingerprint"] == FP_A
+    assert records.read(aws, PROJECT, "stg")["fingerprint"] == FP_B
+    assert records.read(aws, PROJECT, "dev") is None
+
+
+def test_never_applied_reads_none(aws):
+    assert records.read(aws, PROJECT, "stg") is None
+    assert records.compare(records.read(aws, PROJECT, "stg"), FP_A) == "never-applied"
+
+
+def test_compare_current_and_pending(aws):
+    records.write(aws, PROJECT, "stg", make_record(fingerprint=FP_A))
+    stored = records.read(aws, PROJECT, "stg")
+    assert records.compare(stored, FP_A) == "current"
+    assert records.compare(stored, FP_B) == "pending"
+    assert records.compare(records.Record.from_dict(stored), FP_A) == "current"
+
+
+@pytest.mark.parametrize(
+    "value, detail",
+    [
+        ("not json at all", "not JSON"),
+        ('["a list"]', "JSON object"),
+        ('{"fingerprint": "abc"}', "'commit' is missing"),
+        (make_record().to_json().replace(FP_A, "z" * 64), "'fingerprint' is not 64 lowercase hex"),
+        (make_record().to_json().replace("2024-06-01T12:00:00Z", "yesterday"), "'applied_at'"),
+    ],
+)
+def test_malformed_record_names_parameter_and_rewrite_command(aws, value, detail):
+    aws.client("ssm").put_parameter(Name="/acme-api/iam/env/stg", Value=value, Type="String")
+    with pytest.raises(RunbookError) as caught:
+        records.read(aws, PROJECT, "stg")
+    message = str(caught.value)
+    assert "/acme-api/iam/env/stg" in message
+    assert "inv iam.env --name stg" in message
+    assert detail in message
+
+
+def test_malformed_account_record_names_account_command(aws):
+    aws.client("ssm").put_parameter(Name="/acme-api/iam/account", Value="{", Type="String")
+    with pytest.raises(RunbookError, match="inv iam.account"):
+        records.read(aws, PROJECT, "account")
+
+
+def test_record_from_another_scope_is_refused(aws):
+    value = make_record(scope="dev").to_json()
+    aws.client("ssm").put_parameter(Name="/acme-api/iam/env/stg", Value=value, Type="String")
+    with pytest.raises(RunbookError, match="'dev'"):
+        records.read(aws, PROJECT, "stg")
+    with pytest.raises(RunbookError, match="scope 'dev'"):
+        records.write(aws, PROJECT, "stg", make_record(scope="dev"))
+
+
+def test_too_large_record_is_refused_and_nothing_written(aws):
+    roles = [f"acme-api-stg-lambda-role-{i:04d}" for i in range(200)]
+    with pytest.raises(RunbookError) as caught:
+        records.write(aws, PROJECT, "stg", make_record(lambda_role_names=roles))
+    message = str(caught.value)
+    assert "4096" in message and "/acme-api/iam/env/stg" in message
+    assert records.read(aws, PROJECT, "stg") is None
+
+
+def test_record_just_under_the_limit_is_written(aws):
+    base = len(make_record(lambda_role_names=[""]).to_json())
+    record = make_record(lambda_role_names=["x" * (records.MAX_VALUE_BYTES - base)])
+    assert len(record.to_json()) == records.MAX_VALUE_BYTES
+    records.write(aws, PROJECT, "stg", record)
+    assert records.read(aws, PROJECT, "stg")["outputs"] == record.outputs
+
+
+def test_write_accepts_a_dict(aws):
+    records.write(aws, PROJECT, "stg", make_record().to_dict())
+    assert records.read(aws, PROJECT, "stg")["fingerprint"] == FP_A
+
+
+def test_write_refuses_a_malformed_dict(aws):
+    bad = {**make_record().to_dict(), "fingerprint": "not-a-hash"}
+    with pytest.raises(RunbookError, match="fingerprint"):
+        records.write(aws, PROJECT, "stg", bad)
+
+
+def test_access_denied_names_parameter_and_permission(aws):
+    client = records.ssm_client(aws)
+    fail_calls(client, "GetParameter", "AccessDeniedException", 1, [])
+    with pytest.raises(RunbookError) as caught:
+        records.read(client, PROJECT, "stg")
+    assert "ssm:GetParameter" in str(caught.value)
+    assert "/acme-api/iam/env/stg" in str(caught.value)
+
+
+def test_throttling_is_retried_with_backoff(aws, monkeypatch):
+    import botocore.endpoint
+
+    sleeps = []
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", sleeps.append)
+    records.write(aws, PROJECT, "stg", make_record())
+    client = records.ssm_client(aws)
+    calls = []
+    fail_calls(client, "GetParameter", "ThrottlingException", 2, calls)
+    assert records.read(client, PROJECT, "stg")["fingerprint"] == FP_A
+    assert len(calls) == 3
+    assert len(sleeps) == 2
+
+
+def test_persistent_throttling_ends_in_runbook_error(aws, monkeypatch):
+    import botocore.endpoint
+
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", lambda _: None)
+    client = records.ssm_client(aws)
+    calls = []
+    fail_calls(client, "GetParameter", "ThrottlingException", 100, calls)
+    with pytest.raises(RunbookError, match="ThrottlingException"):
+        records.read(client, PROJECT, "stg")
+    assert len(calls) == records.RETRY_CONFIG["total_max_attempts"]
+
+
+def test_expired_credentials_say_how_to_log_in(aws):
+    client = records.ssm_client(aws)
+    fail_calls(client, "PutParameter", "ExpiredTokenException", 1, [])
+    with pytest.raises(RunbookError, match="aws sso login"):
+        records.write(client, PROJECT, "stg", make_record())
+
+
+def test_record_create_stamps_utc_time_and_version():
+    record = records.Record.create(
+        fingerprint=FP_A, commit="c" * 40, branch="staging", applied_by=ARN, scope="stg",
+        now=datetime(2024, 6, 1, 14, 0, 0, tzinfo=timezone(__import__("datetime").timedelta(hours=2))),
+    )
+    assert record.applied_at == "2024-06-01T12:00:00Z"
+    assert record.tool_version == runbook.__version__
+    assert records.Record.from_json(record.to_json()) == record
+
+
+def test_importing_records_does_not_import_boto3():
+    code = "import sys, runbook.records; print('boto3' in sys.modules or 'botocore' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(runbook.__file__).parent.parent))
+    assert out.stdout.strip() == "False"

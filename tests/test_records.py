@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -251,7 +252,7 @@ def test_expired_credentials_say_how_to_log_in(aws):
 def test_record_create_stamps_utc_time_and_version():
     record = records.Record.create(
         fingerprint=FP_A, commit="c" * 40, branch="staging", applied_by=ARN, scope="stg",
-        now=datetime(2024, 6, 1, 14, 0, 0, tzinfo=timezone(__import__("datetime").timedelta(hours=2))),
+        now=datetime(2024, 6, 1, 14, 0, 0, tzinfo=timezone(timedelta(hours=2))),
     )
     assert record.applied_at == "2024-06-01T12:00:00Z"
     assert record.tool_version == runbook.__version__
@@ -261,5 +262,29 @@ def test_record_create_stamps_utc_time_and_version():
 def test_importing_records_does_not_import_boto3():
     code = "import sys, runbook.records; print('boto3' in sys.modules or 'botocore' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(__import__("pathlib").Path(runbook.__file__).parent.parent))
+                         cwd=str(Path(runbook.__file__).parent.parent))
     assert out.stdout.strip() == "False"
+
+
+def test_round_trip_through_local_endpoint_url(moto_reset, aws_credentials):
+    session = boto3.Session(region_name="eu-west-1")
+    records.write(session, PROJECT, "account", make_record(scope="account"), endpoint_url=moto_reset)
+    assert records.read(session, PROJECT, "account", endpoint_url=moto_reset)["fingerprint"] == FP_A
+    # The record went to the endpoint, not to an in-process or real AWS.
+    direct = session.client("ssm", endpoint_url=moto_reset).get_parameter(Name="/acme-api/iam/account")
+    assert json.loads(direct["Parameter"]["Value"])["scope"] == "account"
+
+
+def test_unreachable_endpoint_is_named(aws_credentials, monkeypatch):
+    import socket
+
+    import botocore.endpoint
+
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", lambda _: None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    session = boto3.Session(region_name="eu-west-1")
+    with pytest.raises(RunbookError) as caught:
+        records.read(session, PROJECT, "stg", endpoint_url=url)
+    assert url in str(caught.value) and "endpoint_url" in str(caught.value)

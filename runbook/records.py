@@ -148,9 +148,9 @@ def parameter_name(project: str, scope: str, env: str | None = None) -> str:
 
     Args:
         project: the ``project`` short name from config/environments.yml ("acme-api").
-        scope: ``"account"``, or an environment name ("stg"). The form ``scope="env", env="stg"``
-            is accepted too.
-        env: environment name when *scope* is ``"env"``.
+        scope: ``"account"``, or an environment name ("stg"). The forms ``scope="env", env="stg"``
+            and ``scope="environment", env="stg"`` (as in ``Config.backend``) are accepted too.
+        env: environment name when *scope* is ``"env"`` or ``"environment"``.
 
     Returns ``/<project>/iam/account`` or ``/<project>/iam/env/<name>``.
 
@@ -158,7 +158,7 @@ def parameter_name(project: str, scope: str, env: str | None = None) -> str:
     name (letters, digits and ``_.-`` only; *project* must not begin with "aws" or "ssm").
     """
     if env is not None:
-        if scope != "env":
+        if scope not in ("env", "environment"):
             raise ValueError(f"env={env!r} given with scope={scope!r}; use scope='env' or scope={env!r}")
         scope = env
     if not _NAME.match(project or "") or project.lower().startswith(("aws", "ssm")):

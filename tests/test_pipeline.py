@@ -1,0 +1,63 @@
+"""The CircleCI pipeline: valid against the published schema, and every environment gated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from runbook import config as configuration
+
+PIPELINE = Path(__file__).resolve().parents[1] / ".circleci" / "config.yml"
+
+
+def test_pipeline_validates_against_the_published_schema():
+    tool = Path(sys.executable).parent / "check-jsonschema"
+    done = subprocess.run(
+        [str(tool), "--builtin-schema", "vendor.circle-ci", str(PIPELINE)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _workflow_jobs() -> dict[str, dict]:
+    pipeline = yaml.safe_load(PIPELINE.read_text())
+    cfg = configuration.load()
+    workflow = pipeline["workflows"][cfg.circleci.workflow]
+    jobs = {}
+    for entry in workflow["jobs"]:
+        if isinstance(entry, str):
+            jobs[entry] = {"job": entry}
+        else:
+            (job, params), = entry.items()
+            jobs[params.get("name", job)] = {"job": job, **params}
+    return jobs
+
+
+def test_test_job_runs_on_every_branch():
+    jobs = _workflow_jobs()
+    assert "test" in jobs
+    assert "filters" not in jobs["test"]
+
+
+def test_every_environment_has_its_gated_deploy():
+    jobs = _workflow_jobs()
+    for env in configuration.load().environments.values():
+        gate, deploy = jobs.get(f"iam-gate-{env.name}"), jobs.get(f"deploy-{env.name}")
+        assert gate and deploy, f"environment {env.name} has no iam-gate/deploy pair in {PIPELINE}"
+        assert gate["job"] == "iam-gate" and gate["env"] == env.name
+        assert deploy["job"] == "deploy" and deploy["env"] == env.name
+        assert gate["requires"] == ["test"]
+        assert deploy["requires"] == [f"iam-gate-{env.name}"], "deploy must wait for the IAM gate"
+        for job in (gate, deploy):
+            assert job["filters"]["branches"]["only"] == env.branch
+            assert job.get("context"), "secrets come from a CircleCI context"
+
+
+def test_no_deploy_job_bypasses_a_gate():
+    jobs = _workflow_jobs()
+    deploys = [name for name, job in jobs.items() if job["job"] == "deploy"]
+    assert deploys
+    for name in deploys:
+        assert all(req.startswith("iam-gate-") for req in jobs[name]["requires"])

@@ -144,14 +144,12 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return dict(FAKE_CREDENTIALS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _moto_client(endpoint: str, region: str, service: str) -> Any:
     """One boto3 client per (endpoint, region, service): making one costs about 0.1 s."""
     import boto3
 
-    session = boto3.session.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region
-    )
+    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
     return session.client(service, endpoint_url=endpoint)
 
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runbook import console, git, terraform
+from runbook import console, git, records, terraform
 from runbook.config import Account, Config, Environment
 from runbook.errors import RunbookError
 from runbook.plan import Decision, Plan, Step
+from runbook.scopes import Scope
 
 
 @dataclass
@@ -29,9 +30,9 @@ class IamRun:
 
     Args:
         config: the loaded configuration.
-        scope: "account" or "environment".
-        environment: the environment; for the account scope, the one whose account is meant
-            (and whose branch must be checked out).
+        scope: the :class:`~runbook.scopes.Scope` to apply.
+        environment: the environment whose branch must be checked out (for the
+            environment scope, the environment itself).
         dry_run: print and check only; no AWS or Terraform calls.
         assume_yes: answer confirmation prompts with yes (automation).
         skip_branch_check: apply from another branch (loudly).
@@ -39,7 +40,7 @@ class IamRun:
     """
 
     config: Config
-    scope: str
+    scope: Scope
     environment: Environment
     dry_run: bool = False
     assume_yes: bool = False
@@ -49,40 +50,34 @@ class IamRun:
     identity: Any = None
     terraform_bin: str | None = None
     head: str | None = None
+    branch: str | None = None
+    fingerprint: str | None = None
     backend_state: Any = None
     summary: terraform.PlanSummary | None = None
     created: list[str] = field(default_factory=list)
 
     @property
     def account(self) -> Account:
-        return self.environment.account
+        return self.scope.account
 
     @property
     def label(self) -> str:
-        if self.scope == "account":
-            return f"account {self.account.name} ({self.account.id})"
-        return f"environment {self.environment.name}"
+        return self.scope.label
 
     @property
     def root(self) -> Path:
-        return self.config.roots[self.scope]
+        return self.scope.root
 
     @property
     def backend(self):
-        env = self.environment.name if self.scope == "environment" else None
-        return self.config.backend(self.scope, self.account, env)
+        return self.scope.backend
 
     @property
     def command(self) -> str:
-        if self.scope == "account":
-            return f"inv iam.account --env {self.environment.name}"
-        return f"inv iam.env --name {self.environment.name}"
+        return self.scope.command(self.environment)
 
     def tf_vars(self) -> dict[str, str]:
-        values = {"project": self.config.project, "account_id": self.account.id, "region": self.account.region}
-        if self.scope == "environment":
-            values["environment"] = self.environment.name
-        return values
+        return self.scope.tf_vars()
 
     def aws_session(self):
         if self.session is None:
@@ -149,7 +144,7 @@ class GitCheck(Step):
     def check(self, ctx: IamRun) -> Decision:
         branch = ctx.environment.branch
         checkout = git.inspect(ctx.cwd)
-        ctx.head = checkout.head
+        ctx.head, ctx.branch = checkout.head, checkout.branch
         if checkout.branch != branch:
             if not ctx.skip_branch_check:
                 raise RunbookError(
@@ -279,6 +274,7 @@ class PlanStep(ScriptStep):
         return Decision(True, f"show what would change in {ctx.label} before anything changes")
 
     def run(self, ctx: IamRun) -> str:
+        ctx.fingerprint = ctx.scope.fingerprint()
         terraform.run_script(ctx.root, self.env(ctx), what=f"plan of {ctx.label}")
         ctx.summary = terraform.read_plan(ctx.root)
         return f"Plan: {ctx.summary}"
@@ -321,12 +317,41 @@ class ApplyStep(ScriptStep):
 
     def check(self, ctx: IamRun) -> Decision:
         if ctx.summary is not None and ctx.summary.empty:
-            return Decision(False, "the plan has no changes")
+            return Decision(True, "the plan has no changes; applying it confirms the state matches this commit")
         return Decision(True, "apply exactly the plan file just shown (what was reviewed is what is applied)")
 
     def run(self, ctx: IamRun) -> str:
         terraform.run_script(ctx.root, self.env(ctx), what=f"apply to {ctx.label}")
         return f"applied to {ctx.label}: {ctx.summary}"
+
+
+class RecordStep(Step):
+    title = "Record what was applied"
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        return [f"SSM PutParameter {ctx.scope.parameter} (account {ctx.account.id}): fingerprint, commit, "
+                "branch, caller identity ARN, UTC time, outputs"]
+
+    def check(self, ctx: IamRun) -> Decision:
+        return Decision(True, "the pipeline's IAM gate and `inv iam.status` compare this commit with the record "
+                              "(written only after apply exited 0)")
+
+    def run(self, ctx: IamRun) -> str:
+        outputs = terraform.read_outputs(ctx.root)
+        record = records.Record.create(
+            fingerprint=ctx.fingerprint or ctx.scope.fingerprint(),
+            commit=ctx.head or git.head_commit(ctx.cwd),
+            branch=ctx.branch or ctx.environment.branch,
+            applied_by=ctx.identity.arn,
+            scope=ctx.scope.record_scope,
+            outputs={k: v for k, v in outputs.items() if k in RECORDED_OUTPUTS},
+        )
+        name = records.write(ctx.aws_session(), ctx.config.project, ctx.scope.record_scope, record,
+                             endpoint_url=ctx.account.endpoint_url)
+        return f"{name} = {record.fingerprint[:12]}... at {record.commit[:12]}"
+
+
+RECORDED_OUTPUTS = ("lambda_role_names", "deployer_user_name")
 
 
 def _rel(path: Path) -> str:
@@ -341,7 +366,7 @@ def _rel(path: Path) -> str:
 def steps(ctx: IamRun) -> list[Step]:
     """The ordered steps for one IAM scope (see the module docstring)."""
     return [ConfigCheck(), GitCheck(), TerraformCheck(), IdentityCheck(), BackendStep(),
-            PlanStep(), ConfirmStep(), ApplyStep()]
+            PlanStep(), ConfirmStep(), ApplyStep(), RecordStep()]
 
 
 def build(ctx: IamRun) -> Plan:

@@ -35,6 +35,20 @@ def s3(moto_reset, aws_credentials):
 
 
 @pytest.fixture
+def ssm(moto_reset, aws_credentials):
+    import boto3
+
+    return boto3.client("ssm", endpoint_url=moto_reset, region_name="eu-west-1")
+
+
+def record(ssm, name: str) -> dict | None:
+    try:
+        return json.loads(ssm.get_parameter(Name=name)["Parameter"]["Value"])
+    except ssm.exceptions.ParameterNotFound:
+        return None
+
+
+@pytest.fixture
 def project(tmp_path, moto_reset, aws_env) -> Project:
     return Project.create(tmp_path, aws_env, base_config(moto_reset))
 
@@ -63,6 +77,20 @@ def test_env_applies_fixture_root_end_to_end(project, s3):
 
 
 @pytest.mark.terraform
+def test_successful_apply_is_recorded(project, ssm):
+    result = project.inv("iam.env", "--name", "stg")
+    assert result.code == 0, result.all
+    applied = record(ssm, "/acme-api/iam/env/stg")
+    assert applied is not None
+    assert applied["commit"] == git(project.path, "rev-parse", "HEAD")
+    assert applied["branch"] == "staging"
+    assert applied["applied_by"].endswith(":user/moto")
+    assert applied["outputs"]["lambda_role_names"] == ["acme-api-stg-lambda-api", "acme-api-stg-lambda-worker"]
+    assert len(applied["fingerprint"]) == 64
+    assert record(ssm, "/acme-api/iam/account") is None
+
+
+@pytest.mark.terraform
 def test_second_run_leaves_backend_alone_and_applies_nothing_new(project, s3):
     assert project.inv("iam.env", "--name", "stg").code == 0
     s3.put_bucket_tagging(Bucket=BUCKET, Tagging={"TagSet": [{"Key": "owner", "Value": "platform"}]})
@@ -70,16 +98,18 @@ def test_second_run_leaves_backend_alone_and_applies_nothing_new(project, s3):
     assert again.code == 0, again.all
     assert f"bucket {BUCKET} and table {TABLE} exist" in again.out
     assert "the plan has no changes" in again.out
+    assert "acme-api-tfstate" in again.out
     assert s3.get_bucket_tagging(Bucket=BUCKET)["TagSet"] == [{"Key": "owner", "Value": "platform"}]
 
 
 @pytest.mark.terraform
-def test_account_defaults_to_the_checked_out_environment(project, s3):
+def test_account_defaults_to_the_checked_out_environment(project, s3, ssm):
     result = project.inv("iam.account")
     assert result.code == 0, result.all
     assert "for stg" in result.out
     state = json.loads(s3.get_object(Bucket=BUCKET, Key=ACCOUNT_KEY)["Body"].read())
     assert state["outputs"]["deployer_user_name"]["value"] == "acme-api-circleci-deployer"
+    assert record(ssm, "/acme-api/iam/account")["scope"] == "account"
 
 
 # -- dry run -----------------------------------------------------------------------------------
@@ -210,7 +240,7 @@ def test_terraform_too_old(project, s3):
 
 
 @pytest.mark.terraform
-def test_failing_plan_applies_nothing(project, s3):
+def test_failing_plan_applies_nothing(project, s3, ssm):
     config = base_config(s3.meta.endpoint_url)
     config["terraform"]["roots"]["environment"] = "roots/failing-plan"
     project.commit_config(config)
@@ -218,15 +248,17 @@ def test_failing_plan_applies_nothing(project, s3):
     assert_user_error(result, "plan of environment stg failed", "inv iam.env --name stg")
     assert "Terraform: apply" not in result.out
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+    assert record(ssm, "/acme-api/iam/env/stg") is None
 
 
 @pytest.mark.terraform
-def test_failing_apply_is_reported_with_resume_command(project, s3):
+def test_failing_apply_is_reported_with_resume_command(project, s3, ssm):
     config = base_config(s3.meta.endpoint_url)
     config["terraform"]["roots"]["environment"] = "roots/failing-apply"
     project.commit_config(config)
     result = project.inv("iam.env", "--name", "stg")
     assert_user_error(result, "apply to environment stg failed", "resume with `inv iam.env --name stg`")
+    assert record(ssm, "/acme-api/iam/env/stg") is None
 
 
 @pytest.mark.terraform

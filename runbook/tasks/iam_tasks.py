@@ -6,6 +6,7 @@ from invoke import task
 
 from runbook import config as configuration
 from runbook import console, iam
+from runbook.scopes import Scope
 from runbook.tasks._common import user_errors
 
 COMMON_HELP = {
@@ -34,7 +35,7 @@ def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False):
     """Apply the account-specific IAM root module (CI deployer policy, shared roles)."""
     cfg = configuration.load()
     environment = iam.environment_for(cfg, env)
-    _run(iam.IamRun(cfg, "account", environment, dry_run=dry_run, assume_yes=yes,
+    _run(iam.IamRun(cfg, Scope.of_account(cfg, environment.account), environment, dry_run=dry_run, assume_yes=yes,
                     skip_branch_check=skip_branch_check))
 
 
@@ -44,5 +45,5 @@ def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
     """Apply the environment-specific IAM root module (the roles the environment's lambdas assume)."""
     cfg = configuration.load()
     environment = iam.environment_for(cfg, name)
-    _run(iam.IamRun(cfg, "environment", environment, dry_run=dry_run, assume_yes=yes,
+    _run(iam.IamRun(cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
                     skip_branch_check=skip_branch_check))

@@ -22,7 +22,8 @@
 #                     is set to it unless already set (the real roots point the provider there).
 #   DEPLOY_MODE       plan  : init, plan to TF_PLAN_FILE, write TF_PLAN_FILE.json (terraform show -json)
 #                     apply : apply exactly TF_PLAN_FILE (init first only if .terraform is absent)
-#                     unset : plan, ask "Apply this plan? [y/N]" on stdin, apply only on y/yes
+#                     unset : plan, ask "Apply this plan? [y/N]" on stdin (the terminal when
+#                             run by hand), apply only on y/yes; anything else or no input: exit 1
 #   TF_PLAN_FILE      saved plan path, relative to the root module (default .terraform/runbook.tfplan)
 #   TERRAFORM_BIN     Terraform executable (default terraform)
 #   DEPLOY_SCOPE      account | environment: set by the entry points, used in messages only
@@ -34,9 +35,19 @@
 #   2    usage or precondition error: missing environment, unknown DEPLOY_MODE, not a root
 #        module directory, no saved plan to apply
 #   127  terraform not found
-#   any other: the exit status of the failing terraform command, passed through
+#   other the exit status of the failing terraform command, passed through (Terraform's own
+#        failures are usually 1 too: the message on stderr says which)
 #
-# Written for bash 3.2 and later (macOS). Secrets (credentials) are never printed; only names of buckets, keys, tables and the region.
+# Behaviour the runner relies on:
+#   - plan first deletes TF_PLAN_FILE and TF_PLAN_FILE.json, so a failed plan leaves neither
+#     behind and a later apply cannot pick up an older plan; the JSON is written atomically.
+#   - Terraform's stdin is /dev/null; only the confirmation prompt reads stdin.
+#   - The script's own messages go to stderr (prefixed "deploy-app.sh:"), Terraform's output
+#     to stdout. Credentials are never printed: only bucket, key, table, region, endpoint.
+#   - Ctrl-C: one SIGINT to the process group lets Terraform stop cleanly and release the
+#     lock; the script then exits non-zero without going on to show or apply.
+#
+# Written for bash 3.2 and later (macOS).
 set -euo pipefail
 
 readonly PROG="deploy-app.sh"

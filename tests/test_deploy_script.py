@@ -8,9 +8,12 @@ with the provider-free fixture roots in tests/fixtures/roots/.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,14 @@ PLAN_FILE = ".terraform/runbook.tfplan"
 FAKE_TERRAFORM = r"""#!/usr/bin/env bash
 set -euo pipefail
 (IFS=$'\t'; printf '%s\n' "$*") >>"$FAKE_TF_LOG"
+if [[ "$1" == "${FAKE_TF_BLOCK_ON:-}" ]]; then
+    # Like Terraform: stop gracefully on the first SIGINT, exit 1.
+    trap 'kill "$sleeper"; echo interrupted >>"$FAKE_TF_LOG"; exit 1' INT
+    sleep 30 </dev/null >/dev/null 2>&1 &
+    sleeper=$!
+    echo blocking >>"$FAKE_TF_LOG"
+    wait
+fi
 case "$1" in
     init) mkdir -p .terraform ;;
     plan) for arg in "$@"; do [[ "$arg" == -out=* ]] && printf 'plan' >"${arg#-out=}"; done ;;
@@ -258,6 +269,29 @@ def test_manual_run_confirmed_plans_then_applies_that_plan(repo_root, root, fake
     assert result.returncode == 0, result.stderr
     assert [call[0] for call in tf_calls(fake_tf)] == ["init", "plan", "show", "apply"]
     assert tf_calls(fake_tf)[-1] == ["apply", "-input=false", PLAN_FILE]
+
+
+def test_one_sigint_to_the_group_stops_after_terraform_exits(repo_root, root, fake_tf):
+    """The runner forwards Ctrl-C as one SIGINT to the script's process group."""
+    env = {**fake_tf, "FAKE_TF_BLOCK_ON": "plan"}
+    proc = subprocess.Popen(
+        [str(repo_root / ENV_ENTRY), "stg"],
+        cwd=root,
+        env=env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while [c[0] for c in tf_calls(fake_tf)] != ["init", "plan", "blocking"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate("y\n", timeout=10)
+    assert proc.returncode != 0
+    assert "terraform plan failed" in stderr
+    assert [c[0] for c in tf_calls(fake_tf)] == ["init", "plan", "blocking", "interrupted"], "went on"
+    assert not (root / PLAN_FILE).exists()
 
 
 def test_terraform_failure_status_passes_through(repo_root, root, fake_tf):

@@ -33,8 +33,12 @@ class Identity:
     user_id: str
 
 
-def session(account: Account) -> Any:
-    """A ``boto3.Session`` for *account* (its profile when set, its region).
+def session(account: Account, *, use_profile: bool = True) -> Any:
+    """A ``boto3.Session`` for *account* (its profile when set and *use_profile*, its region).
+
+    The pipeline passes ``use_profile=False``: there the credentials come from
+    the CircleCI context's environment variables, and the administrators'
+    profile names do not exist.
 
     Raises RunbookError when the named profile does not exist.
     """
@@ -42,7 +46,7 @@ def session(account: Account) -> Any:
     import botocore.exceptions
 
     try:
-        return boto3.Session(profile_name=account.profile, region_name=account.region)
+        return boto3.Session(profile_name=account.profile if use_profile else None, region_name=account.region)
     except botocore.exceptions.ProfileNotFound:
         raise RunbookError(
             f"The AWS profile {account.profile!r} of account {account.name!r} is not configured on this machine",

@@ -143,6 +143,14 @@ class Record:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+# Error codes AWS uses for throttling (botocore's own list: botocore.retries.standard).
+THROTTLING_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"})
+
+
+class Throttled(RunbookError):
+    """SSM kept throttling after botocore's retries; pollers back off and try again."""
+
+
 def parameter_name(project: str, scope: str, env: str | None = None) -> str:
     """The SSM parameter that holds *scope*'s record.
 
@@ -327,6 +335,12 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
                 f"AWS rejected the credentials while reading or writing {name} ({code})",
                 where=where,
                 fix="aws sso login (or refresh the credentials of AWS_PROFILE), then run the command again",
+            ) from None
+        if code in THROTTLING_CODES:
+            raise Throttled(
+                f"AWS SSM throttled the requests for {name} ({code}) even after botocore's retries",
+                where=where,
+                fix="wait a minute and run the command again; poll less often",
             ) from None
         if code == "TooManyUpdates":
             raise RunbookError(

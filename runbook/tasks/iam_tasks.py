@@ -6,6 +6,7 @@ from invoke import task
 
 from runbook import config as configuration
 from runbook import console, iam
+from runbook.errors import RunbookError
 from runbook.scopes import Scope
 from runbook.tasks._common import user_errors
 
@@ -47,3 +48,43 @@ def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
     environment = iam.environment_for(cfg, name)
     _run(iam.IamRun(cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
                     skip_branch_check=skip_branch_check))
+
+
+@task(help={"check": "exit non-zero (3) when any step is pending, never applied or unknown (for scripts)"})
+@user_errors
+def status(c, check=False):
+    """Show, per account and environment, whether the IAM for this commit is applied."""
+    from runbook import status as state
+
+    cfg = configuration.load()
+    statuses = state.examine(state.all_scopes(cfg))
+    rows = [("scope", "account", "state", "applied commit", "by", "when")]
+    for st in statuses:
+        rec = st.record or {}
+        rows.append((
+            st.scope.label.split(" (")[0],
+            st.scope.account.id,
+            st.text,
+            (rec.get("commit") or "-")[:12],
+            (rec.get("applied_by") or "-").rsplit("/", 1)[-1],
+            rec.get("applied_at") or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        console.say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    todo = state.commands(statuses)
+    if todo:
+        console.say()
+        console.warn("To apply what is pending (as an administrator, from the environment's branch):")
+        for command in dict.fromkeys(todo):
+            console.say(f"    {command}")
+    unknown = [st for st in statuses if st.state == state.UNKNOWN]
+    if unknown:
+        console.say()
+        console.warn(f"{len(unknown)} scope(s) could not be read; fix access (aws sso login, AWS_PROFILE) and "
+                     "run `inv iam.status` again.")
+    if check and any(st.needed for st in statuses):
+        raise RunbookError(
+            f"{sum(st.needed for st in statuses)} IAM step(s) are not current", fix="run the commands listed above",
+            code=3,
+        )

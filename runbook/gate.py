@@ -1,0 +1,174 @@
+"""The pipeline's IAM gate: wait until the IAM for this commit is applied, then let the deploy run.
+
+Run by the ``iam-gate`` job with the CI deployer's read-only rights
+(``ssm:GetParameter`` on ``/<project>/iam/*`` and ``iam:GetRole`` on the
+project's lambda roles, granted by the account root module).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runbook import console, records
+from runbook.config import Config, Environment
+from runbook.errors import RunbookError
+from runbook.scopes import for_environment
+from runbook.status import CURRENT, ScopeStatus, read_state
+
+LAMBDA_PRINCIPAL = "lambda.amazonaws.com"
+DEFAULT_SETTLE_S = 10.0
+
+
+@dataclass
+class GateResult:
+    """How the gate ended: the statuses it passed on, seconds waited, SSM reads made."""
+
+    statuses: list[ScopeStatus]
+    waited_s: float
+    polls: int
+
+
+def role_problems(iam_client: Any, role_names: list[str]) -> list[str]:
+    """What is wrong with the lambda execution roles: missing, or not trusting lambda.amazonaws.com.
+
+    One IAM GetRole per role. The trust policy is the role's ``AssumeRolePolicyDocument``
+    (IAM API reference, GetRole; boto3 returns it decoded, the raw API URL-encoded).
+    Returns an empty list when every role is fine.
+    """
+    from botocore.exceptions import ClientError
+
+    problems = []
+    for name in role_names:
+        try:
+            role = iam_client.get_role(RoleName=name)["Role"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchEntity":
+                problems.append(f"role {name} does not exist")
+                continue
+            raise RunbookError(
+                f"IAM GetRole {name} failed ({code})",
+                fix="grant the CI deployer iam:GetRole on the project's lambda roles (account root module): "
+                "inv iam.account",
+            ) from None
+        if not _trusts_lambda(role.get("AssumeRolePolicyDocument")):
+            problems.append(f"role {name} does not trust {LAMBDA_PRINCIPAL}")
+    return problems
+
+
+def _trusts_lambda(document: Any) -> bool:
+    if isinstance(document, str):
+        document = json.loads(urllib.parse.unquote(document))
+    statements = (document or {}).get("Statement", [])
+    for st in statements if isinstance(statements, list) else [statements]:
+        if st.get("Effect") != "Allow":
+            continue
+        services = (st.get("Principal") or {}).get("Service", [])
+        services = [services] if isinstance(services, str) else services
+        actions = st.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if LAMBDA_PRINCIPAL in services and "sts:AssumeRole" in actions:
+            return True
+    return False
+
+
+def wait(
+    config: Config,
+    environment: Environment,
+    *,
+    timeout_s: float = 1800.0,
+    poll_s: float = 15.0,
+    settle_s: float = DEFAULT_SETTLE_S,
+    session: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> GateResult:
+    """Block until the account and environment records match this commit, then return.
+
+    The fingerprints of this commit's account and environment scopes are
+    computed once. Each poll reads both records (one SSM GetParameter per scope).
+    When both match, the roles in the environment record's ``lambda_role_names``
+    must exist and trust ``lambda.amazonaws.com``; then the gate waits
+    *settle_s* more seconds, because IAM is eventually consistent: a role
+    that was just created or changed may not yet be usable by Lambda in every
+    region (AWS IAM User Guide, "Changes that I make are not always immediately
+    visible"). What is pending is printed once, with the commands an
+    administrator must run.
+
+    Args:
+        config: the configuration.
+        environment: the environment being deployed.
+        timeout_s: give up after this many seconds.
+        poll_s: seconds between polls; doubled (up to 4x) while SSM throttles.
+        settle_s: seconds to wait after everything matches, for IAM propagation.
+        session: boto3 Session for the environment's account (default: from the
+            standard credential chain, ignoring configured profiles: in CI the
+            credentials come from the context).
+        sleep, clock: injectable for tests.
+
+    Returns a GateResult. Raises RunbookError at the timeout, naming the commands
+    and ``inv ci.rerun --env NAME``; or at once when the records cannot be read
+    (no access, no credentials).
+    """
+    from runbook import aws
+
+    scopes = for_environment(config, environment)
+    prints = [s.fingerprint() for s in scopes]
+    session = session or aws.session(environment.account, use_profile=False)
+    iam_client = None
+    started = clock()
+    delay = poll_s
+    polls = 0
+    told: str | None = None
+    while True:
+        try:
+            statuses = [read_state(s, fp, session) for s, fp in zip(scopes, prints, strict=True)]
+            polls += 1
+            delay = poll_s
+        except records.Throttled:
+            statuses = None
+            delay = min(delay * 2, poll_s * 4)
+        if statuses is not None:
+            pending = [st for st in statuses if st.state != CURRENT]
+            problems: list[str] = []
+            if not pending:
+                iam_client = iam_client or aws.client(session, "iam", environment.account)
+                env_record = statuses[-1].record or {}
+                problems = role_problems(iam_client, list(env_record.get("outputs", {}).get("lambda_role_names", [])))
+                if not problems:
+                    if settle_s > 0:
+                        console.say(f"IAM for this commit is applied; waiting {settle_s:.0f} s for IAM propagation.")
+                        sleep(settle_s)
+                    console.ok(f"IAM gate open for {environment.name}: account and environment records match "
+                               "this commit and the lambda roles trust lambda.amazonaws.com.")
+                    return GateResult(statuses, clock() - started, polls)
+            message = _instructions(environment, statuses, problems)
+            if message != told:
+                console.warn(message)
+                told = message
+        elapsed = clock() - started
+        if elapsed + delay > timeout_s:
+            raise RunbookError(
+                f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s. "
+                + (told or "The applied records could not be read (throttled)."),
+                fix=f"an administrator runs the commands above from branch {environment.branch}, then "
+                f"`inv ci.rerun --env {environment.name}` (or simply `inv release --env {environment.name}`)",
+            )
+        sleep(delay)
+
+
+def _instructions(environment: Environment, statuses: list[ScopeStatus], problems: list[str]) -> str:
+    lines = [f"Waiting: the IAM for this commit is not applied yet for {environment.name}."]
+    for st in statuses:
+        if st.state != CURRENT:
+            lines.append(f"  - {st.scope.label}: {st.text}; run: {st.scope.command(environment)}")
+    for problem in problems:
+        lines.append(f"  - {problem}; run: {statuses[-1].scope.command(environment)}")
+    lines.append(f"  (as an administrator, from a clean checkout of {environment.branch}; "
+                 f"or all at once: inv release --env {environment.name})")
+    return "\n".join(lines)

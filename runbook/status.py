@@ -1,0 +1,129 @@
+"""What is applied and what is pending: this commit's fingerprints against the applied records.
+
+One source of truth for "is an IAM step needed", shared by ``inv iam.status``,
+``inv release``, ``inv ci.rerun`` and the pipeline's gate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from runbook import records
+from runbook.config import Account, Config
+from runbook.errors import RunbookError
+from runbook.scopes import Scope
+
+CURRENT = records.CURRENT
+PENDING = records.PENDING
+NEVER_APPLIED = records.NEVER_APPLIED
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ScopeStatus:
+    """One scope's status.
+
+    Attributes:
+        scope: the scope.
+        state: "current", "pending" (change pending), "never-applied" or "unknown".
+        fingerprint: this commit's fingerprint (64 hex characters).
+        record: the applied record as a dict, or None.
+        reason: for "unknown", why (for example no access); else "".
+    """
+
+    scope: Scope
+    state: str
+    fingerprint: str
+    record: dict | None = None
+    reason: str = ""
+
+    @property
+    def needed(self) -> bool:
+        """Whether the administrator must apply this scope (anything but current)."""
+        return self.state != CURRENT
+
+    @property
+    def text(self) -> str:
+        return {
+            CURRENT: "current",
+            PENDING: "change pending",
+            NEVER_APPLIED: "never applied",
+            UNKNOWN: f"unknown: {self.reason}",
+        }[self.state]
+
+
+def all_scopes(config: Config) -> list[Scope]:
+    """Every scope of the configuration: each account that an environment uses, then each environment."""
+    accounts: dict[str, Account] = {}
+    for env in config.environments.values():
+        accounts.setdefault(env.account.name, env.account)
+    return [Scope.of_account(config, a) for a in accounts.values()] + [
+        Scope.of_environment(config, e) for e in config.environments.values()
+    ]
+
+
+def read_state(scope: Scope, fingerprint: str, session: Any) -> ScopeStatus:
+    """One SSM GetParameter for *scope*, compared with *fingerprint*.
+
+    Raises RunbookError (including :class:`runbook.records.Throttled`) when the record cannot be read.
+    """
+    record = records.read(session, scope.config.project, scope.record_scope,
+                          endpoint_url=scope.account.endpoint_url)
+    return ScopeStatus(scope, records.compare(record, fingerprint), fingerprint, record)
+
+
+def examine(scopes: Iterable[Scope], *, session_for=None, use_profile: bool = True) -> list[ScopeStatus]:
+    """The status of every scope, in the order given.
+
+    Fingerprints are computed here (milliseconds each); the records of different
+    accounts are read in parallel, one thread and one boto3 session per account
+    (sessions are not shared across threads). A scope whose record cannot be read
+    is "unknown" with the reason; this function itself raises only for a
+    fingerprint that cannot be computed (a missing root module).
+
+    Args:
+        scopes: the scopes to examine.
+        session_for: callable Account -> boto3 Session (default: :func:`runbook.aws.session`).
+        use_profile: passed to the default session factory.
+    """
+    from runbook import aws
+
+    scopes = list(scopes)
+    prints = {id(s): s.fingerprint() for s in scopes}
+    by_account: dict[str, list[Scope]] = {}
+    for scope in scopes:
+        by_account.setdefault(scope.account.name, []).append(scope)
+
+    def one_account(group: list[Scope]) -> list[ScopeStatus]:
+        try:
+            session = (session_for or (lambda a: aws.session(a, use_profile=use_profile)))(group[0].account)
+        except RunbookError as exc:
+            return [ScopeStatus(s, UNKNOWN, prints[id(s)], reason=exc.what) for s in group]
+        out = []
+        for scope in group:
+            try:
+                out.append(read_state(scope, prints[id(scope)], session))
+            except RunbookError as exc:
+                out.append(ScopeStatus(scope, UNKNOWN, prints[id(scope)], reason=_short(exc)))
+        return out
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_account)))) as pool:
+        results = list(pool.map(one_account, by_account.values()))
+    found = {id(st.scope): st for group in results for st in group}
+    return [found[id(s)] for s in scopes]
+
+
+def _short(exc: RunbookError) -> str:
+    return exc.what.split(". ")[0].rstrip(".")
+
+
+def commands(statuses: Iterable[ScopeStatus], via=None) -> list[str]:
+    """The commands that apply every scope that is pending or never applied, in order (account first).
+
+    Scopes in state "unknown" are left out: their record could not be read, so
+    applying is not known to be needed; their reason says what to fix.
+    """
+    return [st.scope.command(via) for st in statuses if st.state in (PENDING, NEVER_APPLIED)]

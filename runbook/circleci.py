@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -100,16 +101,20 @@ class _Retry(Retry):
         kw.setdefault("max_wait", self.max_wait)
         return super().new(**kw)
 
+    def get_retry_after(self, response: Any) -> float | None:
+        """Seconds from ``Retry-After``; None when absent or unparsable (then backoff applies)."""
+        try:
+            return super().get_retry_after(response)
+        except Exception:  # urllib3 raises InvalidHeader, which requests would not wrap
+            return None
+
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
         if (
             response is not None
             and self.respect_retry_after_header
             and response.status in self.RETRY_AFTER_STATUS_CODES
         ):
-            try:
-                wait = self.get_retry_after(response)
-            except Exception:  # an unparsable header: fall back to exponential backoff
-                wait = None
+            wait = self.get_retry_after(response)
             if wait is not None and wait > self.max_wait:
                 raise MaxRetryError(_pool, url, f"Retry-After {wait:.0f} s is longer than {self.max_wait} s")
         return super().increment(method, url, response, error, _pool, _stacktrace)
@@ -324,7 +329,7 @@ class CircleCIClient:
                 allow_redirects=session is self._plain,
                 **kwargs,
             )
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             error = self._transport_error(exc, method, netloc, shown)
         else:
             log.debug("%s %s -> %s (%.2f s)", method, shown, response.status_code, time.monotonic() - started)
@@ -523,7 +528,9 @@ class CircleCIClient:
             max_pages: stop after this many pages (each one request) even if more exist.
 
         Yields dicts with ``id``, ``number``, ``state``, ``created_at`` and ``vcs`` (``revision``,
-        ``branch``). Raises RunbookError on 404 naming the slug and ``circleci.project_slug``.
+        ``branch``). A generator: each page is requested when iteration reaches it, so API errors
+        (RunbookError; on 404 naming the slug and ``circleci.project_slug``) are raised while
+        iterating; a malformed slug is refused at once.
         """
         params = {"branch": branch} if branch else None
         path = f"/project/{self._slug_path(slug)}/pipeline"

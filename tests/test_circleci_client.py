@@ -365,7 +365,7 @@ def test_sentinel_token_never_appears_in_errors_or_logs(caplog):
             (lambda: None, lambda: client.rerun_from_failed(wf.id)),
         ]
         for arm, call in scenarios:
-            ci.faults.clear()
+            ci.clear_faults()
             arm()
             with pytest.raises(RunbookError) as caught:
                 call()
@@ -383,3 +383,19 @@ def test_sentinel_token_never_appears_in_errors_or_logs(caplog):
     assert any("urllib3" in record.name for record in caplog.records)  # the DEBUG logs were captured
     leaks = [t for t in texts if SENTINEL in t]
     assert leaks == []
+
+
+def test_unparsable_retry_after_falls_back_to_backoff(ci, client):
+    ci.fault("*", 429, retry_after="soon", count=1)
+    assert list(client.pipelines(SLUG)) == []
+    assert ci.request_count == 2
+
+
+def test_watching_a_rerun_with_auto_advance(ci, client):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+    new_id = client.rerun_from_failed(wf.id)
+    ci.auto_advance = True
+    statuses = [client.workflow(new_id)["status"] for _ in range(3)]
+    assert statuses == ["running", "success", "success"]
+    assert statuses[-1] in circleci.TERMINAL_WORKFLOW_STATUSES
+    assert "running" in circleci.ACTIVE_WORKFLOW_STATUSES

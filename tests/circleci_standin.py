@@ -22,9 +22,10 @@ Scenario helpers (all return the objects they make; ids are UUID strings):
     job(name, status="success", *, requires=(), type="build", outcome="success", steps=None) -> dict
     set_job_status(workflow_id, job_name, status), set_job_outcome(workflow_id, job_name, outcome)
     advance(workflow_id=None), finish_workflow(workflow_id, status="success", failed_job=None)
+    auto_advance = True: each GET /workflow/{id} moves that workflow one tick (for watchers)
     set_steps(workflow_id, job_name, steps)
     fault(pattern, status=None, *, method=None, count=1, retry_after=None, delay=0.0,
-          malformed=False, message=None) -> Fault
+          malformed=False, message=None) -> Fault;  clear_faults()
     refused_url() -> a URL on which nothing listens; stop() makes ``url`` refuse as well
 
 Workflow status follows the jobs, as on CircleCI: a failed job with others still running or an
@@ -225,6 +226,9 @@ class CircleCIStandIn:
     Attributes:
         url: ``http://127.0.0.1:PORT`` (what CIRCLECI_HOST should be); ``api_url`` adds ``/api/v2``.
         requests: list of :class:`LoggedRequest`, oldest first.
+        auto_advance: when True, every ``GET /workflow/{id}`` of an unfinished workflow answers the
+            current state and then calls :meth:`advance` on it, so a watcher that polls sees the
+            workflow move to its end without a second thread (default False).
         counts: Counter of ``(method, path)``; ``request_count`` is the total.
     """
 
@@ -239,6 +243,7 @@ class CircleCIStandIn:
         self.token = token
         self.page_size = page_size
         self.app_url = app_url
+        self.auto_advance = False
         self.projects: dict[str, dict[str, int]] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.workflows: dict[str, Workflow] = {}
@@ -604,6 +609,11 @@ class CircleCIStandIn:
             self.faults.append(item)
         return item
 
+    def clear_faults(self) -> None:
+        """Remove every injected fault, used or not."""
+        with self._lock:
+            self.faults.clear()
+
     # -- state rules -------------------------------------------------------------------
 
     def _touch_job(self, workflow: Workflow, item: Job, now: datetime | None = None) -> None:
@@ -862,7 +872,10 @@ class CircleCIStandIn:
         workflow = self.workflows.get(wid)
         if workflow is None:
             return self._json({"message": "Workflow not found"}, 404)
-        return self._json(self._workflow_json(workflow))
+        response = self._json(self._workflow_json(workflow))
+        if self.auto_advance and workflow.status not in TERMINAL_WORKFLOW:
+            self.advance(wid)  # the next poll sees the next state
+        return response
 
     def _list_jobs(self, request: Request, wid: str, **_: Any) -> Response:
         workflow = self.workflows.get(wid)

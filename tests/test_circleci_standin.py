@@ -327,3 +327,12 @@ def test_refused_url_and_stopped_server_refuse_connections():
     standin.stop()
     with pytest.raises(requests.ConnectionError):
         requests.get(url, headers={"Circle-Token": standin.token}, timeout=2)
+
+
+def test_auto_advance_moves_a_polled_workflow_to_its_end(ci):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+    new_id = rerun(ci, wf.id).json()["workflow_id"]
+    ci.set_job_outcome(new_id, "test", "failed")
+    ci.auto_advance = True
+    seen = [api(ci, "GET", f"/workflow/{new_id}").json()["status"] for _ in range(3)]
+    assert seen == ["running", "failed", "failed"]

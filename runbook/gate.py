@@ -120,6 +120,7 @@ def wait(
     scopes = for_environment(config, environment)
     prints = [s.fingerprint() for s in scopes]
     session = session or aws.session(environment.account, use_profile=False)
+    ssm_client = aws.client(session, "ssm", environment.account)
     iam_client = None
     started = clock()
     delay = poll_s
@@ -127,7 +128,7 @@ def wait(
     told: str | None = None
     while True:
         try:
-            statuses = [read_state(s, fp, session) for s, fp in zip(scopes, prints, strict=True)]
+            statuses = [read_state(s, fp, ssm_client) for s, fp in zip(scopes, prints, strict=True)]
             polls += 1
             delay = poll_s
         except records.Throttled:

@@ -230,6 +230,8 @@ class CircleCIStandIn:
             current state and then calls :meth:`advance` on it, so a watcher that polls sees the
             workflow move to its end without a second thread (default False).
         counts: Counter of ``(method, path)``; ``request_count`` is the total.
+        rerun_outcomes: job name -> outcome its copy gets in every rerun (default: a job that
+            failed gets outcome ``success``, a fresh chance).
     """
 
     def __init__(
@@ -244,6 +246,7 @@ class CircleCIStandIn:
         self.page_size = page_size
         self.app_url = app_url
         self.auto_advance = False
+        self.rerun_outcomes: dict[str, str] = {}
         self.projects: dict[str, dict[str, int]] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.workflows: dict[str, Workflow] = {}
@@ -945,7 +948,9 @@ class CircleCIStandIn:
             if old.name in again:
                 copy.status, copy.job_number, copy.approved_by = "blocked", None, None
                 copy.started_at = copy.stopped_at = None
-                if old.outcome in FAILED_JOB:  # a rerun gets a fresh chance unless told otherwise
+                if old.name in self.rerun_outcomes:  # told otherwise: the job fails again
+                    copy.outcome = self.rerun_outcomes[old.name]
+                elif old.outcome in FAILED_JOB:  # a rerun gets a fresh chance
                     copy.outcome = "success"
             new.jobs.append(copy)
         self._start_ready(new)

@@ -112,6 +112,35 @@ class Project:
         )
         return Result(done.returncode, done.stdout, done.stderr)
 
+    def write_record(self, kind: str, env_name: str = "stg", *, endpoint: str, fingerprint: str | None = None,
+                     outputs: dict | None = None) -> None:
+        """Write an applied record into moto as a successful ``inv iam.*`` in this clone would.
+
+        *kind* is "account" or "environment"; the fingerprint is this clone's own unless given.
+        """
+        import boto3
+
+        from runbook import config as configuration
+        from runbook import fingerprint as fp
+        from runbook import records
+        from runbook.scopes import Scope
+
+        cfg = configuration.load(self.path / "config" / "environments.yml")
+        env = cfg.environments[env_name]
+        scope = Scope.of_environment(cfg, env) if kind == "environment" else Scope.of_account(cfg, env.account)
+        root = self.path / scope.root.relative_to(REPO)
+        script = self.path / "iam" / "terraform" / "bin" / "deploy-app.sh"
+        record = records.Record.create(
+            fingerprint=fingerprint or fp.compute(root, {"deploy-app.sh": script}, scope.inputs()),
+            commit=git(self.path, "rev-parse", "HEAD"), branch=env.branch,
+            applied_by="arn:aws:iam::123456789012:user/admin", scope=scope.record_scope,
+            outputs=outputs if outputs is not None else (
+                {"lambda_role_names": [f"acme-api-{env_name}-lambda-api"]} if kind == "environment" else {}),
+        )
+        ssm = boto3.client("ssm", endpoint_url=endpoint, region_name=env.account.region,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        records.write(ssm, cfg.project, scope.record_scope, record)
+
     def commit_config(self, config: dict) -> None:
         """Replace the configuration, commit and push it on the current branch."""
         (self.path / "config" / "environments.yml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,4 +1,4 @@
-"""``inv ci.*``: the pipeline side of the runbook (gate and deploy jobs)."""
+"""``inv ci.*``: CircleCI from the terminal (status, rerun, diagnose) and the pipeline's own jobs (gate, deploy)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,126 @@ import subprocess
 from invoke import task
 
 from runbook import config as configuration
-from runbook import console
+from runbook import console, git
 from runbook.errors import RunbookError
 from runbook.tasks._common import user_errors
+
+ENV_HELP = "environment (default: the one whose branch is checked out)"
+LATEST_HELP = "use the branch's newest pipeline when none is for your HEAD"
+
+
+def _target(env, latest):
+    from runbook import iam, pipeline
+
+    cfg = configuration.load()
+    environment = iam.environment_for(cfg, env)
+    client = pipeline.client_for(cfg)
+    target = pipeline.find_workflow(client, cfg, environment, git.head_commit(), latest=latest)
+    if not target.matches_head:
+        console.warn(f"--latest: pipeline #{target.pipeline.get('number')} is for {target.commit[:12]}, "
+                     "not your HEAD")
+    return cfg, environment, client, target
+
+
+@task(help={"env": ENV_HELP, "latest": LATEST_HELP})
+@user_errors
+def status(c, env=None, latest=False):
+    """Show the pipeline of your commit: workflow status, each job with status and duration, URL."""
+    from runbook import pipeline
+
+    cfg, environment, client, target = _target(env, latest)
+    jobs = client.jobs(target.workflow["id"])
+    console.say(f"pipeline #{target.pipeline.get('number')}  {environment.branch} @ {target.commit[:12]}")
+    console.say(f"workflow {target.workflow.get('name')}: {target.status}")
+    width = max((len(j.get("name", "")) for j in jobs), default=4)
+    for job in jobs:
+        kind = " (approval)" if job.get("type") == "approval" else ""
+        took = pipeline.duration(job)
+        console.say(f"  {job.get('name', '?'):<{width}}  {job.get('status', '?'):<12} {took:>7}{kind}")
+    console.say(target.url)
+
+
+@task(help={
+    "env": ENV_HELP,
+    "latest": LATEST_HELP,
+    "wait": "watch the new workflow to the end; exit 0 only if it succeeds",
+    "force": "rerun even though the applied records say an IAM step is pending (or cannot be read)",
+    "poll_s": "with --wait: seconds between polls (default 10: at most 12 requests a minute)",
+})
+@user_errors
+def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None):
+    """Rerun the workflow of your commit from failed, once the IAM steps are applied."""
+    from runbook import pipeline, status
+    from runbook.scopes import for_environment
+
+    cfg, environment, client, target = _target(env, latest)
+    refusal = pipeline.rerun_refusal(target, environment)
+    if refusal:
+        raise refusal
+    if force:
+        console.warn("--force: not checking the applied records")
+    else:
+        statuses = status.examine(for_environment(cfg, environment))
+        blocked = [st for st in statuses if st.needed]
+        if blocked:
+            lines = "; ".join(f"{st.scope.label}: {st.text}" for st in blocked)
+            todo = status.commands(blocked, environment)
+            raise RunbookError(
+                f"Not rerunning: the IAM for this commit is not applied ({lines}); a rerun would fail the same "
+                "way. Nothing was changed",
+                fix=(f"as an administrator on {environment.branch}: " + " && ".join(todo) + f", then "
+                     f"`inv ci.rerun --env {environment.name}`") if todo else
+                "fix access to the records (aws sso login) or add --force if you are sure",
+            )
+    new_id = client.rerun_from_failed(target.workflow["id"])
+    url = client.web_url(cfg.circleci.project_slug, target.pipeline.get("number"), new_id)
+    console.ok(f"Rerunning {target.workflow.get('name')} of pipeline #{target.pipeline.get('number')} "
+               f"from failed: {url}")
+    if wait:
+        result = pipeline.watch(client, new_id, poll_s=float(poll_s or pipeline.WATCH_POLL_S))
+        if result.status != "success":
+            raise RunbookError(f"The rerun ended {result.status}", where=url,
+                               fix=f"inv ci.diagnose --env {environment.name}")
+        console.ok(f"The rerun succeeded ({result.seconds:.0f} s).")
+
+
+@task(help={"env": ENV_HELP, "latest": LATEST_HELP})
+@user_errors
+def diagnose(c, env=None, latest=False):
+    """Say why the workflow of your commit failed: an IAM race, or something else, with the remedy."""
+    from runbook import pipeline, status
+    from runbook.scopes import for_environment
+
+    cfg, environment, client, target = _target(env, latest)
+    if target.status not in ("failed", "error", "failing", "canceled"):
+        console.say(f"Workflow {target.workflow.get('name')} is {target.status}: nothing to diagnose. {target.url}")
+        return
+    findings = pipeline.diagnose(client, cfg, target, client.jobs(target.workflow["id"]))
+    if not findings:
+        console.say(f"Workflow is {target.status} but no job failed (canceled?). {target.url}")
+        return
+    for f in findings:
+        step = f" step {f.step!r}" if f.step else ""
+        console.say(f"{f.job}{step}: {f.kind}")
+        if f.line:
+            console.say(f"    {f.line}")
+        if f.note:
+            console.say(f"    ({f.note})")
+    if any(f.kind.startswith("iam-race") for f in findings):
+        try:
+            pending = status.commands(status.examine(for_environment(cfg, environment)), environment)
+        except RunbookError:
+            pending = []
+        commands = pending or [s.command(environment) for s in for_environment(cfg, environment)]
+        console.say()
+        console.warn("An IAM race: the deploy ran before the IAM for this commit was applied. Remedy:")
+        for command in [*commands, f"inv ci.rerun --env {environment.name}"]:
+            console.say(f"    {command}")
+        console.say("  (or all at once: inv release --env " + environment.name + ")")
+    else:
+        console.say()
+        console.warn(f"Not an IAM race. See {pipeline.TROUBLESHOOTING}, section \"Pipeline failures that are not "
+                     f"IAM\", and the job output: {target.url}")
 
 
 @task(help={

@@ -1,0 +1,306 @@
+"""`inv ci.status`, `inv ci.rerun` and `inv ci.diagnose` run as a user runs them, against the CircleCI stand-in."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.circleci_standin import CircleCIStandIn, job
+from tests.project import Project, base_config, git
+
+SENTINEL = "SENTINEL-TOKEN-do-not-print-8f3a"
+SLUG = "gh/acme/acme-api"
+WORKFLOW = "build-test-deploy"
+RERUN = "/api/v2/workflow/*/rerun"
+
+
+@pytest.fixture
+def ci():
+    with CircleCIStandIn(token=SENTINEL, page_size=2) as standin:
+        yield standin
+
+
+@pytest.fixture
+def project(tmp_path, moto_reset, aws_env, ci) -> Project:
+    env = {**aws_env, **ci.env(), "RUNBOOK_HTTP_TIMEOUT_S": "2"}
+    return Project.create(tmp_path, env, base_config(moto_reset))
+
+
+def head(project) -> str:
+    return git(project.path, "rev-parse", "HEAD")
+
+
+def pipeline_for(ci, project, status="failed", jobs=None):
+    """A pipeline of the staging branch for the clone's HEAD, after two older ones (so paging is used)."""
+    ci.add_pipeline(SLUG, "staging", "1" * 40, workflows=[(WORKFLOW, "success")])
+    ci.add_pipeline(SLUG, "staging", "2" * 40, workflows=[(WORKFLOW, "success")])
+    spec = (WORKFLOW, status, jobs) if jobs is not None else (WORKFLOW, status)
+    return ci.add_pipeline(SLUG, "staging", head(project), workflows=[spec])
+
+
+def gated_jobs(deploy="failed"):
+    return [job("test"), job("iam-gate-stg", requires=["test"]), job("deploy-stg", deploy, requires=["iam-gate-stg"])]
+
+
+def applied(project, moto):
+    project.write_record("account", endpoint=moto)
+    project.write_record("environment", endpoint=moto)
+
+
+def assert_clean_failure(result, *needles):
+    assert result.code != 0, result.all
+    assert "Traceback" not in result.all, result.all
+    assert SENTINEL not in result.all
+    for needle in needles:
+        assert needle in result.all, f"{needle!r} not in:\n{result.all}"
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def test_status_shows_pipeline_jobs_and_url(project, ci):
+    pipeline = pipeline_for(ci, project, jobs=gated_jobs())
+    ci.reset_log()
+    result = project.inv("ci.status", "--env", "stg")
+    assert result.code == 0, result.all
+    assert f"pipeline #{pipeline.number}" in result.out
+    assert head(project)[:12] in result.out
+    assert f"workflow {WORKFLOW}: failed" in result.out
+    for name, status in (("test", "success"), ("iam-gate-stg", "success"), ("deploy-stg", "failed")):
+        assert any(name in line and status in line for line in result.out.splitlines()), (name, result.out)
+    assert f"/pipelines/{SLUG}/{pipeline.number}/workflows/{pipeline.workflows[0].id}" in result.out
+    assert SENTINEL not in result.all
+
+
+def test_status_defaults_to_the_checked_out_environment(project, ci):
+    pipeline_for(ci, project)
+    result = project.inv("ci.status")
+    assert result.code == 0, result.all
+
+
+# -- rerun -------------------------------------------------------------------------------------
+
+
+def test_rerun_from_failed_with_at_most_four_requests(project, ci, moto_reset):
+    pipeline = pipeline_for(ci, project, jobs=gated_jobs())
+    applied(project, moto_reset)
+    ci.reset_log()
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert result.code == 0, result.all
+    assert ci.count("POST", RERUN) == 1
+    assert ci.request_count <= 4, [r.path for r in ci.requests]
+    rerun = ci.latest_workflow(pipeline, WORKFLOW)
+    assert rerun.id != pipeline.workflows[0].id
+    assert rerun.id in result.out
+    # only the failed deploy runs again; the test and the gate keep their results
+    assert {j.name: j.status for j in rerun.jobs}["test"] == "success"
+    assert {j.name: j.status for j in rerun.jobs}["deploy-stg"] != "failed"
+    assert SENTINEL not in result.all
+
+
+@pytest.mark.parametrize(
+    ("status", "needle"),
+    [
+        ("success", "succeeded"),
+        ("running", "still running"),
+        ("failing", "failing"),
+        ("on_hold", "approval"),
+        ("not_run", "did not run"),
+        ("unauthorized", "restricted context"),
+    ],
+)
+def test_rerun_refuses_when_a_rerun_would_be_wrong(project, ci, moto_reset, status, needle):
+    pipeline_for(ci, project, status=status)
+    applied(project, moto_reset)
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert_clean_failure(result, "Not rerunning", needle, "nothing was changed")
+    assert ci.count("POST", RERUN) == 0
+
+
+def test_rerun_refuses_while_iam_is_pending_and_names_the_commands(project, ci, moto_reset):
+    pipeline_for(ci, project, jobs=gated_jobs())
+    project.write_record("account", endpoint=moto_reset)  # the environment step is still missing
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert_clean_failure(result, "environment stg: never applied", "inv iam.env --name stg",
+                         "inv ci.rerun --env stg")
+    assert "inv iam.account" not in result.err
+    assert ci.count("POST", RERUN) == 0
+
+
+def test_rerun_refuses_for_a_changed_root(project, ci, moto_reset):
+    pipeline_for(ci, project, jobs=gated_jobs())
+    project.write_record("account", endpoint=moto_reset)
+    project.write_record("environment", endpoint=moto_reset, fingerprint="0" * 64)
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert_clean_failure(result, "change pending", "inv iam.env --name stg")
+    assert ci.count("POST", RERUN) == 0
+
+
+def test_rerun_force_skips_the_records(project, ci):
+    pipeline_for(ci, project, jobs=gated_jobs())
+    result = project.inv("ci.rerun", "--env", "stg", "--force")
+    assert result.code == 0, result.all
+    assert "--force" in result.out
+    assert ci.count("POST", RERUN) == 1
+
+
+def test_rerun_wait_succeeds_when_the_new_workflow_succeeds(project, ci, moto_reset):
+    pipeline_for(ci, project, jobs=gated_jobs())
+    applied(project, moto_reset)
+    ci.auto_advance = True
+    result = project.inv("ci.rerun", "--env", "stg", "--wait", "--poll-s", "0.05")
+    assert result.code == 0, result.all
+    assert "The rerun succeeded" in result.out
+    assert "jobs 3/3 done" in result.out
+
+
+def test_rerun_wait_fails_when_the_new_workflow_fails(project, ci, moto_reset):
+    pipeline = pipeline_for(ci, project, jobs=gated_jobs())
+    applied(project, moto_reset)
+    ci.rerun_outcomes["deploy-stg"] = "failed"
+    ci.auto_advance = True
+    result = project.inv("ci.rerun", "--env", "stg", "--wait", "--poll-s", "0.05")
+    assert_clean_failure(result, "The rerun ended failed", "inv ci.diagnose --env stg")
+    assert ci.latest_workflow(pipeline, WORKFLOW).status == "failed"
+
+
+def test_no_pipeline_for_head_names_both_commits(project, ci, moto_reset):
+    ci.add_pipeline(SLUG, "staging", "a" * 40, workflows=[(WORKFLOW, "failed")])
+    applied(project, moto_reset)
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert_clean_failure(result, head(project)[:12], "a" * 12, "--latest")
+    assert ci.count("POST", RERUN) == 0
+    latest = project.inv("ci.rerun", "--env", "stg", "--latest")
+    assert latest.code == 0, latest.all
+    assert "--latest" in latest.out
+    assert ci.count("POST", RERUN) == 1
+
+
+def test_branch_names_are_url_encoded(tmp_path, moto_reset, aws_env, ci):
+    config = base_config(moto_reset)
+    config["environments"]["stg"]["branch"] = "release/stg"
+    env = {**aws_env, **ci.env()}
+    project = Project.create(tmp_path, env, config, branch="release/stg")
+    ci.add_pipeline(SLUG, "release/stg", head(project), workflows=[(WORKFLOW, "failed")])
+    result = project.inv("ci.status")
+    assert result.code == 0, result.all
+    assert any("branch=release%2Fstg" in r.raw_uri for r in ci.requests)
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+
+def test_invalid_token(project, ci):
+    pipeline_for(ci, project)
+    result = project.inv("ci.status", env={**project.env, "CIRCLECI_TOKEN": "wrong-token-value"})
+    assert_clean_failure(result, "CIRCLECI_TOKEN", "Personal API Token")
+    assert "wrong-token-value" not in result.all
+
+
+def test_no_token(project, ci):
+    env = {k: v for k, v in project.env.items() if k != "CIRCLECI_TOKEN"}
+    result = project.inv("ci.rerun", "--env", "stg", env=env)
+    assert_clean_failure(result, "CIRCLECI_TOKEN", "CIRCLE_TOKEN", "CIRCLECI_CLI_TOKEN")
+
+
+def test_unknown_project(project, ci, tmp_path):
+    config = base_config(None)
+    config["circleci"]["project_slug"] = "gh/acme/nope"
+    project.commit_config(config)
+    result = project.inv("ci.status", "--env", "stg")
+    assert_clean_failure(result, "gh/acme/nope", "circleci.project_slug")
+
+
+def test_throttled_then_answered(project, ci):
+    pipeline_for(ci, project)
+    ci.fault("/api/v2/project/*/pipeline", 429, retry_after=1)
+    result = project.inv("ci.status", "--env", "stg")
+    assert result.code == 0, result.all
+
+
+def test_server_errors_that_persist(project, ci):
+    pipeline_for(ci, project)
+    ci.fault("*", 500, count=None)
+    result = project.inv("ci.status", "--env", "stg")
+    assert_clean_failure(result, "500")
+
+
+def test_malformed_json(project, ci):
+    pipeline_for(ci, project)
+    ci.fault("/api/v2/pipeline/*/workflow", malformed=True, count=None)
+    result = project.inv("ci.status", "--env", "stg")
+    assert_clean_failure(result, "/workflow")
+
+
+def test_slow_api_times_out_with_the_host(project, ci):
+    pipeline_for(ci, project)
+    ci.fault("/api/v2/project/*/pipeline", delay=4, count=None)
+    result = project.inv("ci.status", "--env", "stg", env={**project.env, "RUNBOOK_HTTP_TIMEOUT_S": "0.5"})
+    assert_clean_failure(result, "127.0.0.1")
+
+
+def test_connection_refused(project, ci):
+    result = project.inv("ci.status", "--env", "stg", env={**project.env, "CIRCLECI_HOST": ci.refused_url()})
+    assert_clean_failure(result, "CIRCLECI_HOST")
+
+
+def test_rerun_refused_by_circleci_changes_nothing_locally(project, ci, moto_reset):
+    pipeline_for(ci, project, jobs=gated_jobs())
+    applied(project, moto_reset)
+    ci.fault(RERUN, 400, method="POST", message="Workflow cannot be rerun: too old")
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert_clean_failure(result, "too old")
+
+
+# -- diagnose ----------------------------------------------------------------------------------
+
+
+def test_diagnose_names_an_iam_race(project, ci):
+    pipeline = pipeline_for(ci, project, jobs=gated_jobs())
+    ci.set_steps(pipeline.workflows[0].id, "deploy-stg", [
+        {"name": "Checkout", "status": "success", "exit_code": 0, "output": "ok"},
+        {"name": "Deploy", "status": "failed", "exit_code": 1, "output": (
+            "Deploying acme-api to stg\n"
+            "An error occurred (AccessDeniedException) when calling the CreateFunction operation: User: "
+            "arn:aws:iam::123456789012:user/acme-api-circleci-deployer is not authorized to perform: "
+            "iam:PassRole on resource: acme-api-stg-lambda-api (key AKIAABCDEFGHIJKLMNOP)\n")},
+    ])
+    result = project.inv("ci.diagnose", "--env", "stg")
+    assert result.code == 0, result.all
+    assert "deploy-stg step 'Deploy': iam-race" in result.out
+    assert "not authorized to perform" in result.out
+    assert "AKIAABCDEFGHIJKLMNOP" not in result.out
+    assert "inv iam.env --name stg" in result.out and "inv ci.rerun --env stg" in result.out
+    assert SENTINEL not in result.all
+
+
+def test_diagnose_tells_other_failures_apart(project, ci):
+    pipeline = pipeline_for(ci, project, jobs=[job("test", "failed")])
+    ci.set_steps(pipeline.workflows[0].id, "test", [
+        {"name": "Tests", "status": "failed", "exit_code": 1, "output": "FAILED tests/test_app.py - AssertionError"},
+    ])
+    result = project.inv("ci.diagnose", "--env", "stg")
+    assert result.code == 0, result.all
+    assert "test step 'Tests': other" in result.out
+    assert "Not an IAM race" in result.out and "TROUBLESHOOTING.md" in result.out
+
+
+def test_diagnose_without_step_output_classifies_by_job(tmp_path, moto_reset, aws_env, ci):
+    config = base_config(moto_reset)
+    slug = "circleci/5f1b3c1e-0000-4000-8000-000000000001/9a8b7c6d-0000-4000-8000-000000000002"
+    config["circleci"]["project_slug"] = slug
+    project = Project.create(tmp_path, {**aws_env, **ci.env()}, config)
+    ci.add_pipeline(slug, "staging", head(project), workflows=[(WORKFLOW, "failed", [
+        job("test"), job("iam-gate-stg", "failed", requires=["test"]),
+        job("deploy-stg", "blocked", requires=["iam-gate-stg"])])])
+    result = project.inv("ci.diagnose", "--env", "stg")
+    assert result.code == 0, result.all
+    assert "step output not available" in result.out
+    assert "iam-gate-stg: iam-race" in result.out
+    assert "inv ci.rerun --env stg" in result.out
+
+
+def test_diagnose_of_a_successful_workflow(project, ci):
+    pipeline_for(ci, project, status="success")
+    result = project.inv("ci.diagnose", "--env", "stg")
+    assert result.code == 0, result.all
+    assert "nothing to diagnose" in result.out

@@ -55,6 +55,7 @@ class IamRun:
     backend_state: Any = None
     summary: terraform.PlanSummary | None = None
     created: list[str] = field(default_factory=list)
+    needed: dict[str, tuple[bool, str]] | None = None
 
     @property
     def account(self) -> Account:
@@ -249,19 +250,44 @@ class BackendStep(Step):
         return "created " + "; ".join(ctx.created) if ctx.created else "nothing to create"
 
 
-class ScriptStep(Step):
+class ScopedStep(Step):
+    """A step that acts on one scope: its own (release runs account then environment) or ``ctx.scope``.
+
+    When ``ctx.needed`` holds a decision for the scope (``inv release`` reads the applied records
+    first), a scope whose record is current is skipped with that reason.
+    """
+
+    def __init__(self, scope: Scope | None = None):
+        self.scope = scope
+        if scope is not None:
+            self.title = f"{self.title} ({scope.label})"
+
+    def sc(self, ctx: IamRun) -> Scope:
+        return self.scope or ctx.scope
+
+    def skip(self, ctx: IamRun) -> Decision | None:
+        """Decision(False, why) when the records say this scope needs nothing, else None."""
+        needed = getattr(ctx, "needed", None)
+        if needed is None or self.sc(ctx).kind not in needed:
+            return None
+        is_needed, reason = needed[self.sc(ctx).kind]
+        return None if is_needed else Decision(False, reason)
+
+
+class ScriptStep(ScopedStep):
     """A run of deploy-app.sh in one mode."""
 
     mode = "plan"
 
     def env(self, ctx: IamRun) -> dict[str, str]:
-        return terraform.script_env(ctx.backend, mode=self.mode, tf_vars=ctx.tf_vars(),
-                                    terraform_bin=ctx.terraform_bin)
+        sc = self.sc(ctx)
+        return terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin)
 
     def describe(self, ctx: IamRun) -> list[str]:
         env = console.mask_env(self.env(ctx))
+        root = self.sc(ctx).root
         return [
-            f"$ cd {shlex.quote(_rel(ctx.root))} && {shlex.join(terraform.command(ctx.root))}",
+            f"$ cd {shlex.quote(_rel(root))} && {shlex.join(terraform.command(root))}",
             "  env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
         ]
 
@@ -271,16 +297,18 @@ class PlanStep(ScriptStep):
     mode = "plan"
 
     def check(self, ctx: IamRun) -> Decision:
-        return Decision(True, f"show what would change in {ctx.label} before anything changes")
+        return self.skip(ctx) or Decision(True, f"show what would change in {self.sc(ctx).label} before anything "
+                                                "changes")
 
     def run(self, ctx: IamRun) -> str:
-        ctx.fingerprint = ctx.scope.fingerprint()
-        terraform.run_script(ctx.root, self.env(ctx), what=f"plan of {ctx.label}")
-        ctx.summary = terraform.read_plan(ctx.root)
+        sc = self.sc(ctx)
+        ctx.fingerprint = sc.fingerprint()
+        terraform.run_script(sc.root, self.env(ctx), what=f"plan of {sc.label}")
+        ctx.summary = terraform.read_plan(sc.root)
         return f"Plan: {ctx.summary}"
 
 
-class ConfirmStep(Step):
+class ConfirmStep(ScopedStep):
     title = "Confirm"
 
     def _why(self, ctx: IamRun) -> list[str]:
@@ -292,6 +320,9 @@ class ConfirmStep(Step):
         return why
 
     def check(self, ctx: IamRun) -> Decision:
+        skipped = self.skip(ctx)
+        if skipped:
+            return skipped
         if ctx.dry_run:
             if ctx.environment.protected:
                 return Decision(True, f"environment {ctx.environment.name} is protected (--yes answers it)")
@@ -302,11 +333,11 @@ class ConfirmStep(Step):
         return Decision(True, " and ".join(why))
 
     def run(self, ctx: IamRun) -> str:
-        question = f"Apply this plan to {ctx.label} ({ctx.summary})?"
-        if not console.confirm(question, assume_yes=ctx.assume_yes):
+        sc = self.sc(ctx)
+        if not console.confirm(f"Apply this plan to {sc.label} ({ctx.summary})?", assume_yes=ctx.assume_yes):
             raise RunbookError(
-                f"Not confirmed: nothing was applied to {ctx.label}",
-                fix=f"run `{ctx.command}` again and answer y, after reading the plan",
+                f"Not confirmed: nothing was applied to {sc.label}",
+                fix="run the same command again and answer y, after reading the plan",
             )
         return "confirmed"
 
@@ -316,38 +347,44 @@ class ApplyStep(ScriptStep):
     mode = "apply"
 
     def check(self, ctx: IamRun) -> Decision:
+        skipped = self.skip(ctx)
+        if skipped:
+            return skipped
         if ctx.summary is not None and ctx.summary.empty:
             return Decision(True, "the plan has no changes; applying it confirms the state matches this commit")
         return Decision(True, "apply exactly the plan file just shown (what was reviewed is what is applied)")
 
     def run(self, ctx: IamRun) -> str:
-        terraform.run_script(ctx.root, self.env(ctx), what=f"apply to {ctx.label}")
-        return f"applied to {ctx.label}: {ctx.summary}"
+        sc = self.sc(ctx)
+        terraform.run_script(sc.root, self.env(ctx), what=f"apply to {sc.label}")
+        return f"applied to {sc.label}: {ctx.summary}"
 
 
-class RecordStep(Step):
+class RecordStep(ScopedStep):
     title = "Record what was applied"
 
     def describe(self, ctx: IamRun) -> list[str]:
-        return [f"SSM PutParameter {ctx.scope.parameter} (account {ctx.account.id}): fingerprint, commit, "
+        sc = self.sc(ctx)
+        return [f"SSM PutParameter {sc.parameter} (account {sc.account.id}): fingerprint, commit, "
                 "branch, caller identity ARN, UTC time, outputs"]
 
     def check(self, ctx: IamRun) -> Decision:
-        return Decision(True, "the pipeline's IAM gate and `inv iam.status` compare this commit with the record "
-                              "(written only after apply exited 0)")
+        return self.skip(ctx) or Decision(True, "the pipeline's IAM gate and `inv iam.status` compare this commit "
+                                                "with the record (written only after apply exited 0)")
 
     def run(self, ctx: IamRun) -> str:
-        outputs = terraform.read_outputs(ctx.root)
+        sc = self.sc(ctx)
+        outputs = terraform.read_outputs(sc.root)
         record = records.Record.create(
-            fingerprint=ctx.fingerprint or ctx.scope.fingerprint(),
+            fingerprint=ctx.fingerprint or sc.fingerprint(),
             commit=ctx.head or git.head_commit(ctx.cwd),
             branch=ctx.branch or ctx.environment.branch,
             applied_by=ctx.identity.arn,
-            scope=ctx.scope.record_scope,
+            scope=sc.record_scope,
             outputs={k: v for k, v in outputs.items() if k in RECORDED_OUTPUTS},
         )
-        name = records.write(ctx.aws_session(), ctx.config.project, ctx.scope.record_scope, record,
-                             endpoint_url=ctx.account.endpoint_url)
+        name = records.write(ctx.aws_session(), ctx.config.project, sc.record_scope, record,
+                             endpoint_url=sc.account.endpoint_url)
         return f"{name} = {record.fingerprint[:12]}... at {record.commit[:12]}"
 
 
@@ -363,10 +400,19 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def preflight_steps() -> list[Step]:
+    """The checks before anything changes, and the backend."""
+    return [ConfigCheck(), GitCheck(), TerraformCheck(), IdentityCheck(), BackendStep()]
+
+
+def scope_steps(scope: Scope | None = None) -> list[Step]:
+    """Plan, confirm, apply and record one scope (``ctx.scope`` when *scope* is None)."""
+    return [PlanStep(scope), ConfirmStep(scope), ApplyStep(scope), RecordStep(scope)]
+
+
 def steps(ctx: IamRun) -> list[Step]:
     """The ordered steps for one IAM scope (see the module docstring)."""
-    return [ConfigCheck(), GitCheck(), TerraformCheck(), IdentityCheck(), BackendStep(),
-            PlanStep(), ConfirmStep(), ApplyStep(), RecordStep()]
+    return preflight_steps() + scope_steps()
 
 
 def build(ctx: IamRun) -> Plan:

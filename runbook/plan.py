@@ -68,11 +68,13 @@ class Plan:
         name: words for headings, e.g. "IAM for environment stg".
         steps: the steps, in order.
         resume: the command a person runs to start again after a failure.
+        dry_note: what a dry run does and does not touch, shown in its heading.
     """
 
     name: str
     steps: list[Step]
     resume: str
+    dry_note: str = "Nothing is changed; AWS and Terraform are not called."
     outcomes: list[Outcome] = field(default_factory=list)
 
     def dry_run(self, ctx: Any) -> list[RunbookError]:
@@ -82,8 +84,7 @@ class Plan:
         "cannot tell offline" notes become findings; other steps print their
         decision as far as it can be made without AWS or Terraform.
         """
-        console.heading(f"Dry run: {self.name} ({len(self.steps)} steps). Nothing is changed; AWS and "
-                        "Terraform are not called.")
+        console.heading(f"Dry run: {self.name} ({len(self.steps)} steps). {self.dry_note}")
         findings: list[RunbookError] = []
         for number, step in enumerate(self.steps, 1):
             try:

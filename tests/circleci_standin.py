@@ -21,6 +21,7 @@ Scenario helpers (all return the objects they make; ids are UUID strings):
     add_workflow(pipeline, name, status=None, jobs=None, *, setup=False) -> Workflow
     job(name, status="success", *, requires=(), type="build", outcome="success", steps=None) -> dict
     set_job_status(workflow_id, job_name, status), set_job_outcome(workflow_id, job_name, outcome)
+    complete_job(workflow_id, job_name, status): finish a job and start what became ready
     advance(workflow_id=None), finish_workflow(workflow_id, status="success", failed_job=None)
     auto_advance = True: each GET /workflow/{id} moves that workflow one tick (for watchers)
     set_steps(workflow_id, job_name, steps)
@@ -507,6 +508,18 @@ class CircleCIStandIn:
             item = workflow.job(job_name)
             item.status = status
             self._touch_job(workflow, item)
+            self._recompute(workflow)
+            return workflow
+
+    def complete_job(self, workflow_id: str, job_name: str, status: str) -> Workflow:
+        """Finish a running job with *status* (``success``, ``failed``...) and start the jobs that became
+        ready, as CircleCI does when a job ends (for a test that executes jobs itself)."""
+        with self._lock:
+            workflow = self.workflows[workflow_id]
+            item = workflow.job(job_name)
+            item.status = status
+            self._touch_job(workflow, item)
+            self._start_ready(workflow)
             self._recompute(workflow)
             return workflow
 

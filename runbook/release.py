@@ -1,0 +1,171 @@
+"""``inv release``: the whole runbook in one plan, running only the steps that are needed.
+
+Order: preflight (configuration, git, Terraform, AWS caller identity, CircleCI
+token), backend, the applied records (which decide the IAM steps), the account
+step if its record does not match this commit, the environment step likewise,
+then the pipeline of this commit (waiting at the gate: nothing to do; failed:
+rerun from failed) and a watch to its end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runbook import circleci, console, iam, pipeline
+from runbook.errors import RunbookError
+from runbook.plan import Decision, Plan, Step
+from runbook.scopes import for_environment
+
+
+@dataclass
+class ReleaseRun(iam.IamRun):
+    """An :class:`~runbook.iam.IamRun` for the environment scope, plus the CircleCI side.
+
+    Args (beyond IamRun's):
+        poll_s: seconds between polls while watching the workflow.
+        pipeline_wait_s: how long to wait for the pipeline of this commit to appear (a merge
+            starts it within seconds; this covers a slow webhook).
+    """
+
+    poll_s: float = pipeline.WATCH_POLL_S
+    pipeline_wait_s: float = 120.0
+    client: Any = None
+    target: pipeline.Target | None = None
+    watch_id: str | None = None
+    urls: tuple[str, ...] = ()
+
+    @property
+    def command(self) -> str:
+        return f"inv release --env {self.environment.name}"
+
+
+class CircleCICheck(Step):
+    title = "Preflight: CircleCI token"
+    preflight = True
+
+    def describe(self, ctx: ReleaseRun) -> list[str]:
+        slug = ctx.config.circleci.project_slug if ctx.config.circleci else "?"
+        return [f"project {slug}, token from {' / '.join(circleci.TOKEN_VARIABLES)} (sent only to the API host)"]
+
+    def check(self, ctx: ReleaseRun) -> Decision:
+        ctx.client = ctx.client or pipeline.client_for(ctx.config)
+        return Decision(True, f"token from {ctx.client.token_source}, API at {ctx.client.host}")
+
+    def run(self, ctx: ReleaseRun) -> str:
+        return self.check(ctx).reason
+
+
+class RecordsCheck(Step):
+    title = "Applied records: which IAM steps are needed"
+    preflight = True
+
+    def describe(self, ctx: ReleaseRun) -> list[str]:
+        return [f"SSM GetParameter {s.parameter}: compare with this commit's fingerprint"
+                for s in for_environment(ctx.config, ctx.environment)]
+
+    def check(self, ctx: ReleaseRun) -> Decision:
+        from runbook import status
+
+        if ctx.dry_run:
+            statuses = status.examine(for_environment(ctx.config, ctx.environment))
+        else:
+            statuses = status.examine(for_environment(ctx.config, ctx.environment),
+                                      session_for=lambda account: ctx.aws_session())
+        ctx.needed = {}
+        parts = []
+        for st in statuses:
+            if st.state == status.UNKNOWN:
+                if not ctx.dry_run:
+                    raise RunbookError(f"Cannot read the applied record of {st.scope.label}: {st.reason}",
+                                       where=f"SSM parameter {st.scope.parameter}",
+                                       fix="use administrator credentials for the account (aws sso login)")
+                ctx.needed[st.scope.kind] = (True, f"decided at run time (record unreadable now: {st.reason})")
+            elif st.needed:
+                ctx.needed[st.scope.kind] = (True, f"{st.text}")
+            else:
+                rec = st.record or {}
+                ctx.needed[st.scope.kind] = (False, f"record current: applied at {rec.get('commit', '?')[:12]} by "
+                                                    f"{rec.get('applied_by', '?').rsplit('/', 1)[-1]}")
+            parts.append(f"{st.scope.label}: {st.text}")
+        return Decision(True, "; ".join(parts))
+
+    def run(self, ctx: ReleaseRun) -> str:
+        return self.check(ctx).reason
+
+
+class PipelineStep(Step):
+    title = "CircleCI: the pipeline of this commit"
+
+    def describe(self, ctx: ReleaseRun) -> list[str]:
+        return [f"GET pipelines of branch {ctx.environment.branch} (commit = HEAD), its workflow "
+                f"{ctx.config.circleci.workflow if ctx.config.circleci else '?'}; POST rerun from failed if it failed"]
+
+    def _find(self, ctx: ReleaseRun) -> pipeline.Target:
+        head = ctx.head
+        deadline = time.monotonic() + (0 if ctx.dry_run else ctx.pipeline_wait_s)
+        while True:
+            try:
+                return pipeline.find_workflow(ctx.client, ctx.config, ctx.environment, head)
+            except RunbookError as exc:
+                if time.monotonic() + 10 > deadline:
+                    raise exc from None
+                console.say(f"  no pipeline for {head[:12]} yet; looking again in 10 s")
+                time.sleep(10)
+
+    def check(self, ctx: ReleaseRun) -> Decision:
+        if ctx.dry_run and (ctx.client is None or ctx.head is None):
+            return Decision(True, "looked up at run time: waiting at the gate means nothing to do, failed means "
+                                  "rerun from failed")
+        ctx.target = self._find(ctx)
+        ctx.urls = (ctx.target.url,)
+        status = ctx.target.status
+        number = ctx.target.pipeline.get("number")
+        if status in pipeline.RERUNNABLE:
+            return Decision(True, f"pipeline #{number} {status}: rerun from failed now that the IAM is applied")
+        if status == "success":
+            return Decision(False, f"pipeline #{number} already succeeded")
+        if status in ("running", "on_hold", "failing"):
+            ctx.watch_id = ctx.target.workflow["id"]
+            return Decision(False, f"pipeline #{number} is {status}: the IAM gate opens by itself once the records "
+                                   "match; nothing to rerun")
+        refusal = pipeline.rerun_refusal(ctx.target, ctx.environment)
+        raise refusal
+
+    def run(self, ctx: ReleaseRun) -> str:
+        ctx.watch_id = ctx.client.rerun_from_failed(ctx.target.workflow["id"])
+        url = ctx.client.web_url(ctx.config.circleci.project_slug, ctx.target.pipeline.get("number"), ctx.watch_id)
+        ctx.urls = (*ctx.urls, url)
+        return f"rerunning from failed: {url}"
+
+
+class WatchStep(Step):
+    title = "CircleCI: watch the workflow to the end"
+
+    def check(self, ctx: ReleaseRun) -> Decision:
+        if ctx.dry_run:
+            return Decision(True, "until it succeeds or fails (Ctrl-C stops watching, not the workflow)")
+        if ctx.watch_id is None:
+            return Decision(False, "nothing running")
+        return Decision(True, "until it succeeds or fails (Ctrl-C stops watching, not the workflow)")
+
+    def run(self, ctx: ReleaseRun) -> str:
+        result = pipeline.watch(ctx.client, ctx.watch_id, poll_s=ctx.poll_s)
+        if result.status != "success":
+            raise RunbookError(
+                f"The workflow ended {result.status}",
+                where=ctx.urls[-1] if ctx.urls else None,
+                fix=f"inv ci.diagnose --env {ctx.environment.name}",
+            )
+        return f"succeeded after {result.seconds:.0f} s of watching"
+
+
+def build(ctx: ReleaseRun) -> Plan:
+    """The release plan for ``ctx.environment`` (see the module docstring)."""
+    account, environment = for_environment(ctx.config, ctx.environment)
+    steps: list[Step] = [*iam.preflight_steps()[:4], CircleCICheck(), iam.BackendStep(), RecordsCheck(),
+                         *iam.scope_steps(account), *iam.scope_steps(environment), PipelineStep(), WatchStep()]
+    return Plan(name=f"release of {ctx.environment.name}", steps=steps, resume=ctx.command,
+                dry_note="Nothing is changed; Terraform is not called; the only AWS and CircleCI calls are "
+                "read-only look-ups (the applied records, the pipeline).")

@@ -1,0 +1,80 @@
+"""CircleCI API requests per `inv ci.rerun` on a healthy API, and per minute of `--wait`.
+
+Against the CircleCI stand-in on 127.0.0.1 (it counts every request), in a throwaway clone of
+the project whose IAM records are current in a moto server. Targets (issue: CircleCI from the
+terminal): at most 4 requests per rerun, at most 12 per minute of watching. The watch rate is
+derived from the default poll interval and the requests one poll makes, measured over a short
+watch with a fast poll. Prints figures; exits 0.
+
+    python bench/bench_ci_requests.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runbook.pipeline import WATCH_POLL_S  # noqa: E402
+from tests.circleci_standin import CircleCIStandIn, job  # noqa: E402
+from tests.project import Project, base_config, git  # noqa: E402
+
+
+def main() -> None:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_", "CIRCLE"))}
+        env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true",
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        with CircleCIStandIn(page_size=20) as ci, tempfile.TemporaryDirectory() as tmp:
+            project = Project.create(Path(tmp), {**env, **ci.env()}, base_config(endpoint))
+            project.write_record("account", endpoint=endpoint)
+            project.write_record("environment", endpoint=endpoint)
+            head = git(project.path, "rev-parse", "HEAD")
+            for n in range(30):  # a busy branch: older pipelines first
+                ci.add_pipeline("gh/acme/acme-api", "staging", f"{n:040x}",
+                                workflows=[("build-test-deploy", "success")])
+            jobs = [job("test"), job("iam-gate-stg", requires=["test"]),
+                    job("deploy-stg", "failed", requires=["iam-gate-stg"])]
+            ci.add_pipeline("gh/acme/acme-api", "staging", head, workflows=[("build-test-deploy", "failed", jobs)])
+
+            ci.reset_log()
+            result = project.inv("ci.rerun", "--env", "stg")
+            assert result.code == 0, result.all
+            rerun = ci.request_count
+            print(f"requests per `inv ci.rerun` (healthy API): {rerun} (target <= 4): "
+                  f"{'met' if rerun <= 4 else 'NOT met'}  [{', '.join(r.method + ' ' + r.path for r in ci.requests)}]")
+
+            # a second failed pipeline, rerun with --wait, the new workflow advancing on every poll
+            git(project.path, "commit", "-q", "--allow-empty", "-m", "next")
+            git(project.path, "push", "-q")
+            project.write_record("account", endpoint=endpoint)
+            project.write_record("environment", endpoint=endpoint)
+            ci.add_pipeline("gh/acme/acme-api", "staging", git(project.path, "rev-parse", "HEAD"),
+                            workflows=[("build-test-deploy", "failed", jobs)])
+            ci.auto_advance = True
+            ci.reset_log()
+            result = project.inv("ci.rerun", "--env", "stg", "--wait", "--poll-s", "0.05")
+            assert result.code == 0, result.all
+            watch = ci.count(pattern="/api/v2/workflow/*") - ci.count("POST", "/api/v2/workflow/*/rerun")
+            polls = ci.count("GET", "/api/v2/workflow/*") - ci.count("GET", "/api/v2/workflow/*/job")
+            per_poll = watch / polls
+            per_minute = per_poll * 60 / WATCH_POLL_S
+            print(f"watch: {watch} requests over {polls} polls = {per_poll:.1f} per poll; at the default "
+                  f"{WATCH_POLL_S:.0f} s poll that is {per_minute:.1f} per minute (target <= 12): "
+                  f"{'met' if per_minute <= 12 else 'NOT met'}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -110,7 +110,7 @@ class Config:
                 f"{name!r} is not an environment name: names are lower-case letters, digits and '-', "
                 f"starting with a letter. Valid names: {', '.join(self.environments)}",
                 where=str(self.path),
-                fix=f"inv iam.env --name {next(iter(self.environments))}",
+                fix=f"use one of the valid names: {', '.join(self.environments)}",
             )
         if name not in self.environments:
             close = difflib.get_close_matches(name, self.environments, n=1)
@@ -180,7 +180,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
     except OSError as exc:
         raise RunbookError(f"Cannot read the configuration file {path}: {exc.strerror}") from None
     data, lines, plain = _parse_yaml(text, path)
-    problems = _schema_problems(data, lines, plain, path) or _rule_problems(data, lines)
+    problems = _schema_problems(data, lines, plain, path) or _rule_problems(data, lines, plain)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise RunbookError(
@@ -307,9 +307,16 @@ def _explain(error: Any, at: tuple, data: Any, lines: dict[tuple, int], plain: s
     return line, f"line {line}, field {name}: {error.message}"
 
 
-def _rule_problems(data: dict, lines: dict[tuple, int]) -> list[str]:
+def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> list[str]:
     problems = []
     accounts = data.get("accounts", {})
+    for name in accounts:
+        if ("accounts", name, "id") in plain:
+            line = _line(lines, ("accounts", name, "id"))
+            problems.append(
+                f'line {line}, field accounts.{name}.id: quote the account ID, e.g. id: "{accounts[name]["id"]}" '
+                "(unquoted, YAML may read it as a number and drop a leading zero)"
+            )
     branches: dict[str, str] = {}
     for name, env in data.get("environments", {}).items():
         account = env.get("account")

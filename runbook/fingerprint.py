@@ -19,9 +19,12 @@ It is the same on every machine for the same commit and configuration:
 - Files a checkout or a run may leave behind are skipped: ``.terraform/``,
   state (``*.tfstate*``, ``terraform.tfstate.d/``), plan files (``*.tfplan``,
   ``*.tfplan.json``, ``tfplan``), ``crash.log`` and editor or merge litter
-  (see :data:`IGNORED_NAMES`, :data:`IGNORED_DIRS`). ``.terraform.lock.hcl`` is
-  hashed: it pins the provider versions, so a change to it is a change to what
-  is applied.
+  (see :data:`IGNORED_NAMES`, :data:`IGNORED_DIRS`), and ``.terraform.lock.hcl``:
+  ``terraform init`` writes it on every administrator's machine, and the
+  repository ignores it (it cannot be generated without the provider registry),
+  so hashing it would make a laptop and the pipeline's clean checkout disagree.
+  The provider versions are still pinned by ``required_providers``, which is
+  hashed. Once the lock files are committed, drop the name from IGNORED_NAMES.
 - Symbolic links are followed (a linked module directory is hashed under the
   link's path); a directory reached twice through links is hashed once.
 
@@ -59,6 +62,7 @@ IGNORED_NAMES = (
     "*.tfplan.json",
     "tfplan",
     "crash.log",
+    ".terraform.lock.hcl",
     "*~",
     "*.swp",
     "*.swo",

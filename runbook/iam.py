@@ -281,7 +281,8 @@ class ScriptStep(ScopedStep):
 
     def env(self, ctx: IamRun) -> dict[str, str]:
         sc = self.sc(ctx)
-        return terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin)
+        return terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
+                                    profile=sc.account.profile)
 
     def describe(self, ctx: IamRun) -> list[str]:
         env = console.mask_env(self.env(ctx))

@@ -156,6 +156,15 @@ def rerun_refusal(target: Target, environment: Environment) -> RunbookError | No
                         f"#{target.pipeline.get('number')} {what}; nothing was changed", where=url, fix=fix)
 
 
+IAM_JOB_PREFIXES = ("iam-gate-", "deploy-")
+
+
+def non_iam_failures(jobs: list[dict]) -> list[str]:
+    """Names of failed jobs that are neither the IAM gate nor the deploy: a rerun would not fix those."""
+    return [j.get("name", "?") for j in jobs if j.get("status") in circleci.FAILED_JOB_STATUSES
+            and not str(j.get("name", "")).startswith(IAM_JOB_PREFIXES)]
+
+
 # -- watch -------------------------------------------------------------------------------------
 
 
@@ -182,8 +191,12 @@ def watch(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     stream=None,
+    stop_on_hold: bool = False,
 ) -> WatchResult:
     """Poll a workflow until it reaches a terminal status, with a live one-line status.
+
+    With *stop_on_hold*, also return as soon as it waits at an approval job (``on_hold``):
+    watching would only wait for a person.
 
     Each poll is two requests (GET workflow, GET its jobs); with the default 10 s that is at most
     12 requests a minute. On a terminal the line is rewritten in place; elsewhere a line is
@@ -211,7 +224,7 @@ def watch(
                 stream.write(line + "\n")
                 stream.flush()
             last = line
-            if status in circleci.TERMINAL_WORKFLOW_STATUSES:
+            if status in circleci.TERMINAL_WORKFLOW_STATUSES or (stop_on_hold and status == "on_hold"):
                 if tty:
                     stream.write("\n")
                 return WatchResult(status, clock() - started, jobs)

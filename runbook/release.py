@@ -123,6 +123,14 @@ class PipelineStep(Step):
         status = ctx.target.status
         number = ctx.target.pipeline.get("number")
         if status in pipeline.RERUNNABLE:
+            others = pipeline.non_iam_failures(ctx.client.jobs(ctx.target.workflow["id"]))
+            if others:
+                raise RunbookError(
+                    f"Pipeline #{number} {status} in {', '.join(others)}, which is not the IAM gate or the deploy: "
+                    "a rerun would fail the same way, so nothing was rerun",
+                    where=ctx.target.url,
+                    fix=f"inv ci.diagnose --env {ctx.environment.name}; fix it and push a new commit",
+                )
             return Decision(True, f"pipeline #{number} {status}: rerun from failed now that the IAM is applied")
         if status == "success":
             return Decision(False, f"pipeline #{number} already succeeded")
@@ -151,7 +159,13 @@ class WatchStep(Step):
         return Decision(True, "until it succeeds or fails (Ctrl-C stops watching, not the workflow)")
 
     def run(self, ctx: ReleaseRun) -> str:
-        result = pipeline.watch(ctx.client, ctx.watch_id, poll_s=ctx.poll_s)
+        result = pipeline.watch(ctx.client, ctx.watch_id, poll_s=ctx.poll_s, stop_on_hold=True)
+        if result.status == "on_hold":
+            raise RunbookError(
+                "The workflow waits at an approval job; a person must approve it",
+                where=ctx.urls[-1] if ctx.urls else None,
+                fix=f"approve it in the CircleCI app, then `inv ci.status --env {ctx.environment.name}`",
+            )
         if result.status != "success":
             raise RunbookError(
                 f"The workflow ended {result.status}",

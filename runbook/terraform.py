@@ -155,11 +155,14 @@ def satisfies(version: str, constraints: str) -> bool:
 
 
 def script_env(
-    backend: Backend, *, mode: str, tf_vars: dict[str, str], terraform_bin: str | None = None
+    backend: Backend, *, mode: str, tf_vars: dict[str, str], terraform_bin: str | None = None,
+    profile: str | None = None,
 ) -> dict[str, str]:
     """The environment variables that ``deploy-app.sh`` reads (its header documents them).
 
-    Only the runbook's own variables; callers add them on top of ``os.environ``.
+    Only the runbook's own variables; callers add them on top of ``os.environ``. *profile*
+    (the account's configured AWS profile) becomes ``AWS_PROFILE``, so Terraform's backend and
+    provider use the same credentials as the runbook's own caller-identity check.
     """
     env = {
         "DEPLOY_MODE": mode,
@@ -177,6 +180,8 @@ def script_env(
         env["TF_CLI_ARGS"] = "-no-color"
     if terraform_bin:
         env["TERRAFORM_BIN"] = terraform_bin
+    if profile:
+        env["AWS_PROFILE"] = profile
     env.update({f"TF_VAR_{k}": v for k, v in tf_vars.items()})
     return env
 
@@ -191,9 +196,10 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
     """Run ``deploy-app.sh`` in *root* with *env* on top of os.environ, streaming its output.
 
     The script runs in its own process group, so a Ctrl-C at the terminal
-    reaches only this process, which forwards exactly one SIGINT to Terraform:
-    Terraform then stops cleanly and releases its state lock (a second SIGINT
-    would make it exit at once and could leave the lock held).
+    reaches only this process, which forwards one SIGINT to Terraform:
+    Terraform then stops cleanly and releases its state lock. A second Ctrl-C
+    only prints a warning, because a second SIGINT makes Terraform exit at once
+    and can leave the lock held; a third one is forwarded (the user insists).
 
     Args:
         root: the root module folder (the script's working directory).
@@ -216,6 +222,10 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
             break
         except KeyboardInterrupt:
             interrupts += 1
+            if interrupts == 2:
+                print("\nTerraform is stopping cleanly and will release the state lock; press Ctrl-C once more "
+                      "to force it (that can leave the lock held).", file=sys.stderr, flush=True)
+                continue
             try:
                 os.killpg(proc.pid, signal.SIGINT)
             except ProcessLookupError:

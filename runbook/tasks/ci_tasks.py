@@ -68,6 +68,13 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None):
         console.warn("--force: not checking the applied records")
     else:
         statuses = status.examine(for_environment(cfg, environment))
+        unknown = [st for st in statuses if st.state == status.UNKNOWN]
+        if unknown:
+            raise RunbookError(
+                "Not rerunning: cannot tell whether the IAM for this commit is applied ("
+                + "; ".join(f"{st.scope.label}: {st.reason}" for st in unknown) + "). Nothing was changed",
+                fix="get read access to the records (aws sso login, AWS_PROFILE), or add --force if you are sure",
+            )
         blocked = [st for st in statuses if st.needed]
         if blocked:
             lines = "; ".join(f"{st.scope.label}: {st.text}" for st in blocked)
@@ -75,9 +82,8 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None):
             raise RunbookError(
                 f"Not rerunning: the IAM for this commit is not applied ({lines}); a rerun would fail the same "
                 "way. Nothing was changed",
-                fix=(f"as an administrator on {environment.branch}: " + " && ".join(todo) + f", then "
-                     f"`inv ci.rerun --env {environment.name}`") if todo else
-                "fix access to the records (aws sso login) or add --force if you are sure",
+                fix=f"as an administrator on {environment.branch}: " + " && ".join(todo) + f", then "
+                f"`inv ci.rerun --env {environment.name}`",
             )
     new_id = client.rerun_from_failed(target.workflow["id"])
     url = client.web_url(cfg.circleci.project_slug, target.pipeline.get("number"), new_id)
@@ -99,6 +105,12 @@ def diagnose(c, env=None, latest=False):
     from runbook.scopes import for_environment
 
     cfg, environment, client, target = _target(env, latest)
+    if target.status == "unauthorized":
+        console.say(f"{target.workflow.get('name')}: unauthorized (not IAM): the user who triggered it lacks access "
+                    "to a restricted CircleCI context.")
+        console.warn("Ask a CircleCI organisation admin to grant the context, then rerun it in the app: "
+                     f"{target.url}")
+        return
     if target.status not in ("failed", "error", "failing", "canceled"):
         console.say(f"Workflow {target.workflow.get('name')} is {target.status}: nothing to diagnose. {target.url}")
         return

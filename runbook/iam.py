@@ -273,6 +273,12 @@ class ScopedStep(Step):
         is_needed, reason = needed[self.sc(ctx).kind]
         return None if is_needed else Decision(False, reason)
 
+    def because(self, ctx: IamRun) -> str:
+        """What the records say about this scope ("change pending: "), or "" when they were not read."""
+        needed = getattr(ctx, "needed", None) or {}
+        entry = needed.get(self.sc(ctx).kind)
+        return f"{entry[1]}: " if entry and entry[0] else ""
+
 
 class ScriptStep(ScopedStep):
     """A run of deploy-app.sh in one mode."""
@@ -298,8 +304,8 @@ class PlanStep(ScriptStep):
     mode = "plan"
 
     def check(self, ctx: IamRun) -> Decision:
-        return self.skip(ctx) or Decision(True, f"show what would change in {self.sc(ctx).label} before anything "
-                                                "changes")
+        return self.skip(ctx) or Decision(True, f"{self.because(ctx)}show what would change in {self.sc(ctx).label} "
+                                                "before anything changes")
 
     def run(self, ctx: IamRun) -> str:
         sc = self.sc(ctx)

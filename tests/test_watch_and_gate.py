@@ -1,0 +1,111 @@
+"""Watching a workflow and the gate's back-off, in process, with real botocore and the CircleCI stand-in."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from runbook import config as configuration
+from runbook import gate, pipeline
+from runbook.errors import Interrupted, RunbookError
+from tests.circleci_standin import CircleCIStandIn, fast_client
+from tests.project import Project, base_config
+
+
+@pytest.fixture
+def ci():
+    with CircleCIStandIn() as standin:
+        yield standin
+
+
+def test_ctrl_c_stops_watching_not_the_workflow(ci):
+    pipe = ci.add_pipeline("gh/acme/acme-api", "staging", workflows=[("build-test-deploy", "running")])
+    workflow = pipe.workflows[0]
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as caught:
+        pipeline.watch(fast_client(ci), workflow.id, sleep=interrupted, stream=io.StringIO())
+    assert "the workflow goes on" in caught.value.message
+    assert caught.value.code == 130
+    assert ci.count("POST") == 0
+    assert ci.workflow(workflow.id).status == "running"
+
+
+def test_watch_prints_a_line_only_when_something_changes(ci):
+    pipe = ci.add_pipeline("gh/acme/acme-api", "staging", workflows=[("build-test-deploy", "running")])
+    workflow_id = pipe.workflows[0].id
+    out = io.StringIO()
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) == 3:
+            ci.finish_workflow(workflow_id, "success")
+
+    result = pipeline.watch(fast_client(ci), workflow_id, poll_s=10, sleep=sleep, stream=out)
+    assert result.status == "success"
+    assert polls == [10, 10, 10]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines  # "running" once, then "success"
+    assert "jobs 2/2 done" in lines[-1]
+
+
+def test_watch_gives_up_after_its_timeout(ci):
+    pipe = ci.add_pipeline("gh/acme/acme-api", "staging", workflows=[("build-test-deploy", "running")])
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    with pytest.raises(RunbookError) as caught:
+        pipeline.watch(fast_client(ci), pipe.workflows[0].id, poll_s=10, timeout_s=25, sleep=sleep,
+                       clock=lambda: now[0], stream=io.StringIO())
+    assert "still running" in caught.value.message
+
+
+def test_gate_backs_off_while_ssm_throttles(tmp_path, moto_reset, aws_env, aws_credentials):
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    project = Project.create(tmp_path, aws_env, base_config(moto_reset))
+    cfg = configuration.load(project.path / "config" / "environments.yml")
+    cfg = type(cfg)(**{**cfg.__dict__, "roots": {k: project.path / v.relative_to(configuration.PROJECT_ROOT)
+                                                  for k, v in cfg.roots.items()}})
+    project.write_record("account", endpoint=moto_reset)
+    project.write_record("environment", endpoint=moto_reset)
+    boto3.client("iam", endpoint_url=moto_reset, region_name="eu-west-1").create_role(
+        RoleName="acme-api-stg-lambda-api", AssumeRolePolicyDocument=TRUST)
+    session = boto3.Session(region_name="eu-west-1")
+    throttled = {"left": 6}  # 1 try + 5 retries (runbook.aws.client): the first gate poll sees Throttled
+
+    def throttle(request, **kwargs):
+        if throttled["left"] > 0:
+            throttled["left"] -= 1
+            body = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
+            return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
+        return None
+
+    session.events.register("before-send.ssm.GetParameter", throttle)
+    sleeps = []
+    result = gate.wait(cfg, cfg.environments["stg"], timeout_s=600, poll_s=15, settle_s=0, session=session,
+                       sleep=sleeps.append, clock=lambda: sum(sleeps))
+    assert sleeps == [30], sleeps  # the poll interval doubled once, then the records matched
+    assert result.polls == 1
+
+
+TRUST = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+
+
+class _Raw:
+    """The raw body botocore reads from a response."""
+
+    def __init__(self, body: bytes):
+        self._body = body
+
+    def stream(self, **kwargs):
+        yield self._body

@@ -29,6 +29,14 @@
 #   DEPLOY_SCOPE      account | environment: set by the entry points, used in messages only
 #   TF_VAR_*          passed through untouched (the environment entry point sets TF_VAR_environment)
 #
+# Root module inputs (Terraform variables; the real root modules have no defaults, so Terraform
+# stops with "No value for required variable" when one is missing):
+#   TF_VAR_project      the project's short name (config/environments.yml: project)
+#   TF_VAR_account_id   the 12-digit AWS account ID (accounts.<name>.id)
+#   TF_VAR_region       the AWS region (accounts.<name>.region)
+#   TF_VAR_environment  environment scope only; set by the environment entry point from its ENV
+# `inv iam.account` / `inv iam.env --name ENV` set all of them from the configuration.
+#
 # Exit status:
 #   0    success
 #   1    the administrator declined to apply (mode unset); nothing was applied

@@ -74,7 +74,8 @@ def login_hint(account: Account) -> str:
     """The command that gets fresh credentials for *account*."""
     if account.profile:
         return f"aws sso login --profile {account.profile}  (then run the command again)"
-    return "export fresh credentials (aws sso login, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN)"
+    return ("get fresh credentials for the account: aws sso login --profile NAME and export AWS_PROFILE=NAME, "
+            "or export AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN")
 
 
 def caller_identity(sess: Any, account: Account, *, purpose: str) -> Identity:

@@ -216,7 +216,7 @@ class IdentityCheck(Step):
 
     def check(self, ctx: IamRun) -> Decision:
         if ctx.dry_run:
-            return Decision(True, "checked at run time (a dry run calls no AWS)")
+            return Decision(True, "checked at run time (not called in a dry run)")
         ctx.identity, ctx.backend_state = ctx.fetched("aws", ctx._look_up_aws)
         return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}")
 
@@ -427,9 +427,10 @@ def build(ctx: IamRun) -> Plan:
     return Plan(name=f"IAM for {ctx.label}", steps=steps(ctx), resume=ctx.command)
 
 
-def environment_for(config: Config, name: str | None, cwd: Path | None = None) -> Environment:
+def environment_for(config: Config, name: str | None, cwd: Path | None = None, *, flag: str = "--env") -> Environment:
     """The environment *name*, or the one whose branch is checked out when *name* is None.
 
+    *flag* is the option that names it in the calling task (``--env``, or ``--name`` for iam.env).
     Raises RunbookError when neither gives an environment, listing the branches.
     """
     if name:
@@ -440,6 +441,6 @@ def environment_for(config: Config, name: str | None, cwd: Path | None = None) -
         pairs = ", ".join(f"{e.name} ({e.branch})" for e in config.environments.values())
         raise RunbookError(
             f"The checked-out branch {branch!r} is not the branch of any environment ({pairs})",
-            fix="check out an environment's branch, or name it: --env stg",
+            fix=f"check out an environment's branch, or name it: {flag} {next(iter(config.environments))}",
         )
     return env

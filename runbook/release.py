@@ -75,12 +75,13 @@ class RecordsCheck(Step):
                                       session_for=lambda account: ctx.aws_session())
         ctx.needed = {}
         parts = []
+        unreadable = None
         for st in statuses:
             if st.state == status.UNKNOWN:
-                if not ctx.dry_run:
-                    raise RunbookError(f"Cannot read the applied record of {st.scope.label}: {st.reason}",
-                                       where=f"SSM parameter {st.scope.parameter}",
-                                       fix="use administrator credentials for the account (aws sso login)")
+                unreadable = unreadable or RunbookError(
+                    f"Cannot read the applied record of {st.scope.label}: {st.reason}",
+                    where=f"SSM parameter {st.scope.parameter}",
+                    fix="use administrator credentials for the account (aws sso login, or AWS_PROFILE)")
                 ctx.needed[st.scope.kind] = (True, f"decided at run time (record unreadable now: {st.reason})")
             elif st.needed:
                 ctx.needed[st.scope.kind] = (True, f"{st.text}")
@@ -89,6 +90,8 @@ class RecordsCheck(Step):
                 ctx.needed[st.scope.kind] = (False, f"record current: applied at {rec.get('commit', '?')[:12]} by "
                                                     f"{rec.get('applied_by', '?').rsplit('/', 1)[-1]}")
             parts.append(f"{st.scope.label}: {st.text}")
+        if unreadable:
+            raise unreadable  # in a dry run a finding; ctx.needed already tells the later steps
         return Decision(True, "; ".join(parts))
 
     def run(self, ctx: ReleaseRun) -> str:

@@ -159,6 +159,12 @@ def test_name_with_shell_metacharacters_is_refused(project, s3):
     assert BUCKET not in bucket_names(s3)
 
 
+def test_no_name_on_a_branch_of_no_environment_names_the_flag(tmp_path, aws_env):
+    project = Project.create(tmp_path, aws_env, base_config(None), branch="main")
+    result = project.inv("iam.env", "--dry-run")
+    assert_user_error(result, "is not the branch of any environment", "--name dev")
+
+
 def test_wrong_branch_stops_before_aws(tmp_path, moto_reset, aws_env, s3):
     project = Project.create(tmp_path, aws_env, base_config(moto_reset), branch="main")
     result = project.inv("iam.env", "--name", "stg")

@@ -49,6 +49,15 @@ def test_release_dry_run_shows_each_step_and_why(project, ci, moto_reset):
     assert "To run it for real: inv release --env stg" in out
 
 
+def test_release_dry_run_lists_unreadable_records_as_a_finding(project, ci):
+    env = {k: v for k, v in project.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    result = project.inv("release", "--env", "stg", "--dry-run", env=env)
+    assert result.code == 0, result.all
+    assert "would stop a real run" in result.out
+    assert "Cannot read the applied record of account nonprod" in result.out
+    assert "No AWS credentials" in result.out
+
+
 def test_release_does_not_rerun_a_test_failure(project, ci, moto_reset):
     project.write_record("account", endpoint=moto_reset)
     project.write_record("environment", endpoint=moto_reset)

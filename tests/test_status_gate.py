@@ -149,6 +149,14 @@ def test_gate_keeps_waiting_for_a_changed_root(project, iam):
     assert "environment stg: change pending; run: inv iam.env --name stg" in result.all
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--timeout-s", "abc"), ("--poll-s", "0"), ("--settle-s", "-1")])
+def test_gate_refuses_bad_seconds_without_a_traceback(project, flag, value):
+    result = project.inv("ci.gate", "--env", "stg", flag, value)
+    assert result.code != 0
+    assert "Traceback" not in result.all
+    assert f"{flag} takes a number of seconds" in result.err
+
+
 def test_deploy_without_deploy_command_fails_and_says_so(project):
     result = project.inv("ci.deploy", "--env", "stg")
     assert result.code != 0

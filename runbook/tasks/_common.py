@@ -23,3 +23,24 @@ def user_errors(func):
             raise Exit("Interrupted (Ctrl-C).", code=130) from None
 
     return wrapper
+
+
+def seconds(value, flag: str, default: float, *, minimum: float = 0.0) -> float:
+    """A number of seconds from a command-line flag (a string, or None for *default*).
+
+    Flags that take seconds are declared as strings so that a typo is a clear error, not a
+    traceback from the argument parser. Raises RunbookError naming the flag when *value* is not
+    a number or is below *minimum*.
+    """
+    if value is None or value == "":
+        return float(default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number != number or number < minimum or number == float("inf"):
+        raise RunbookError(
+            f"{flag} takes a number of seconds (at least {minimum:g}), not {value!r}",
+            fix=f"for example {flag} {default:g}",
+        )
+    return number

@@ -10,7 +10,7 @@ from invoke import task
 from runbook import config as configuration
 from runbook import console, git
 from runbook.errors import RunbookError
-from runbook.tasks._common import user_errors
+from runbook.tasks._common import seconds, user_errors
 
 ENV_HELP = "environment (default: the one whose branch is checked out)"
 LATEST_HELP = "use the branch's newest pipeline when none is for your HEAD"
@@ -52,7 +52,7 @@ def status(c, env=None, latest=False):
     "latest": LATEST_HELP,
     "wait": "watch the new workflow to the end; exit 0 only if it succeeds",
     "force": "rerun even though the applied records say an IAM step is pending (or cannot be read)",
-    "poll_s": "with --wait: seconds between polls (default 10: at most 12 requests a minute)",
+    "poll_s": "with --wait: SECONDS between polls (default 10: at most 12 requests a minute)",
 })
 @user_errors
 def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None):
@@ -60,6 +60,7 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None):
     from runbook import pipeline, status
     from runbook.scopes import for_environment
 
+    watch_poll_s = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=0.01)
     cfg, environment, client, target = _target(env, latest)
     refusal = pipeline.rerun_refusal(target, environment)
     if refusal:
@@ -90,7 +91,7 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None):
     console.ok(f"Rerunning {target.workflow.get('name')} of pipeline #{target.pipeline.get('number')} "
                f"from failed: {url}")
     if wait:
-        result = pipeline.watch(client, new_id, poll_s=float(poll_s or pipeline.WATCH_POLL_S))
+        result = pipeline.watch(client, new_id, poll_s=watch_poll_s)
         if result.status != "success":
             raise RunbookError(f"The rerun ended {result.status}", where=url,
                                fix=f"inv ci.diagnose --env {environment.name}")
@@ -144,21 +145,22 @@ def diagnose(c, env=None, latest=False):
 
 @task(help={
     "env": "environment being deployed, e.g. stg",
-    "timeout_s": "give up after this many seconds (default 1800)",
-    "poll_s": "seconds between polls of the applied records (default 15)",
-    "settle_s": "seconds to wait for IAM propagation once everything matches (default 10)",
+    "timeout_s": "give up after this many SECONDS (default 1800)",
+    "poll_s": "SECONDS between polls of the applied records (default 15)",
+    "settle_s": "SECONDS to wait for IAM propagation once everything matches (default 10)",
 })
 @user_errors
-def gate(c, env, timeout_s=1800.0, poll_s=15.0, settle_s=None):
+def gate(c, env, timeout_s=None, poll_s=None, settle_s=None):
     """Pipeline job: wait until the IAM for this commit is applied (account and environment)."""
     from runbook import gate as iam_gate
 
-    cfg = configuration.load()
-    environment = cfg.environment(env)
-    iam_gate.wait(
-        cfg, environment, timeout_s=float(timeout_s), poll_s=float(poll_s),
-        settle_s=iam_gate.DEFAULT_SETTLE_S if settle_s is None else float(settle_s),
+    limits = dict(
+        timeout_s=seconds(timeout_s, "--timeout-s", 1800),
+        poll_s=seconds(poll_s, "--poll-s", 15, minimum=0.01),
+        settle_s=seconds(settle_s, "--settle-s", iam_gate.DEFAULT_SETTLE_S),
     )
+    cfg = configuration.load()
+    iam_gate.wait(cfg, cfg.environment(env), **limits)
 
 
 @task(help={"env": "environment being deployed, e.g. stg"})

@@ -40,12 +40,13 @@ def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False):
                     skip_branch_check=skip_branch_check))
 
 
-@task(name="env", help={"name": "environment to apply, e.g. stg", **COMMON_HELP})
+@task(name="env", help={"name": "environment to apply, e.g. stg (default: the one whose branch is checked out)",
+                        **COMMON_HELP})
 @user_errors
 def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
     """Apply the environment-specific IAM root module (the roles the environment's lambdas assume)."""
     cfg = configuration.load()
-    environment = iam.environment_for(cfg, name)
+    environment = iam.environment_for(cfg, name, flag="--name")
     _run(iam.IamRun(cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
                     skip_branch_check=skip_branch_check))
 

@@ -8,27 +8,29 @@ from runbook import config as configuration
 from runbook import console, iam
 from runbook.errors import RunbookError
 from runbook.scopes import Scope
-from runbook.tasks._common import user_errors
+from runbook.tasks._common import seconds, user_errors
 
 
 @task(help={
     "env": "environment to release, e.g. stg (default: the one whose branch is checked out)",
     "dry_run": "show every step and why; change nothing (reads the records and the pipeline)",
     "yes": "answer the confirmation (protected environment, or anything destroyed) with yes",
-    "poll_s": "seconds between polls while watching the workflow (default 10)",
-    "pipeline_wait_s": "how long to wait for the pipeline of this commit to appear (default 120)",
+    "poll_s": "SECONDS between polls while watching the workflow (default 10)",
+    "pipeline_wait_s": "SECONDS to wait for the pipeline of this commit to appear (default 120)",
 })
 @user_errors
-def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=120.0):
+def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=None):
     """Apply the IAM steps that this commit needs, then get its pipeline through (rerun, watch)."""
     from runbook import pipeline
     from runbook import release as releasing
 
+    poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=0.01)
+    wait = seconds(pipeline_wait_s, "--pipeline-wait-s", 120)
     cfg = configuration.load()
     environment = iam.environment_for(cfg, env)
     ctx = releasing.ReleaseRun(
         cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
-        poll_s=float(poll_s or pipeline.WATCH_POLL_S), pipeline_wait_s=float(pipeline_wait_s),
+        poll_s=poll, pipeline_wait_s=wait,
     )
     plan = releasing.build(ctx)
     if dry_run:

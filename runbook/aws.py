@@ -47,11 +47,18 @@ def session(account: Account, *, use_profile: bool = True) -> Any:
 
     try:
         return boto3.Session(profile_name=account.profile if use_profile else None, region_name=account.region)
-    except botocore.exceptions.ProfileNotFound:
+    except botocore.exceptions.ProfileNotFound as exc:
+        if account.profile and use_profile:
+            raise RunbookError(
+                f"The AWS profile {account.profile!r} of account {account.name!r} is not configured on this machine",
+                where=f"config field accounts.{account.name}.profile",
+                fix=f"aws configure sso --profile {account.profile}  (or aws configure --profile {account.profile})",
+            ) from None
+        profile = getattr(exc, "kwargs", {}).get("profile", "?")
         raise RunbookError(
-            f"The AWS profile {account.profile!r} of account {account.name!r} is not configured on this machine",
-            where=f"config field accounts.{account.name}.profile",
-            fix=f"aws configure sso --profile {account.profile}  (or aws configure --profile {account.profile})",
+            f"The AWS profile {profile!r} named by AWS_PROFILE (or AWS_DEFAULT_PROFILE) is not configured on this "
+            "machine",
+            fix="export AWS_PROFILE=<a profile from `aws configure list-profiles`>, or unset AWS_PROFILE",
         ) from None
 
 
@@ -114,16 +121,26 @@ def caller_identity(sess: Any, account: Account, *, purpose: str) -> Identity:
                 "they are expired, revoked or mistyped"
             )
         else:
-            what = f"STS GetCallerIdentity failed for account {account.name} ({account.id}): {code}"
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            what = f"STS GetCallerIdentity failed for account {account.name} ({account.id}): {code or status}"
+            if status >= 500 or code in ("InternalFailure", "ServiceUnavailable"):
+                raise RunbookError(what, where=account.endpoint_url or f"STS in {account.region}",
+                                   fix="an AWS-side error: try again in a minute") from None
         raise RunbookError(what, fix=login_hint(account)) from None
-    except botocore.exceptions.EndpointConnectionError:
+    except (botocore.exceptions.BotoCoreError, KeyError, ValueError) as exc:
         where = account.endpoint_url or f"STS in {account.region}"
         raise RunbookError(
-            f"Cannot reach AWS ({where}) to check the caller identity",
-            where=f"config field accounts.{account.name}" if account.endpoint_url else None,
+            f"Cannot get an answer from AWS ({where}) to check the caller identity ({type(exc).__name__})",
+            where=f"config field accounts.{account.name}.endpoint_url" if account.endpoint_url else None,
             fix="check the network (or that the local AWS at endpoint_url is running) and try again",
         ) from None
-    identity = Identity(arn=found["Arn"], account_id=found["Account"], user_id=found["UserId"])
+    try:
+        identity = Identity(arn=found["Arn"], account_id=found["Account"], user_id=found["UserId"])
+    except (KeyError, TypeError):
+        raise RunbookError(
+            f"AWS ({account.endpoint_url or 'STS'}) answered GetCallerIdentity without an account",
+            fix="check endpoint_url in the configuration points at an AWS API",
+        ) from None
     if identity.account_id != account.id:
         raise RunbookError(
             f"These AWS credentials are for account {identity.account_id} ({identity.arn}), but {purpose} "

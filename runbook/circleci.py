@@ -251,6 +251,13 @@ class CircleCIClient:
         for name in TOKEN_VARIABLES:
             value = (env.get(name) or "").strip()
             if value:
+                if not (value.isascii() and value.isprintable() and " " not in value):
+                    raise RunbookError(
+                        f"The CircleCI token in {name} contains characters a token never has (spaces, line breaks "
+                        "or non-ASCII): it was probably pasted with extra text",
+                        where=f"the environment variable {name}",
+                        fix=f"export {name}=<the token exactly as CircleCI showed it>",
+                    )
                 return value, name
         raise RunbookError(
             "No CircleCI API token is set: none of " + ", ".join(TOKEN_VARIABLES) + " has a value",
@@ -265,8 +272,14 @@ class CircleCIClient:
         for value, source in candidates:
             if value and value.strip():
                 host = _normalise_host(value)
-                parts = urlsplit(host)
-                if parts.scheme not in ("http", "https") or not parts.netloc:
+                try:
+                    parts = urlsplit(host)
+                    valid = parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in host
+                    valid = valid and (parts.port is None or 0 < parts.port < 65536)
+                    valid = valid and not value.strip().rstrip("/").endswith(":")  # "http://" alone
+                except ValueError:
+                    valid = False
+                if not valid:
                     raise RunbookError(
                         f"The CircleCI host {value.strip()!r} is not an http(s) URL",
                         where=source,

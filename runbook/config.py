@@ -153,6 +153,19 @@ class Config:
         )
 
 
+def check_roots(config: Config) -> None:
+    """Raise RunbookError when a configured root module folder is missing or holds no ``.tf`` file."""
+    for scope, root in config.roots.items():
+        if not root.is_dir() or not any(root.glob("*.tf")):
+            line = config.lines.get(("terraform", "roots", scope))
+            where = f"{config.path}" + (f" line {line}" if line else "") + f", field terraform.roots.{scope}"
+            raise RunbookError(
+                f"{root} is not a Terraform root module folder (no such folder, or no .tf file in it)",
+                where=where,
+                fix="point the field at the root module, or restore the folder: git checkout -- iam/",
+            )
+
+
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
     """The configuration file to read: *explicit*, else ``$RUNBOOK_CONFIG``, else the default."""
     chosen = explicit or os.environ.get(ENV_VAR) or DEFAULT_CONFIG
@@ -177,8 +190,17 @@ def load(path: str | os.PathLike | None = None) -> Config:
             where=f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else None,
             fix=f"create it from {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}, or unset {ENV_VAR}",
         ) from None
+    except UnicodeDecodeError as exc:
+        raise RunbookError(
+            f"The configuration file {path} is not UTF-8 text (byte {exc.start})",
+            fix="save it as UTF-8 (or restore it: git checkout -- config/environments.yml)",
+        ) from None
     except OSError as exc:
-        raise RunbookError(f"Cannot read the configuration file {path}: {exc.strerror}") from None
+        raise RunbookError(
+            f"Cannot read the configuration file {path}: {exc.strerror}",
+            fix=f"point {ENV_VAR} at a readable YAML file, or unset it to use the default "
+            f"{DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}",
+        ) from None
     data, lines, plain = _parse_yaml(text, path)
     problems = _schema_problems(data, lines, plain, path) or _rule_problems(data, lines, plain)
     if problems:
@@ -221,6 +243,13 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], set[tuple
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = constructor.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    raise RunbookError(
+                        f"Key {key_node.value if isinstance(key_node, yaml.ScalarNode) else '(a collection)'} "
+                        f"is not a string (YAML reads yes/no/on/off/~ and numbers as other types)",
+                        where=f"{path} line {key_node.start_mark.line + 1}, field {_dotted(at) or '(top level)'}",
+                        fix="quote the key, e.g. \"on\": ..., or rename it",
+                    )
                 if key in out:
                     dupes.append(
                         f"line {key_node.start_mark.line + 1}, field {_dotted(at + (key,))}: duplicate key "
@@ -237,7 +266,11 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], set[tuple
             plain.add(at)
         return constructor.construct_object(node, deep=True)
 
-    data = walk(root, ())
+    try:
+        data = walk(root, ())
+    except RecursionError:
+        raise RunbookError("The configuration is nested too deeply to be a configuration", where=str(path),
+                           fix="restore it: git checkout -- config/environments.yml") from None
     if dupes:
         listing = "\n".join(f"  - {d}" for d in dupes)
         raise RunbookError(
@@ -310,6 +343,36 @@ def _explain(error: Any, at: tuple, data: Any, lines: dict[tuple, int], plain: s
 def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> list[str]:
     problems = []
     accounts = data.get("accounts", {})
+    if "account" in data.get("environments", {}):
+        line = _line(lines, ("environments", "account"))
+        problems.append(f"line {line}, field environments.account: 'account' is reserved (its applied record "
+                        "would be the account scope's); choose another name")
+    backend = (data.get("terraform") or {}).get("backend") or {}
+    sample = {"project": "p", "account_id": "123456789012", "region": "eu-west-1", "environment": "stg"}
+    for key, template in backend.items():
+        try:
+            template.format(**sample)
+        except (KeyError, IndexError, ValueError) as exc:
+            line = _line(lines, ("terraform", "backend", key))
+            problems.append(f"line {line}, field terraform.backend.{key}: {template!r} is not a valid name template "
+                            f"({type(exc).__name__}: {exc}); placeholders are {{project}}, {{account_id}}, "
+                            "{region}, {environment}")
+    for name, account in accounts.items():
+        url = account.get("endpoint_url")
+        if url and not _valid_url(url):
+            line = _line(lines, ("accounts", name, "endpoint_url"))
+            problems.append(f"line {line}, field accounts.{name}.endpoint_url: {url!r} is not a URL like "
+                            "http://127.0.0.1:5000")
+    required = (data.get("terraform") or {}).get("required_version")
+    if required:
+        from runbook.terraform import satisfies
+
+        try:
+            satisfies("1.0.0", required)
+        except RunbookError:
+            line = _line(lines, ("terraform", "required_version"))
+            problems.append(f"line {line}, field terraform.required_version: {required!r} is not a Terraform "
+                            'version constraint such as ">= 1.0.0" or "~> 1.0"')
     for name in accounts:
         if ("accounts", name, "id") in plain:
             line = _line(lines, ("accounts", name, "id"))
@@ -336,6 +399,17 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> li
         else:
             branches[branch] = name
     return problems
+
+
+def _valid_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in url and (
+            parts.port is None or 0 < parts.port < 65536)
+    except ValueError:
+        return False
 
 
 def _build(data: dict, lines: dict[tuple, int], path: Path) -> Config:

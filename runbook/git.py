@@ -75,6 +75,12 @@ def inspect(cwd: str | os.PathLike | None = None) -> Checkout:
     return Checkout(branch=branch, head=head, changes=tuple(line for line in status.splitlines() if line))
 
 
+def tracked_files(folder: str | os.PathLike) -> set[str]:
+    """Paths (relative to *folder*, POSIX) of the files git tracks under *folder*."""
+    out = _git("ls-files", "-z", "--", ".", cwd=folder)
+    return {p for p in out.split("\0") if p}
+
+
 def head_commit(cwd: str | os.PathLike | None = None) -> str:
     """The 40-hex commit SHA of HEAD."""
     return _git("rev-parse", "HEAD", cwd=cwd)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runbook import console, git, records, terraform
+from runbook import console, fingerprint, git, records, terraform
 from runbook.config import Account, Config, Environment
 from runbook.errors import RunbookError
 from runbook.plan import Decision, Plan, Step
@@ -80,6 +80,10 @@ class IamRun:
     def tf_vars(self) -> dict[str, str]:
         return self.scope.tf_vars()
 
+    def scopes(self) -> list[Scope]:
+        """The scopes this run may apply (one here; a release has two)."""
+        return [self.scope]
+
     def aws_session(self):
         if self.session is None:
             from runbook import aws
@@ -126,6 +130,9 @@ class ConfigCheck(Step):
     preflight = True
 
     def check(self, ctx: IamRun) -> Decision:
+        from runbook.config import check_roots
+
+        check_roots(ctx.config)
         return Decision(True, f"{ctx.config.path} is valid; {ctx.label} uses account {ctx.account.id} "
                               f"in {ctx.account.region}")
 
@@ -165,6 +172,15 @@ class GitCheck(Step):
                 where=str(ctx.cwd or Path.cwd()),
                 fix="commit or stash them (git stash --include-untracked), then run again",
             )
+        for scope in ctx.scopes():
+            untracked = sorted(set(fingerprint.root_files(scope.root)) - git.tracked_files(scope.root))
+            if untracked:
+                raise RunbookError(
+                    f"The root module {_rel(scope.root)} holds files git does not track ({', '.join(untracked[:5])}): "
+                    "Terraform would apply them, but they are not in the commit the pipeline deploys",
+                    where=str(scope.root),
+                    fix="commit them, or move them out of the root module (git status --ignored shows them)",
+                )
         target = checkout.branch if ctx.skip_branch_check else branch
         remote = git.remote_commit(target, fetch=not ctx.dry_run, cwd=ctx.cwd)
         if remote is None:
@@ -433,7 +449,7 @@ def environment_for(config: Config, name: str | None, cwd: Path | None = None, *
     *flag* is the option that names it in the calling task (``--env``, or ``--name`` for iam.env).
     Raises RunbookError when neither gives an environment, listing the branches.
     """
-    if name:
+    if name is not None:
         return config.environment(name)
     branch = git.inspect(cwd).branch
     env = config.environment_for_branch(branch)

@@ -61,12 +61,13 @@ def client_for(config: Config, **kwargs: Any) -> circleci.CircleCIClient:
     raw = os.environ.get(TIMEOUT_VAR)
     if raw:
         try:
-            kwargs.setdefault("read_timeout", float(raw))
-            kwargs.setdefault("connect_timeout", min(5.0, float(raw)))
-            if float(raw) <= 0:
+            value = float(raw)
+            if not 0 < value < 3600:  # also refuses nan and inf
                 raise ValueError
+            kwargs.setdefault("read_timeout", value)
+            kwargs.setdefault("connect_timeout", min(5.0, value))
         except ValueError:
-            raise RunbookError(f"{TIMEOUT_VAR}={raw!r} is not a positive number of seconds",
+            raise RunbookError(f"{TIMEOUT_VAR}={raw!r} is not a number of seconds between 0 and 3600",
                                fix=f"export {TIMEOUT_VAR}=30 (or unset it)") from None
     if config.circleci is None:
         raise RunbookError(

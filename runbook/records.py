@@ -275,7 +275,14 @@ def read(session: Any, project: str, scope: str, endpoint_url: str | None = None
     response = _call(client.get_parameter, name, scope, "ssm:GetParameter", endpoint_url, Name=name)
     if response is None:
         return None
-    value = response["Parameter"]["Value"]
+    try:
+        value = response["Parameter"]["Value"]
+    except (KeyError, TypeError):
+        raise RunbookError(
+            f"AWS SSM answered GetParameter {name} without a value",
+            where=f"endpoint {endpoint_url or 'AWS default'}",
+            fix="check endpoint_url in config/environments.yml points at an AWS API, then run the command again",
+        ) from None
     try:
         record = Record.from_json(value)
     except ValueError as error:

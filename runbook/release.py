@@ -40,6 +40,9 @@ class ReleaseRun(iam.IamRun):
     def command(self) -> str:
         return f"inv release --env {self.environment.name}"
 
+    def scopes(self):
+        return for_environment(self.config, self.environment)
+
 
 class CircleCICheck(Step):
     title = "Preflight: CircleCI token"

@@ -231,14 +231,16 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
             except ProcessLookupError:
                 pass
     if interrupts:
+        if env.get("DEPLOY_MODE") == "plan":
+            state = ("Nothing was applied" + ("." if code else ": the plan had finished, but it is not applied "
+                                                              "after an interrupt."))
+        elif code == 0:
+            state = "The apply had finished before the interrupt took effect; the run stopped before its record."
+        else:
+            state = ("The apply may be partial: Terraform saved the state of what it finished and released its "
+                     "state lock.")
         raise Interrupted(
-            f"Interrupted during the {what}; Terraform was asked to stop and exited with code {code}. "
-            + (
-                "Nothing was applied: the plan did not finish."
-                if env.get("DEPLOY_MODE") == "plan"
-                else "The apply may be partial: Terraform saved the state of what it finished and "
-                "released its state lock."
-            ),
+            f"Interrupted during the {what}; Terraform was asked to stop and exited with code {code}. {state}",
             fix="run the same command again: it plans afresh from the saved state",
         )
     if code != 0:

@@ -187,6 +187,14 @@ def test_dirty_tree_is_refused(project, s3):
     assert BUCKET not in bucket_names(s3)
 
 
+def test_ignored_file_in_the_root_module_is_refused(project, s3):
+    (project.path / ".git" / "info" / "exclude").write_text("override.tf\n")
+    (project.path / "roots" / "environment" / "override.tf").write_text('locals {\n  extra = "not committed"\n}\n')
+    result = project.inv("iam.env", "--name", "stg")
+    assert_user_error(result, "holds files git does not track (override.tf)", "commit them")
+    assert BUCKET not in bucket_names(s3)
+
+
 def test_head_behind_remote_is_refused(project, s3, tmp_path):
     other = tmp_path / "other"
     git(tmp_path, "clone", "-q", "-b", "staging", str(project.remote), str(other))
@@ -276,6 +284,17 @@ def test_protected_environment_needs_confirmation(tmp_path, moto_reset, aws_env,
     confirmed = project.inv("iam.env", "--name", "prod", "--yes")
     assert confirmed.code == 0, confirmed.all
     assert "protected" in confirmed.out
+
+
+def test_missing_root_module_is_a_finding_of_the_dry_run(project, s3):
+    config = base_config(s3.meta.endpoint_url)
+    config["terraform"]["roots"]["environment"] = "roots/nope"
+    project.commit_config(config)
+    dry = project.inv("iam.env", "--name", "stg", "--dry-run")
+    assert dry.code == 0 and "would stop a real run" in dry.out and "roots/nope is not a Terraform root" in dry.out
+    result = project.inv("iam.env", "--name", "stg")
+    assert_user_error(result, "roots/nope is not a Terraform root module folder", "terraform.roots.environment")
+    assert BUCKET not in bucket_names(s3), "nothing is created before the root module is known to exist"
 
 
 def test_invalid_config_names_line_and_field(project):

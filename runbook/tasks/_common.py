@@ -21,8 +21,32 @@ def user_errors(func):
             raise Exit(console.mask("ERROR: " + exc.message), code=exc.code) from None
         except KeyboardInterrupt:
             raise Exit("Interrupted (Ctrl-C).", code=130) from None
+        except Exception as exc:
+            message = _external_failure(exc)
+            if message is None:
+                raise  # a defect of the tool itself: the traceback is what a bug report needs
+            raise Exit(console.mask("ERROR: " + message), code=1) from None
 
     return wrapper
+
+
+def _external_failure(exc: Exception) -> str | None:
+    """A message for a failure of something outside the tool (AWS, the network, a file), else None.
+
+    The library maps the failures it expects to RunbookError; this is the safety net for an
+    AWS or HTTP answer that nothing expected, so that it still ends in one paragraph.
+    """
+    import sys
+
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore and isinstance(exc, (botocore.BotoCoreError, botocore.ClientError)):
+        return (f"An AWS call failed in a way the runbook does not recognise ({type(exc).__name__}). Fix: check "
+                "the network, endpoint_url in the configuration and your credentials, then run the command again")
+    requests = sys.modules.get("requests")
+    if requests and isinstance(exc, requests.RequestException):
+        return (f"An HTTP call failed in a way the runbook does not recognise ({type(exc).__name__}). Fix: check "
+                "the network and CIRCLECI_HOST, then run the command again")
+    return None
 
 
 def seconds(value, flag: str, default: float, *, minimum: float = 0.0) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 
 from invoke import task
@@ -176,6 +175,12 @@ def deploy(c, env):
             fix=f"add deploy_command (the command that deploys {env}, e.g. `npx serverless deploy --stage {env}`)",
         )
     console.heading(f"Deploying {env}: {environment.deploy_command}")
-    code = subprocess.call(shlex.split(environment.deploy_command))
+    # A shell line, like a `run` step of the pipeline: `cd app && npx serverless deploy` works.
+    code = subprocess.call(["bash", "-eo", "pipefail", "-c", environment.deploy_command])
     if code != 0:
-        raise RunbookError(f"The deploy command of {env} exited {code}", fix="read its output above", code=code)
+        raise RunbookError(
+            f"The deploy command of {env} exited {code}" + (" (command not found)" if code == 127 else ""),
+            where=f"{cfg.path}, field environments.{env}.deploy_command",
+            fix="read its output above; fix the command or what it deploys",
+            code=code,
+        )

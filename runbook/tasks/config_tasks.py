@@ -14,6 +14,7 @@ from runbook.tasks._common import user_errors
 def check(c, path=None):
     """Validate the configuration and list environments with their branches and accounts."""
     cfg = configuration.load(path)
+    configuration.check_roots(cfg)
     console.ok(f"{cfg.path} is valid")
     for env in cfg.environments.values():
         flag = "  protected" if env.protected else ""

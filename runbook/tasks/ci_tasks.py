@@ -6,9 +6,6 @@ import subprocess
 
 from invoke import task
 
-from runbook import config as configuration
-from runbook import console, git
-from runbook.errors import RunbookError
 from runbook.tasks._common import seconds, user_errors
 
 ENV_HELP = "environment (default: the one whose branch is checked out)"
@@ -16,7 +13,8 @@ LATEST_HELP = "use the branch's newest pipeline when none is for your HEAD"
 
 
 def _target(env, latest):
-    from runbook import iam, pipeline
+    from runbook import config as configuration
+    from runbook import console, git, iam, pipeline
 
     cfg = configuration.load()
     environment = iam.environment_for(cfg, env)
@@ -32,7 +30,7 @@ def _target(env, latest):
 @user_errors
 def status(c, env=None, latest=False):
     """Show the pipeline of your commit: workflow status, each job with status and duration, URL."""
-    from runbook import pipeline
+    from runbook import console, pipeline
 
     cfg, environment, client, target = _target(env, latest)
     jobs = client.jobs(target.workflow["id"])
@@ -56,7 +54,8 @@ def status(c, env=None, latest=False):
 @user_errors
 def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None):
     """Rerun the workflow of your commit from failed, once the IAM steps are applied."""
-    from runbook import pipeline, status
+    from runbook import console, pipeline, status
+    from runbook.errors import RunbookError
     from runbook.scopes import for_environment
 
     watch_poll_s = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=0.01)
@@ -101,7 +100,8 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None):
 @user_errors
 def diagnose(c, env=None, latest=False):
     """Say why the workflow of your commit failed: an IAM race, or something else, with the remedy."""
-    from runbook import pipeline, status
+    from runbook import console, pipeline, status
+    from runbook.errors import RunbookError
     from runbook.scopes import for_environment
 
     cfg, environment, client, target = _target(env, latest)
@@ -151,6 +151,7 @@ def diagnose(c, env=None, latest=False):
 @user_errors
 def gate(c, env, timeout_s=None, poll_s=None, settle_s=None):
     """Pipeline job: wait until the IAM for this commit is applied (account and environment)."""
+    from runbook import config as configuration
     from runbook import gate as iam_gate
 
     limits = dict(
@@ -166,6 +167,10 @@ def gate(c, env, timeout_s=None, poll_s=None, settle_s=None):
 @user_errors
 def deploy(c, env):
     """Pipeline job: run the environment's deploy_command from the configuration."""
+    from runbook import config as configuration
+    from runbook import console
+    from runbook.errors import RunbookError
+
     cfg = configuration.load()
     environment = cfg.environment(env)
     if not environment.deploy_command:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from invoke import task
 
-from runbook import config as configuration
-from runbook import console
 from runbook.tasks._common import user_errors
 
 
@@ -13,6 +11,9 @@ from runbook.tasks._common import user_errors
 @user_errors
 def check(c, path=None):
     """Validate the configuration and list environments with their branches and accounts."""
+    from runbook import config as configuration
+    from runbook import console
+
     cfg = configuration.load(path)
     configuration.check_roots(cfg)
     console.ok(f"{cfg.path} is valid")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from invoke import task
 
-from runbook import config as configuration
-from runbook import console, iam
-from runbook.errors import RunbookError
-from runbook.scopes import Scope
 from runbook.tasks._common import user_errors
+
+if TYPE_CHECKING:
+    from runbook.iam import IamRun
+
+# The library is imported inside each task, so that `inv --list` loads only this file.
 
 COMMON_HELP = {
     "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
@@ -17,7 +20,9 @@ COMMON_HELP = {
 }
 
 
-def _run(ctx: iam.IamRun) -> None:
+def _run(ctx: IamRun) -> None:
+    from runbook import console, iam
+
     plan = iam.build(ctx)
     if ctx.dry_run:
         plan.dry_run(ctx)
@@ -34,6 +39,10 @@ def _run(ctx: iam.IamRun) -> None:
 @user_errors
 def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False):
     """Apply the account-specific IAM root module (CI deployer policy, shared roles)."""
+    from runbook import config as configuration
+    from runbook import iam
+    from runbook.scopes import Scope
+
     cfg = configuration.load()
     environment = iam.environment_for(cfg, env)
     _run(iam.IamRun(cfg, Scope.of_account(cfg, environment.account), environment, dry_run=dry_run, assume_yes=yes,
@@ -45,6 +54,10 @@ def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False):
 @user_errors
 def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
     """Apply the environment-specific IAM root module (the roles the environment's lambdas assume)."""
+    from runbook import config as configuration
+    from runbook import iam
+    from runbook.scopes import Scope
+
     cfg = configuration.load()
     environment = iam.environment_for(cfg, name, flag="--name")
     _run(iam.IamRun(cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
@@ -55,7 +68,10 @@ def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
 @user_errors
 def status(c, check=False):
     """Show, per account and environment, whether the IAM for this commit is applied."""
+    from runbook import config as configuration
+    from runbook import console
     from runbook import status as state
+    from runbook.errors import RunbookError
 
     cfg = configuration.load()
     statuses = state.examine(state.all_scopes(cfg))

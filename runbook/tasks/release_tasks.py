@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from invoke import task
 
-from runbook import config as configuration
-from runbook import console, iam
-from runbook.errors import RunbookError
-from runbook.scopes import Scope
 from runbook.tasks._common import seconds, user_errors
 
 
@@ -21,8 +17,11 @@ from runbook.tasks._common import seconds, user_errors
 @user_errors
 def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=None):
     """Apply the IAM steps that this commit needs, then get its pipeline through (rerun, watch)."""
-    from runbook import pipeline
+    from runbook import config as configuration
+    from runbook import console, iam, pipeline
     from runbook import release as releasing
+    from runbook.errors import RunbookError
+    from runbook.scopes import Scope
 
     poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=0.01)
     wait = seconds(pipeline_wait_s, "--pipeline-wait-s", 120)
@@ -47,6 +46,8 @@ def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=
 
 
 def _summary(plan, ctx) -> None:
+    from runbook import console
+
     console.say()
     console.heading("Summary")
     plan.summary()

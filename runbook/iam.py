@@ -119,6 +119,19 @@ class IamRun:
             backend = exc
         return identity, backend
 
+    def prefetch_ssm(self) -> None:
+        """Build the SSM client for the record in the background while Terraform runs (it costs ~0.05 s
+        of CPU that would otherwise come after the apply)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from runbook import aws
+
+        if self.session is None or getattr(self, "_futures", None) is None or "ssm" in self._futures:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
+        self._futures["ssm"] = pool.submit(aws.client, self.session, "ssm", self.account)
+        pool.shutdown(wait=False)
+
     def fetched(self, name: str, compute):
         """The prefetched result *name*, or ``compute()`` when nothing was prefetched."""
         future = getattr(self, "_futures", {}).pop(name, None)
@@ -326,6 +339,7 @@ class PlanStep(ScriptStep):
     def run(self, ctx: IamRun) -> str:
         sc = self.sc(ctx)
         ctx.fingerprint = sc.fingerprint()
+        ctx.prefetch_ssm()
         terraform.run_script(sc.root, self.env(ctx), what=f"plan of {sc.label}")
         ctx.summary = terraform.read_plan(sc.root)
         return f"Plan: {ctx.summary}"
@@ -406,8 +420,10 @@ class RecordStep(ScopedStep):
             scope=sc.record_scope,
             outputs={k: v for k, v in outputs.items() if k in RECORDED_OUTPUTS},
         )
-        name = records.write(ctx.aws_session(), ctx.config.project, sc.record_scope, record,
-                             endpoint_url=sc.account.endpoint_url)
+        from runbook import aws
+
+        client = ctx.fetched("ssm", lambda: aws.client(ctx.aws_session(), "ssm", sc.account))
+        name = records.write(client, ctx.config.project, sc.record_scope, record, endpoint_url=sc.account.endpoint_url)
         return f"{name} = {record.fingerprint[:12]}... at {record.commit[:12]}"
 
 

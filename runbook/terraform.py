@@ -76,23 +76,20 @@ def _version_of(binary: str) -> str:
     """``terraform version -json`` of *binary*, cached by the binary's real path, size and mtime.
 
     Starting Terraform only to ask its version costs 0.2-0.5 s on every run; a
-    replaced binary has another size or mtime, so the cache cannot go stale.
-    The cache lives in ``$XDG_CACHE_HOME/runbook`` (default ``~/.cache/runbook``);
-    when it cannot be written, Terraform is simply asked every time.
+    replaced binary has another size or mtime, so the cache cannot go stale
+    (see :mod:`runbook.cache`).
     """
+    from runbook import cache
+
     real = os.path.realpath(binary)
     try:
         stat = os.stat(real)
         key = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
     except OSError:
         key = None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "runbook" / "terraform-version.json"
-    try:
-        known = json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if key and isinstance(known, dict) and isinstance(known.get(key), str):
-        return known[key]
+    known = cache.get("terraform-version", key) if key else None
+    if isinstance(known, str):
+        return known
     try:
         out = subprocess.run(
             [binary, "version", "-json"], capture_output=True, text=True, timeout=60,
@@ -104,13 +101,7 @@ def _version_of(binary: str) -> str:
             f"{binary} did not report its version (`terraform version -json`)", fix=INSTALL_HINT
         ) from None
     if key:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({key: version}), encoding="utf-8")
-            os.replace(tmp, cache)
-        except OSError:
-            pass
+        cache.put("terraform-version", key, version)
     return version
 
 

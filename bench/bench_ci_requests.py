@@ -11,7 +11,6 @@ watch with a fast poll. Prints figures; exits 0.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,22 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.local import local_aws  # noqa: E402
 from runbook.pipeline import WATCH_POLL_S  # noqa: E402
 from tests.circleci_standin import CircleCIStandIn, job  # noqa: E402
 from tests.project import Project, base_config, git  # noqa: E402
 
 
 def main() -> None:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_", "CIRCLE"))}
-        env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true",
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    with local_aws() as aws:
+        endpoint, env = aws.endpoint, aws.env
         with CircleCIStandIn(page_size=20) as ci, tempfile.TemporaryDirectory() as tmp:
             project = Project.create(Path(tmp), {**env, **ci.env()}, base_config(endpoint))
             project.write_record("account", endpoint=endpoint)
@@ -72,8 +64,6 @@ def main() -> None:
             print(f"watch: {watch} requests over {polls} polls = {per_poll:.1f} per poll; at the default "
                   f"{WATCH_POLL_S:.0f} s poll that is {per_minute:.1f} per minute (target <= 12): "
                   f"{'met' if per_minute <= 12 else 'NOT met'}")
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ look-up, plan summary. Target (issue: runbook core): under 0.8 s. Prints figures
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.local import local_aws  # noqa: E402
 from tests.project import Project, base_config  # noqa: E402
 
 KEY = "acme-api/iam/env/stg.tfstate"
@@ -34,23 +34,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_"))}
-        env.update(
-            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true",
-            CHECKPOINT_DISABLE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        )
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="eu-west-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    with local_aws() as aws:
+        endpoint, env = aws.endpoint, aws.env
+        s3, ddb = aws.client("s3"), aws.client("dynamodb")
 
         def forget_state() -> None:
             """Delete the state object and its digest, so the next plan has changes to apply."""
@@ -83,8 +69,6 @@ def main() -> None:
                 result = project.inv("iam.env", "--name", "stg")
                 runbook.append(time.perf_counter() - started)
                 assert result.code == 0 and "applied to environment stg" in result.out, result.all
-    finally:
-        server.stop()
     d, r = statistics.median(direct), statistics.median(runbook)
     print(f"deploy-app.sh plan+apply directly : median {d:6.2f} s  ({', '.join(f'{x:.2f}' for x in direct)})")
     print(f"inv iam.env --name stg            : median {r:6.2f} s  ({', '.join(f'{x:.2f}' for x in runbook)})")

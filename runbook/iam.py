@@ -52,7 +52,7 @@ class IamRun:
     head: str | None = None
     branch: str | None = None
     fingerprint: str | None = None
-    backend_state: Any = None
+    backend_pending: Any = None
     summary: terraform.PlanSummary | None = None
     created: list[str] = field(default_factory=list)
     needed: dict[str, tuple[bool, str]] | None = None
@@ -94,43 +94,52 @@ class IamRun:
     def prefetch(self) -> None:
         """Start the slow read-only look-ups of a real run in the background.
 
-        ``terraform version`` (a 90 MB binary starting) and the AWS look-ups
-        (importing boto3, STS GetCallerIdentity, then the backend's HeadBucket and
-        DescribeTable, only once the account is the right one) overlap with the git
-        checks; the steps then take their results in order, so messages and
-        failures still come in the order of the plan. Nothing here changes anything.
+        ``terraform version`` (a 90 MB binary starting), and on one AWS thread in
+        this order: importing boto3 and STS GetCallerIdentity, then (only if the
+        account is the right one) the backend's HeadBucket and DescribeTable. They
+        overlap with the git checks and, when the backend is known to exist, with
+        Terraform's plan (see :class:`BackendStep`); the steps take their results in
+        order, so messages and failures still come in the order of the plan.
+        Nothing here changes anything.
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preflight")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-terraform")
+        aws_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-aws")
+        identity = aws_pool.submit(self._look_up_identity)
         self._futures = {
             "terraform": pool.submit(terraform.find, self.config.required_version),
-            "aws": pool.submit(self._look_up_aws),
+            "identity": identity,
+            "backend": aws_pool.submit(self._look_up_backend, identity),
         }
         pool.shutdown(wait=False)
+        self._aws_pool = aws_pool  # one thread for every boto3 call: a Session is not thread-safe
 
-    def _look_up_aws(self):
+    def _look_up_identity(self):
         from runbook import aws
 
-        identity = aws.caller_identity(self.aws_session(), self.account, purpose=self.label)
+        return aws.caller_identity(self.aws_session(), self.account, purpose=self.label)
+
+    def _look_up_backend(self, identity=None):
+        """BackendState, or the RunbookError that stopped the look-up; None when the identity failed."""
+        from runbook import aws
+
+        if identity is not None and identity.exception() is not None:
+            return None  # never look around in an account the credentials are not for
         try:
-            backend = aws.backend_state(self.session, self.account, self.backend)
+            return aws.backend_state(self.aws_session(), self.account, self.backend)
         except RunbookError as exc:
-            backend = exc
-        return identity, backend
+            return exc
 
     def prefetch_ssm(self) -> None:
         """Build the SSM client for the record in the background while Terraform runs (it costs ~0.05 s
         of CPU that would otherwise come after the apply)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         from runbook import aws
 
-        if self.session is None or getattr(self, "_futures", None) is None or "ssm" in self._futures:
+        pool = getattr(self, "_aws_pool", None)
+        if pool is None or "ssm" in self._futures:
             return
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
-        self._futures["ssm"] = pool.submit(aws.client, self.session, "ssm", self.account)
-        pool.shutdown(wait=False)
+        self._futures["ssm"] = pool.submit(lambda: aws.client(self.aws_session(), "ssm", self.account))
 
     def fetched(self, name: str, compute):
         """The prefetched result *name*, or ``compute()`` when nothing was prefetched."""
@@ -246,7 +255,7 @@ class IdentityCheck(Step):
     def check(self, ctx: IamRun) -> Decision:
         if ctx.dry_run:
             return Decision(True, "checked at run time (not called in a dry run)")
-        ctx.identity, ctx.backend_state = ctx.fetched("aws", ctx._look_up_aws)
+        ctx.identity = ctx.fetched("identity", ctx._look_up_identity)
         return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}")
 
     def run(self, ctx: IamRun) -> str:
@@ -264,11 +273,20 @@ class BackendStep(Step):
     def check(self, ctx: IamRun) -> Decision:
         if ctx.dry_run:
             return Decision(True, "created when absent, left alone when present (looked up at run time)")
-        state = ctx.backend_state
+        b = ctx.backend
+        seen = _backend_seen(ctx)
+        if seen and "backend" in getattr(ctx, "_futures", {}):
+            # Seen on an earlier run: let Terraform start; PlanStep takes the look-up's answer after the
+            # plan and says so plainly if the backend has gone meanwhile.
+            ctx.backend_pending = ctx._futures.pop("backend")
+            return Decision(False, f"bucket {b.bucket} and table {b.lock_table} exist (seen {seen}; looked up "
+                                   "again while Terraform plans)")
+        state = ctx.fetched("backend", ctx._look_up_backend)
         if isinstance(state, RunbookError):
             raise state
         if state.complete:
-            return Decision(False, f"bucket {ctx.backend.bucket} and table {ctx.backend.lock_table} exist")
+            _remember_backend(ctx)
+            return Decision(False, f"bucket {b.bucket} and table {b.lock_table} exist")
         missing = [n for n, ok in (("bucket", state.bucket_exists), ("lock table", state.table_exists)) if not ok]
         return Decision(True, f"first deploy into this account: the {' and '.join(missing)} must be created")
 
@@ -276,7 +294,50 @@ class BackendStep(Step):
         from runbook import aws
 
         ctx.created = aws.ensure_backend(ctx.aws_session(), ctx.account, ctx.backend)
+        _remember_backend(ctx)
         return "created " + "; ".join(ctx.created) if ctx.created else "nothing to create"
+
+
+def _backend_key(ctx: IamRun) -> str:
+    b = ctx.backend
+    return "|".join([ctx.account.endpoint_url or "aws", ctx.account.id, b.region, b.bucket, b.lock_table])
+
+
+def _backend_seen(ctx: IamRun) -> str | None:
+    from runbook import cache
+
+    return cache.get("backend-seen", _backend_key(ctx))
+
+
+def _remember_backend(ctx: IamRun) -> None:
+    import time
+
+    from runbook import cache
+
+    cache.put("backend-seen", _backend_key(ctx), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+
+
+def _confirm_backend(ctx: IamRun) -> None:
+    """Take the background backend look-up's answer (see BackendStep); raise if the backend has gone."""
+    pending = getattr(ctx, "backend_pending", None)
+    if pending is None:
+        return
+    ctx.backend_pending = None
+    state = pending.result()
+    if isinstance(state, RunbookError):
+        raise state
+    if state is not None and not state.complete:
+        from runbook import cache
+
+        cache.put("backend-seen", _backend_key(ctx), None)
+        gone = [n for n, ok in ((f"S3 bucket {ctx.backend.bucket}", state.bucket_exists),
+                                (f"DynamoDB table {ctx.backend.lock_table}", state.table_exists)) if not ok]
+        raise RunbookError(
+            f"The Terraform backend has gone: {' and '.join(gone)} existed on an earlier run but not "
+            "now; nothing was applied",
+            fix="if it was deleted on purpose, run the same command again: it creates the backend afresh "
+            "(with an empty state); otherwise find out who deleted it first",
+        )
 
 
 class ScopedStep(Step):
@@ -340,7 +401,12 @@ class PlanStep(ScriptStep):
         sc = self.sc(ctx)
         ctx.fingerprint = sc.fingerprint()
         ctx.prefetch_ssm()
-        terraform.run_script(sc.root, self.env(ctx), what=f"plan of {sc.label}")
+        try:
+            terraform.run_script(sc.root, self.env(ctx), what=f"plan of {sc.label}")
+        except RunbookError:
+            _confirm_backend(ctx)  # a vanished backend explains a failed plan better than Terraform does
+            raise
+        _confirm_backend(ctx)
         ctx.summary = terraform.read_plan(sc.root)
         return f"Plan: {ctx.summary}"
 

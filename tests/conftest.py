@@ -114,8 +114,10 @@ def moto_reset(moto_endpoint: str) -> str:
 
 
 @pytest.fixture
-def aws_env(venv_bin: Path) -> dict[str, str]:
-    """Environment for subprocesses: fake credentials, fixed region, pinned tools first on PATH.
+def aws_env(venv_bin: Path, tmp_path: Path) -> dict[str, str]:
+    """Environment for subprocesses: fake credentials, fixed region, pinned tools first on PATH,
+    and a cache folder of the test's own (XDG_CACHE_HOME): what one test's runs remember, such as
+    a backend seen before, must not leak into the next test, whose moto starts empty.
 
     Starts from os.environ (HOME, LANG, TMPDIR... are kept) minus every AWS_* and TF_*
     variable (AWS_PROFILE, TF_CLI_CONFIG_FILE, TF_VAR_* ...). Add AWS_ENDPOINT_URL yourself
@@ -130,6 +132,7 @@ def aws_env(venv_bin: Path) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(venv_bin), os.environ.get("PATH", os.defpath)])
     env["TF_IN_AUTOMATION"] = "1"
     env["CHECKPOINT_DISABLE"] = "1"
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
     return env
 
 

@@ -103,6 +103,23 @@ def test_second_run_leaves_backend_alone_and_applies_nothing_new(project, s3):
 
 
 @pytest.mark.terraform
+def test_a_backend_deleted_since_the_last_run_is_reported_then_recreated(project, s3):
+    import boto3
+
+    assert project.inv("iam.env", "--name", "stg").code == 0
+    versions = s3.list_object_versions(Bucket=BUCKET)
+    for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+        s3.delete_object(Bucket=BUCKET, Key=item["Key"], VersionId=item["VersionId"])
+    s3.delete_bucket(Bucket=BUCKET)
+    boto3.client("dynamodb", endpoint_url=s3.meta.endpoint_url, region_name="eu-west-1").delete_table(TableName=TABLE)
+    gone = project.inv("iam.env", "--name", "stg")
+    assert_user_error(gone, "The Terraform backend has gone", BUCKET, "run the same command again")
+    again = project.inv("iam.env", "--name", "stg")
+    assert again.code == 0, again.all
+    assert "created S3 bucket" in again.out
+
+
+@pytest.mark.terraform
 def test_account_defaults_to_the_checked_out_environment(project, s3, ssm):
     result = project.inv("iam.account")
     assert result.code == 0, result.all

@@ -62,10 +62,12 @@ def session(account: Account, *, use_profile: bool = True) -> Any:
         ) from None
 
 
-def client(sess: Any, service: str, account: Account) -> Any:
+def client(sess: Any, service: str, account: Account, *, read_timeout_s: float = 30.0, attempts: int = 5) -> Any:
     """A boto3 client for *service* in *account*'s region, at its ``endpoint_url`` when set.
 
-    Standard retry mode with 5 attempts: botocore backs off on throttling by itself.
+    Standard retry mode (botocore backs off on throttling by itself) with *attempts* retries;
+    connect timeout 10 s, read timeout *read_timeout_s* seconds. A poller with its own deadline
+    passes small values so that one call cannot outlast it.
     """
     from botocore.config import Config
 
@@ -73,7 +75,8 @@ def client(sess: Any, service: str, account: Account) -> Any:
         service,
         region_name=account.region,
         endpoint_url=account.endpoint_url,
-        config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=30),
+        config=Config(retries={"mode": "standard", "max_attempts": attempts},
+                      connect_timeout=min(10.0, read_timeout_s), read_timeout=read_timeout_s),
     )
 
 
@@ -239,6 +242,10 @@ def ensure_backend(sess: Any, account: Account, backend: Backend) -> list[str]:
                 },
             )
             created.append(f"S3 bucket {backend.bucket} (versioned, encrypted, public access blocked)")
+            if state.table_exists:
+                stale = _forget_digests(ddb, backend)
+                if stale:
+                    created.append(f"(removed {stale} state digest(s) of the old bucket from {backend.lock_table})")
         if not state.table_exists:
             ddb.create_table(
                 TableName=backend.lock_table,
@@ -253,6 +260,33 @@ def ensure_backend(sess: Any, account: Account, backend: Backend) -> list[str]:
     except botocore.exceptions.ClientError as exc:
         raise _aws_error("creating the Terraform backend", backend.bucket, exc) from None
     return created
+
+
+def _forget_digests(ddb: Any, backend: Backend) -> int:
+    """Delete the lock table's state digests (``<bucket>/<key>-md5``) of a bucket that was just created.
+
+    Terraform's S3 backend keeps an MD5 digest of each state object in the lock table and refuses a
+    state whose digest does not match ("state data in S3 does not have the expected content"). A
+    bucket created afresh holds no state, so every digest naming it is stale. Returns how many were
+    deleted.
+    """
+    deleted = 0
+    kwargs: dict[str, Any] = {
+        "TableName": backend.lock_table,
+        "FilterExpression": "begins_with(LockID, :bucket)",
+        "ExpressionAttributeValues": {":bucket": {"S": f"{backend.bucket}/"}},
+        "ProjectionExpression": "LockID",
+    }
+    while True:
+        page = ddb.scan(**kwargs)
+        for item in page.get("Items", []):
+            lock_id = item["LockID"]["S"]
+            if lock_id.endswith("-md5"):
+                ddb.delete_item(TableName=backend.lock_table, Key={"LockID": {"S": lock_id}})
+                deleted += 1
+        if "LastEvaluatedKey" not in page:
+            return deleted
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def _aws_error(action: str, resource: str, exc: Any) -> RunbookError:

@@ -61,20 +61,47 @@ def role_problems(iam_client: Any, role_names: list[str]) -> list[str]:
     return problems
 
 
+def _listed(value: Any) -> list:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 def _trusts_lambda(document: Any) -> bool:
+    """Whether a trust policy lets lambda.amazonaws.com assume the role.
+
+    An Allow of ``sts:AssumeRole`` (or ``sts:*``) to the Lambda service principal is needed, and no
+    Deny may name that principal (IAM evaluation: an explicit Deny wins; IAM User Guide, "Policy
+    evaluation logic"). Conditions on an Allow (``aws:SourceAccount``, the usual guard against the
+    confused deputy) do not stop Lambda itself, so they are accepted.
+    """
     if isinstance(document, str):
         document = json.loads(urllib.parse.unquote(document))
     statements = (document or {}).get("Statement", [])
+    allowed = False
     for st in statements if isinstance(statements, list) else [statements]:
-        if st.get("Effect") != "Allow":
+        principal = st.get("Principal") or {}
+        services = _listed(principal.get("Service")) if isinstance(principal, dict) else []
+        actions = _listed(st.get("Action"))
+        names_lambda = LAMBDA_PRINCIPAL in services or principal == "*"
+        assumes = any(a in ("sts:AssumeRole", "sts:*", "*") for a in actions)
+        if not (names_lambda and assumes):
             continue
-        services = (st.get("Principal") or {}).get("Service", [])
-        services = [services] if isinstance(services, str) else services
-        actions = st.get("Action", [])
-        actions = [actions] if isinstance(actions, str) else actions
-        if LAMBDA_PRINCIPAL in services and "sts:AssumeRole" in actions:
-            return True
-    return False
+        if st.get("Effect") == "Deny":
+            return False
+        if st.get("Effect") == "Allow" and LAMBDA_PRINCIPAL in services:
+            allowed = True
+    return allowed
+
+
+def recorded_roles(record: dict | None) -> tuple[list[str], str | None]:
+    """The environment record's ``outputs.lambda_role_names``, and what is wrong with it (or None)."""
+    outputs = (record or {}).get("outputs") or {}
+    if "lambda_role_names" not in outputs:
+        return [], ("the environment record has no lambda_role_names output (the root module must output "
+                    "it)")
+    names = outputs["lambda_role_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        return [], "the environment record's lambda_role_names is not a list of role names"
+    return names, None
 
 
 def wait(
@@ -113,40 +140,56 @@ def wait(
 
     Returns a GateResult. Raises RunbookError at the timeout, naming the commands
     and ``inv ci.rerun --env NAME``; or at once when the records cannot be read
-    (no access, no credentials).
+    (no access, no credentials; the message then names the CircleCI context).
     """
     from runbook import aws
 
     scopes = for_environment(config, environment)
     prints = [s.fingerprint() for s in scopes]
     session = session or aws.session(environment.account, use_profile=False)
-    ssm_client = aws.client(session, "ssm", environment.account)
+    # Each poll must end well within the gate's own deadline: short timeouts, one retry.
+    ssm_client = aws.client(session, "ssm", environment.account, read_timeout_s=min(10.0, max(1.0, poll_s)),
+                            attempts=1)
     iam_client = None
     started = clock()
     delay = poll_s
     polls = 0
     told: str | None = None
+    last_error: RunbookError | None = None
     while True:
         try:
-            statuses = [read_state(s, fp, ssm_client) for s, fp in zip(scopes, prints, strict=True)]
+            try:
+                statuses = [read_state(s, fp, ssm_client) for s, fp in zip(scopes, prints, strict=True)]
+            except records.Transient:
+                raise
+            except RunbookError as exc:
+                exc.fix = (exc.fix or "") + (" (in CircleCI: the job's context must hold the CI deployer's AWS "
+                                             "credentials, which may read /<project>/iam/*)")
+                raise
             polls += 1
             delay = poll_s
-        except records.Throttled:
+        except records.Transient as exc:
             statuses = None
             delay = min(delay * 2, poll_s * 4)
+            last_error = exc
         if statuses is not None:
             pending = [st for st in statuses if st.state != CURRENT]
             problems: list[str] = []
             if not pending:
-                iam_client = iam_client or aws.client(session, "iam", environment.account)
-                env_record = statuses[-1].record or {}
-                problems = role_problems(iam_client, list(env_record.get("outputs", {}).get("lambda_role_names", [])))
+                names, wrong = recorded_roles(statuses[-1].record)
+                if wrong:
+                    problems = [wrong]
+                else:
+                    iam_client = iam_client or aws.client(session, "iam", environment.account)
+                    problems = role_problems(iam_client, names)
                 if not problems:
                     if settle_s > 0:
                         console.say(f"IAM for this commit is applied; waiting {settle_s:.0f} s for IAM propagation.")
                         sleep(settle_s)
+                    roles = (f"its {len(names)} lambda role(s) trust lambda.amazonaws.com" if names
+                             else "it lists no lambda roles to check")
                     console.ok(f"IAM gate open for {environment.name}: account and environment records match "
-                               "this commit and the lambda roles trust lambda.amazonaws.com.")
+                               f"this commit, and {roles}.")
                     return GateResult(statuses, clock() - started, polls)
             message = _instructions(environment, statuses, problems)
             if message != told:
@@ -154,9 +197,15 @@ def wait(
                 told = message
         elapsed = clock() - started
         if elapsed + delay > timeout_s:
+            if told is None:
+                raise RunbookError(
+                    f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s without reading the "
+                    f"applied records: {last_error.what if last_error else 'no answer'}",
+                    fix="check the network and AWS's health, then `inv ci.rerun --env "
+                    f"{environment.name}` once the records can be read",
+                )
             raise RunbookError(
-                f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s. "
-                + (told or "The applied records could not be read (throttled)."),
+                f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s. {told}",
                 fix=f"an administrator runs the commands above from branch {environment.branch}, then "
                 f"`inv ci.rerun --env {environment.name}` (or simply `inv release --env {environment.name}`)",
             )
@@ -164,7 +213,11 @@ def wait(
 
 
 def _instructions(environment: Environment, statuses: list[ScopeStatus], problems: list[str]) -> str:
-    lines = [f"Waiting: the IAM for this commit is not applied yet for {environment.name}."]
+    if problems and all(st.state == CURRENT for st in statuses):
+        head = f"Waiting: the records match this commit, but the lambda roles of {environment.name} are not right."
+    else:
+        head = f"Waiting: the IAM for this commit is not applied yet for {environment.name}."
+    lines = [head]
     for st in statuses:
         if st.state != CURRENT:
             lines.append(f"  - {st.scope.label}: {st.text}; run: {st.scope.command(environment)}")

@@ -274,6 +274,8 @@ class BackendStep(Step):
         if ctx.dry_run:
             return Decision(True, "created when absent, left alone when present (looked up at run time)")
         b = ctx.backend
+        if ctx.needed is not None and not any(needed for needed, _ in ctx.needed.values()):
+            return Decision(False, "no IAM step is needed, so the backend is not used")
         seen = _backend_seen(ctx)
         if seen and "backend" in getattr(ctx, "_futures", {}):
             # Seen on an earlier run: let Terraform start; PlanStep takes the look-up's answer after the
@@ -332,11 +334,12 @@ def _confirm_backend(ctx: IamRun) -> None:
         cache.put("backend-seen", _backend_key(ctx), None)
         gone = [n for n, ok in ((f"S3 bucket {ctx.backend.bucket}", state.bucket_exists),
                                 (f"DynamoDB table {ctx.backend.lock_table}", state.table_exists)) if not ok]
+        empty = " (with an empty state: the state lived in the bucket)" if not state.bucket_exists else ""
         raise RunbookError(
             f"The Terraform backend has gone: {' and '.join(gone)} existed on an earlier run but not "
             "now; nothing was applied",
-            fix="if it was deleted on purpose, run the same command again: it creates the backend afresh "
-            "(with an empty state); otherwise find out who deleted it first",
+            fix=f"if it was deleted on purpose, run the same command again: it creates what is missing afresh{empty}; "
+            "otherwise find out who deleted it first",
         )
 
 

@@ -78,6 +78,10 @@ def client_for(config: Config, **kwargs: Any) -> circleci.CircleCIClient:
     return circleci.CircleCIClient(config.circleci.host, **kwargs)
 
 
+class NoPipelineYet(RunbookError):
+    """CircleCI has no pipeline (of the branch, or for HEAD) yet: the one failure worth waiting out."""
+
+
 def find_workflow(
     client: circleci.CircleCIClient, config: Config, environment: Environment, head: str, *, latest: bool = False
 ) -> Target:
@@ -99,7 +103,7 @@ def find_workflow(
             chosen = pipeline
             break
     if newest is None:
-        raise RunbookError(
+        raise NoPipelineYet(
             f"CircleCI has no pipeline for branch {environment.branch} of {slug}",
             where=f"{config.path}, fields circleci.project_slug and environments.{environment.name}.branch",
             fix=f"push the branch (git push origin {environment.branch}) and wait for the pipeline to start",
@@ -107,7 +111,7 @@ def find_workflow(
     if chosen is None:
         if not latest:
             theirs = (newest.get("vcs") or {}).get("revision", "?")
-            raise RunbookError(
+            raise NoPipelineYet(
                 f"No pipeline of branch {environment.branch} is for your HEAD {head[:12]}; the newest "
                 f"(#{newest.get('number')}) is for {theirs[:12]}",
                 fix="git pull --ff-only (your checkout is behind), wait for the pipeline of your commit to start, "
@@ -257,6 +261,11 @@ IAM_RACE_PATTERNS = [
     )
 ]
 _AWS_KEY = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+# "secret_access_key=...", "token: ...", "password=..." in someone else's log: keep the name, hide the value
+_ASSIGNED_SECRET = re.compile(
+    r"(?i)\b([\w.-]*(?:secret|token|passw(?:or)?d|private[_-]?key|credential)[\w.-]*)(\s*[=:]\s*[\"']?)[^\s\"',;]+")
+_AWS_SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 @dataclass(frozen=True)
@@ -276,7 +285,14 @@ def classify_line(text: str) -> bool:
 
 
 def _clean(line: str) -> str:
-    return _AWS_KEY.sub("****", console.mask(line.strip()))[:300]
+    """One line of a CI log made safe to print: secrets masked (this machine's, and anything that
+    looks like an AWS key or an assigned secret), terminal escapes and control characters dropped,
+    undecodable characters replaced, at most 300 characters."""
+    line = _ANSI.sub("", line).encode("utf-8", "replace").decode("utf-8")
+    line = "".join(ch for ch in line if ch.isprintable() or ch == "\t").strip()
+    line = _ASSIGNED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}****", console.mask(line))
+    line = _AWS_SECRET_VALUE.sub("****", _AWS_KEY.sub("****", line))
+    return line[:300]
 
 
 def diagnose(client: circleci.CircleCIClient, config: Config, target: Target, jobs: list[dict]) -> list[Finding]:

@@ -147,8 +147,13 @@ class Record:
 THROTTLING_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"})
 
 
-class Throttled(RunbookError):
-    """SSM kept throttling after botocore's retries; pollers back off and try again."""
+class Transient(RunbookError):
+    """SSM did not answer usefully for a reason that may pass (throttling, a dropped connection, a
+    timeout); pollers back off and try again."""
+
+
+class Throttled(Transient):
+    """SSM kept throttling after botocore's retries."""
 
 
 def parameter_name(project: str, scope: str, env: str | None = None) -> str:
@@ -379,4 +384,9 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
             fix="start the local AWS (moto_server / LocalStack) or remove endpoint_url",
         ) from None
     except BotoCoreError as error:
-        raise RunbookError(f"AWS SSM call on {name} failed: {error}", where=where) from None
+        raise Transient(
+            f"AWS SSM call on {name} failed: {type(error).__name__}",
+            where=where,
+            fix="check the network (and endpoint_url in config/environments.yml, if set), then run the command "
+            "again",
+        ) from None

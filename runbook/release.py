@@ -1,7 +1,7 @@
 """``inv release``: the whole runbook in one plan, running only the steps that are needed.
 
 Order: preflight (configuration, git, Terraform, AWS caller identity, CircleCI
-token), backend, the applied records (which decide the IAM steps), the account
+token), the applied records (which decide the IAM steps), backend, the account
 step if its record does not match this commit, the environment step likewise,
 then the pipeline of this commit (waiting at the gate: nothing to do; failed:
 rerun from failed) and a watch to its end.
@@ -54,7 +54,12 @@ class CircleCICheck(Step):
 
     def check(self, ctx: ReleaseRun) -> Decision:
         ctx.client = ctx.client or pipeline.client_for(ctx.config)
-        return Decision(True, f"token from {ctx.client.token_source}, API at {ctx.client.host}")
+        # One real call (the branch's newest pipelines, one page) proves the token, the host and the project
+        # slug before anything changes, rather than after the IAM is applied.
+        next(iter(ctx.client.pipelines(ctx.config.circleci.project_slug, branch=ctx.environment.branch,
+                                       max_pages=1)), None)
+        return Decision(True, f"token from {ctx.client.token_source} accepted by {ctx.client.host} for "
+                              f"{ctx.config.circleci.project_slug}")
 
     def run(self, ctx: ReleaseRun) -> str:
         return self.check(ctx).reason
@@ -114,9 +119,15 @@ class PipelineStep(Step):
         while True:
             try:
                 return pipeline.find_workflow(ctx.client, ctx.config, ctx.environment, head)
-            except RunbookError as exc:
+            except pipeline.NoPipelineYet as exc:  # only this is worth waiting out; other errors stop at once
                 if time.monotonic() + 10 > deadline:
-                    raise exc from None
+                    if ctx.dry_run:
+                        raise
+                    raise RunbookError(
+                        f"{exc.what} (waited {ctx.pipeline_wait_s:.0f} s)",
+                        fix="check in the CircleCI app that the push of this commit started a pipeline (project "
+                        "settings, webhooks); once it has, resume",
+                    ) from None
                 console.say(f"  no pipeline for {head[:12]} yet; looking again in 10 s")
                 time.sleep(10)
 
@@ -184,7 +195,7 @@ class WatchStep(Step):
 def build(ctx: ReleaseRun) -> Plan:
     """The release plan for ``ctx.environment`` (see the module docstring)."""
     account, environment = for_environment(ctx.config, ctx.environment)
-    steps: list[Step] = [*iam.preflight_steps()[:4], CircleCICheck(), iam.BackendStep(), RecordsCheck(),
+    steps: list[Step] = [*iam.preflight_steps()[:4], CircleCICheck(), RecordsCheck(), iam.BackendStep(),
                          *iam.scope_steps(account), *iam.scope_steps(environment), PipelineStep(), WatchStep()]
     return Plan(name=f"release of {ctx.environment.name}", steps=steps, resume=ctx.command,
                 dry_note="Nothing is changed; Terraform is not called; the only AWS and CircleCI calls are "

@@ -262,13 +262,15 @@ def test_diagnose_names_an_iam_race(project, ci):
             "Deploying acme-api to stg\n"
             "An error occurred (AccessDeniedException) when calling the CreateFunction operation: User: "
             "arn:aws:iam::123456789012:user/acme-api-circleci-deployer is not authorized to perform: "
-            "iam:PassRole on resource: acme-api-stg-lambda-api (key AKIAABCDEFGHIJKLMNOP)\n")},
+            "iam:PassRole on resource: acme-api-stg-lambda-api (key AKIAABCDEFGHIJKLMNOP "
+            "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY \x1b[31m)\n")},
     ])
     result = project.inv("ci.diagnose", "--env", "stg")
     assert result.code == 0, result.all
     assert "deploy-stg step 'Deploy': iam-race" in result.out
     assert "not authorized to perform" in result.out
     assert "AKIAABCDEFGHIJKLMNOP" not in result.out
+    assert "wJalrXUtnFEMI" not in result.out and "\x1b[" not in result.out
     assert "inv iam.env --name stg" in result.out and "inv ci.rerun --env stg" in result.out
     assert SENTINEL not in result.all
 

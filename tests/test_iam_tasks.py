@@ -120,6 +120,20 @@ def test_a_backend_deleted_since_the_last_run_is_reported_then_recreated(project
 
 
 @pytest.mark.terraform
+def test_only_the_bucket_deleted_recovers_on_the_next_run(project, s3):
+    assert project.inv("iam.env", "--name", "stg").code == 0
+    versions = s3.list_object_versions(Bucket=BUCKET)
+    for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+        s3.delete_object(Bucket=BUCKET, Key=item["Key"], VersionId=item["VersionId"])
+    s3.delete_bucket(Bucket=BUCKET)
+    gone = project.inv("iam.env", "--name", "stg")
+    assert_user_error(gone, "The Terraform backend has gone: S3 bucket", "with an empty state")
+    again = project.inv("iam.env", "--name", "stg")  # the lock table still holds the old state's digest
+    assert again.code == 0, again.all
+    assert "removed 1 state digest(s) of the old bucket" in again.out
+
+
+@pytest.mark.terraform
 def test_account_defaults_to_the_checked_out_environment(project, s3, ssm):
     result = project.inv("iam.account")
     assert result.code == 0, result.all

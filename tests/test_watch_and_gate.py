@@ -80,7 +80,7 @@ def test_gate_backs_off_while_ssm_throttles(tmp_path, moto_reset, aws_env, aws_c
     boto3.client("iam", endpoint_url=moto_reset, region_name="eu-west-1").create_role(
         RoleName="acme-api-stg-lambda-api", AssumeRolePolicyDocument=TRUST)
     session = boto3.Session(region_name="eu-west-1")
-    throttled = {"left": 6}  # 1 try + 5 retries (runbook.aws.client): the first gate poll sees Throttled
+    throttled = {"left": 2}  # the gate's client tries twice: the first gate poll sees Throttled
 
     def throttle(request, **kwargs):
         if throttled["left"] > 0:
@@ -109,3 +109,31 @@ class _Raw:
 
     def stream(self, **kwargs):
         yield self._body
+
+
+LAMBDA = {"Service": "lambda.amazonaws.com"}
+
+
+@pytest.mark.parametrize(("statements", "trusted"), [
+    ([{"Effect": "Allow", "Principal": LAMBDA, "Action": "sts:AssumeRole"}], True),
+    ([{"Effect": "Allow", "Principal": LAMBDA, "Action": ["sts:AssumeRole"],
+       "Condition": {"StringEquals": {"aws:SourceAccount": "123456789012"}}}], True),
+    ([{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}], False),
+    ([{"Effect": "Allow", "Principal": LAMBDA, "Action": "sts:AssumeRole"},
+      {"Effect": "Deny", "Principal": LAMBDA, "Action": "sts:AssumeRole"}], False),
+    ([{"Effect": "Allow", "Principal": LAMBDA, "Action": "sts:TagSession"}], False),
+])
+def test_trust_policy_evaluation(statements, trusted):
+    assert gate._trusts_lambda({"Version": "2012-10-17", "Statement": statements}) is trusted
+
+
+@pytest.mark.parametrize(("outputs", "names", "wrong"), [
+    ({"lambda_role_names": ["a", "b"]}, ["a", "b"], None),
+    ({"lambda_role_names": []}, [], None),
+    ({}, [], "no lambda_role_names"),
+    ({"lambda_role_names": "acme-api-stg-lambda-api"}, [], "not a list"),
+])
+def test_recorded_roles_are_checked_for_shape(outputs, names, wrong):
+    found, problem = gate.recorded_roles({"outputs": outputs})
+    assert found == names
+    assert (problem is None) if wrong is None else (wrong in problem)

@@ -98,8 +98,8 @@ def status(c, check=False):
     unknown = [st for st in statuses if st.state == state.UNKNOWN]
     if unknown:
         console.say()
-        console.warn(f"{len(unknown)} scope(s) could not be read; fix access (aws sso login, AWS_PROFILE) and "
-                     "run `inv iam.status` again.")
+        console.warn(f"{len(unknown)} scope(s) could not be read (the reason is in the state column): fix that, "
+                     "e.g. aws sso login or AWS_PROFILE for credentials, then run `inv iam.status` again.")
     if check and any(st.needed for st in statuses):
         raise RunbookError(
             f"{sum(st.needed for st in statuses)} IAM step(s) are not current", fix="run the commands listed above",

@@ -94,6 +94,20 @@ def test_release_without_circleci_token_stops_before_anything_changes(project, c
     assert s3.list_buckets()["Buckets"] == []
 
 
+def test_release_with_a_rejected_token_stops_before_anything_changes(project, ci, moto_reset, aws_credentials):
+    import boto3
+
+    ci.add_pipeline(SLUG, "staging", head(project), workflows=[(WORKFLOW, "failed")])
+    result = project.inv("release", "--env", "stg", "--yes", env={**project.env, "CIRCLECI_TOKEN": "not-the-token"})
+    assert result.code != 0
+    assert "CIRCLECI_TOKEN" in result.all and "Traceback" not in result.all
+    assert "no pipeline for" not in result.out, "a rejected token is not worth waiting out"
+    s3 = boto3.client("s3", endpoint_url=moto_reset, region_name="eu-west-1")
+    assert s3.list_buckets()["Buckets"] == []
+    ssm = boto3.client("ssm", endpoint_url=moto_reset, region_name="eu-west-1")
+    assert ssm.describe_parameters()["Parameters"] == []
+
+
 @pytest.mark.terraform
 def test_ctrl_c_during_plan_stops_terraform_and_applies_nothing(project, moto_reset, aws_credentials, tmp_path):
     import boto3

@@ -23,6 +23,14 @@ def assert_user_error(result, *needles: str) -> None:
         assert needle in result.all, f"{needle!r} not in:\n{result.all}"
 
 
+def delete_state_bucket(s3) -> None:
+    """Delete the versioned state bucket the way an operator must: every version first."""
+    versions = s3.list_object_versions(Bucket=BUCKET)
+    for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+        s3.delete_object(Bucket=BUCKET, Key=item["Key"], VersionId=item["VersionId"])
+    s3.delete_bucket(Bucket=BUCKET)
+
+
 def bucket_names(client) -> list[str]:
     return [b["Name"] for b in client.list_buckets()["Buckets"]]
 
@@ -107,10 +115,7 @@ def test_a_backend_deleted_since_the_last_run_is_reported_then_recreated(project
     import boto3
 
     assert project.inv("iam.env", "--name", "stg").code == 0
-    versions = s3.list_object_versions(Bucket=BUCKET)
-    for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
-        s3.delete_object(Bucket=BUCKET, Key=item["Key"], VersionId=item["VersionId"])
-    s3.delete_bucket(Bucket=BUCKET)
+    delete_state_bucket(s3)
     boto3.client("dynamodb", endpoint_url=s3.meta.endpoint_url, region_name="eu-west-1").delete_table(TableName=TABLE)
     gone = project.inv("iam.env", "--name", "stg")
     assert_user_error(gone, "The Terraform backend has gone", BUCKET, "run the same command again")
@@ -122,10 +127,7 @@ def test_a_backend_deleted_since_the_last_run_is_reported_then_recreated(project
 @pytest.mark.terraform
 def test_only_the_bucket_deleted_recovers_on_the_next_run(project, s3):
     assert project.inv("iam.env", "--name", "stg").code == 0
-    versions = s3.list_object_versions(Bucket=BUCKET)
-    for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
-        s3.delete_object(Bucket=BUCKET, Key=item["Key"], VersionId=item["VersionId"])
-    s3.delete_bucket(Bucket=BUCKET)
+    delete_state_bucket(s3)
     gone = project.inv("iam.env", "--name", "stg")
     assert_user_error(gone, "The Terraform backend has gone: S3 bucket", "with an empty state")
     again = project.inv("iam.env", "--name", "stg")  # the lock table still holds the old state's digest

@@ -146,6 +146,28 @@ class IamRun:
         future = getattr(self, "_futures", {}).pop(name, None)
         return future.result() if future is not None else compute()
 
+    def ssm_client(self):
+        """The SSM client of the run's account, built once per run (prefetched while Terraform plans)."""
+        if getattr(self, "_ssm", None) is None:
+            from runbook import aws
+
+            self._ssm = self.fetched("ssm", lambda: aws.client(self.aws_session(), "ssm", self.account))
+        return self._ssm
+
+    def applied_record(self, scope: Scope) -> dict | None:
+        """*scope*'s applied record (``records.read``: a dict, or None when never applied), read at most
+        once per run; :meth:`remember_record` stores one read elsewhere (``inv release`` reads both scopes
+        first). Raises RunbookError as ``records.read`` does."""
+        known = self.__dict__.setdefault("_records", {})
+        if scope.record_scope not in known:
+            known[scope.record_scope] = records.read(self.ssm_client(), scope.config.project, scope.record_scope,
+                                                     endpoint_url=scope.account.endpoint_url)
+        return known[scope.record_scope]
+
+    def remember_record(self, scope: Scope, record: dict | None) -> None:
+        """Keep a record read by another look-up, so :meth:`applied_record` does not read it again."""
+        self.__dict__.setdefault("_records", {})[scope.record_scope] = record
+
 
 class ConfigCheck(Step):
     title = "Preflight: configuration"
@@ -489,10 +511,8 @@ class RecordStep(ScopedStep):
             scope=sc.record_scope,
             outputs={k: v for k, v in outputs.items() if k in RECORDED_OUTPUTS},
         )
-        from runbook import aws
-
-        client = ctx.fetched("ssm", lambda: aws.client(ctx.aws_session(), "ssm", sc.account))
-        name = records.write(client, ctx.config.project, sc.record_scope, record, endpoint_url=sc.account.endpoint_url)
+        name = records.write(ctx.ssm_client(), ctx.config.project, sc.record_scope, record,
+                             endpoint_url=sc.account.endpoint_url)
         return f"{name} = {record.fingerprint[:12]}... at {record.commit[:12]}"
 
 

@@ -85,6 +85,8 @@ class RecordsCheck(Step):
         parts = []
         unreadable = None
         for st in statuses:
+            if st.state != status.UNKNOWN:
+                ctx.remember_record(st.scope, st.record)
             if st.state == status.UNKNOWN:
                 unreadable = unreadable or RunbookError(
                     f"Cannot read the applied record of {st.scope.label}: {st.reason}",

@@ -1,8 +1,10 @@
 """Console output: colour, headings, prompts, and masking of secrets.
 
-Everything the runbook prints goes through :func:`say` and friends so that
-secrets are masked in one place. Colour comes from colorama and is dropped when
-the output is not a terminal or ``NO_COLOR`` is set (https://no-color.org).
+Everything the runbook prints goes through :func:`say` and friends, so that in
+one place secrets are masked (:func:`mask`) and text from outside (records,
+API answers, logs) cannot drive the terminal (:func:`safe`). Colour comes from
+colorama and is dropped when the output is not a terminal or ``NO_COLOR`` is set
+(https://no-color.org).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ SECRET_ENV_VARS = (
 )
 _SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PRIVATE_KEY)", re.IGNORECASE)
 MASK = "****"
+MIN_SECRET_LEN = 8
+"""Shorter values of secret-named variables are not masked in text. No credential that AWS or
+CircleCI issues is that short (an AWS secret access key has 40 characters,
+https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_access-keys.html; a session token
+hundreds), while the placeholder values used with a local AWS (``test``, ``testing``) are ordinary
+words that would otherwise vanish from environment, branch and workflow names."""
 
 
 def _colour_on(stream) -> bool:
@@ -48,7 +56,8 @@ def _fore(name: str) -> str:
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """Values of secret-looking variables in *env* (default: os.environ), longest first."""
     env = os.environ if env is None else env
-    values = {v for k, v in env.items() if (k in SECRET_ENV_VARS or _SECRET_NAME.search(k)) and len(v) >= 4}
+    values = {v for k, v in env.items()
+              if (k in SECRET_ENV_VARS or _SECRET_NAME.search(k)) and len(v) >= MIN_SECRET_LEN}
     return sorted(values, key=len, reverse=True)
 
 
@@ -56,7 +65,8 @@ def mask(text: str, extra: Iterable[str] = ()) -> str:
     """Replace every known secret value in *text* with ``****``.
 
     Secrets are the values of :data:`SECRET_ENV_VARS` and of any variable whose
-    name contains SECRET, TOKEN, PASSWORD or PRIVATE_KEY, plus *extra* values.
+    name contains SECRET, TOKEN, PASSWORD or PRIVATE_KEY (at least :data:`MIN_SECRET_LEN`
+    characters long), plus *extra* values.
     """
     for value in [*secret_values(), *extra]:
         if value:
@@ -69,30 +79,51 @@ def mask_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: (MASK if (k in SECRET_ENV_VARS or _SECRET_NAME.search(k)) else v) for k, v in env.items()}
 
 
-def say(text: str = "", *, err: bool = False) -> None:
-    """Print one line (masked) to stdout, or stderr with ``err=True``; flushed at once."""
-    stream = sys.stderr if err else sys.stdout
+def safe(text: str) -> str:
+    """*text* with every character that could drive a terminal shown as an escape instead.
+
+    Line feeds and tabs stay; every other non-printable character (ESC and the rest of the
+    C0/C1 controls, DEL, Unicode format characters such as the bidirectional overrides) becomes
+    ``\\xNN`` or ``\\uNNNN``, so a record or an API answer cannot recolour the screen, move the
+    cursor, rewrite a line already shown or reorder what is read.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _emit(text: str, stream) -> None:
     print(mask(text), file=stream, flush=True)
+
+
+def say(text: str = "", *, err: bool = False) -> None:
+    """Print one line to stdout, or stderr with ``err=True``, made :func:`safe` and masked; flushed at once."""
+    _emit(safe(text), sys.stderr if err else sys.stdout)
 
 
 def heading(text: str) -> None:
     """Print a step heading in bold cyan."""
-    say(_style(f"==> {text}", _fore("CYAN")))
+    _emit(_style(f"==> {safe(text)}", _fore("CYAN")), sys.stdout)
 
 
 def ok(text: str) -> None:
     """Print a success line in green."""
-    say(_style(f"  ok  {text}", _fore("GREEN")))
+    _emit(_style(f"  ok  {safe(text)}", _fore("GREEN")), sys.stdout)
 
 
 def warn(text: str) -> None:
     """Print a warning line in yellow."""
-    say(_style(f"  !!  {text}", _fore("YELLOW")))
+    _emit(_style(f"  !!  {safe(text)}", _fore("YELLOW")), sys.stdout)
 
 
 def bad(text: str) -> None:
     """Print a failure line in red."""
-    say(_style(f"  xx  {text}", _fore("RED")))
+    _emit(_style(f"  xx  {safe(text)}", _fore("RED")), sys.stdout)
 
 
 def confirm(question: str, *, assume_yes: bool = False) -> bool:
@@ -114,7 +145,7 @@ def confirm(question: str, *, assume_yes: bool = False) -> bool:
             fix="run it in a terminal, or add --yes if this is deliberate automation",
         )
     try:
-        answer = input(mask(f"{question} [y/N] "))
+        answer = input(mask(safe(f"{question} [y/N] ")))
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")

@@ -31,7 +31,9 @@ class Step:
     """One runbook step. Subclasses set ``title`` and implement the three methods.
 
     ``preflight = True`` marks a check that must pass before anything changes;
-    in a dry run its failures are collected as findings instead of stopping.
+    in a dry run its failures are collected as findings instead of stopping. A
+    preflight step's :meth:`check` is its whole work: a real run never calls its
+    :meth:`run`, so each look-up happens once.
     """
 
     title = "step"
@@ -124,9 +126,11 @@ class Plan:
                     console.ok(f"skipped: {decision.reason}")
                     self.outcomes.append(Outcome(step.title, "skipped", time.monotonic() - started, decision.reason))
                     continue
-                if not step.preflight:
+                if step.preflight:
+                    detail = decision.reason  # the check was the step: look nothing up twice
+                else:
                     console.say(f"  why: {decision.reason}")
-                detail = step.run(ctx) or decision.reason
+                    detail = step.run(ctx) or decision.reason
             except RunbookError as exc:
                 self.outcomes.append(Outcome(step.title, "failed", time.monotonic() - started, exc.what))
                 exc.fix = _with_resume(exc.fix, self.resume, interrupted=isinstance(exc, Interrupted))

@@ -1,0 +1,102 @@
+"""Fast unit tests of the pure logic: no subprocess, no AWS, no network."""
+
+from __future__ import annotations
+
+import pytest
+
+from runbook.errors import Interrupted, RunbookError
+from runbook.plan import Decision, Plan, Step
+from runbook.terraform import satisfies
+
+# -- Terraform version constraints (https://developer.hashicorp.com/terraform/language/expressions/version-constraints)
+
+
+@pytest.mark.parametrize("version, constraint, expected", [
+    ("1.0.3", ">= 1.0.0", True),
+    ("1.0.3", "> 1.0.3", False),
+    ("1.0.3", "= 1.0.3", True),
+    ("1.0.3", "1.0.3", True),
+    ("1.0.3", "!= 1.0.3", False),
+    ("1.11.4", "~> 1.0", True),       # >= 1.0, < 2.0
+    ("2.0.0", "~> 1.0", False),
+    ("1.0.9", "~> 1.0.3", True),      # >= 1.0.3, < 1.1.0
+    ("1.1.0", "~> 1.0.3", False),
+    ("1.10.0", ">= 1.9, < 1.11", True),
+    ("1.11.4", ">= 1.9, < 1.11", False),
+])
+def test_version_constraints(version, constraint, expected):
+    assert satisfies(version, constraint) is expected
+
+
+@pytest.mark.parametrize("constraint", ["latest", ">= one", "~>", "1.0.0.0.0 <"])
+def test_unreadable_constraint_is_a_user_error(constraint):
+    with pytest.raises(RunbookError, match="Cannot read the Terraform version constraint"):
+        satisfies("1.0.3", constraint)
+
+
+# -- Plan: the runbook as data --------------------------------------------------------------
+
+
+class Recorder(Step):
+    def __init__(self, title, log, *, needed=True, preflight=False, fail=None, interrupt=False):
+        self.title, self.log, self.needed, self.preflight = title, log, needed, preflight
+        self.fail, self.interrupt = fail, interrupt
+
+    def check(self, ctx):
+        self.log.append(("check", self.title))
+        if self.fail == "check":
+            raise RunbookError(f"{self.title} found a problem", fix="fix it")
+        return Decision(self.needed, f"{self.title} reason")
+
+    def run(self, ctx):
+        self.log.append(("run", self.title))
+        if self.interrupt:
+            raise KeyboardInterrupt
+        if self.fail == "run":
+            raise RunbookError(f"{self.title} failed", fix="repair it")
+        return f"{self.title} done"
+
+
+def test_plan_runs_in_order_skips_what_is_not_needed_and_checks_preflight_once(capsys):
+    log = []
+    plan = Plan("test", [Recorder("pre", log, preflight=True), Recorder("skip", log, needed=False),
+                         Recorder("act", log)], resume="inv again")
+    outcomes = plan.run(None)
+    assert [(o.title, o.status) for o in outcomes] == [("pre", "done"), ("skip", "skipped"), ("act", "done")]
+    assert log == [("check", "pre"), ("check", "skip"), ("check", "act"), ("run", "act")]
+
+
+def test_plan_stops_at_the_first_failure_and_adds_the_resume_command():
+    log = []
+    plan = Plan("test", [Recorder("a", log), Recorder("b", log, fail="run"), Recorder("c", log)], resume="inv again")
+    with pytest.raises(RunbookError) as caught:
+        plan.run(None)
+    assert ("check", "c") not in log
+    assert caught.value.fix == "repair it; then resume with `inv again`"
+    assert [o.status for o in plan.outcomes] == ["done", "failed"]
+
+
+def test_plan_turns_ctrl_c_into_an_interrupted_error_naming_the_step():
+    log = []
+    plan = Plan("test", [Recorder("a", log), Recorder("b", log, interrupt=True)], resume="inv again")
+    with pytest.raises(Interrupted) as caught:
+        plan.run(None)
+    assert "step 2/2 (b)" in caught.value.what and caught.value.code == 130
+
+
+def test_dry_run_collects_every_finding_and_runs_nothing(capsys):
+    log = []
+    plan = Plan("test", [Recorder("pre1", log, preflight=True, fail="check"),
+                         Recorder("pre2", log, preflight=True, fail="check"), Recorder("act", log)], resume="inv x")
+    findings = plan.dry_run(None)
+    assert [f.what for f in findings] == ["pre1 found a problem", "pre2 found a problem"]
+    assert not [entry for entry in log if entry[0] == "run"]
+    assert "To run it for real: inv x" in capsys.readouterr().out
+
+
+# -- the one-paragraph message -------------------------------------------------------------
+
+
+def test_error_message_is_what_where_fix():
+    error = RunbookError("Bad thing", where="config/environments.yml line 3, field project", fix="edit it")
+    assert error.message == "Bad thing. Where: config/environments.yml line 3, field project. Fix: edit it"

@@ -137,10 +137,38 @@ def _short(exc: RunbookError) -> str:
     return exc.what.split(". ")[0].rstrip(".")
 
 
-def commands(statuses: Iterable[ScopeStatus], via=None) -> list[str]:
+def commands(statuses: Iterable[ScopeStatus], via=None, *, branch: str | None = None) -> list[str]:
     """The commands that apply every scope that is pending or never applied, in order (account first).
+
+    Args:
+        statuses: from :func:`examine`.
+        via: the environment whose branch applies an account scope (default: the environment of
+            *branch* when it uses that account, else the account's first environment).
+        branch: the branch checked out where the commands will be pasted, or None when unknown.
+            A command that must run from another branch starts with ``git checkout BRANCH &&
+            git pull --ff-only &&`` (the branch quoted for the shell), because the IAM steps refuse
+            to apply from any branch but the environment's.
 
     Scopes in state "unknown" are left out: their record could not be read, so
     applying is not known to be needed; their reason says what to fix.
     """
-    return [st.scope.command(via) for st in statuses if st.state in (PENDING, NEVER_APPLIED)]
+    import shlex
+
+    out = []
+    for st in statuses:
+        if st.state not in (PENDING, NEVER_APPLIED):
+            continue
+        scope = st.scope
+        env = scope.environment or via or _environment_of(scope, branch)
+        command = scope.command(env)
+        needs = env.branch if env else None
+        if branch is not None and needs is not None and needs != branch:
+            command = f"git checkout {shlex.quote(needs)} && git pull --ff-only && {command}"
+        out.append(command)
+    return out
+
+
+def _environment_of(scope: Scope, branch: str | None):
+    """The environment checked out on *branch* if it lives in *scope*'s account, else the account's first."""
+    in_account = [e for e in scope.config.environments.values() if e.account == scope.account]
+    return next((e for e in in_account if e.branch == branch), in_account[0] if in_account else None)

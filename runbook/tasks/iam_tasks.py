@@ -64,6 +64,17 @@ def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
                     skip_branch_check=skip_branch_check))
 
 
+def _checked_out_branch() -> str | None:
+    """The branch checked out here, or None outside a git checkout (the suggestions then name no checkout)."""
+    from runbook import git
+    from runbook.errors import RunbookError
+
+    try:
+        return git.inspect().branch
+    except RunbookError:
+        return None
+
+
 @task(help={"check": "exit non-zero (3) when any step is pending, never applied or unknown (for scripts)"})
 @user_errors
 def status(c, check=False):
@@ -75,21 +86,23 @@ def status(c, check=False):
 
     cfg = configuration.load()
     statuses = state.examine(state.all_scopes(cfg))
-    rows = [("scope", "account", "state", "applied commit", "by", "when")]
+    rows = [("scope", "account", "state", "applied commit", "branch", "by", "when")]
     for st in statuses:
         rec = st.record or {}
+        rehearsal = " [rehearsal]" if st.scope.account.endpoint_url else ""
         rows.append((
-            st.scope.label.split(" (")[0],
+            st.scope.label.split(" (")[0] + rehearsal,
             st.scope.account.id,
             st.text,
             (rec.get("commit") or "-")[:12],
+            rec.get("branch") or "-",
             (rec.get("applied_by") or "-").rsplit("/", 1)[-1],
             rec.get("applied_at") or "-",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         console.say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    todo = state.commands(statuses)
+    todo = state.commands(statuses, branch=_checked_out_branch())
     if todo:
         console.say()
         console.warn("To apply what is pending (as an administrator, from the environment's branch):")

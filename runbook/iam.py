@@ -75,7 +75,13 @@ class IamRun:
 
     @property
     def command(self) -> str:
-        return self.scope.command(self.environment)
+        """The command line that runs (or resumes) this run, with the flags the user gave."""
+        return " ".join([self.scope.command(self.environment), *self.flags()])
+
+    def flags(self) -> list[str]:
+        """The user's flags that a resumed run must repeat (a dry run resumes as the real run)."""
+        return [flag for flag, given in (("--yes", self.assume_yes), ("--skip-branch-check", self.skip_branch_check))
+                if given]
 
     def tf_vars(self) -> dict[str, str]:
         return self.scope.tf_vars()

@@ -11,6 +11,7 @@ show, confirm, act.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,10 +153,18 @@ class Plan:
             console.say(f"  {outcome.status:<8} {outcome.seconds:6.1f} s  {outcome.title}")
 
 
+_AGAIN = re.compile(r"\brun (?:(?:the same |the )?command |it )?again\b", re.IGNORECASE)
+
+
 def _with_resume(fix: str | None, resume: str, *, interrupted: bool) -> str:
+    """*fix* with the resume command in it once: a fix that says "run the command again" gets the
+    exact command in place of those words; any other fix gets it appended."""
     then = f"then resume with `{resume}`" if not interrupted else f"resume with `{resume}`"
     if not fix:
         return then[0].upper() + then[1:]
     if resume in fix:
         return fix
+    named, count = _AGAIN.subn(f"resume with `{resume}`", fix, count=1)
+    if count:
+        return named[0].upper() + named[1:]
     return f"{fix}; {then}"

@@ -38,7 +38,7 @@ class ReleaseRun(iam.IamRun):
 
     @property
     def command(self) -> str:
-        return f"inv release --env {self.environment.name}"
+        return " ".join([f"inv release --env {self.environment.name}", *self.flags()])
 
     def scopes(self):
         return for_environment(self.config, self.environment)

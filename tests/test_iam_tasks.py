@@ -118,7 +118,7 @@ def test_a_backend_deleted_since_the_last_run_is_reported_then_recreated(project
     delete_state_bucket(s3)
     boto3.client("dynamodb", endpoint_url=s3.meta.endpoint_url, region_name="eu-west-1").delete_table(TableName=TABLE)
     gone = project.inv("iam.env", "--name", "stg")
-    assert_user_error(gone, "The Terraform backend has gone", BUCKET, "run the same command again")
+    assert_user_error(gone, "The Terraform backend has gone", BUCKET, "resume with `inv iam.env --name stg`")
     again = project.inv("iam.env", "--name", "stg")
     assert again.code == 0, again.all
     assert "created S3 bucket" in again.out

@@ -100,3 +100,37 @@ def test_dry_run_collects_every_finding_and_runs_nothing(capsys):
 def test_error_message_is_what_where_fix():
     error = RunbookError("Bad thing", where="config/environments.yml line 3, field project", fix="edit it")
     assert error.message == "Bad thing. Where: config/environments.yml line 3, field project. Fix: edit it"
+
+
+@pytest.mark.parametrize("fix, expected", [
+    ("fix what Terraform reports, then run the same command again",
+     "Fix what Terraform reports, then resume with `inv iam.env --name stg --skip-branch-check`"),
+    ("run the same command again: it plans afresh from the saved state",
+     "Resume with `inv iam.env --name stg --skip-branch-check`: it plans afresh from the saved state"),
+    ("git pull --ff-only", "git pull --ff-only; then resume with `inv iam.env --name stg --skip-branch-check`"),
+    (None, "Then resume with `inv iam.env --name stg --skip-branch-check`"),
+])
+def test_resume_command_is_named_once_with_the_flags_given(fix, expected):
+    class Failing(Step):
+        title = "s"
+
+        def run(self, ctx):
+            raise RunbookError("it failed", fix=fix)
+
+    plan = Plan("test", [Failing()], resume="inv iam.env --name stg --skip-branch-check")
+    with pytest.raises(RunbookError) as caught:
+        plan.run(None)
+    assert caught.value.fix == expected
+    assert caught.value.message.count("inv iam.env") == 1
+
+
+def test_run_command_repeats_the_flags_the_user_gave():
+    from runbook import config, iam
+    from runbook.scopes import Scope
+
+    cfg = config.load(config.DEFAULT_CONFIG)
+    stg = cfg.environments["stg"]
+    run = iam.IamRun(cfg, Scope.of_environment(cfg, stg), stg, assume_yes=True, skip_branch_check=True)
+    assert run.command == "inv iam.env --name stg --yes --skip-branch-check"
+    account = iam.IamRun(cfg, Scope.of_account(cfg, stg.account), stg)
+    assert account.command == "inv iam.account --env stg"

@@ -512,13 +512,32 @@ def terraform_outputs(terraform_bin: Path, work: Path) -> dict:
     return {name: item["value"] for name, item in json.loads(done.stdout).items()}
 
 
-@pytest.fixture(scope="module")
-def oidc_locals(repo_root: Path, terraform_bin: Path, tmp_path_factory) -> dict:
-    """The account root's locals for OIDC_INPUTS, as Terraform 1.0 evaluates them."""
-    work = tmp_path_factory.mktemp("locals") / "oidc"
-    done = evaluate_locals(repo_root, terraform_bin, work, OIDC_INPUTS)
+def oidc_locals_of(repo_root: Path, terraform_bin: Path, work: Path, inputs: dict = OIDC_INPUTS) -> dict:
+    """The account root's locals for *inputs*, as Terraform 1.0 evaluates them."""
+    done = evaluate_locals(repo_root, terraform_bin, work, inputs)
     assert done.returncode == 0, done.stdout + done.stderr
     return terraform_outputs(terraform_bin, work)
+
+
+@pytest.fixture(scope="module")
+def oidc_locals(repo_root: Path, terraform_bin: Path, tmp_path_factory) -> dict:
+    return oidc_locals_of(repo_root, terraform_bin, tmp_path_factory.mktemp("locals") / "oidc")
+
+
+def policy_json(statements: list[dict]) -> str:
+    """The IAM policy document that aws_iam_policy_document renders from *statements* (the shape
+    of :func:`policy_statements`): Sid, Effect, Action, Resource, Principal, Condition."""
+    rendered = []
+    for s in statements:
+        out = {"Sid": s["sid"], "Effect": s["effect"], "Action": s["actions"]}
+        if s.get("resources"):
+            out["Resource"] = s["resources"]
+        if s.get("principals"):
+            out["Principal"] = {p["type"]: p["identifiers"] for p in s["principals"]}
+        for c in s.get("conditions", []):
+            out.setdefault("Condition", {}).setdefault(c["test"], {})[c["variable"]] = c["values"]
+        rendered.append(out)
+    return json.dumps({"Version": "2012-10-17", "Statement": rendered})
 
 
 def hcl_value(raw, values: dict):
@@ -534,7 +553,13 @@ def hcl_value(raw, values: dict):
 
 @pytest.fixture(scope="module")
 def trust_statement(repo_root: Path, oidc_locals: dict) -> dict:
-    """The deployer role's trust statement, parsed with python-hcl2 and filled in with oidc_locals."""
+    return trust_statement_of(repo_root, oidc_locals)
+
+
+def trust_statement_of(repo_root: Path, oidc_locals: dict) -> dict:
+    """The deployer role's trust statement, parsed with python-hcl2 and filled in with *oidc_locals*
+    and OIDC_INPUTS: effect, actions, principals [{type, identifiers}], conditions [{test, variable,
+    values}], the shape :func:`policy_statements` gives."""
     import hcl2
 
     parsed = hcl2.loads((repo_root / ACCOUNT_ROOT / "main.tf").read_text())
@@ -543,6 +568,7 @@ def trust_statement(repo_root: Path, oidc_locals: dict) -> dict:
     (statement,) = document["statement"]
     values = {f"local.{k}": v for k, v in oidc_locals.items()} | {f"var.{k}": v for k, v in OIDC_INPUTS.items()}
     return {
+        "sid": hcl_value(statement["sid"], values),
         "effect": hcl_value(statement["effect"], values),
         "actions": hcl_value(statement["actions"], values),
         "principals": [{"type": hcl_value(p["type"], values), "identifiers": hcl_value(p["identifiers"], values)}

@@ -77,13 +77,37 @@ class Backend:
     endpoint_url: str | None = None
 
 
+# project_slug's VCS prefix -> the host CircleCI's OIDC token names in vcs-origin.
+VCS_ORIGIN_HOSTS = {"gh": "github.com", "github": "github.com", "bb": "bitbucket.org", "bitbucket": "bitbucket.org"}
+
+
 @dataclass(frozen=True)
 class CircleCI:
-    """The CircleCI project: ``project_slug`` is opaque (``gh/org/repo`` or ``circleci/<id>/<id>``)."""
+    """The CircleCI project: ``project_slug`` is opaque (``gh/org/repo`` or ``circleci/<id>/<id>``).
+
+    ``deployer`` is "oidc" (the pipeline assumes a role with its OpenID Connect token; needs
+    ``org_id`` and ``project_id``, UUIDs) or "user" (legacy: an IAM user's access key).
+    """
 
     project_slug: str
     workflow: str
     host: str | None = None
+    deployer: str = "user"
+    org_id: str | None = None
+    project_id: str | None = None
+    vcs_origin: str | None = None
+
+    @property
+    def repository_origin(self) -> str | None:
+        """The repository as the ``vcs-origin`` part of CircleCI's OIDC ``sub`` claim names it
+        (``github.com/acme/acme-api``): ``vcs_origin`` when set, else derived from a ``gh/`` or
+        ``bb/`` project slug, else None. https://circleci.com/docs/openid-connect-tokens/
+        """
+        if self.vcs_origin:
+            return self.vcs_origin
+        vcs, _, rest = self.project_slug.partition("/")
+        host = VCS_ORIGIN_HOSTS.get(vcs)
+        return f"{host}/{rest}" if host else None
 
 
 @dataclass(frozen=True)
@@ -369,6 +393,13 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> li
             problems.append(f"line {line}, field terraform.backend.{key}: {template!r} is not a valid name template "
                             f"({type(exc).__name__}: {exc}); placeholders are {{project}}, {{account_id}}, "
                             "{region}, {environment}")
+    circleci = data.get("circleci") or {}
+    if circleci.get("deployer") == "oidc" and not circleci.get("vcs_origin"):
+        if CircleCI(str(circleci.get("project_slug", "")), "").repository_origin is None:
+            line = _line(lines, ("circleci", "project_slug"))
+            problems.append(f"line {line}, field circleci.vcs_origin: deployer oidc needs the repository as CircleCI's "
+                            f"token names it (e.g. github.com/acme/acme-api); it cannot be derived from "
+                            f"project_slug {circleci.get('project_slug')!r}")
     for name, account in accounts.items():
         url = account.get("endpoint_url")
         if url and not _valid_url(url):
@@ -463,7 +494,8 @@ def _build(data: dict, lines: dict[tuple, int], path: Path) -> Config:
             scope: _resolve_root(roots.get(scope, DEFAULTS[f"{scope}_root"]))
             for scope in ("account", "environment")
         },
-        circleci=CircleCI(ci["project_slug"], ci["workflow"], ci.get("host")) if ci else None,
+        circleci=CircleCI(ci["project_slug"], ci["workflow"], ci.get("host"), ci.get("deployer", "user"),
+                          ci.get("org_id"), ci.get("project_id"), ci.get("vcs_origin")) if ci else None,
         lines=lines,
     )
 

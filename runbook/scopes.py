@@ -10,6 +10,7 @@ is derived here, once.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,8 @@ class Scope:
         values = {"project": self.config.project, "account_id": self.account.id, "region": self.account.region}
         if self.environment:
             values["environment"] = self.environment.name
+        else:
+            values.update(deployer_vars(self.config, self.account))
         return values
 
     def inputs(self) -> dict[str, str]:
@@ -92,6 +95,21 @@ class Scope:
             return f"inv iam.env --name {self.environment.name}"
         env = via or next((e for e in self.config.environments.values() if e.account == self.account), None)
         return f"inv iam.account --env {env.name}" if env else "inv iam.account"
+
+
+def deployer_vars(config: Config, account: Account) -> dict[str, str]:
+    """The account root's CI deployer inputs: ``ci_deployer`` ("oidc" or "user") and, for oidc, the
+    CircleCI organization, project and repository and ``deploy_branches`` (a JSON list, as Terraform
+    reads a list from TF_VAR_*: the branches of the environments in *account*, sorted).
+    """
+    ci = config.circleci
+    mode = ci.deployer if ci else "user"
+    values = {"ci_deployer": mode}
+    if ci and mode == "oidc":
+        branches = sorted(e.branch for e in config.environments.values() if e.account == account)
+        values.update(circleci_org_id=ci.org_id or "", circleci_project_id=ci.project_id or "",
+                      circleci_vcs_origin=ci.repository_origin or "", deploy_branches=json.dumps(branches))
+    return values
 
 
 def for_environment(config: Config, environment: Environment) -> list[Scope]:

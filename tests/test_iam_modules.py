@@ -10,6 +10,8 @@ policies grant, as a reviewer of the plan would.
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -159,8 +161,10 @@ def module_text(repo_root: Path, root: Path) -> str:
     return "\n".join(_strip_comments(p.read_text()) for p in sorted((repo_root / root).glob("*.tf")))
 
 
-def policy_statements(text: str, name: str) -> list[dict]:
-    local_values = locals_of(text)
+def policy_statements(text: str, name: str, local_values: dict[str, str] | None = None) -> list[dict]:
+    """The statements of ``data "aws_iam_policy_document" "<name>"``, rendered with SAMPLE, or with
+    *local_values* (e.g. the locals as Terraform evaluated them, see :func:`evaluate_locals`)."""
+    local_values = locals_of(text) if local_values is None else local_values
     document = only_block(text, rf'data\s+"aws_iam_policy_document"\s+"{name}"')
     statements = []
     for body in blocks(document, "statement"):
@@ -194,6 +198,15 @@ def policy_statements(text: str, name: str) -> list[dict]:
     return statements
 
 
+def iam_like(pattern: str, value: str) -> bool:
+    """IAM's wildcard match (StringLike, ARN patterns): * any run of characters, / included, and
+    ? exactly one; case-sensitive; nothing else is special.
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html
+    """
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+
+
 def granting(statements: list[dict], action: str) -> list[dict]:
     """Allow statements whose actions match *action* (wildcards in the statement count)."""
     return [
@@ -216,6 +229,13 @@ def env_tf(repo_root: Path) -> str:
 @pytest.fixture(scope="module")
 def deployer(account_tf: str) -> list[dict]:
     return policy_statements(account_tf, "deployer")
+
+
+def lambda_role_arns(env_tf: str) -> list[str]:
+    """ARNs of the roles the environment root creates (path included), rendered with SAMPLE."""
+    role = only_block(env_tf, r'resource\s+"aws_iam_role"\s+"lambda"')
+    (path,) = strings(attribute(role, "path"), locals_of(env_tf))
+    return [f"arn:aws:iam::123456789012:role{path}{name}" for name in lambda_role_names(env_tf)]
 
 
 def lambda_role_names(env_tf: str) -> list[str]:
@@ -297,12 +317,14 @@ def test_versions_are_pinned_and_backend_is_partial_s3(root: Path, repo_root: Pa
 # --- the account root: the CircleCI deployer ----------------------------------------------------
 
 
-def test_deployer_user_is_named_after_the_project(account_tf: str):
+def test_deployer_user_is_named_after_the_project_and_only_made_for_the_legacy_path(account_tf: str):
     local_values = locals_of(account_tf)
     user = only_block(account_tf, r'resource\s+"aws_iam_user"\s+"deployer"')
     assert strings(attribute(user, "name"), local_values) == ["acme-api-circleci-deployer"]
+    assert attribute(user, "count") == "local.use_user ? 1 : 0"
     attachment = only_block(account_tf, r'resource\s+"aws_iam_user_policy_attachment"\s+"deployer"')
-    assert attribute(attachment, "user") == "aws_iam_user.deployer.name"
+    assert attribute(attachment, "count") == "local.use_user ? 1 : 0"
+    assert attribute(attachment, "user") == "aws_iam_user.deployer[0].name"
     assert attribute(attachment, "policy_arn") == "aws_iam_policy.deployer.arn"
     policy = only_block(account_tf, r'resource\s+"aws_iam_policy"\s+"deployer"')
     assert attribute(policy, "policy") == "data.aws_iam_policy_document.deployer.json"
@@ -316,7 +338,7 @@ def test_pass_role_is_limited_to_the_projects_lambda_roles(deployer: list[dict])
     statements = granting(deployer, "iam:PassRole")
     assert len(statements) == 1
     (statement,) = statements
-    assert statement["resources"] == ["arn:aws:iam::123456789012:role/acme-api-*-lambda-*"]
+    assert statement["resources"] == ["arn:aws:iam::123456789012:role/acme-api/lambda/*"]
     assert statement["conditions"] == [
         {"test": "StringEquals", "variable": "iam:PassedToService", "values": ["lambda.amazonaws.com"]}
     ]
@@ -324,7 +346,7 @@ def test_pass_role_is_limited_to_the_projects_lambda_roles(deployer: list[dict])
 
 def test_gate_can_read_the_lambda_roles_and_nothing_more_of_iam(deployer: list[dict]):
     (statement,) = granting(deployer, "iam:GetRole")
-    assert statement["resources"] == ["arn:aws:iam::123456789012:role/acme-api-*-lambda-*"]
+    assert statement["resources"] == ["arn:aws:iam::123456789012:role/acme-api/lambda/*"]
     for action in (
         "iam:CreateRole",
         "iam:PutRolePolicy",
@@ -344,13 +366,13 @@ def test_gate_can_read_the_applied_records(deployer: list[dict]):
 
 def test_deploy_actions_are_granted_on_project_resources(deployer: list[dict]):
     expected = {
-        "lambda:UpdateFunctionCode": "arn:aws:lambda:eu-west-1:123456789012:function:acme-api-*",
-        "lambda:PublishVersion": "arn:aws:lambda:eu-west-1:123456789012:function:acme-api-*",
-        "lambda:UpdateAlias": "arn:aws:lambda:eu-west-1:123456789012:function:acme-api-*",
-        "cloudformation:UpdateStack": "arn:aws:cloudformation:eu-west-1:123456789012:stack/acme-api-*/*",
-        "s3:PutObject": "arn:aws:s3:::acme-api-*-deploy*/*",
-        "s3:ListBucket": "arn:aws:s3:::acme-api-*-deploy*",
-        "logs:CreateLogGroup": "arn:aws:logs:eu-west-1:123456789012:log-group:/aws/lambda/acme-api-*",
+        "lambda:UpdateFunctionCode": "arn:aws:lambda:eu-west-1:123456789012:function:acme-api--*",
+        "lambda:PublishVersion": "arn:aws:lambda:eu-west-1:123456789012:function:acme-api--*",
+        "lambda:UpdateAlias": "arn:aws:lambda:eu-west-1:123456789012:function:acme-api--*",
+        "cloudformation:UpdateStack": "arn:aws:cloudformation:eu-west-1:123456789012:stack/acme-api--*/*",
+        "s3:PutObject": "arn:aws:s3:::acme-api--*-deploy*/*",
+        "s3:ListBucket": "arn:aws:s3:::acme-api--*-deploy*",
+        "logs:CreateLogGroup": "arn:aws:logs:eu-west-1:123456789012:log-group:/aws/lambda/acme-api--*",
     }
     for action, resource in expected.items():
         statements = granting(deployer, action)
@@ -370,7 +392,8 @@ def test_no_wildcard_actions_and_star_resources_only_where_aws_requires(deployer
 
 def test_account_outputs(account_tf: str):
     outputs = set(re.findall(r'(?m)^output\s+"(\w+)"', account_tf))
-    assert {"deployer_user_name", "deployer_user_arn", "deployer_policy_arn"} <= outputs
+    assert {"deployer_role_arn", "circleci_oidc_provider_arn", "deployer_user_name", "deployer_user_arn",
+            "deployer_policy_arn"} <= outputs
 
 
 # --- the environment root: lambda execution roles ---------------------------------------------
@@ -391,10 +414,14 @@ def test_environment_roles_are_named_after_the_environment(env_tf: str):
 def test_deployer_may_pass_exactly_the_environment_roles(deployer: list[dict], env_tf: str):
     (pass_role,) = granting(deployer, "iam:PassRole")
     (pattern,) = pass_role["resources"]
-    for name in lambda_role_names(env_tf):
-        assert fnmatch.fnmatchcase(f"arn:aws:iam::123456789012:role/{name}", pattern), name
-    for other in ("other-stg-lambda-api", "acme-api-stg-admin", "acme-api-circleci-deployer"):
-        assert not fnmatch.fnmatchcase(f"arn:aws:iam::123456789012:role/{other}", pattern), other
+    arns = lambda_role_arns(env_tf)
+    assert arns == ["arn:aws:iam::123456789012:role/acme-api/lambda/acme-api-stg-lambda-api",
+                    "arn:aws:iam::123456789012:role/acme-api/lambda/acme-api-stg-lambda-worker"]
+    for arn in arns:
+        assert iam_like(pattern, arn), arn
+    for other in ("other-stg-lambda-api", "acme-api-stg-admin", "acme-api-circleci-deployer",
+                  "acme-api/ci/acme-api-circleci-deployer", "acme-api-admin/lambda/acme-api-admin-stg-lambda-api"):
+        assert not iam_like(pattern, f"arn:aws:iam::123456789012:role/{other}"), other
 
 
 def test_roles_get_basic_execution_and_an_inline_policy(env_tf: str):
@@ -437,3 +464,314 @@ def test_fixture_roots_have_the_real_roots_inputs_and_outputs(real: Path, fixtur
     assert declared("variable", fixture_text) == declared("variable", real_text) - {"endpoint_url"}
     assert declared("output", fixture_text) <= declared("output", real_text)
     assert declared("output", fixture_text)
+
+
+# --- the account root's locals, evaluated by the real Terraform ---------------------------------
+
+OIDC_INPUTS = {
+    "project": "acme-api",
+    "account_id": "123456789012",
+    "region": "eu-west-1",
+    "ci_deployer": "oidc",
+    "circleci_org_id": "8a6b3c1e-0f2d-4b5a-9c7e-1d2f3a4b5c6d",
+    "circleci_project_id": "5e4d3c2b-1a09-4f8e-a7d6-c5b4a3928170",
+    "circleci_vcs_origin": "github.com/acme/acme-api",
+    "deploy_branches": ["develop", "staging", "test"],
+}
+ISSUER = f"oidc.circleci.com/org/{OIDC_INPUTS['circleci_org_id']}"
+USER_ID = "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
+
+
+def evaluate_locals(repo_root: Path, terraform_bin: Path, work: Path, inputs: dict) -> subprocess.CompletedProcess:
+    """Apply a root module made of the account root's variables.tf and its locals block (the
+    partition fixed to "aws": the one data source needs the AWS provider), with an output per
+    local. No provider, so it runs offline; the variables' validations and the locals' own guards
+    run as in a real plan. Returns the finished ``terraform apply`` (outputs: ``terraform output``).
+    """
+    main = _strip_comments((repo_root / ACCOUNT_ROOT / "main.tf").read_text())
+    body = only_block(main, "locals").replace("data.aws_partition.current.partition", '"aws"')
+    names = re.findall(r"(?m)^  (\w+)\s*=", body)
+    work.mkdir(parents=True)
+    shutil.copy(repo_root / ACCOUNT_ROOT / "variables.tf", work)
+    outputs = "".join(f'output "{n}" {{\n  value = local.{n}\n}}\n' for n in names)
+    (work / "main.tf").write_text(f"locals {{{body}}}\n{outputs}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "AWS_"))}
+    env.update(CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
+    init = subprocess.run([str(terraform_bin), "init", "-no-color", "-input=false"], cwd=work, env=env,
+                          capture_output=True, text=True)
+    assert init.returncode == 0, init.stdout + init.stderr
+    args = [f"-var={k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in inputs.items()]
+    return subprocess.run([str(terraform_bin), "apply", "-no-color", "-input=false", "-auto-approve", *args],
+                          cwd=work, env=env, capture_output=True, text=True)
+
+
+def terraform_outputs(terraform_bin: Path, work: Path) -> dict:
+    done = subprocess.run([str(terraform_bin), "output", "-no-color", "-json"], cwd=work, capture_output=True,
+                          text=True, env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr
+    return {name: item["value"] for name, item in json.loads(done.stdout).items()}
+
+
+def oidc_locals_of(repo_root: Path, terraform_bin: Path, work: Path, inputs: dict = OIDC_INPUTS) -> dict:
+    """The account root's locals for *inputs*, as Terraform 1.0 evaluates them."""
+    done = evaluate_locals(repo_root, terraform_bin, work, inputs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return terraform_outputs(terraform_bin, work)
+
+
+@pytest.fixture(scope="module")
+def oidc_locals(repo_root: Path, terraform_bin: Path, tmp_path_factory) -> dict:
+    return oidc_locals_of(repo_root, terraform_bin, tmp_path_factory.mktemp("locals") / "oidc")
+
+
+def policy_json(statements: list[dict]) -> str:
+    """The IAM policy document that aws_iam_policy_document renders from *statements* (the shape
+    of :func:`policy_statements`): Sid, Effect, Action, Resource, Principal, Condition."""
+    rendered = []
+    for s in statements:
+        out = {"Sid": s["sid"], "Effect": s["effect"], "Action": s["actions"]}
+        if s.get("resources"):
+            out["Resource"] = s["resources"]
+        if s.get("principals"):
+            out["Principal"] = {p["type"]: p["identifiers"] for p in s["principals"]}
+        for c in s.get("conditions", []):
+            out.setdefault("Condition", {}).setdefault(c["test"], {})[c["variable"]] = c["values"]
+        rendered.append(out)
+    return json.dumps({"Version": "2012-10-17", "Statement": rendered})
+
+
+def hcl_value(raw, values: dict):
+    """A python-hcl2 value (quoted template, or a lone ${reference}) with local.* and var.* filled in."""
+    if isinstance(raw, list):
+        return [hcl_value(item, values) for item in raw]
+    whole = re.fullmatch(r"\$\{((?:local|var)\.\w+)\}", raw)
+    if whole:
+        return values[whole.group(1)]
+    assert raw.startswith('"') and raw.endswith('"'), f"not a template: {raw}"
+    return re.sub(r"\$\{((?:local|var)\.\w+)\}", lambda m: str(values[m.group(1)]), raw[1:-1])
+
+
+@pytest.fixture(scope="module")
+def trust_statement(repo_root: Path, oidc_locals: dict) -> dict:
+    return trust_statement_of(repo_root, oidc_locals)
+
+
+def trust_statement_of(repo_root: Path, oidc_locals: dict) -> dict:
+    """The deployer role's trust statement, parsed with python-hcl2 and filled in with *oidc_locals*
+    and OIDC_INPUTS: effect, actions, principals [{type, identifiers}], conditions [{test, variable,
+    values}], the shape :func:`policy_statements` gives."""
+    import hcl2
+
+    parsed = hcl2.loads((repo_root / ACCOUNT_ROOT / "main.tf").read_text())
+    documents = [d['"aws_iam_policy_document"'] for d in parsed["data"] if '"aws_iam_policy_document"' in d]
+    (document,) = [d['"deployer_trust"'] for d in documents if '"deployer_trust"' in d]
+    (statement,) = document["statement"]
+    values = {f"local.{k}": v for k, v in oidc_locals.items()} | {f"var.{k}": v for k, v in OIDC_INPUTS.items()}
+    return {
+        "sid": hcl_value(statement["sid"], values),
+        "effect": hcl_value(statement["effect"], values),
+        "actions": hcl_value(statement["actions"], values),
+        "principals": [{"type": hcl_value(p["type"], values), "identifiers": hcl_value(p["identifiers"], values)}
+                       for p in statement["principals"]],
+        "conditions": [{"test": hcl_value(c["test"], values), "variable": hcl_value(c["variable"], values),
+                        "values": hcl_value(c["values"], values)} for c in statement["condition"]],
+    }
+
+
+def v2_subject(branch: str, *, org: str = OIDC_INPUTS["circleci_org_id"],
+               project: str = OIDC_INPUTS["circleci_project_id"], user: str = USER_ID,
+               origin: str = "github.com/acme/acme-api", ref: str | None = None) -> str:
+    """The sub claim of CIRCLE_OIDC_TOKEN_V2 (https://circleci.com/docs/openid-connect-tokens/)."""
+    return f"org/{org}/project/{project}/user/{user}/vcs-origin/{origin}/vcs-ref/{ref or 'refs/heads/' + branch}"
+
+
+def admits(statement: dict, claims: dict) -> bool:
+    """Whether the trust statement's conditions hold for a token with *claims* (aud, sub), as IAM
+    evaluates StringEquals and StringLike (every condition must hold; any value of one may match)."""
+    for condition in statement["conditions"]:
+        claim = claims.get(condition["variable"].removeprefix(f"{ISSUER}:"))
+        if claim is None:
+            return False
+        match = {"StringEquals": lambda p, v: p == v, "StringLike": iam_like}[condition["test"]]
+        if not any(match(pattern, claim) for pattern in condition["values"]):
+            return False
+    return True
+
+
+def test_deployer_role_trusts_circleci_oidc_of_this_organization_only(trust_statement: dict, oidc_locals: dict):
+    assert trust_statement["effect"] == "Allow"
+    assert trust_statement["actions"] == ["sts:AssumeRoleWithWebIdentity"]
+    assert trust_statement["principals"] == [
+        {"type": "Federated", "identifiers": [f"arn:aws:iam::123456789012:oidc-provider/{ISSUER}"]}
+    ]
+    conditions = {c["variable"]: c for c in trust_statement["conditions"]}
+    assert set(conditions) == {f"{ISSUER}:aud", f"{ISSUER}:sub"}, "IAM can test only aud and sub of this issuer"
+    assert conditions[f"{ISSUER}:aud"]["test"] == "StringEquals"
+    assert conditions[f"{ISSUER}:aud"]["values"] == [OIDC_INPUTS["circleci_org_id"]]
+    assert conditions[f"{ISSUER}:sub"]["test"] == "StringLike"
+    prefix = (f"org/{OIDC_INPUTS['circleci_org_id']}/project/{OIDC_INPUTS['circleci_project_id']}"
+              "/user/????????-????-????-????-????????????/vcs-origin/github.com/acme/acme-api/vcs-ref/refs/heads/")
+    assert conditions[f"{ISSUER}:sub"]["values"] == [prefix + b for b in ("develop", "staging", "test")]
+    assert oidc_locals["oidc_ready"] is True
+
+
+def test_deployer_role_admits_the_projects_deploy_branches_and_nothing_else(trust_statement: dict):
+    org = OIDC_INPUTS["circleci_org_id"]
+    good = {"aud": org}
+    for branch in ("develop", "staging", "test"):
+        assert admits(trust_statement, {**good, "sub": v2_subject(branch)}), branch
+    refused = {
+        "another project of the organization": v2_subject("staging", project="1f2e3d4c-5b6a-4978-8a6b-5c4d3e2f1a0b"),
+        "another organization": v2_subject("staging", org="2b3c4d5e-6f70-4819-a2b3-c4d5e6f70819"),
+        "a branch deployed into another account": v2_subject("prod"),
+        "a branch that starts like one": v2_subject("staging-hotfix"),
+        "a branch named to end like one": v2_subject("x/vcs-ref/refs/heads/staging"),
+        "a branch named to stretch over the user":
+            v2_subject("x", ref=f"refs/heads/a/user/{USER_ID}/vcs-origin/github.com/acme/acme-api/vcs-ref/refs/heads/"
+                                "staging"),
+        "a fork": v2_subject("staging", origin="github.com/mallory/acme-api"),
+        "a tag": v2_subject("staging", ref="refs/tags/staging"),
+        "a pull request": v2_subject("staging", ref="refs/pull/7/head"),
+        "a custom webhook (no vcs-origin, no vcs-ref)": v2_subject("", origin="", ref=""),
+        "a CIRCLE_OIDC_TOKEN (v1) subject": f"org/{org}/project/{OIDC_INPUTS['circleci_project_id']}/user/{USER_ID}",
+    }
+    for why, sub in refused.items():
+        assert not admits(trust_statement, {**good, "sub": sub}), why
+    assert not admits(trust_statement, {"aud": "sts.amazonaws.com", "sub": v2_subject("staging")}), "audience"
+
+
+def test_a_star_for_the_user_would_let_a_crafted_branch_name_in(trust_statement: dict):
+    """Why the user ID is matched with 36 '?' and not '*' (the pattern CircleCI's docs show):
+    a '*' also matches '/', so a branch named '<anything>/vcs-ref/refs/heads/staging' would pass."""
+    (sub_condition,) = [c for c in trust_statement["conditions"] if c["variable"].endswith(":sub")]
+    staging = next(p for p in sub_condition["values"] if p.endswith("/staging"))
+    loose = staging.replace("????????-????-????-????-????????????", "*")
+    crafted = v2_subject("x", ref=f"refs/heads/a/user/{USER_ID}/vcs-origin/github.com/acme/acme-api/vcs-ref/"
+                                  "refs/heads/staging")
+    assert iam_like(loose, crafted)
+    assert not iam_like(staging, crafted)
+
+
+@pytest.mark.parametrize(
+    ("change", "missing"),
+    [
+        ({"circleci_org_id": ""}, "circleci_org_id"),
+        ({"circleci_project_id": "", "circleci_vcs_origin": ""}, "circleci_project_id, circleci_vcs_origin"),
+        ({"deploy_branches": []}, "deploy_branches"),
+    ],
+)
+def test_oidc_deployer_without_its_circleci_inputs_stops_the_plan(change, missing, repo_root, terraform_bin,
+                                                                   tmp_path: Path):
+    done = evaluate_locals(repo_root, terraform_bin, tmp_path / "root", {**OIDC_INPUTS, **change})
+    assert done.returncode != 0
+    output = " ".join((done.stdout + done.stderr).split())
+    assert "needs circleci_org_id, circleci_project_id, circleci_vcs_origin and deploy_branches" in output, output
+    assert f"missing: {missing}" in output, output
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("deploy_branches", ["staging*"]),
+        ("deploy_branches", ["st?ging"]),
+        ("deploy_branches", ["$${aws:username}"]),  # "$${" is HCL for a literal "${"
+        ("circleci_org_id", "my-org"),
+        ("circleci_vcs_origin", "github.com/acme/*"),
+        ("ci_deployer", "keys"),
+    ],
+)
+def test_inputs_that_would_widen_the_trust_are_refused(name, value, repo_root, terraform_bin, tmp_path: Path):
+    done = evaluate_locals(repo_root, terraform_bin, tmp_path / "root", {**OIDC_INPUTS, name: value})
+    assert done.returncode != 0, f"{name}={value!r} was accepted"
+    assert "Invalid value for variable" in done.stdout + done.stderr
+
+
+def test_legacy_user_needs_no_circleci_inputs(repo_root, terraform_bin, tmp_path: Path):
+    inputs = {k: OIDC_INPUTS[k] for k in ("project", "account_id", "region")} | {"ci_deployer": "user"}
+    done = evaluate_locals(repo_root, terraform_bin, tmp_path / "root", inputs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    values = terraform_outputs(terraform_bin, tmp_path / "root")
+    assert (values["use_user"], values["use_oidc"]) == (True, False)
+
+
+def test_oidc_and_user_resources_follow_the_switch(account_tf: str):
+    for header in (r'resource\s+"aws_iam_openid_connect_provider"\s+"circleci"',
+                   r'data\s+"tls_certificate"\s+"circleci"'):
+        assert attribute(only_block(account_tf, header), "count") == "local.use_oidc && local.oidc_ready ? 1 : 0"
+    role = only_block(account_tf, r'resource\s+"aws_iam_role"\s+"deployer"')
+    assert attribute(role, "count") == "local.use_oidc ? 1 : 0"
+    assert attribute(role, "assume_role_policy") == "data.aws_iam_policy_document.deployer_trust.json"
+    attachment = only_block(account_tf, r'resource\s+"aws_iam_role_policy_attachment"\s+"deployer"')
+    assert attribute(attachment, "policy_arn") == "aws_iam_policy.deployer.arn"
+    provider = only_block(account_tf, r'resource\s+"aws_iam_openid_connect_provider"\s+"circleci"')
+    assert attribute(provider, "url") == '"https://${local.circleci_issuer}"'
+    assert attribute(provider, "client_id_list") == "[var.circleci_org_id]"
+
+
+# --- least privilege: nothing public, no other project's names ----------------------------------
+
+
+def test_deployer_cannot_make_a_bucket_or_an_object_public(deployer: list[dict]):
+    for action in ("s3:PutBucketPolicy", "s3:DeleteBucketPolicy", "s3:PutBucketPublicAccessBlock",
+                   "s3:DeletePublicAccessBlock", "s3:PutBucketAcl", "s3:PutObjectAcl", "s3:PutAccountPublicAccessBlock",
+                   "s3:PutBucketOwnershipControls", "s3:PutBucketWebsite"):
+        assert granting(deployer, action) == [], f"the deployer must not have {action}"
+
+
+@pytest.fixture(scope="module")
+def short_project_locals(repo_root: Path, terraform_bin: Path, tmp_path_factory) -> dict:
+    """The locals of project "acme": a name that "acme-api" starts with."""
+    work = tmp_path_factory.mktemp("locals") / "acme"
+    done = evaluate_locals(repo_root, terraform_bin, work, {**OIDC_INPUTS, "project": "acme"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return terraform_outputs(terraform_bin, work)
+
+
+def project_resources(project: str) -> list[str]:
+    """ARNs of what a deploy of *project*'s stg creates or reads, named the way the roots name them."""
+    p, a, r = project, "123456789012", "eu-west-1"
+    return [
+        f"arn:aws:lambda:{r}:{a}:function:{p}--stg-api",
+        f"arn:aws:lambda:{r}:{a}:function:{p}--stg-api:live",
+        f"arn:aws:cloudformation:{r}:{a}:stack/{p}--stg/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b",
+        f"arn:aws:s3:::{p}--stg-deploy-1a2b3c",
+        f"arn:aws:s3:::{p}--stg-deploy-1a2b3c/serverless/{p}/stg/code.zip",
+        f"arn:aws:logs:{r}:{a}:log-group:/aws/lambda/{p}--stg-api",
+        f"arn:aws:logs:{r}:{a}:log-group:/aws/lambda/{p}--stg-api:*",
+        f"arn:aws:iam::{a}:role/{p}/lambda/{p}-stg-lambda-api",
+        f"arn:aws:ssm:{r}:{a}:parameter/{p}/iam/stg",
+    ]
+
+
+@pytest.mark.parametrize("other", ["acme-api", "acme-api-admin", "acme-x", "acmeapi"])
+def test_project_patterns_cannot_match_another_project_sharing_the_prefix(other, account_tf, short_project_locals):
+    """Project "acme"'s deployer may touch "acme"'s names, and none of "acme-api"'s (or any other)."""
+    statements = policy_statements(account_tf, "deployer", {k: str(v) for k, v in short_project_locals.items()})
+    patterns = [res for s in statements for res in s["resources"] if res != "*"]
+    for own in project_resources("acme"):
+        assert any(iam_like(p, own) for p in patterns), f"acme's own {own} is not granted"
+    for theirs in project_resources(other):
+        assert not any(iam_like(p, theirs) for p in patterns), f"project acme's deployer may touch {theirs}"
+
+
+@pytest.mark.parametrize("project", ["acme-", "acme--api", "a--", "Acme"])
+def test_project_names_that_would_break_the_delimiter_are_refused(project, repo_root, terraform_bin, tmp_path: Path):
+    done = evaluate_locals(repo_root, terraform_bin, tmp_path / "root", {**OIDC_INPUTS, "project": project})
+    assert done.returncode != 0 and "Invalid value for variable" in done.stdout + done.stderr, project
+    env_vars = only_block(module_text(repo_root, ENV_ROOT), r'variable\s+"project"')
+    assert '"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"' in env_vars, "both roots validate the project the same way"
+
+
+def test_every_checkov_skip_says_why(repo_root: Path):
+    """.ci/run runs checkov over iam/terraform; a finding not fixed is skipped in the HCL, with a reason."""
+    skips = []
+    for path in sorted((repo_root / "iam/terraform").rglob("*.tf")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "checkov:skip" in line:
+                match = re.fullmatch(r"\s*#checkov:skip=(CKV2?_AWS_\d+): (.{40,})", line)
+                assert match, f"{path.relative_to(repo_root)}:{number}: a skip needs an ID and a reason"
+                skips.append(match.group(1))
+    assert sorted(skips) == ["CKV_AWS_273", "CKV_AWS_40"], "each skip is reported in the change that adds it"
+    ci_run = (repo_root / ".ci/run").read_text()
+    assert "checkov --directory iam/terraform --framework terraform" in ci_run
+    assert ".venv-checkov/" in (repo_root / ".gitignore").read_text().splitlines()

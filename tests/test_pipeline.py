@@ -61,3 +61,22 @@ def test_no_deploy_job_bypasses_a_gate():
     assert deploys
     for name in deploys:
         assert all(req.startswith("iam-gate-") for req in jobs[name]["requires"])
+
+
+def test_gate_and_deploy_get_their_aws_credentials_first():
+    """The gate and deploy jobs run the credentials step (OIDC token to the web-identity variables,
+    or the legacy key) for their environment before their own step, in a job that has a context:
+    CircleCI issues CIRCLE_OIDC_TOKEN_V2 only to jobs with a context."""
+    pipeline = yaml.safe_load(PIPELINE.read_text())
+    command = pipeline["commands"]["aws-credentials"]
+    (run,) = [step["run"] for step in command["steps"]]
+    assert ".circleci/aws-credentials.sh << parameters.env >>" in run["command"]
+    for name in ("iam-gate", "deploy"):
+        steps = pipeline["jobs"][name]["steps"]
+        names = [next(iter(s)) if isinstance(s, dict) else s for s in steps]
+        assert names[:3] == ["install", "aws-credentials", "run"], f"job {name}: {names}"
+        assert steps[1]["aws-credentials"] == {"env": "<< parameters.env >>"}
+    for job in _workflow_jobs().values():
+        if job["job"] in ("iam-gate", "deploy"):
+            assert job.get("context"), "no context, no OIDC token"
+    assert (PIPELINE.parent / "aws-credentials.sh").stat().st_mode & 0o111, "the step runs the script directly"

@@ -1,26 +1,151 @@
-# The CircleCI deployer: one IAM user and the least privilege an automated
-# deploy of the project's lambdas needs. Its access key is NOT managed here
-# (a key created by Terraform would sit in the state in clear text): an
-# administrator creates it once with
-#   aws iam create-access-key --user-name <deployer_user_name>
-# and stores it in the CircleCI context.
+# The CircleCI deployer and the least privilege an automated deploy of the
+# project's lambdas needs. Two ways in, chosen by var.ci_deployer
+# (config/environments.yml: circleci.deployer):
+#
+#   oidc  a role that CircleCI jobs assume with their OpenID Connect token
+#         (CIRCLE_OIDC_TOKEN_V2), trusted only for this CircleCI project and
+#         the branches deployed into this account. No long-lived key exists.
+#         https://circleci.com/docs/openid-connect-tokens/
+#   user  (legacy) an IAM user. Its access key is NOT managed here (a key
+#         created by Terraform would sit in the state in clear text): an
+#         administrator creates it once with
+#           aws iam create-access-key --user-name <deployer_user_name>
+#         and stores it in the CircleCI context.
+#
+# Names the deployer may touch are delimited so that no other project can
+# match them, whatever its name: paths where AWS has them (IAM roles under
+# /<project>/lambda/, SSM parameters under /<project>/iam/), and "<project>--"
+# where names are flat (functions, stacks, log groups, buckets). A project name
+# has no "--" and does not end in "-" (variables.tf), so "acme--*" cannot
+# match "acme-api--stg".
 
 locals {
   deployer_name = "${var.project}-circleci-deployer"
+  partition     = data.aws_partition.current.partition
+  # The flat-name prefix of everything the project deploys: "<project>--".
+  name_prefix = "${var.project}--"
 
-  lambda_function_arn = "arn:${data.aws_partition.current.partition}:lambda:${var.region}:${var.account_id}:function:${var.project}-*"
-  lambda_role_arn     = "arn:${data.aws_partition.current.partition}:iam::${var.account_id}:role/${var.project}-*-lambda-*"
-  stack_arn           = "arn:${data.aws_partition.current.partition}:cloudformation:${var.region}:${var.account_id}:stack/${var.project}-*/*"
-  deploy_bucket_arn   = "arn:${data.aws_partition.current.partition}:s3:::${var.project}-*-deploy*"
-  log_group_arn       = "arn:${data.aws_partition.current.partition}:logs:${var.region}:${var.account_id}:log-group:/aws/lambda/${var.project}-*"
-  iam_parameter_arn   = "arn:${data.aws_partition.current.partition}:ssm:*:${var.account_id}:parameter/${var.project}/iam/*"
+  lambda_function_arn = "arn:${local.partition}:lambda:${var.region}:${var.account_id}:function:${local.name_prefix}*"
+  lambda_role_arn     = "arn:${local.partition}:iam::${var.account_id}:role/${var.project}/lambda/*"
+  stack_arn           = "arn:${local.partition}:cloudformation:${var.region}:${var.account_id}:stack/${local.name_prefix}*/*"
+  deploy_bucket_arn   = "arn:${local.partition}:s3:::${local.name_prefix}*-deploy*"
+  log_group_arn       = "arn:${local.partition}:logs:${var.region}:${var.account_id}:log-group:/aws/lambda/${local.name_prefix}*"
+  iam_parameter_arn   = "arn:${local.partition}:ssm:*:${var.account_id}:parameter/${var.project}/iam/*"
+
+  use_oidc = var.ci_deployer == "oidc"
+  use_user = var.ci_deployer == "user"
+
+  # CircleCI's issuer, without the scheme: also the prefix of the IAM condition keys.
+  circleci_issuer = "oidc.circleci.com/org/${var.circleci_org_id}"
+  # The sub claim of CIRCLE_OIDC_TOKEN_V2 is
+  #   org/<org-id>/project/<project-id>/user/<user-id>/vcs-origin/<origin>/vcs-ref/<ref>
+  # IAM can test only aud and sub of this issuer (CircleCI's other claims,
+  # oidc.circleci.com/project-id, vcs-ref, context-ids, ssh-rerun, are not IAM
+  # condition keys), so project, repository and branch are all pinned in sub.
+  # The user ID is a UUID: 36 "?" match exactly one, so no "*" is left that
+  # a crafted branch name (".../vcs-ref/refs/heads/staging") could stretch over.
+  circleci_user_id_pattern = "????????-????-????-????-????????????"
+  circleci_subjects = [
+    for branch in var.deploy_branches :
+    "org/${var.circleci_org_id}/project/${var.circleci_project_id}/user/${local.circleci_user_id_pattern}/vcs-origin/${var.circleci_vcs_origin}/vcs-ref/refs/heads/${branch}"
+  ]
+
+  # Terraform 1.0 cannot check one variable against another in a validation
+  # block: an OIDC deployer without its CircleCI IDs stops the plan here.
+  oidc_inputs_missing = [
+    for name, value in {
+      circleci_org_id     = var.circleci_org_id
+      circleci_project_id = var.circleci_project_id
+      circleci_vcs_origin = var.circleci_vcs_origin
+    } : name if value == ""
+  ]
+  oidc_ready = !local.use_oidc || (length(local.oidc_inputs_missing) == 0 && length(var.deploy_branches) > 0) ? true : tobool(
+    "ci_deployer = \"oidc\" needs circleci_org_id, circleci_project_id, circleci_vcs_origin and deploy_branches; missing: ${join(", ", concat(local.oidc_inputs_missing, length(var.deploy_branches) == 0 ? ["deploy_branches"] : []))}"
+  )
 }
 
 data "aws_partition" "current" {}
 
+# --- oidc: CircleCI's identity provider and the deployer role ---------------------------------
+
+# IAM verifies the issuer's TLS certificate by thumbprint for providers outside
+# its own trusted-CA list (CircleCI is outside it): take the chain as served.
+data "tls_certificate" "circleci" {
+  count = local.use_oidc && local.oidc_ready ? 1 : 0
+  url   = "https://${local.circleci_issuer}/.well-known/openid-configuration"
+}
+
+resource "aws_iam_openid_connect_provider" "circleci" {
+  count = local.use_oidc && local.oidc_ready ? 1 : 0
+
+  url = "https://${local.circleci_issuer}"
+  # CircleCI's default tokens have a fixed audience: the organization ID.
+  client_id_list  = [var.circleci_org_id]
+  thumbprint_list = distinct(data.tls_certificate.circleci[0].certificates[*].sha1_fingerprint)
+}
+
+data "aws_iam_policy_document" "deployer_trust" {
+  statement {
+    sid     = "CircleCIProjectBranches"
+    effect  = "Allow"
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+
+    principals {
+      type        = "Federated"
+      identifiers = ["arn:${local.partition}:iam::${var.account_id}:oidc-provider/${local.circleci_issuer}"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "${local.circleci_issuer}:aud"
+      values   = [var.circleci_org_id]
+    }
+
+    condition {
+      test     = "StringLike"
+      variable = "${local.circleci_issuer}:sub"
+      values   = local.circleci_subjects
+    }
+  }
+}
+
+resource "aws_iam_role" "deployer" {
+  count = local.use_oidc ? 1 : 0
+
+  name                 = local.deployer_name
+  path                 = "/${var.project}/ci/"
+  description          = "Assumed by the ${var.project} CircleCI deploy jobs with their OIDC token."
+  assume_role_policy   = data.aws_iam_policy_document.deployer_trust.json
+  max_session_duration = 3600
+
+  depends_on = [aws_iam_openid_connect_provider.circleci]
+}
+
+resource "aws_iam_role_policy_attachment" "deployer" {
+  count = local.use_oidc ? 1 : 0
+
+  role       = aws_iam_role.deployer[0].name
+  policy_arn = aws_iam_policy.deployer.arn
+}
+
+# --- user (legacy): an IAM user whose key an administrator makes by hand -----------------------
+
 resource "aws_iam_user" "deployer" {
+  #checkov:skip=CKV_AWS_273: legacy path for teams that cannot use CircleCI OIDC yet (ci_deployer = "user"); not created with the default "oidc", and CircleCI jobs cannot use SSO
+  count = local.use_user ? 1 : 0
+
   name = local.deployer_name
 }
+
+resource "aws_iam_user_policy_attachment" "deployer" {
+  #checkov:skip=CKV_AWS_40: legacy path only (ci_deployer = "user"); one machine user with one policy, a group around it would add a resource and take no right away; the default "oidc" attaches the policy to a role
+  count = local.use_user ? 1 : 0
+
+  user       = aws_iam_user.deployer[0].name
+  policy_arn = aws_iam_policy.deployer.arn
+}
+
+# --- what the deployer may do, either way ------------------------------------------------------
 
 data "aws_iam_policy_document" "deployer" {
   statement {
@@ -79,6 +204,10 @@ data "aws_iam_policy_document" "deployer" {
     resources = ["*"]
   }
 
+  # No s3:PutBucketPolicy, s3:PutBucketPublicAccessBlock, s3:PutBucketAcl or
+  # s3:PutObjectAcl: the deployer cannot make a bucket or an object public.
+  # New buckets block public access by default; a bucket policy the deploy
+  # wants (e.g. deny plain HTTP) is set by an administrator.
   statement {
     sid    = "DeploymentArtifactBuckets"
     effect = "Allow"
@@ -89,8 +218,6 @@ data "aws_iam_policy_document" "deployer" {
       "s3:GetEncryptionConfiguration",
       "s3:ListBucket",
       "s3:ListBucketVersions",
-      "s3:PutBucketPolicy",
-      "s3:PutBucketPublicAccessBlock",
       "s3:PutBucketTagging",
       "s3:PutBucketVersioning",
       "s3:PutEncryptionConfiguration",
@@ -167,9 +294,4 @@ resource "aws_iam_policy" "deployer" {
   name        = local.deployer_name
   description = "What the CircleCI pipeline needs to deploy the ${var.project} lambdas."
   policy      = data.aws_iam_policy_document.deployer.json
-}
-
-resource "aws_iam_user_policy_attachment" "deployer" {
-  user       = aws_iam_user.deployer.name
-  policy_arn = aws_iam_policy.deployer.arn
 }

@@ -6,6 +6,11 @@ terraform {
       source  = "hashicorp/aws"
       version = "~> 5.0"
     }
+    # data.tls_certificate: the thumbprints of CircleCI's OIDC issuer.
+    tls = {
+      source  = "hashicorp/tls"
+      version = "~> 4.0"
+    }
   }
 
   # Partial configuration: bucket, key, region, dynamodb_table and encrypt are

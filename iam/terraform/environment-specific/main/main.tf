@@ -1,8 +1,10 @@
 # The environment's lambda execution roles, named
-# <project>-<environment>-lambda-<name>. Each trusts lambda.amazonaws.com, has
-# AWSLambdaBasicExecutionRole (CloudWatch Logs) and a small inline policy for
-# what that function does. The CircleCI deployer may pass exactly these roles
-# (account root: iam:PassRole on role/<project>-*-lambda-*).
+# <project>-<environment>-lambda-<name> under the IAM path /<project>/lambda/.
+# Each trusts lambda.amazonaws.com, has AWSLambdaBasicExecutionRole (CloudWatch
+# Logs) and a small inline policy for what that function does. The CircleCI
+# deployer may pass exactly the roles under that path (account root:
+# iam:PassRole on role/<project>/lambda/*); the path, unlike a name prefix,
+# cannot match a project whose name starts with this one's ("acme" vs "acme-api").
 
 locals {
   prefix    = "${var.project}-${var.environment}"
@@ -61,6 +63,7 @@ resource "aws_iam_role" "lambda" {
   for_each = local.lambda_roles
 
   name               = "${local.prefix}-lambda-${each.key}"
+  path               = "/${var.project}/lambda/"
   description        = "Execution role of the ${var.project} ${each.key} lambda in ${var.environment}."
   assume_role_policy = data.aws_iam_policy_document.lambda_trust.json
 }

@@ -3,8 +3,8 @@ variable "project" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]*$", var.project))
-    error_message = "The project must match ^[a-z][a-z0-9-]*$ (lower case letters, digits, hyphens)."
+    condition     = can(regex("^[a-z][a-z0-9]*(-[a-z0-9]+)*$", var.project))
+    error_message = "The project must match ^[a-z][a-z0-9]*(-[a-z0-9]+)*$ (lower case letters and digits, single hyphens between them)."
   }
 }
 

@@ -80,3 +80,10 @@ def test_gate_and_deploy_get_their_aws_credentials_first():
         if job["job"] in ("iam-gate", "deploy"):
             assert job.get("context"), "no context, no OIDC token"
     assert (PIPELINE.parent / "aws-credentials.sh").stat().st_mode & 0o111, "the step runs the script directly"
+
+
+def test_test_job_runs_the_projects_ci_script_rather_than_repeating_its_steps():
+    steps = yaml.safe_load(PIPELINE.read_text())["jobs"]["test"]["steps"]
+    commands = [step["run"]["command"] for step in steps if isinstance(step, dict) and "run" in step]
+    assert any("bash .ci/run" in command for command in commands), commands
+    assert not any(word in command for command in commands for word in ("pytest", "ruff", "checkov")), commands

@@ -99,6 +99,18 @@ def test_change_in_a_file_read_outside_the_root_shows_pending(project, moto_rese
     assert "change pending" in status_line(changed, "environment stg")
 
 
+def test_a_clean_checkout_with_crlf_conversion_agrees_with_the_working_clone(project, tmp_path):
+    # the pipeline's clean clone, and a Windows laptop's (core.autocrlf=true), compute the same fingerprint
+    (project.path / "roots" / "modules" / "lambda-roles" / ".terraform").mkdir()
+    (project.path / "roots" / "modules" / "lambda-roles" / ".terraform" / "modules.json").write_text("{}\n")
+    for name, options in (("ci", []), ("windows", ["-c", "core.autocrlf=true"])):
+        clone = tmp_path / name
+        git(tmp_path, "clone", "-q", *options, "-b", "staging", str(project.remote), str(clone))
+        fresh = Project(path=clone, remote=project.remote, env=project.env)
+        assert fresh.fingerprint("environment") == project.fingerprint("environment"), name
+        assert fresh.fingerprint("account") == project.fingerprint("account"), name
+
+
 def test_a_module_source_that_leaves_the_repository_is_refused(project, aws):
     path = project.path / "roots" / "modular" / "main.tf"
     path.write_text(path.read_text().replace('"../modules/lambda-roles"', '"../../../elsewhere/lambda-roles"'))

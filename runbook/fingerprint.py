@@ -363,8 +363,29 @@ def _follow(tree: _Tree, start: str, start_files: dict[str, bytes]) -> None:
                         continue
                     seen.add(real)
                     queue.append((target, _module_files(tree, target, ref, where)))
-                elif not tree.covered(target):
-                    _add(tree, target, ref)
+                else:
+                    if ref.function == "templatefile" and ref.complete:
+                        _check_template(tree, target, ref, where)
+                    if not tree.covered(target):
+                        _add(tree, target, ref)
+
+
+def _check_template(tree: _Tree, target: str, ref: _Ref, where: str) -> None:
+    """Refuse a template that calls a file function itself: what it reads is not followed."""
+    path = tree.path(target)
+    if not os.path.isfile(path):
+        return
+    text = normalise(_read(path)).decode("utf-8", "replace")
+    called = sorted(name for name in FILE_FUNCTIONS if f"{name}(" in text)
+    if called:
+        raise RunbookError(
+            f"The template {target}, read by templatefile() at {where} line {ref.line}, calls {called[0]}() "
+            "itself: the runbook does not follow what a template reads, so its fingerprint could not prove "
+            "what is applied",
+            where=target,
+            fix="read the file in the .tf file and pass its content to the template as a variable, e.g. "
+                'templatefile("...", { policy = file("${path.module}/policy.json") })',
+        )
 
 
 def _module_files(tree: _Tree, target: str, ref: _Ref, where: str) -> dict[str, bytes]:

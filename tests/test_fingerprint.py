@@ -462,3 +462,11 @@ def test_cr_in_a_deploy_script_is_a_finding_with_the_fix(checkout, tmp_path):
     message = str(caught.value)
     assert "git config core.autocrlf input && rm -f iam/terraform/shared/deploy-app.sh && " \
            "git checkout -- iam/terraform/shared/deploy-app.sh" in message
+
+
+def test_template_that_reads_a_file_itself_is_refused(modular):
+    top, root, shared = modular
+    template = top / "iam" / "terraform" / "modules" / "lambda-roles" / "trust.json.tpl"
+    template.write_text('${file("../../secret.json")}\n')
+    with pytest.raises(RunbookError, match="calls file\\(\\) itself"):
+        fp(root, shared, top=top)

@@ -189,6 +189,8 @@ def test_cr_line_endings_in_the_scripts_stop_before_any_aws_or_terraform_call(pr
     assert "git config core.autocrlf input && rm -f iam/terraform/bin/deploy-app.sh" in result.all
     assert "No AWS credentials" not in result.all and "terraform is not" not in result.all
     nothing_done(aws)
+    dry = project.inv("iam.env", "--name", "stg", "--dry-run", env=env)
+    assert "would stop a real run" in dry.out and "CR (Windows) line endings" in dry.out, dry.all
 
     fix = result.all.split("Fix: ", 1)[1].strip().splitlines()[0]
     assert subprocess.run(["bash", "-c", fix], cwd=project.path).returncode == 0

@@ -17,6 +17,7 @@ Always exits 0: it reports figures, it does not gate anything.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import subprocess
@@ -106,14 +107,14 @@ print(f"HCL parser import and grammar load: {(t1 - t0) * 1000:.0f} ms; parsing a
 """
 
 
-def first_call(root: Path, shared: dict, inputs: dict, top: Path) -> float:
-    """Milliseconds of the first ``compute`` in a fresh interpreter (parser import and parses included)."""
+def first_call(root: Path, shared: dict, inputs: dict, top: Path, cache: Path) -> float:
+    """Milliseconds of the first ``compute`` in a fresh interpreter with the on-disk cache in *cache*."""
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from runbook import fingerprint; "
             "t = time.perf_counter(); fingerprint.compute(sys.argv[2], {'deploy-app.sh': sys.argv[3]}, "
             "{'environment': 'stg'}, top=sys.argv[4]); print((time.perf_counter() - t) * 1000)")
     repo = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", code, str(repo), str(root), str(shared["deploy-app.sh"]), str(top)],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env={**os.environ, "XDG_CACHE_HOME": str(cache)})
     return float(done.stdout)
 
 
@@ -140,7 +141,8 @@ def main() -> int:
             start = time.perf_counter()
             fingerprint.compute(root, shared, inputs, top=base)
             times.append((time.perf_counter() - start) * 1000.0)
-        cold = sorted(first_call(root, shared, inputs, base) for _ in range(5))
+        cold = [first_call(root, shared, inputs, base, base / f"cache-{n}") for n in range(5)]
+        warm = [first_call(root, shared, inputs, base, base / "cache-0") for _ in range(5)]
     times.sort()
     median = statistics.median(times)
     p95 = times[min(len(times) - 1, int(round(0.95 * len(times))) - 1)]
@@ -150,8 +152,10 @@ def main() -> int:
     print(f"median: {median:.2f} ms  p95: {p95:.2f} ms  max: {times[-1]:.2f} ms")
     verdict = "met" if p95 < TARGET_MS else "NOT met"
     print(f"target: p95 under {TARGET_MS:.0f} ms: {verdict}")
-    print(f"first call in a fresh process (HCL parser import, parsing the files that call modules): "
+    print(f"first call in a fresh process, no cache (HCL parser import, parsing the files that call modules): "
           f"median {statistics.median(cold):.1f} ms of 5")
+    print(f"first call in a fresh process, parse results in the on-disk cache: median {statistics.median(warm):.1f} ms "
+          "of 5")
     repo = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", REAL_ROOTS, str(repo)], cwd=repo, check=False)
     return 0

@@ -24,8 +24,8 @@ expressions. Only the files of a module directory itself are configuration
 (Terraform does not descend into sub-directories,
 https://developer.hashicorp.com/terraform/language/files); a file whose bytes
 contain neither ``module`` nor ``file`` cannot call a module or a file function
-and is not parsed. Parse results are kept per process, keyed by the content's
-SHA-256. A local module source starts with ``./`` or ``../``
+and is not parsed. Parse results are kept per process and in the runbook's
+on-disk cache (:mod:`runbook.cache`), keyed by the content's SHA-256. A local module source starts with ``./`` or ``../``
 (https://developer.hashicorp.com/terraform/language/modules/sources#local-paths);
 registry and git sources are pinned by their version or ref, which is hashed.
 A path given to a file function is resolved the way Terraform does:
@@ -83,7 +83,7 @@ import posixpath
 import shlex
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from runbook.errors import RunbookError
@@ -502,6 +502,7 @@ def _leaves(what: str, at: str, how: str):
 # -- reading .tf files -------------------------------------------------------------------------
 
 _REFERENCES: dict[tuple[str, str], list[_Ref]] = {}
+_REFERENCES_VERSION = 1  # bump when _parse_hcl or _parse_json find something else in the same bytes
 
 
 def _references(content: bytes, where: str) -> list[_Ref]:
@@ -510,8 +511,35 @@ def _references(content: bytes, where: str) -> list[_Ref]:
         return []  # neither a module block nor a file function can be written without these bytes
     key = (hashlib.sha256(content).hexdigest(), where.endswith(".json") and "json" or "hcl")
     if key not in _REFERENCES:
-        _REFERENCES[key] = _parse_json(content, where) if where.endswith(".json") else _parse_hcl(content, where)
+        _REFERENCES[key] = _cached_parse(content, key, where)
     return _REFERENCES[key]
+
+
+def _cached_parse(content: bytes, key: tuple[str, str], where: str) -> list[_Ref]:
+    """Parse, or take what an earlier run found in the same bytes from the on-disk cache (importing
+    the parser and building its grammar costs 0.1-0.3 s per command). The key holds the content's
+    SHA-256, this module's format and the installed grammar file's size and time, so an entry is
+    never stale."""
+    from importlib.util import find_spec
+
+    from runbook import cache
+
+    try:
+        spec = find_spec("hcl2")  # finds the package without importing it
+        grammar = os.stat(os.path.join(os.path.dirname(spec.origin), "hcl2.lark"))
+        parser = f"{grammar.st_size}:{grammar.st_mtime_ns}"
+    except (AttributeError, TypeError, OSError, ValueError):
+        parser = "?"
+    disk_key = f"{key[0]}:{key[1]}:{FORMAT_HEADER.decode().strip()}:{_REFERENCES_VERSION}:{parser}"
+    known = cache.get("tf-references", disk_key)
+    if isinstance(known, list):
+        try:
+            return [_Ref(**fields) for fields in known]
+        except TypeError:
+            pass
+    refs = _parse_json(content, where) if key[1] == "json" else _parse_hcl(content, where)
+    cache.put("tf-references", disk_key, [asdict(ref) for ref in refs])
+    return refs
 
 
 def _parse_hcl(content: bytes, where: str, line_offset: int = 0) -> list[_Ref]:
@@ -717,31 +745,36 @@ def _ignored_name(name: str) -> bool:
 def _walk(root: Path, tree: _Tree) -> list[tuple[str, str]]:
     """``(relative POSIX path in NFC, filesystem path)`` of every hashed file, sorted by the former.
 
-    Raises RunbookError for a symbolic link that leaves the repository."""
+    Follows symbolic links (a directory reached twice is walked once); raises RunbookError for a
+    link that leaves the repository. ``os.scandir`` tells links apart without a system call per file."""
     found: list[tuple[str, str]] = []
     seen_dirs: set[str] = set()
-    top = os.fspath(root)
     top_real = os.path.realpath(tree.top)
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
+    pending = [(os.fspath(root), "")]
+    while pending:
+        directory, rel_dir = pending.pop()
+        real = os.path.realpath(directory)
         if real in seen_dirs:
-            dirnames[:] = []
             continue
         if os.path.commonpath([top_real, real]) != top_real:
-            _link_leaves(tree, dirpath, real)
+            _link_leaves(tree, directory, real)
         seen_dirs.add(real)
-        dirnames[:] = [d for d in dirnames if d not in IGNORED_DIRS and not _ignored_name(d)]
-        rel_dir = os.path.relpath(dirpath, top)
-        for name in filenames:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue  # unreadable directory: os.walk skipped these too
+        for entry in entries:
+            name = entry.name
             if _ignored_name(name):
                 continue
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path) and os.path.commonpath([top_real, os.path.realpath(path)]) != top_real:
-                _link_leaves(tree, path, os.path.realpath(path))
-            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-            if os.sep != "/":
-                rel = rel.replace(os.sep, "/")
-            found.append((unicodedata.normalize("NFC", rel), path))
+            rel = f"{rel_dir}{name}"
+            if entry.is_dir():  # follows links
+                if name not in IGNORED_DIRS:
+                    pending.append((entry.path, rel + "/"))
+                continue
+            if entry.is_symlink() and os.path.commonpath([top_real, os.path.realpath(entry.path)]) != top_real:
+                _link_leaves(tree, entry.path, os.path.realpath(entry.path))
+            found.append((unicodedata.normalize("NFC", rel), entry.path))
     found.sort()
     return found
 

@@ -25,7 +25,8 @@ expressions. Only the files of a module directory itself are configuration
 https://developer.hashicorp.com/terraform/language/files); a file whose bytes
 contain neither ``module`` nor ``file`` cannot call a module or a file function
 and is not parsed. Parse results are kept per process and in the runbook's
-on-disk cache (:mod:`runbook.cache`), keyed by the content's SHA-256. A local module source starts with ``./`` or ``../``
+on-disk cache (:mod:`runbook.cache`), keyed by the content's SHA-256. A local
+module source starts with ``./`` or ``../``
 (https://developer.hashicorp.com/terraform/language/modules/sources#local-paths);
 registry and git sources are pinned by their version or ref, which is hashed.
 A path given to a file function is resolved the way Terraform does:

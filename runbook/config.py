@@ -178,11 +178,26 @@ class Config:
 
 
 def check_roots(config: Config) -> None:
-    """Raise RunbookError when a configured root module folder is missing or holds no ``.tf`` file."""
+    """Raise RunbookError when a configured root module folder lies outside the repository (an absolute
+    path, ``../..``, or a symbolic link that leaves it: what is applied must be what this commit holds),
+    is missing, or holds no ``.tf`` file. The message names the field, its line and the fix."""
+    from runbook.fingerprint import inside
+
     for scope, root in config.roots.items():
+        line = config.lines.get(("terraform", "roots", scope))
+        where = f"{config.path}" + (f" line {line}" if line else "") + f", field terraform.roots.{scope}"
+        if not inside(PROJECT_ROOT, root):
+            default = DEFAULTS[f"{scope}_root"]
+            raise RunbookError(
+                f"The {scope} root module {root} lies outside this repository ({PROJECT_ROOT}"
+                + (f"; it resolves to {root.resolve()}" if root.resolve() != root.absolute() else "")
+                + "): Terraform would apply files this commit does not hold, and the record would claim "
+                "this commit",
+                where=where,
+                fix=f"set terraform.roots.{scope} to a folder inside the repository, relative to its top "
+                f"(the default is {default}); copy a module kept elsewhere into the repository and commit it",
+            )
         if not root.is_dir() or not any(root.glob("*.tf")):
-            line = config.lines.get(("terraform", "roots", scope))
-            where = f"{config.path}" + (f" line {line}" if line else "") + f", field terraform.roots.{scope}"
             raise RunbookError(
                 f"{root} is not a Terraform root module folder (no such folder, or no .tf file in it)",
                 where=where,

@@ -106,9 +106,13 @@ class IamRun:
         overlap with the git checks and, when the backend is known to exist, with
         Terraform's plan (see :class:`BackendStep`); the steps take their results in
         order, so messages and failures still come in the order of the plan.
-        Nothing here changes anything.
+        Nothing here changes anything. The configuration check (:class:`ConfigCheck`: root modules inside
+        the repository, deploy scripts with LF endings) comes first, so its findings stop the run
+        before any AWS or Terraform call.
         """
         from concurrent.futures import ThreadPoolExecutor
+
+        ConfigCheck().check(self)
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-terraform")
         aws_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-aws")
@@ -180,9 +184,13 @@ class ConfigCheck(Step):
     preflight = True
 
     def check(self, ctx: IamRun) -> Decision:
-        from runbook.config import check_roots
+        from runbook.config import PROJECT_ROOT, check_roots
 
         check_roots(ctx.config)
+        for scope in ctx.scopes():
+            # before anything changes: scripts bash can run, and nothing read from outside the repository
+            fingerprint.check_line_endings(scope.scripts(), top=PROJECT_ROOT)
+            scope.fingerprint()
         return Decision(True, f"{ctx.config.path} is valid; {ctx.label} uses account {ctx.account.id} "
                               f"in {ctx.account.region}")
 

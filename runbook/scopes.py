@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runbook import fingerprint, records
-from runbook.config import Account, Backend, Config, Environment
+from runbook.config import PROJECT_ROOT, Account, Backend, Config, Environment
 from runbook.terraform import DEPLOY_SCRIPT
 
 ACCOUNT = "account"
@@ -85,9 +85,23 @@ class Scope:
         return {**self.tf_vars(), "scope": self.kind, "state_bucket": b.bucket, "state_key": b.key,
                 "lock_table": b.lock_table}
 
+    def scripts(self) -> dict[str, Path]:
+        """The deploy scripts on this scope's apply path, by repository-relative POSIX name: the shared
+        ``iam/terraform/bin/deploy-app.sh`` and the scope's documented entry point
+        ``iam/terraform/<kind>-specific/bin/deploy-app.sh``."""
+        entry = DEPLOY_SCRIPT.parent.parent / f"{self.kind}-specific" / "bin" / DEPLOY_SCRIPT.name
+        return {path.relative_to(PROJECT_ROOT).as_posix(): path for path in (DEPLOY_SCRIPT, entry)}
+
     def fingerprint(self) -> str:
-        """SHA-256 of the root module, the shared deploy script and :meth:`inputs` (64 hex characters)."""
-        return fingerprint.compute(self.root, {"deploy-app.sh": DEPLOY_SCRIPT}, self.inputs())
+        """SHA-256 of everything the apply reads (64 hex characters): the root module, the local modules
+        it calls and the files it reads outside its directory, :meth:`scripts` and :meth:`inputs`. The
+        one entry point for the status, the gate and the record. Raises RunbookError as
+        :func:`runbook.fingerprint.compute` does (a root, module, file or link outside the repository)."""
+        return fingerprint.compute(self.root, self.scripts(), self.inputs(), top=PROJECT_ROOT)
+
+    def fingerprint_parts(self) -> list[fingerprint.Part]:
+        """What :meth:`fingerprint` hashes, part by part (compare two machines' listings)."""
+        return fingerprint.describe(self.root, self.scripts(), self.inputs(), top=PROJECT_ROOT)
 
     def command(self, via: Environment | None = None) -> str:
         """The command an administrator runs to apply this scope (from *via*'s branch for the account)."""

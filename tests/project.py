@@ -77,7 +77,7 @@ class Project:
         path = tmp_path / "project"
         remote = tmp_path / "remote.git"
         path.mkdir()
-        for name in ("tasks.py", ".gitignore", "runbook", "iam", "config"):
+        for name in ("tasks.py", ".gitignore", ".gitattributes", "runbook", "iam", "config"):
             source = REPO / name
             if source.is_dir():
                 shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__", ".terraform"))
@@ -112,26 +112,42 @@ class Project:
         )
         return Result(done.returncode, done.stdout, done.stderr)
 
+    def fingerprint(self, kind: str, env_name: str = "stg") -> str:
+        """This clone's fingerprint of a scope ("account" or "environment", of *env_name*), computed by the
+        clone's own runbook (``Scope.fingerprint``, as ``inv iam.*`` and the gate compute it), in the clone."""
+        code = (
+            "import sys\n"
+            "from runbook import config\n"
+            "from runbook.scopes import Scope\n"
+            "cfg = config.load()\n"
+            "env = cfg.environments[sys.argv[2]]\n"
+            "scope = Scope.of_environment(cfg, env) if sys.argv[1] == 'environment' else "
+            "Scope.of_account(cfg, env.account)\n"
+            "print(scope.fingerprint())\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code, kind, env_name], cwd=self.path, env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"fingerprint of {kind} {env_name} failed: {done.stderr}"
+        return done.stdout.strip()
+
     def write_record(self, kind: str, env_name: str = "stg", *, endpoint: str, fingerprint: str | None = None,
                      outputs: dict | None = None) -> None:
         """Write an applied record into moto as a successful ``inv iam.*`` in this clone would.
 
-        *kind* is "account" or "environment"; the fingerprint is this clone's own unless given.
+        *kind* is "account" or "environment"; the fingerprint is this clone's own (:meth:`fingerprint`)
+        unless given.
         """
         import boto3
 
         from runbook import config as configuration
-        from runbook import fingerprint as fp
         from runbook import records
         from runbook.scopes import Scope
 
         cfg = configuration.load(self.path / "config" / "environments.yml")
         env = cfg.environments[env_name]
         scope = Scope.of_environment(cfg, env) if kind == "environment" else Scope.of_account(cfg, env.account)
-        root = self.path / scope.root.relative_to(REPO)
-        script = self.path / "iam" / "terraform" / "bin" / "deploy-app.sh"
         record = records.Record.create(
-            fingerprint=fingerprint or fp.compute(root, {"deploy-app.sh": script}, scope.inputs()),
+            fingerprint=fingerprint or self.fingerprint(kind, env_name),
             commit=git(self.path, "rev-parse", "HEAD"), branch=env.branch,
             applied_by="arn:aws:iam::123456789012:user/admin", scope=scope.record_scope,
             outputs=outputs if outputs is not None else (

@@ -67,11 +67,17 @@ def test_watch_gives_up_after_its_timeout(ci):
     assert "still running" in caught.value.message
 
 
-def test_gate_backs_off_while_ssm_throttles(tmp_path, moto_reset, aws_env, aws_credentials):
+def test_gate_backs_off_while_ssm_throttles(tmp_path, moto_reset, aws_env, aws_credentials, monkeypatch):
     import boto3
     from botocore.awsrequest import AWSResponse
 
+    from runbook import scopes
+
     project = Project.create(tmp_path, aws_env, base_config(moto_reset))
+    # the gate runs in this process on the clone's roots: the clone is the repository they must lie in
+    monkeypatch.setattr(scopes, "PROJECT_ROOT", project.path)
+    script = scopes.DEPLOY_SCRIPT.relative_to(configuration.PROJECT_ROOT)
+    monkeypatch.setattr(scopes, "DEPLOY_SCRIPT", project.path / script)
     cfg = configuration.load(project.path / "config" / "environments.yml")
     cfg = type(cfg)(**{**cfg.__dict__, "roots": {k: project.path / v.relative_to(configuration.PROJECT_ROOT)
                                                   for k, v in cfg.roots.items()}})

@@ -83,7 +83,7 @@ def test_parameter_names():
 def test_unusable_project_name_points_at_config(project):
     with pytest.raises(RunbookError) as caught:
         records.parameter_name(project, "stg")
-    assert "config/environments.yml, field project" in str(caught.value)
+    assert "environments.yml, field project" in str(caught.value)
 
 
 def test_unusable_environment_name_is_refused():

@@ -40,6 +40,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
+from runbook.config import InUse
 from runbook.errors import RunbookError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ DEFAULT_APP_URL = "https://app.circleci.com"
 TOKEN_VARIABLES = ("CIRCLECI_TOKEN", "CIRCLE_TOKEN", "CIRCLECI_CLI_TOKEN")
 HOST_VARIABLES = ("CIRCLECI_HOST", "CIRCLECI_CLI_HOST")
 TOKEN_PAGE = "CircleCI > User settings > Personal API Tokens (https://app.circleci.com/settings/user/tokens)"
-CONFIG_FILE = "config/environments.yml"
+CONFIG_FILE = InUse()  # the configuration file in use ($RUNBOOK_CONFIG or the default)
 SLUG_FIELD = "circleci.project_slug"
 
 # Workflow and job statuses, from the reference doc ("Workflow statuses").

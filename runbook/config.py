@@ -156,6 +156,33 @@ class Config:
         )
 
 
+def warnings(config: Config) -> list[str]:
+    """What is valid but probably not meant, one sentence each (``inv config.check`` prints them).
+
+    Two accounts with one ID: they are one AWS account, so their account scopes share one state
+    object and one applied record, and applying one rewrites the other's.
+    """
+    by_id: dict[str, list[Account]] = {}
+    for account in config.accounts.values():
+        by_id.setdefault(account.id, []).append(account)
+    found = []
+    for account_id, same in by_id.items():
+        if len(same) > 1:
+            listed = ", ".join(f"{a.name} (line {_line(config.lines, ('accounts', a.name, 'id'))})" for a in same)
+            found.append(
+                f"accounts {listed} in {config.path} share the ID {account_id}: they are one AWS account, so they "
+                f"share one account scope (one state, one applied record {_record_of(config)}); correct the ID "
+                "if they are meant to be different accounts"
+            )
+    return found
+
+
+def _record_of(config: Config) -> str:
+    from runbook import records
+
+    return records.parameter_name(config.project, records.ACCOUNT)
+
+
 def check_roots(config: Config) -> None:
     """Raise RunbookError when a configured root module folder is missing or holds no ``.tf`` file."""
     for scope, root in config.roots.items():
@@ -173,6 +200,29 @@ def shown_path() -> str:
     """The configuration file in use, as messages name it: the file :func:`load` read last, else the
     one :func:`config_path` chooses (``$RUNBOOK_CONFIG`` when set). Never a hard-coded default."""
     return str(_LOADED or config_path())
+
+
+class InUse(str):
+    """Text naming the configuration file in use, filled in when the text is used rather than when it is made.
+
+    ``InUse("{}, field terraform.roots.*")`` formats and prints as "<file>, field terraform.roots.*",
+    with <file> from :func:`shown_path` at that moment: for module-level texts of modules that are
+    imported before any configuration is loaded.
+    """
+
+    def __new__(cls, template: str = "{}"):
+        made = super().__new__(cls, template)
+        made.template = template
+        return made
+
+    def __str__(self) -> str:
+        return self.template.format(shown_path())
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __add__(self, other: str) -> str:
+        return str(self) + other
 
 
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
@@ -470,10 +520,55 @@ def _explain(error: Any, at: tuple, data: Any, lines: dict[tuple, int], plain: s
             "letters, digits and '-', starting with a letter (it ends up in IAM role names and shell commands)"
         )
     if error.validator == "required":
-        return line, f"line {line}, field {name}: {error.message}"
+        missing = [key for key in error.validator_value if key not in (error.instance or {})]
+        texts = []
+        for key in missing:
+            sub = (error.schema.get("properties") or {}).get(key) or {}
+            texts.append(f"line {line}, field {name}: the key {key!r} is missing" + _example(key, sub))
+        return line, "\n  - ".join(texts) or f"line {line}, field {name}: a required key is missing"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    leaf = str(at[-1]) if at else name
+    value = error.instance
+    if at in plain and not isinstance(value, str) and error.validator in ("type", "pattern", "minLength") \
+            and "string" in _as_list(schema.get("type")):
+        written = plain[at]
+        return line, (f"line {line}, field {name}: {leaf}: {written} was read as {_read_as(value)}; "
+                      f'write {leaf}: "{written}"')
+    expected = schema.get("description")
     if error.validator == "type":
-        return line, f"line {line}, field {name}: {error.instance!r} should be a {error.validator_value}"
+        kinds = " or ".join("true or false" if k == "boolean" else f"a {k}" for k in _as_list(error.validator_value))
+        written = f"{plain[at]} (read as {_read_as(value)})" if at in plain else repr(value)
+        return line, f"line {line}, field {name}: {written} should be {kinds}" + _example(leaf, schema)
+    if error.validator in ("pattern", "minLength", "maxLength") and expected:
+        return line, f"line {line}, field {name}: {value!r} is not {expected}" + _example(leaf, schema)
+    if error.validator == "minProperties":
+        return line, f"line {line}, field {name}: needs at least {error.validator_value} entry"
     return line, f"line {line}, field {name}: {error.message}"
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _example(key: str, schema: dict) -> str:
+    """'; for example key: value' from the schema's ``examples``, or ''."""
+    examples = schema.get("examples") or []
+    if not examples:
+        return ""
+    example = examples[0]
+    shown = json.dumps(example) if not isinstance(example, str) or not NAME_PATTERN.match(example) else example
+    return f"; for example {key}: {shown}"
+
+
+def _read_as(value: Any) -> str:
+    """What YAML made of an unquoted value: "the number 1.1", "the boolean True", "null (no value)"."""
+    if value is None:
+        return "null (no value)"
+    if isinstance(value, bool):
+        return f"the boolean {value}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return f"a {type(value).__name__} ({value})"
 
 
 def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> list[str]:
@@ -582,7 +677,7 @@ def _name_problems(config: Config) -> list[str]:
             (f"{kind}_state_key", names.s3_key(backend.key)),
         ):
             if problem:
-                add(template_field(key), f"{problem} (the name for {env_name or 'account ' + account.name})")
+                add(template_field(key), problem)
         values = {"project": config.project, "environment": env_name or ""}
         for iam_kind, template in IAM_NAMES[kind]:
             problem = names.iam_name(iam_kind, template.format(**values))

@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runbook.config import InUse
 from runbook.errors import RunbookError
 
 FORMAT_HEADER = b"runbook-fingerprint/1\n"
@@ -73,7 +74,7 @@ IGNORED_NAMES = (
     "*.rej",
 )
 
-_CONFIG_FIELD = "config/environments.yml, field terraform.roots.*"
+_CONFIG_FIELD = InUse("{}, field terraform.roots.*")
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def _check_root(root_dir) -> Path:
         raise RunbookError(
             f"The Terraform root module directory {root.absolute()} {what}",
             where=_CONFIG_FIELD,
-            fix="correct terraform.roots.* in config/environments.yml, or run from the repository root",
+            fix=f"correct terraform.roots.* in {InUse()}, or run from the repository root",
         )
     return root
 

@@ -299,7 +299,7 @@ def write(session: Any, project: str, scope: str, record: Record | Mapping[str, 
                     where=f"SSM parameter {name}",
                     fix=f"wait a minute, then {rewrite_command(scope)}",
                 ) from None
-            _sleep(random.uniform(0, min(WRITE_BACKOFF_CAP_S, WRITE_BACKOFF_BASE_S * 2 ** attempt)))
+            _sleep(random.uniform(0, min(WRITE_BACKOFF_CAP_S, WRITE_BACKOFF_BASE_S * 2 ** (attempt - 1))))
         except _VersionLimit:
             raise _version_limit_error(client, name, scope, endpoint_url, profile) from None
     raise AssertionError("unreachable")

@@ -14,16 +14,10 @@ import socket
 import pytest
 
 from tests.project import Project, base_config, git
+from tests.test_iam_tasks import assert_user_error
 
 RECORD = "/acme-api/iam/env/stg"
 STG_KEY = "acme-api/iam/env/stg.tfstate"
-
-
-def assert_user_error(result, *needles: str) -> None:
-    assert result.code != 0, result.all
-    assert "Traceback" not in result.all, result.all
-    for needle in needles:
-        assert needle in result.all, f"{needle!r} not in:\n{result.all}"
 
 
 def clients(endpoint: str):

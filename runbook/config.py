@@ -160,7 +160,9 @@ def warnings(config: Config) -> list[str]:
     """What is valid but probably not meant, one sentence each (``inv config.check`` prints them).
 
     Two accounts with one ID: they are one AWS account, so their account scopes share one state
-    object and one applied record, and applying one rewrites the other's.
+    object and one applied record, and applying one rewrites the other's. A region that the
+    installed botocore does not list (a typo such as ``eu-wset-1`` passes the schema's pattern;
+    a region newer than botocore would be listed too, hence a warning, not an error).
     """
     by_id: dict[str, list[Account]] = {}
     for account in config.accounts.values():
@@ -174,7 +176,29 @@ def warnings(config: Config) -> list[str]:
                 f"share one account scope (one state, one applied record {_record_of(config)}); correct the ID "
                 "if they are meant to be different accounts"
             )
+    known = _known_regions()
+    for account in config.accounts.values():
+        if known and account.region not in known:
+            close = difflib.get_close_matches(account.region, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            line = _line(config.lines, ("accounts", account.name, "region"))
+            found.append(f"line {line}, field accounts.{account.name}.region: {account.region!r} is not a region "
+                         f"the installed botocore knows{hint} (a region newer than the pinned botocore would "
+                         "show here too)")
     return found
+
+
+def _known_regions() -> set[str]:
+    """The region names of every AWS partition, from botocore's own ``data/partitions.json`` (read as a
+    file: building a botocore session to ask costs about half a second). Empty when it cannot be read."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("botocore")
+        data = json.loads((Path(spec.origin).parent / "data" / "partitions.json").read_text(encoding="utf-8"))
+        return {name for partition in data["partitions"] for name in partition.get("regions", {})}
+    except (AttributeError, OSError, TypeError, ValueError, KeyError):
+        return set()
 
 
 def _record_of(config: Config) -> str:

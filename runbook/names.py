@@ -20,7 +20,6 @@ S3_BUCKET_URL = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnam
 S3_KEY_URL = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html"
 DYNAMODB_NAME_URL = "https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.NamingRulesDataTypes.html"
 IAM_QUOTAS_URL = "https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html"
-REGIONS_URL = "https://docs.aws.amazon.com/global-infrastructure/latest/regions/aws-regions.html"
 
 SSM_NAME_MAX = 1011
 """Longest parameter name SSM accepts, in characters (including the leading ``/``)."""
@@ -31,7 +30,6 @@ _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _S3_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _S3_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 _DYNAMODB_CHARS = re.compile(r"^[A-Za-z0-9_.-]+$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 
 IAM_NAME_MAX = {"role": 64, "user": 64, "policy": 128, "inline policy": 128}
 """Longest IAM names in characters: role and user names 64, managed and inline policy names 128
@@ -105,15 +103,6 @@ def dynamodb_table(name: str) -> str | None:
     if not 3 <= len(name) <= 255 or not _DYNAMODB_CHARS.match(name):
         return (f"{name!r} is not a DynamoDB table name: 3 to 255 characters of letters, digits, '_', '-' and '.' "
                 f"({DYNAMODB_NAME_URL})")
-    return None
-
-
-def region(name: str) -> str | None:
-    """Why *name* cannot be an AWS region name, or None: region names look like ``eu-west-1``,
-    ``us-gov-west-1`` or ``ap-southeast-2`` (AWS Regions list,
-    https://docs.aws.amazon.com/global-infrastructure/latest/regions/aws-regions.html)."""
-    if not _REGION.match(name):
-        return f"{name!r} is not an AWS region name such as eu-west-1 ({REGIONS_URL})"
     return None
 
 

@@ -44,8 +44,9 @@ def assert_terraform_never_ran(project: Project) -> None:
         assert left == [], f"Terraform left {left} in {root}"
 
 
-@pytest.mark.parametrize("command", [("iam.env", "--name", "stg"), ("iam.account",), ("iam.env", "--name", "stg",
-                                                                                     "--dry-run")])
+@pytest.mark.parametrize("command", [("iam.env", "--name", "stg"), ("iam.account",),
+                                     ("iam.env", "--name", "stg", "--dry-run"), ("release", "--env", "stg"),
+                                     ("iam.status",), ("ci.gate", "--env", "stg")])
 def test_a_project_name_ssm_refuses_stops_every_command_before_aws_and_terraform(tmp_path, moto_reset, aws_env,
                                                                                  command):
     config = base_config(moto_reset)

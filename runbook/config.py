@@ -342,7 +342,7 @@ def _read(path: Path) -> str:
         raise RunbookError(
             f"The configuration file {path} is not UTF-8 text (byte {exc.start})",
             where=f"{path} line {line}",
-            fix=f"save it as UTF-8 (or restore it: git checkout -- {shlex.quote(str(path))})",
+            fix=f"save it as UTF-8{_restore(path, ' (or restore it: git checkout -- {})')}",
         ) from None
 
 
@@ -376,6 +376,14 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+def _restore(path: Path, template: str) -> str:
+    """*template* filled with the git path of *path* when it is a file of this repository, else ""."""
+    try:
+        return template.format(shlex.quote(str(Path(path).resolve().relative_to(PROJECT_ROOT))))
+    except ValueError:
+        return ""
+
+
 def _yaml_error(path: Path, mark: Any, problem: str, fix: str) -> RunbookError:
     where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
     return RunbookError(f"The configuration is not valid YAML: {problem}", where=where, fix=fix)
@@ -387,11 +395,15 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
     Raises RunbookError at a file line for every YAML error: syntax, nesting deeper than
     :data:`MAX_DEPTH`, too many aliases or nodes, a tag (``!Ref``), a merge key (``<<``).
     """
-    restore = f"correct it there, or restore the file: git checkout -- {shlex.quote(str(path))}"
+    restore = "correct it there" + _restore(path, ", or restore the file: git checkout -- {}")
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except yaml.reader.ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1
+        raise RunbookError(f"The configuration is not valid YAML: the character #x{exc.character:04x} is not "
+                           "allowed in YAML", where=f"{path} line {line}", fix=restore) from None
     except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
         fix = "correct the indentation or quoting there (a value with ':' or '#' needs quotes)"
         if "deeper" in problem or "aliases" in problem:
             fix = restore
@@ -419,9 +431,18 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
         if node.tag.startswith("!") or not node.tag.startswith("tag:yaml.org,2002:"):
             raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here (the "
                               "configuration is plain YAML, not CloudFormation)", "remove the tag and write the value")
-        return constructor.construct_object(node, deep=True)
+        try:
+            return constructor.construct_object(node, deep=True)
+        except (ValueError, TypeError, OverflowError):
+            raise _yaml_error(path, node.start_mark, f"{node.value!r} cannot be read as "
+                              f"{node.tag.rsplit(':', 1)[-1]}", "quote the value, or correct it") from None
+
+    inside: set[int] = set()
 
     def walk(node: yaml.Node, at: tuple) -> Any:
+        if id(node) in inside:
+            raise _yaml_error(path, node.start_mark, "an alias refers to the collection that contains it",
+                              "remove the alias there")
         count[0] += 1
         if count[0] > MAX_NODES:
             raise _yaml_error(path, node.start_mark, f"more than {MAX_NODES} values once aliases are expanded "
@@ -432,6 +453,7 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
                 raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here",
                                   "remove the tag")
             out: dict[Any, Any] = {}
+            inside.add(id(node))
             for key_node, value_node in node.value:
                 key = scalar(key_node)
                 if not isinstance(key, str):
@@ -450,12 +472,16 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
                 lines[at + (key,)] = key_node.start_mark.line + 1
                 out[key] = walk(value_node, at + (key,))
                 lines[at + (key,)] = key_node.start_mark.line + 1
+            inside.discard(id(node))
             return out
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ_TAG:
                 raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here",
                                   "remove the tag")
-            return [walk(item, at + (i,)) for i, item in enumerate(node.value)]
+            inside.add(id(node))
+            items = [walk(item, at + (i,)) for i, item in enumerate(node.value)]
+            inside.discard(id(node))
+            return items
         if node.style is None:
             plain[at] = node.value
         return scalar(node)

@@ -98,6 +98,20 @@ def test_alias_expansion_is_bounded_below_the_alias_limit(tmp_path):
     refused(tmp_path, write(tmp_path, "\n".join(levels) + "\n"), "alias", "line ")
 
 
+@pytest.mark.parametrize("extra, needle", [
+    ("when: 2024-13-45", "'2024-13-45' cannot be read as timestamp"),
+    ('n: !!int "zz"', "'zz' cannot be read as int"),
+    ("loop: &a [*a]", "an alias refers to the collection that contains it"),
+    ("loop: &a {b: *a}", "an alias refers to the collection that contains it"),
+    ("x: !!python/object:os.system {}", "is not supported here"),
+    ("x: '\x01'", "the character #x0001 is not allowed"),
+    ("---\nx: 1", "expected a single document"),
+])
+def test_values_yaml_cannot_construct_are_refused_at_their_line(tmp_path, extra, needle):
+    text = SHIPPED + extra + "\n"
+    refused(tmp_path, write(tmp_path, text), needle, f"line {SHIPPED.count(chr(10)) + 1}")
+
+
 # -- files that are not configuration files -------------------------------------------------------
 
 

@@ -19,9 +19,11 @@ CI gate) can then compare it with the fingerprint of the commit at hand.
 
 Limits, from the AWS Systems Manager API reference (PutParameter, GetParameter)
 and the Parameter Store user guide ("Managing parameter tiers"): a Standard tier
-parameter value holds at most 4 KB (4096 characters); names use letters,
-digits and ``_.-/`` and must not begin with ``aws`` or ``ssm`` (case-insensitive).
-Standard parameters carry no extra charge.
+parameter value holds at most 4 KB (4096 characters)
+(https://docs.aws.amazon.com/systems-manager/latest/userguide/parameter-store-advanced-parameters.html);
+the rules for names are in :func:`runbook.names.ssm_parameter`, which the configuration check
+applies too. SSM keeps 100 versions of a parameter and cannot drop a labelled oldest one (see
+:func:`write`). Standard parameters carry no extra charge.
 
 boto3 and botocore are imported inside the functions that use them, so
 ``import runbook.records`` stays cheap; every function takes the boto3 Session

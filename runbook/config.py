@@ -34,7 +34,6 @@ DEFAULT_CONFIG = PROJECT_ROOT / "config" / "environments.yml"
 SCHEMA_PATH = PROJECT_ROOT / "config" / "environments.schema.json"
 ENV_VAR = "RUNBOOK_CONFIG"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
-_LOADED: Path | None = None
 
 DEFAULTS: dict[str, Any] = {
     "required_version": ">= 1.0.0",
@@ -221,32 +220,9 @@ def check_roots(config: Config) -> None:
 
 
 def shown_path() -> str:
-    """The configuration file in use, as messages name it: the file :func:`load` read last, else the
-    one :func:`config_path` chooses (``$RUNBOOK_CONFIG`` when set). Never a hard-coded default."""
-    return str(_LOADED or config_path())
-
-
-class InUse(str):
-    """Text naming the configuration file in use, filled in when the text is used rather than when it is made.
-
-    ``InUse("{}, field terraform.roots.*")`` formats and prints as "<file>, field terraform.roots.*",
-    with <file> from :func:`shown_path` at that moment: for module-level texts of modules that are
-    imported before any configuration is loaded.
-    """
-
-    def __new__(cls, template: str = "{}"):
-        made = super().__new__(cls, template)
-        made.template = template
-        return made
-
-    def __str__(self) -> str:
-        return self.template.format(shown_path())
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-    def __add__(self, other: str) -> str:
-        return str(self) + other
+    """The configuration file in use, as messages outside this module name it: :func:`config_path`
+    (``$RUNBOOK_CONFIG`` when set, else the default), never a hard-coded default."""
+    return str(config_path())
 
 
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
@@ -264,9 +240,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
     Raises RunbookError when the file is missing, is not YAML, or breaks a rule;
     the message lists every problem with its line and field.
     """
-    global _LOADED
     path = config_path(path)
-    _LOADED = path
     text = _read(path)
     data, lines, plain = _parse_yaml(text, path)
     problems = _schema_problems(data, lines, plain, path) or _rule_problems(data, lines, plain)
@@ -429,8 +403,9 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
             raise _yaml_error(path, node.start_mark, "merge keys (<<: *name) are not supported here",
                               "write the keys out in full where the merge key stands")
         if node.tag.startswith("!") or not node.tag.startswith("tag:yaml.org,2002:"):
-            raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here (the "
-                              "configuration is plain YAML, not CloudFormation)", "remove the tag and write the value")
+            raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here: the configuration "
+                              "is plain YAML (no CloudFormation tags such as !Ref)",
+                              "remove the tag and write the value")
         try:
             return constructor.construct_object(node, deep=True)
         except (ValueError, TypeError, OverflowError):

@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from runbook.config import InUse
+from runbook.config import shown_path
 from runbook.errors import RunbookError
 
 FORMAT_HEADER = b"runbook-fingerprint/1\n"
@@ -73,9 +73,6 @@ IGNORED_NAMES = (
     "*.orig",
     "*.rej",
 )
-
-_CONFIG_FIELD = InUse("{}, field terraform.roots.*")
-
 
 @dataclass(frozen=True)
 class Part:
@@ -175,7 +172,7 @@ def _parts(root_dir, shared_files, inputs):
     if not any(rel.endswith(".tf") for rel, _ in files):
         raise RunbookError(
             f"The Terraform root module directory {root} holds no .tf file",
-            where=_CONFIG_FIELD,
+            where=f"{shown_path()}, field terraform.roots.*",
             fix="point terraform.roots.* at the directory that holds the module's main.tf",
         )
     for rel, path in files:
@@ -198,8 +195,8 @@ def _check_root(root_dir) -> Path:
         what = "is not a directory" if root.exists() else "does not exist"
         raise RunbookError(
             f"The Terraform root module directory {root.absolute()} {what}",
-            where=_CONFIG_FIELD,
-            fix=f"correct terraform.roots.* in {InUse()}, or run from the repository root",
+            where=f"{shown_path()}, field terraform.roots.*",
+            fix=f"correct terraform.roots.* in {shown_path()}, or run from the repository root",
         )
     return root
 

@@ -40,6 +40,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
+from runbook.config import shown_path
 from runbook.errors import RunbookError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ DEFAULT_APP_URL = "https://app.circleci.com"
 TOKEN_VARIABLES = ("CIRCLECI_TOKEN", "CIRCLE_TOKEN", "CIRCLECI_CLI_TOKEN")
 HOST_VARIABLES = ("CIRCLECI_HOST", "CIRCLECI_CLI_HOST")
 TOKEN_PAGE = "CircleCI > User settings > Personal API Tokens (https://app.circleci.com/settings/user/tokens)"
-CONFIG_FILE = "config/environments.yml"
 SLUG_FIELD = "circleci.project_slug"
 
 # Workflow and job statuses, from the reference doc ("Workflow statuses").
@@ -268,7 +268,7 @@ class CircleCIClient:
     @staticmethod
     def _resolve_host(config_host: str | None, env: Mapping[str, str]) -> tuple[str, str]:
         candidates = [(env.get(name), name) for name in HOST_VARIABLES]
-        candidates += [(config_host, f"{CONFIG_FILE} field circleci.host"), (DEFAULT_HOST, "default")]
+        candidates += [(config_host, f"{shown_path()} field circleci.host"), (DEFAULT_HOST, "default")]
         for value, source in candidates:
             if value and value.strip():
                 host = _normalise_host(value)
@@ -509,7 +509,7 @@ class CircleCIClient:
         if not slug or not slug.strip() or slug.strip("/") != slug:
             raise RunbookError(
                 f"The CircleCI project slug {slug!r} is empty or has a leading or trailing '/'",
-                where=f"{CONFIG_FILE} field {SLUG_FIELD}",
+                where=f"{shown_path()} field {SLUG_FIELD}",
                 fix="set it to e.g. gh/<org>/<repo> or circleci/<org-id>/<project-id>",
             )
         return quote(slug, safe="/")  # opaque: its slashes stay as they are
@@ -518,7 +518,7 @@ class CircleCIClient:
         return RunbookError(
             f"CircleCI project {slug} was not found, or the API token from {self.token_source} cannot see it "
             "(404 Project not found)",
-            where=f"{CONFIG_FILE} field {SLUG_FIELD}; host {self.host}",
+            where=f"{shown_path()} field {SLUG_FIELD}; host {self.host}",
             fix=f"correct {SLUG_FIELD} (the slug is shown in the project's settings in the CircleCI app), "
             "or use a token of a user who can see the project: export CIRCLECI_TOKEN=<token>",
         )
@@ -636,7 +636,7 @@ class CircleCIClient:
             raise StepOutputUnavailable(
                 f"Step output is not available for project {slug}: API v1.1 only serves GitHub OAuth and "
                 "Bitbucket Cloud projects (gh/..., bb/...)",
-                where=f"{CONFIG_FILE} field {SLUG_FIELD}",
+                where=f"{shown_path()} field {SLUG_FIELD}",
                 fix="open the job in the CircleCI app to read its output",
             )
         vcs, org, repo = V1_VCS[parts[0]], quote(parts[1], safe=""), quote(parts[2], safe="")

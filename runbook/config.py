@@ -19,6 +19,8 @@ import difflib
 import json
 import os
 import re
+import shlex
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,57 @@ class Config:
         )
 
 
+def warnings(config: Config) -> list[str]:
+    """What is valid but probably not meant, one sentence each (``inv config.check`` prints them).
+
+    Two accounts with one ID: they are one AWS account, so their account scopes share one state
+    object and one applied record, and applying one rewrites the other's. A region that the
+    installed botocore does not list (a typo such as ``eu-wset-1`` passes the schema's pattern;
+    a region newer than botocore would be listed too, hence a warning, not an error).
+    """
+    by_id: dict[str, list[Account]] = {}
+    for account in config.accounts.values():
+        by_id.setdefault(account.id, []).append(account)
+    found = []
+    for account_id, same in by_id.items():
+        if len(same) > 1:
+            listed = ", ".join(f"{a.name} (line {_line(config.lines, ('accounts', a.name, 'id'))})" for a in same)
+            found.append(
+                f"accounts {listed} in {config.path} share the ID {account_id}: they are one AWS account, so they "
+                f"share one account scope (one state, one applied record {_record_of(config)}); correct the ID "
+                "if they are meant to be different accounts"
+            )
+    known = _known_regions()
+    for account in config.accounts.values():
+        if known and account.region not in known:
+            close = difflib.get_close_matches(account.region, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            line = _line(config.lines, ("accounts", account.name, "region"))
+            found.append(f"line {line}, field accounts.{account.name}.region: {account.region!r} is not a region "
+                         f"the installed botocore knows{hint} (a region newer than the pinned botocore would "
+                         "show here too)")
+    return found
+
+
+def _known_regions() -> set[str]:
+    """The region names of every AWS partition, from botocore's own ``data/partitions.json`` (read as a
+    file: building a botocore session to ask costs about half a second). Empty when it cannot be read."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("botocore")
+        data = json.loads((Path(spec.origin).parent / "data" / "partitions.json").read_text(encoding="utf-8"))
+        return {name for partition in data["partitions"] for name in partition.get("regions", {})}
+    except (AttributeError, OSError, TypeError, ValueError, KeyError):
+        return set()
+
+
+def _record_of(config: Config) -> str:
+    from runbook import records
+
+    return records.parameter_name(config.project, records.ACCOUNT)
+
+
 def check_roots(config: Config) -> None:
     """Raise RunbookError when a configured root module folder lies outside the repository (an absolute
     path, ``../..``, or a symbolic link that leaves it: what is applied must be what this commit holds),
@@ -205,6 +258,12 @@ def check_roots(config: Config) -> None:
             )
 
 
+def shown_path() -> str:
+    """The configuration file in use, as messages outside this module name it: :func:`config_path`
+    (``$RUNBOOK_CONFIG`` when set, else the default), never a hard-coded default."""
+    return str(config_path())
+
+
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
     """The configuration file to read: *explicit*, else ``$RUNBOOK_CONFIG``, else the default."""
     chosen = explicit or os.environ.get(ENV_VAR) or DEFAULT_CONFIG
@@ -221,70 +280,199 @@ def load(path: str | os.PathLike | None = None) -> Config:
     the message lists every problem with its line and field.
     """
     path = config_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunbookError(
-            f"The configuration file {path} does not exist",
-            where=f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else None,
-            fix=f"create it from {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}, or unset {ENV_VAR}",
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise RunbookError(
-            f"The configuration file {path} is not UTF-8 text (byte {exc.start})",
-            fix="save it as UTF-8 (or restore it: git checkout -- config/environments.yml)",
-        ) from None
-    except OSError as exc:
-        raise RunbookError(
-            f"Cannot read the configuration file {path}: {exc.strerror}",
-            fix=f"point {ENV_VAR} at a readable YAML file, or unset it to use the default "
-            f"{DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}",
-        ) from None
+    text = _read(path)
     data, lines, plain = _parse_yaml(text, path)
     problems = _schema_problems(data, lines, plain, path) or _rule_problems(data, lines, plain)
+    config = None if problems else _build(data, lines, path)
+    if config is not None:
+        problems = _name_problems(config)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise RunbookError(
             f"The configuration in {path} is not valid:\n{listing}\n",
             fix=f"edit {path} as each line says, then check it with `inv config.check`",
         )
-    return _build(data, lines, path)
+    return config
+
+
+MAX_BYTES = 256 * 1024
+"""Largest configuration file read, in bytes (the shipped one is under 2 KB)."""
+MAX_DEPTH = 16
+"""Deepest nesting of YAML collections accepted (the schema needs 4)."""
+MAX_ALIASES = 50
+"""Most YAML aliases (``*name``) accepted in the file."""
+MAX_NODES = 10_000
+"""Most YAML nodes accepted once aliases are expanded (an "alias bomb" of 1 KB expands to billions)."""
+
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+
+
+def _read(path: Path) -> str:
+    """The text of the configuration file *path*; refuses anything but a regular UTF-8 file of at most
+    :data:`MAX_BYTES` (a FIFO would block the read forever, ``/dev/urandom`` never ends). The file is
+    opened without blocking and checked with fstat before one byte is read."""
+    from_env = f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else None
+    other = f"point {ENV_VAR} at the YAML configuration file, or unset it to use the default " \
+            f"{DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise RunbookError(
+            f"The configuration file {path} does not exist",
+            where=from_env,
+            fix=f"create it from {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}, or unset {ENV_VAR}",
+        ) from None
+    except OSError as exc:
+        raise RunbookError(f"Cannot read the configuration file {path}: {exc.strerror}", where=from_env,
+                           fix=other) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise RunbookError(f"The configuration file {path} is {kind}, not a regular file", where=from_env,
+                               fix=other)
+        chunks, size = [], 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_BYTES:
+            raise RunbookError(f"The configuration file {path} is larger than {MAX_BYTES // 1024} KB; a "
+                               "configuration is a few KB", where=from_env, fix=other)
+    except OSError as exc:
+        raise RunbookError(f"Cannot read the configuration file {path}: {exc.strerror}", where=from_env,
+                           fix=other) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise RunbookError(
+            f"The configuration file {path} is not UTF-8 text (byte {exc.start})",
+            where=f"{path} line {line}",
+            fix=f"save it as UTF-8{_restore(path, ' (or restore it: git checkout -- {})')}",
+        ) from None
 
 
 # -- YAML with line numbers ------------------------------------------------------------
 
 
-def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], set[tuple]]:
-    """Return (data, line of each path, paths whose scalar was unquoted)."""
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits: nesting at most :data:`MAX_DEPTH`, at most :data:`MAX_ALIASES`
+    aliases (the composer's recursion and an alias bomb both stop with a ComposerError at a line)."""
+
+    def compose_node(self, parent, index):
+        depth = getattr(self, "_depth", 0) + 1
+        event = self.peek_event()
+        if depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              event.start_mark)
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)",
+                                                  event.start_mark)
+        self._depth = depth
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth - 1
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _restore(path: Path, template: str) -> str:
+    """*template* filled with the git path of *path* when it is a file of this repository, else ""."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return template.format(shlex.quote(str(Path(path).resolve().relative_to(PROJECT_ROOT))))
+    except ValueError:
+        return ""
+
+
+def _yaml_error(path: Path, mark: Any, problem: str, fix: str) -> RunbookError:
+    where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    return RunbookError(f"The configuration is not valid YAML: {problem}", where=where, fix=fix)
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tuple, str]]:
+    """Return (data, line of each path, the text as written of each unquoted scalar by path).
+
+    Raises RunbookError at a file line for every YAML error: syntax, nesting deeper than
+    :data:`MAX_DEPTH`, too many aliases or nodes, a tag (``!Ref``), a merge key (``<<``).
+    """
+    restore = "correct it there" + _restore(path, ", or restore the file: git checkout -- {}")
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.reader.ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1
+        raise RunbookError(f"The configuration is not valid YAML: the character #x{exc.character:04x} is not "
+                           "allowed in YAML", where=f"{path} line {line}", fix=restore) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RunbookError(
-            f"The configuration is not valid YAML: {problem}",
-            where=where,
-            fix="correct the indentation or quoting there (a value with ':' or '#' needs quotes)",
-        ) from None
+        problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
+        fix = "correct the indentation or quoting there (a value with ':' or '#' needs quotes)"
+        if "deeper" in problem or "aliases" in problem:
+            fix = restore
+        raise _yaml_error(path, getattr(exc, "problem_mark", None), problem, fix) from None
+    except RecursionError:
+        raise RunbookError("The configuration is nested too deeply to be a configuration", where=str(path),
+                           fix=restore) from None
     if root is None:
         raise RunbookError(
             "The configuration file is empty", where=str(path), fix=f"copy {DEFAULT_CONFIG.name} and edit it"
         )
     lines: dict[tuple, int] = {}
-    plain: set[tuple] = set()
+    plain: dict[tuple, str] = {}
     constructor = yaml.SafeLoader("")
     dupes: list[str] = []
+    count = [0]
+
+    def scalar(node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise _yaml_error(path, node.start_mark, "a key must be plain text, not a list or mapping",
+                              "write the key as text")
+        if node.tag == _MERGE_TAG:
+            raise _yaml_error(path, node.start_mark, "merge keys (<<: *name) are not supported here",
+                              "write the keys out in full where the merge key stands")
+        if node.tag.startswith("!") or not node.tag.startswith("tag:yaml.org,2002:"):
+            raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here: the configuration "
+                              "is plain YAML (no CloudFormation tags such as !Ref)",
+                              "remove the tag and write the value")
+        try:
+            return constructor.construct_object(node, deep=True)
+        except (ValueError, TypeError, OverflowError):
+            raise _yaml_error(path, node.start_mark, f"{node.value!r} cannot be read as "
+                              f"{node.tag.rsplit(':', 1)[-1]}", "quote the value, or correct it") from None
+
+    inside: set[int] = set()
 
     def walk(node: yaml.Node, at: tuple) -> Any:
+        if id(node) in inside:
+            raise _yaml_error(path, node.start_mark, "an alias refers to the collection that contains it",
+                              "remove the alias there")
+        count[0] += 1
+        if count[0] > MAX_NODES:
+            raise _yaml_error(path, node.start_mark, f"more than {MAX_NODES} values once aliases are expanded "
+                              "(an alias bomb?)", restore)
         lines[at] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
+            if node.tag != _MAP_TAG:
+                raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here",
+                                  "remove the tag")
             out: dict[Any, Any] = {}
+            inside.add(id(node))
             for key_node, value_node in node.value:
-                key = constructor.construct_object(key_node, deep=True)
+                key = scalar(key_node)
                 if not isinstance(key, str):
                     raise RunbookError(
-                        f"Key {key_node.value if isinstance(key_node, yaml.ScalarNode) else '(a collection)'} "
+                        f"Key {key_node.value} "
                         f"is not a string (YAML reads yes/no/on/off/~ and numbers as other types)",
                         where=f"{path} line {key_node.start_mark.line + 1}, field {_dotted(at) or '(top level)'}",
                         fix="quote the key, e.g. \"on\": ..., or rename it",
@@ -298,18 +486,29 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], set[tuple
                 lines[at + (key,)] = key_node.start_mark.line + 1
                 out[key] = walk(value_node, at + (key,))
                 lines[at + (key,)] = key_node.start_mark.line + 1
+            inside.discard(id(node))
             return out
         if isinstance(node, yaml.SequenceNode):
-            return [walk(item, at + (i,)) for i, item in enumerate(node.value)]
+            if node.tag != _SEQ_TAG:
+                raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here",
+                                  "remove the tag")
+            inside.add(id(node))
+            items = [walk(item, at + (i,)) for i, item in enumerate(node.value)]
+            inside.discard(id(node))
+            return items
         if node.style is None:
-            plain.add(at)
-        return constructor.construct_object(node, deep=True)
+            plain[at] = node.value
+        return scalar(node)
 
     try:
         data = walk(root, ())
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise _yaml_error(path, getattr(exc, "problem_mark", None), problem,
+                          "quote the value there, or write it another way") from None
     except RecursionError:
         raise RunbookError("The configuration is nested too deeply to be a configuration", where=str(path),
-                           fix="restore it: git checkout -- config/environments.yml") from None
+                           fix=restore) from None
     if dupes:
         listing = "\n".join(f"  - {d}" for d in dupes)
         raise RunbookError(
@@ -385,10 +584,55 @@ def _explain(error: Any, at: tuple, data: Any, lines: dict[tuple, int], plain: s
             "letters, digits and '-', starting with a letter (it ends up in IAM role names and shell commands)"
         )
     if error.validator == "required":
-        return line, f"line {line}, field {name}: {error.message}"
+        missing = [key for key in error.validator_value if key not in (error.instance or {})]
+        texts = []
+        for key in missing:
+            sub = (error.schema.get("properties") or {}).get(key) or {}
+            texts.append(f"line {line}, field {name}: the key {key!r} is missing" + _example(key, sub))
+        return line, "\n  - ".join(texts) or f"line {line}, field {name}: a required key is missing"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    leaf = str(at[-1]) if at else name
+    value = error.instance
+    if at in plain and not isinstance(value, str) and error.validator in ("type", "pattern", "minLength") \
+            and "string" in _as_list(schema.get("type")):
+        written = plain[at]
+        return line, (f"line {line}, field {name}: {leaf}: {written} was read as {_read_as(value)}; "
+                      f'write {leaf}: "{written}"')
+    expected = schema.get("description")
     if error.validator == "type":
-        return line, f"line {line}, field {name}: {error.instance!r} should be a {error.validator_value}"
+        kinds = " or ".join("true or false" if k == "boolean" else f"a {k}" for k in _as_list(error.validator_value))
+        written = f"{plain[at]} (read as {_read_as(value)})" if at in plain else repr(value)
+        return line, f"line {line}, field {name}: {written} should be {kinds}" + _example(leaf, schema)
+    if error.validator in ("pattern", "minLength", "maxLength") and expected:
+        return line, f"line {line}, field {name}: {value!r} is not {expected}" + _example(leaf, schema)
+    if error.validator == "minProperties":
+        return line, f"line {line}, field {name}: needs at least {error.validator_value} entry"
     return line, f"line {line}, field {name}: {error.message}"
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _example(key: str, schema: dict) -> str:
+    """'; for example key: value' from the schema's ``examples``, or ''."""
+    examples = schema.get("examples") or []
+    if not examples:
+        return ""
+    example = examples[0]
+    shown = json.dumps(example) if not isinstance(example, str) or not NAME_PATTERN.match(example) else example
+    return f"; for example {key}: {shown}"
+
+
+def _read_as(value: Any) -> str:
+    """What YAML made of an unquoted value: "the number 1.1", "the boolean True", "null (no value)"."""
+    if value is None:
+        return "null (no value)"
+    if isinstance(value, bool):
+        return f"the boolean {value}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return f"a {type(value).__name__} ({value})"
 
 
 def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> list[str]:
@@ -457,6 +701,61 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> li
         else:
             branches[branch] = name
     return problems
+
+
+IAM_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "account": (("user", "{project}-circleci-deployer"), ("policy", "{project}-circleci-deployer")),
+    "environment": (("role", "{project}-{environment}-lambda-worker"),
+                    ("inline policy", "{project}-{environment}-lambda-worker-inline")),
+}
+"""The longest IAM names the shipped root modules build from project and environment
+(iam/terraform/account-specific/main/main.tf: the deployer user and policy
+``${var.project}-circleci-deployer``; iam/terraform/environment-specific/main/main.tf: the roles
+``${var.project}-${var.environment}-lambda-<api|worker>`` and their inline policies ``<role>-inline``).
+A test reads the .tf files and fails when this table no longer matches them."""
+
+
+def _name_problems(config: Config) -> list[str]:
+    """The names the runbook and the root modules build, checked against AWS's rules
+    (:mod:`runbook.names`) before anything is created: the applied record's SSM parameter
+    (``records.name_problem``, the rule ``records.parameter_name`` enforces), the state bucket, its
+    keys and the lock table of every account and environment, and the IAM names of
+    :data:`IAM_NAMES`. Each problem names the line and the field that produced the name."""
+    from runbook import names, records
+
+    lines = config.lines
+    problems: dict[str, None] = {}
+
+    def add(field: tuple, text: str) -> None:
+        shown = field if field in lines else ("project",)
+        problems[f"line {_line(lines, shown)}, field {_dotted(field)}: {text}"] = None
+
+    def template_field(key: str) -> tuple:
+        return ("terraform", "backend", key)
+
+    for scope in [records.ACCOUNT, *config.environments]:
+        problem = records.name_problem(config.project, scope)
+        if problem:
+            field, text = problem
+            add(tuple(field.split(".")), text)
+    built = [("account", account, None) for account in config.accounts.values()]
+    built += [("environment", env.account, env.name) for env in config.environments.values()]
+    for kind, account, env_name in built:
+        backend = config.backend(kind, account, env_name)
+        for key, problem in (
+            ("state_bucket", names.s3_bucket(backend.bucket)),
+            ("lock_table", names.dynamodb_table(backend.lock_table)),
+            (f"{kind}_state_key", names.s3_key(backend.key)),
+        ):
+            if problem:
+                add(template_field(key), problem)
+        values = {"project": config.project, "environment": env_name or ""}
+        for iam_kind, template in IAM_NAMES[kind]:
+            problem = names.iam_name(iam_kind, template.format(**values))
+            if problem:
+                field = ("environments", env_name) if env_name else ("project",)
+                add(field, f"{problem}; shorten the project or environment name")
+    return list(problems)
 
 
 def _valid_url(url: str) -> bool:

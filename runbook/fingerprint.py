@@ -87,6 +87,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runbook.config import shown_path
 from runbook.errors import RunbookError
 
 FORMAT_HEADER = b"runbook-fingerprint/2\n"
@@ -120,7 +121,6 @@ FILE_FUNCTIONS = frozenset({
     "filebase64sha256", "filebase64sha512", "templatefile",
 })
 
-_CONFIG_FIELD = "config/environments.yml, field terraform.roots.*"
 _KINDS = {b"F": "root", b"M": "outside", b"A": "absent", b"S": "shared", b"I": "inputs"}
 
 
@@ -302,7 +302,7 @@ def _parts(root_dir, shared_files, inputs, top):
         raise RunbookError(
             f"The Terraform root module directory {root.absolute()} lies outside the repository "
             f"{tree.top_abs}: what is applied would not be what this commit holds",
-            where=_CONFIG_FIELD,
+            where=f"{shown_path()}, field terraform.roots.*",
             fix="point terraform.roots.* at a folder inside the repository, relative to its top "
                 "(for example iam/terraform/environment-specific/main)",
         )
@@ -310,7 +310,7 @@ def _parts(root_dir, shared_files, inputs, top):
     if not any(rel.endswith(".tf") for rel, _ in files):
         raise RunbookError(
             f"The Terraform root module directory {root} holds no .tf file",
-            where=_CONFIG_FIELD,
+            where=f"{shown_path()}, field terraform.roots.*",
             fix="point terraform.roots.* at the directory that holds the module's main.tf",
         )
     contents = [(rel, normalise(_read(path))) for rel, path in files]
@@ -733,8 +733,8 @@ def _check_root(root_dir) -> Path:
         what = "is not a directory" if root.exists() else "does not exist"
         raise RunbookError(
             f"The Terraform root module directory {root.absolute()} {what}",
-            where=_CONFIG_FIELD,
-            fix="correct terraform.roots.* in config/environments.yml, or run from the repository root",
+            where=f"{shown_path()}, field terraform.roots.*",
+            fix=f"correct terraform.roots.* in {shown_path()}, or run from the repository root",
         )
     return root
 

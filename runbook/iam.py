@@ -515,19 +515,46 @@ class RecordStep(ScopedStep):
                                                 "with the record (written only after apply exited 0)")
 
     def run(self, ctx: IamRun) -> str:
+        """Write the record. Runs only after the apply exited 0, so any failure here leaves the IAM applied
+        and the record NOT written: the RunbookError says exactly that, why, and that running the same
+        command again plans, finds no change, applies the empty plan and writes the record."""
         sc = self.sc(ctx)
-        outputs = terraform.read_outputs(sc.root)
-        record = records.Record.create(
-            fingerprint=ctx.fingerprint or sc.fingerprint(),
-            commit=ctx.head or git.head_commit(ctx.cwd),
-            branch=ctx.branch or ctx.environment.branch,
-            applied_by=ctx.identity.arn,
-            scope=sc.record_scope,
-            outputs={k: v for k, v in outputs.items() if k in RECORDED_OUTPUTS},
-        )
-        name = records.write(ctx.ssm_client(), ctx.config.project, sc.record_scope, record,
-                             endpoint_url=sc.account.endpoint_url)
+        try:
+            outputs = terraform.read_outputs(sc.root)
+            record = records.Record.create(
+                fingerprint=ctx.fingerprint or sc.fingerprint(),
+                commit=ctx.head or git.head_commit(ctx.cwd),
+                branch=ctx.branch or ctx.environment.branch,
+                applied_by=ctx.identity.arn,
+                scope=sc.record_scope,
+                outputs={k: v for k, v in outputs.items() if k in RECORDED_OUTPUTS},
+            )
+            name = records.write(ctx.ssm_client(), ctx.config.project, sc.record_scope, record,
+                                 endpoint_url=sc.account.endpoint_url, profile=sc.account.profile)
+        except RunbookError as exc:
+            raise _not_recorded(ctx, sc, exc) from None
         return f"{name} = {record.fingerprint[:12]}... at {record.commit[:12]}"
+
+
+def _not_recorded(ctx: IamRun, sc: Scope, exc: RunbookError) -> RunbookError:
+    """The error for an apply that succeeded and a record that could not be written (see RecordStep)."""
+    first = exc.fix or ""
+    for rewrite in (records.rewrite_command(sc.record_scope), sc.command(ctx.environment)):
+        for tail in (f"; then {rewrite}", f", then {rewrite}", f"then {rewrite}", rewrite):
+            if first.endswith(tail):
+                first = first[: -len(tail)].rstrip(" ;,")
+                break
+    first = first.rstrip(" ;,")
+    again = (f"run `{ctx.command}` again: it plans again, finds no change, applies the empty plan (nothing in "
+             "IAM changes) and writes the record")
+    return RunbookError(
+        f"The IAM of {sc.label} WAS applied (terraform apply exited 0), but its applied record was NOT written "
+        f"to SSM parameter {sc.parameter}, so `inv iam.status` shows it as not current and the pipeline's IAM "
+        f"gate keeps waiting. Why: {exc.what.rstrip('.')}",
+        where=exc.where,
+        fix=f"{first}; then {again}" if first else again[0].upper() + again[1:],
+        code=exc.code,
+    )
 
 
 RECORDED_OUTPUTS = ("lambda_role_names", "deployer_user_name")

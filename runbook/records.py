@@ -19,9 +19,11 @@ CI gate) can then compare it with the fingerprint of the commit at hand.
 
 Limits, from the AWS Systems Manager API reference (PutParameter, GetParameter)
 and the Parameter Store user guide ("Managing parameter tiers"): a Standard tier
-parameter value holds at most 4 KB (4096 characters); names use letters,
-digits and ``_.-/`` and must not begin with ``aws`` or ``ssm`` (case-insensitive).
-Standard parameters carry no extra charge.
+parameter value holds at most 4 KB (4096 characters)
+(https://docs.aws.amazon.com/systems-manager/latest/userguide/parameter-store-advanced-parameters.html);
+the rules for names are in :func:`runbook.names.ssm_parameter`, which the configuration check
+applies too. SSM keeps 100 versions of a parameter and cannot drop a labelled oldest one (see
+:func:`write`). Standard parameters carry no extra charge.
 
 boto3 and botocore are imported inside the functions that use them, so
 ``import runbook.records`` stays cheap; every function takes the boto3 Session
@@ -31,8 +33,11 @@ boto3 and botocore are imported inside the functions that use them, so
 from __future__ import annotations
 
 import json
+import random
 import re
+import shlex
 import string
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -160,37 +165,62 @@ def parameter_name(project: str, scope: str, env: str | None = None) -> str:
     """The SSM parameter that holds *scope*'s record.
 
     Args:
-        project: the ``project`` short name from config/environments.yml ("acme-api").
+        project: the ``project`` short name from the configuration ("acme-api").
         scope: ``"account"``, or an environment name ("stg"). The forms ``scope="env", env="stg"``
             and ``scope="environment", env="stg"`` (as in ``Config.backend``) are accepted too.
         env: environment name when *scope* is ``"env"`` or ``"environment"``.
 
     Returns ``/<project>/iam/account`` or ``/<project>/iam/env/<name>``.
 
-    Raises RunbookError when *project* or the environment name cannot be part of a parameter
-    name (letters, digits and ``_.-`` only; *project* must not begin with "aws" or "ssm").
+    Raises RunbookError, naming the configuration field, when the name breaks a rule of SSM
+    (:func:`name_problem`; the configuration check applies the same function, so a
+    configuration that passed ``inv config.check`` never gets here).
     """
     if env is not None:
         if scope not in ("env", "environment"):
             raise ValueError(f"env={env!r} given with scope={scope!r}; use scope='env' or scope={env!r}")
         scope = env
-    if not _NAME.match(project or "") or project.lower().startswith(("aws", "ssm")):
-        raise RunbookError(
-            f"The project name {project!r} cannot be used in an SSM parameter name: use letters, digits"
-            " and _.- only, not beginning with 'aws' or 'ssm'",
-            where="config/environments.yml, field project",
-            fix="edit project in config/environments.yml, then run inv config.check",
-        )
+    problem = name_problem(project, scope)
+    if problem:
+        field, text = problem
+        shown = _config_file()
+        raise RunbookError(text, where=f"{shown}, field {field}",
+                           fix=f"edit {field} in {shown}, then run inv config.check")
+    return f"/{project}/iam/account" if scope == ACCOUNT else f"/{project}/iam/env/{scope}"
+
+
+def name_problem(project: str, scope: str) -> tuple[str, str] | None:
+    """Why *project* and *scope* cannot make the record's parameter name, or None.
+
+    Returns (configuration field, sentence): the field is ``"project"`` or ``"environments.<scope>"``.
+    Each level must be letters, digits and ``_.-``; the whole name must pass
+    :func:`runbook.names.ssm_parameter` (no ``aws``/``ssm`` prefix, at most 1011 characters;
+    https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-su-create.html).
+    """
+    from runbook import names
+
+    if not _NAME.match(project or ""):
+        return "project", (f"The project name {project!r} cannot be used in an SSM parameter name: use letters, "
+                           "digits and _.- only")
+    problem = names.ssm_parameter(f"/{project}/iam/account")
+    if problem:
+        return "project", f"The project name {project!r} cannot be used in the applied record's name: {problem}"
     if scope == ACCOUNT:
-        return f"/{project}/iam/account"
+        return None
+    field = f"environments.{scope}"
     if not _NAME.match(scope or ""):
-        raise RunbookError(
-            f"The environment name {scope!r} cannot be used in an SSM parameter name: use letters,"
-            " digits and _.- only",
-            where="config/environments.yml, field environments",
-            fix="rename the environment in config/environments.yml, then run inv config.check",
-        )
-    return f"/{project}/iam/env/{scope}"
+        return field, (f"The environment name {scope!r} cannot be used in an SSM parameter name: use letters, "
+                       "digits and _.- only")
+    problem = names.ssm_parameter(f"/{project}/iam/env/{scope}")
+    return (field, f"The environment name {scope!r} cannot be used in the applied record's name: {problem}") \
+        if problem else None
+
+
+def _config_file() -> str:
+    """The configuration file in use, for messages (``RUNBOOK_CONFIG`` when set)."""
+    from runbook.config import shown_path
+
+    return shown_path()
 
 
 def rewrite_command(scope: str) -> str:
@@ -213,7 +243,7 @@ def ssm_client(session: Any, endpoint_url: str | None = None) -> Any:
 
 
 def write(session: Any, project: str, scope: str, record: Record | Mapping[str, Any],
-          endpoint_url: str | None = None) -> str:
+          endpoint_url: str | None = None, profile: str | None = None) -> str:
     """Store *record* as *scope*'s applied record, replacing any earlier one.
 
     Args:
@@ -222,13 +252,18 @@ def write(session: Any, project: str, scope: str, record: Record | Mapping[str, 
         scope: ``"account"`` or an environment name; must equal ``record.scope``.
         record: a :class:`Record`, or a dict with the same fields.
         endpoint_url: a local AWS endpoint, or None.
+        profile: the AWS profile in use, or None; only for the commands a message suggests.
 
-    One PutParameter call: Type String, Tier Standard, Overwrite True.
+    One PutParameter call: Type String, Tier Standard, Overwrite True. When SSM answers
+    TooManyUpdates (two releases finishing together) it is tried again after a jittered backoff,
+    :data:`WRITE_ATTEMPTS` attempts in all (at most about 16 seconds of waiting).
     Returns the parameter name written.
 
     Raises RunbookError when the record is malformed, belongs to another scope or its JSON is
     longer than 4096 bytes (the Standard tier limit), when the caller lacks ``ssm:PutParameter``,
-    when credentials are missing or expired, or on any other AWS error (named by its code).
+    when credentials are missing or expired, when the parameter has 100 versions and the oldest
+    is labelled (the message holds the ``aws ssm unlabel-parameter-version`` command, values
+    filled in), when TooManyUpdates persists, or on any other AWS error (named by its code).
     """
     name = parameter_name(project, scope)
     if not isinstance(record, Record):
@@ -252,10 +287,101 @@ def write(session: Any, project: str, scope: str, record: Record | Mapping[str, 
             + rewrite_command(scope),
         )
     client = ssm_client(session, endpoint_url)
-    _call(client.put_parameter, name, scope, "ssm:PutParameter", endpoint_url,
-          Name=name, Value=value, Type="String", Tier="Standard", Overwrite=True,
-          Description=f"runbook applied record: IAM {scope}")
-    return name
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            _call(client.put_parameter, name, scope, "ssm:PutParameter", endpoint_url,
+                  Name=name, Value=value, Type="String", Tier="Standard", Overwrite=True,
+                  Description=f"runbook applied record: IAM {scope}")
+            return name
+        except _Contended:
+            if attempt == WRITE_ATTEMPTS:
+                raise RunbookError(
+                    f"Another writer kept updating {name} at the same moment (TooManyUpdates, {WRITE_ATTEMPTS} "
+                    "attempts); the record was not written",
+                    where=f"SSM parameter {name}",
+                    fix=f"wait a minute, then {rewrite_command(scope)}",
+                ) from None
+            _sleep(random.uniform(0, min(WRITE_BACKOFF_CAP_S, WRITE_BACKOFF_BASE_S * 2 ** (attempt - 1))))
+        except _VersionLimit:
+            raise _version_limit_error(client, name, scope, endpoint_url, profile) from None
+    raise AssertionError("unreachable")
+
+
+WRITE_ATTEMPTS = 6
+"""PutParameter attempts when SSM answers TooManyUpdates (another writer at the same moment)."""
+WRITE_BACKOFF_BASE_S = 0.5
+WRITE_BACKOFF_CAP_S = 8.0
+"""Backoff before attempt n+1 after TooManyUpdates: a random 0 to min(8, 0.5 * 2**n) seconds ("full jitter",
+https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/); at most 0.5+1+2+4+8 = 15.5 s in all."""
+
+_sleep = time.sleep
+
+
+class _Contended(RunbookError):
+    """SSM answered TooManyUpdates: another PutParameter on the same name at the same moment."""
+
+
+class _VersionLimit(RunbookError):
+    """SSM answered ParameterMaxVersionLimitExceeded (see :func:`_version_limit_error`)."""
+
+
+def _version_limit_error(client: Any, name: str, scope: str, endpoint_url: str | None,
+                         profile: str | None) -> RunbookError:
+    """The error for ParameterMaxVersionLimitExceeded, with the unlabel command filled in.
+
+    SSM keeps the last 100 versions of a parameter and deletes the oldest to make room for a new
+    one, unless the oldest carries a label: then PutParameter fails and keeps failing until the
+    label is removed or moved (Parameter Store user guide, "Working with parameter labels",
+    https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-labels.html).
+    Reads the parameter's history (GetParameterHistory, at most 5 pages of 50) to name the
+    labelled versions; when that read fails, the message says how to list them.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    options = [f"--region {shlex.quote(client.meta.region_name)}"] if getattr(client, "meta", None) else []
+    if endpoint_url:
+        options.append(f"--endpoint-url {shlex.quote(endpoint_url)}")
+    if profile:
+        options.append(f"--profile {shlex.quote(profile)}")
+    tail = (" " + " ".join(options)) if options else ""
+    labelled: list[tuple[int, list[str]]] = []
+    try:
+        kwargs: dict[str, Any] = {"Name": name, "MaxResults": 50}
+        for _ in range(5):
+            page = client.get_parameter_history(**kwargs)
+            labelled += [(int(p["Version"]), [str(label) for label in p.get("Labels") or []])
+                         for p in page.get("Parameters", []) if p.get("Labels")]
+            if not page.get("NextToken"):
+                break
+            kwargs["NextToken"] = page["NextToken"]
+    except (BotoCoreError, ClientError, KeyError, TypeError, ValueError):
+        labelled = []
+    labelled.sort()
+    what = (f"SSM refused a new version of {name}: the parameter already has 100 versions (the most SSM keeps) "
+            "and its oldest version carries a label, so SSM may not delete it to make room "
+            "(ParameterMaxVersionLimitExceeded). The record was not written; writing again fails the same way "
+            "until the label is removed")
+    if not labelled:
+        return RunbookError(
+            what, where=f"SSM parameter {name}",
+            fix=(f"list the labelled versions: aws ssm get-parameter-history --name {shlex.quote(name)}{tail} "
+                 "--query 'Parameters[?Labels].[Version,Labels]'; remove the label of the oldest: "
+                 f"aws ssm unlabel-parameter-version --name {shlex.quote(name)} --parameter-version VERSION "
+                 f"--labels LABEL{tail}; then {rewrite_command(scope)}"),
+        )
+    commands = [f"aws ssm unlabel-parameter-version --name {shlex.quote(name)} --parameter-version {version} "
+                f"--labels {' '.join(shlex.quote(label) for label in labels)}{tail}"
+                for version, labels in labelled]
+    oldest = labelled[0]
+    more = ""
+    if len(commands) > 1:
+        more = (f" ({len(commands) - 1} newer labelled version(s) will block again once they are the oldest; "
+                "remove their labels too if they are not needed: " + "; ".join(commands[1:]) + ")")
+    return RunbookError(
+        f"{what}: version {oldest[0]} has the label(s) {', '.join(oldest[1])}",
+        where=f"SSM parameter {name}",
+        fix=f"{commands[0]}{more}; then {rewrite_command(scope)}",
+    )
 
 
 def read(session: Any, project: str, scope: str, endpoint_url: str | None = None) -> dict[str, Any] | None:
@@ -286,7 +412,7 @@ def read(session: Any, project: str, scope: str, endpoint_url: str | None = None
         raise RunbookError(
             f"AWS SSM answered GetParameter {name} without a value",
             where=f"endpoint {endpoint_url or 'AWS default'}",
-            fix="check endpoint_url in config/environments.yml points at an AWS API, then run the command again",
+            fix=f"check endpoint_url in {_config_file()} points at an AWS API, then run the command again",
         ) from None
     try:
         record = Record.from_json(value)
@@ -355,11 +481,9 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
                 fix="wait a minute and run the command again; poll less often",
             ) from None
         if code == "TooManyUpdates":
-            raise RunbookError(
-                f"Another writer was updating {name} at the same moment; the record was not written",
-                where=where,
-                fix=rewrite_command(scope),
-            ) from None
+            raise _Contended(f"Another writer was updating {name} at the same moment", where=where) from None
+        if code == "ParameterMaxVersionLimitExceeded":
+            raise _VersionLimit(f"{name} has 100 versions and the oldest is labelled", where=where) from None
         raise RunbookError(
             f"AWS SSM failed on {name}: {code or 'unknown error'}",
             where=where,
@@ -374,19 +498,18 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
     except NoRegionError:
         raise RunbookError(
             "No AWS region set for the SSM client",
-            where="config/environments.yml, field accounts.*.region",
-            fix="set the account's region in config/environments.yml",
+            where=f"{_config_file()}, field accounts.*.region",
+            fix=f"set the account's region in {_config_file()}",
         ) from None
     except EndpointConnectionError as error:
         raise RunbookError(
             f"Cannot reach the SSM endpoint {getattr(error, 'kwargs', {}).get('endpoint_url', endpoint_url)}",
-            where=f"config/environments.yml, field accounts.*.endpoint_url ({endpoint_url or 'AWS default'})",
+            where=f"{_config_file()}, field accounts.*.endpoint_url ({endpoint_url or 'AWS default'})",
             fix="start the local AWS (moto_server / LocalStack) or remove endpoint_url",
         ) from None
     except BotoCoreError as error:
         raise Transient(
             f"AWS SSM call on {name} failed: {type(error).__name__}",
             where=where,
-            fix="check the network (and endpoint_url in config/environments.yml, if set), then run the command "
-            "again",
+            fix=f"check the network (and endpoint_url in {_config_file()}, if set), then run the command again",
         ) from None

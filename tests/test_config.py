@@ -128,3 +128,96 @@ def test_unknown_environment_lists_the_valid_names(tmp_path):
     with pytest.raises(RunbookError) as caught:
         cfg.environment("stag")
     assert "Did you mean 'stg'" in caught.value.message and "stg, prod" in caught.value.message
+
+
+# -- every name a later step builds is checked here, before anything changes --------------------------
+
+
+@pytest.mark.parametrize("project", ["awsome-api", "aws", "ssm-tools", "ssmith"])
+def test_project_that_ssm_refuses_in_a_parameter_name(tmp_path, project):
+    message = error(tmp_path, GOOD.replace("project: acme-api", f"project: {project}"))
+    assert "line 1, field project" in message and "may not begin with 'aws' or 'ssm'" in message
+    assert "sysman-paramstore-su-create.html" in message
+
+
+@pytest.mark.parametrize("project", ["acme-api", "awsome-api", "ssm-x", "a-ws", "x" * 31])
+def test_config_check_and_record_name_share_one_rule(tmp_path, project):
+    """The configuration check refuses a project exactly when the record's parameter name would be refused."""
+    from runbook import records
+
+    try:
+        records.parameter_name(project, "stg")
+        record_refuses = False
+    except RunbookError:
+        record_refuses = True
+    try:
+        load(tmp_path, GOOD.replace("project: acme-api", f"project: {project}"))
+        config_refuses = False
+    except RunbookError:
+        config_refuses = True
+    assert config_refuses == record_refuses
+
+
+@pytest.mark.parametrize("template, needle", [
+    ("{project}_tfstate-{account_id}", "no '_'"),
+    ("{project}..tfstate-{account_id}", "no '..'"),
+    ("{project}-Tfstate-{account_id}", "no upper case"),
+    ("{project}-terraform-state-of-{account_id}-in-{region}-for-{project}", "bucket names take 3 to 63"),
+    ("{project}-tfstate-{account_id}-s3alias", "reserves"),
+])
+def test_state_bucket_name_after_placeholders_are_filled(tmp_path, template, needle):
+    text = GOOD + f'terraform:\n  backend:\n    state_bucket: "{template}"\n'
+    message = error(tmp_path, text)
+    assert "line 19, field terraform.backend.state_bucket" in message and needle in message
+    assert "bucketnamingrules.html" in message
+
+
+def test_default_bucket_name_too_long_points_at_project(tmp_path):
+    text = GOOD.replace("project: acme-api", "project: " + "a" * 31) + \
+        'terraform:\n  backend:\n    state_bucket: "{project}-terraform-state-bucket-{account_id}"\n'
+    message = error(tmp_path, text)
+    assert "is 67 characters; bucket names take 3 to 63" in message
+
+
+@pytest.mark.parametrize("template", ["{project}/locks", "{project} locks"])
+def test_lock_table_name_after_placeholders_are_filled(tmp_path, template):
+    message = error(tmp_path, GOOD + f'terraform:\n  backend:\n    lock_table: "{template}"\n')
+    assert "field terraform.backend.lock_table" in message and "not a DynamoDB table name" in message
+    assert "HowItWorks.NamingRulesDataTypes.html" in message
+
+
+def test_state_key_longer_than_s3_allows(tmp_path):
+    message = error(tmp_path, GOOD + 'terraform:\n  backend:\n    account_state_key: "{project}/' + "k" * 1100 + '"\n')
+    assert "field terraform.backend.account_state_key" in message and "keys take 1 to 1024" in message
+
+
+def test_environment_name_too_long_for_the_iam_role_names(tmp_path):
+    name = "staging-environment-for-the-long-running-tests"
+    message = error(tmp_path, GOOD.replace("  stg:\n", f"  {name}:\n"))
+    assert f"line 7, field environments.{name}: the IAM role name 'acme-api-{name}-lambda-worker'" in message
+    assert "IAM allows 64" in message and "reference_iam-quotas.html" in message
+
+
+def test_longest_environment_name_the_iam_role_names_allow(tmp_path):
+    name = "e" * (64 - len("acme-api--lambda-worker"))
+    cfg = load(tmp_path, GOOD.replace("  stg:\n", f"  {name}:\n"))
+    assert name in cfg.environments
+
+
+def test_iam_name_table_matches_the_root_modules():
+    """config.IAM_NAMES holds the longest IAM names the shipped root modules build; fail when the .tf changes."""
+    import re
+
+    account = (config.PROJECT_ROOT / "iam/terraform/account-specific/main/main.tf").read_text()
+    environment = (config.PROJECT_ROOT / "iam/terraform/environment-specific/main/main.tf").read_text()
+    assert 'deployer_name = "${var.project}-circleci-deployer"' in account
+    assert "name = local.deployer_name" in account and re.search(r"name\s+= local.deployer_name", account)
+    assert 'prefix    = "${var.project}-${var.environment}"' in environment
+    assert re.search(r'name\s+= "\$\{local.prefix\}-lambda-\$\{each.key\}"', environment)
+    assert re.search(r'name\s+= "\$\{each.value.name\}-inline"', environment)
+    roles_block = environment.split("lambda_roles = {", 1)[1].split("\n}\n", 1)[0]
+    keys = re.findall(r"^    ([a-z0-9_-]+) = \[", roles_block, flags=re.M)
+    longest = max(keys, key=len)
+    assert ("role", "{project}-{environment}-lambda-" + longest) in config.IAM_NAMES["environment"]
+    assert ("user", "{project}-circleci-deployer") in config.IAM_NAMES["account"]
+    assert ("policy", "{project}-circleci-deployer") in config.IAM_NAMES["account"]

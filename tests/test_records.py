@@ -83,7 +83,7 @@ def test_parameter_names():
 def test_unusable_project_name_points_at_config(project):
     with pytest.raises(RunbookError) as caught:
         records.parameter_name(project, "stg")
-    assert "config/environments.yml, field project" in str(caught.value)
+    assert "environments.yml, field project" in str(caught.value)
 
 
 def test_unusable_environment_name_is_refused():
@@ -289,3 +289,104 @@ def test_unreachable_endpoint_is_named(aws_credentials, monkeypatch):
     with pytest.raises(RunbookError) as caught:
         records.read(session, PROJECT, "stg", endpoint_url=url)
     assert url in str(caught.value) and "endpoint_url" in str(caught.value)
+
+
+# -- a record SSM will not take -------------------------------------------------------------------------
+
+
+def fill_versions(ssm, name: str, count: int = 100, label_version: int = 1, labels=("release-1",)) -> None:
+    """Give *name* *count* versions and label one of them, as a team that labels releases would."""
+    for i in range(count):
+        ssm.put_parameter(Name=name, Value=make_record(fingerprint=f"{i % 10}" * 64).to_json(), Type="String",
+                          Overwrite=True)
+    ssm.label_parameter_version(Name=name, ParameterVersion=label_version, Labels=list(labels))
+
+
+def test_moto_reproduces_the_version_limit(aws):
+    """The premise of the next test: SSM (here moto) refuses version 101 while version 1 is labelled."""
+    from botocore.exceptions import ClientError
+
+    ssm = aws.client("ssm")
+    fill_versions(ssm, "/acme-api/iam/env/stg")
+    with pytest.raises(ClientError) as caught:
+        ssm.put_parameter(Name="/acme-api/iam/env/stg", Value="x", Type="String", Overwrite=True)
+    assert caught.value.response["Error"]["Code"] == "ParameterMaxVersionLimitExceeded"
+
+
+def test_hundred_versions_with_a_labelled_oldest_names_the_cause_and_the_command(aws):
+    import shlex
+
+    ssm = aws.client("ssm")
+    name = "/acme-api/iam/env/stg"
+    fill_versions(ssm, name, labels=("release-1", "prod"))
+    with pytest.raises(RunbookError) as caught:
+        records.write(aws, PROJECT, "stg", make_record(fingerprint=FP_B), profile="acme admin")
+    message = str(caught.value)
+    assert "100 versions" in message and "oldest" in message and "label" in message
+    assert "ParameterMaxVersionLimitExceeded" in message
+    command = (f"aws ssm unlabel-parameter-version --name {name} --parameter-version 1 "
+               f"--labels release-1 prod --region eu-west-1 --profile 'acme admin'")
+    assert command in message
+    assert "inv iam.env --name stg" in message
+    assert records.read(aws, PROJECT, "stg")["fingerprint"] != FP_B  # not written
+    # The command, run as printed, is what unblocks the record.
+    argv = shlex.split(command)
+    labels = argv[argv.index("--labels") + 1:argv.index("--region")]
+    ssm.unlabel_parameter_version(Name=argv[argv.index("--name") + 1],
+                                  ParameterVersion=int(argv[argv.index("--parameter-version") + 1]), Labels=labels)
+    records.write(aws, PROJECT, "stg", make_record(fingerprint=FP_B))
+    assert records.read(aws, PROJECT, "stg")["fingerprint"] == FP_B
+
+
+def test_version_limit_names_newer_labelled_versions_that_will_block_next(aws):
+    ssm = aws.client("ssm")
+    name = "/acme-api/iam/env/stg"
+    fill_versions(ssm, name)
+    ssm.label_parameter_version(Name=name, ParameterVersion=7, Labels=["release-7"])
+    with pytest.raises(RunbookError) as caught:
+        records.write(aws, PROJECT, "stg", make_record())
+    message = str(caught.value)
+    assert "--parameter-version 1 --labels release-1" in message
+    assert "--parameter-version 7 --labels release-7" in message
+    assert message.index("--parameter-version 1 ") < message.index("--parameter-version 7 ")
+
+
+def test_version_limit_without_history_access_says_how_to_list_labels(aws):
+    ssm = records.ssm_client(aws)
+    fill_versions(aws.client("ssm"), "/acme-api/iam/env/stg")
+    fail_calls(ssm, "GetParameterHistory", "AccessDeniedException", 1, [])
+    with pytest.raises(RunbookError) as caught:
+        records.write(ssm, PROJECT, "stg", make_record())
+    message = str(caught.value)
+    assert "aws ssm get-parameter-history --name /acme-api/iam/env/stg" in message
+    assert "aws ssm unlabel-parameter-version" in message
+
+
+def test_too_many_updates_is_retried_with_jittered_backoff(aws, monkeypatch):
+    sleeps: list[float] = []
+    monkeypatch.setattr(records, "_sleep", sleeps.append)
+    client = records.ssm_client(aws)
+    calls: list[str] = []
+    fail_calls(client, "PutParameter", "TooManyUpdates", 3, calls)
+    records.write(client, PROJECT, "stg", make_record(fingerprint=FP_B))
+    assert records.read(client, PROJECT, "stg")["fingerprint"] == FP_B
+    assert len(calls) == 4 and len(sleeps) == 3
+    caps = [min(records.WRITE_BACKOFF_CAP_S, records.WRITE_BACKOFF_BASE_S * 2 ** n) for n in (0, 1, 2)]
+    assert all(0 <= slept <= cap for slept, cap in zip(sleeps, caps, strict=True))
+
+
+def test_persistent_too_many_updates_ends_bounded_with_a_message(moto_reset, aws_credentials, monkeypatch):
+    # moto's server, not the in-process mock: there a simulated answer replaces the request instead of
+    # being returned beside it, so "nothing written" can be checked.
+    sleeps: list[float] = []
+    monkeypatch.setattr(records, "_sleep", sleeps.append)
+    client = records.ssm_client(boto3.Session(region_name="eu-west-1"), endpoint_url=moto_reset)
+    calls: list[str] = []
+    fail_calls(client, "PutParameter", "TooManyUpdates", 1000, calls)
+    with pytest.raises(RunbookError) as caught:
+        records.write(client, PROJECT, "stg", make_record())
+    assert len(calls) == records.WRITE_ATTEMPTS
+    assert sum(sleeps) <= 16
+    message = str(caught.value)
+    assert "TooManyUpdates" in message and "not written" in message and "inv iam.env --name stg" in message
+    assert records.read(client, PROJECT, "stg") is None

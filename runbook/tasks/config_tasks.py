@@ -17,6 +17,8 @@ def check(c, path=None):
     cfg = configuration.load(path)
     configuration.check_roots(cfg)
     console.ok(f"{cfg.path} is valid")
+    for warning in configuration.warnings(cfg):
+        console.warn(warning)
     for env in cfg.environments.values():
         flag = "  protected" if env.protected else ""
         console.say(f"  {env.name:<10} branch {env.branch:<12} account {env.account.name} ({env.account.id}){flag}")

@@ -497,3 +497,9 @@ def test_a_pipeline_that_lists_its_workflows_a_moment_later(project, ci):
 def test_rerun_caps_the_seconds_flag(project, ci, flags):
     result = project.inv("ci.rerun", "--env", "stg", "--wait", *flags)
     assert_clean_failure(result, "--poll-s takes a number of seconds from")
+
+
+@pytest.mark.parametrize("flags", [("--settle-s", "1e12"), ("--timeout-s", "1e301", "--poll-s", "1e300")])
+def test_gate_caps_the_seconds_flags(project, flags):
+    result = project.inv("ci.gate", "--env", "stg", *flags)
+    assert_clean_failure(result, "takes a number of seconds from", "to 86400")

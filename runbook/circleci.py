@@ -72,6 +72,7 @@ FAILING = "failing"
 ON_HOLD = "on_hold"
 CANCELED = "canceled"
 UNAUTHORIZED = "unauthorized"
+BLOCKED = "blocked"  # a job waiting for the jobs it requires
 WORKFLOW_STATUSES = frozenset({SUCCESS, RUNNING, NOT_RUN, FAILED, ERROR, FAILING, ON_HOLD, CANCELED, UNAUTHORIZED})
 #: A workflow in one of these statuses will not change any more (unless rerun).
 TERMINAL_WORKFLOW_STATUSES = frozenset({SUCCESS, FAILED, ERROR, CANCELED, UNAUTHORIZED})
@@ -83,7 +84,7 @@ MOVING_WORKFLOW_STATUSES = frozenset({RUNNING, FAILING})
 RERUN_FROM_FAILED_STATUSES = frozenset({FAILED})
 RERUN_FROM_START_STATUSES = frozenset({FAILED, ERROR, CANCELED})
 JOB_STATUSES = WORKFLOW_STATUSES | frozenset(
-    {"queued", "blocked", "not_running", "infrastructure_fail", "timedout", "terminated-unknown", "retried"}
+    {"queued", BLOCKED, "not_running", "infrastructure_fail", "timedout", "terminated-unknown", "retried"}
 )
 #: Job statuses that mean the job ran and did not succeed.
 FAILED_JOB_STATUSES = frozenset({FAILED, ERROR, "infrastructure_fail", "timedout", "terminated-unknown"})

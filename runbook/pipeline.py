@@ -310,7 +310,7 @@ def approval_choice(target: Target, environment: Environment, jobs: list[dict], 
     status = job["status"]
     if status in (circleci.ON_HOLD, circleci.SUCCESS):
         return Approval(job["name"], status, job)
-    why = " (it waits for the jobs before it)" if status == "blocked" else ""
+    why = " (it waits for the jobs before it)" if status == circleci.BLOCKED else ""
     raise RunbookError(
         f"Not approving: approval job {job['name']} of {label} is {status}{why}, not on hold; nothing was changed",
         where=where,

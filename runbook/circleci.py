@@ -951,9 +951,10 @@ class CircleCIClient:
                 wait = backoff_seconds(attempt, self.backoff_factor, self.max_wait)
                 self._say(f"{exc.what}; reading the job again in {wait:.1f} s before deciding whether to POST again")
                 self._sleep(wait)
-                if self._approval_status(workflow_id, request_id) != ON_HOLD:
+                status = self._approval_status(workflow_id, request_id)
+                if status is not None and status != ON_HOLD:
                     return True
-                if attempt > self.retries:
+                if status is None or attempt > self.retries:
                     raise
             except RunbookError:
                 if self._approval_status(workflow_id, request_id) not in (ON_HOLD, None):

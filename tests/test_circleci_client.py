@@ -439,3 +439,11 @@ def test_watching_a_rerun_with_auto_advance(ci, client):
     assert statuses == ["running", "success", "success"]
     assert statuses[-1] in circleci.TERMINAL_WORKFLOW_STATUSES
     assert "running" in circleci.ACTIVE_WORKFLOW_STATUSES
+
+
+def test_approve_answered_502_after_circleci_approved_is_not_sent_again(ci, client):
+    held = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "on_hold")
+    hold = {"name": "hold", "approval_request_id": held.job("hold").approval_request_id}
+    ci.fault("*/approve/*", 502, processed=True)
+    assert client.approve(held.id, hold) is True
+    assert ci.count("POST") == 1 and held.job("hold").status == "success"

@@ -2,9 +2,10 @@
 
 Against the CircleCI stand-in on 127.0.0.1 (it counts every request), in a throwaway clone of
 the project whose IAM records are current in a moto server. Targets (issue: CircleCI from the
-terminal): at most 4 requests per rerun, at most 12 per minute of watching. The watch rate is
-derived from the default poll interval and the requests one poll makes, measured over a short
-watch with a fast poll. Prints figures; exits 0.
+terminal): 3 to 4 requests per rerun (also when the rerun POST is answered 502 after CircleCI made
+the new workflow: one look at the pipeline's workflows instead of a second POST), at most 12 per
+minute of watching. The watch rate is derived from the default poll interval and the requests one
+poll makes, measured over a short watch at the 2 s polling floor. Prints figures; exits 0.
 
     python bench/bench_ci_requests.py
 """
@@ -43,8 +44,26 @@ def main() -> None:
             result = project.inv("ci.rerun", "--env", "stg")
             assert result.code == 0, result.all
             rerun = ci.request_count
-            print(f"requests per `inv ci.rerun` (healthy API): {rerun} (target <= 4): "
-                  f"{'met' if rerun <= 4 else 'NOT met'}  [{', '.join(r.method + ' ' + r.path for r in ci.requests)}]")
+            calls = ", ".join(r.method + " " + r.path for r in ci.requests)
+            print(f"requests per `inv ci.rerun` (healthy API): {rerun} (target 3 to 4): "
+                  f"{'met' if 3 <= rerun <= 4 else 'NOT met'}  [{calls}]")
+
+            # a failed pipeline whose rerun POST is answered 502 after CircleCI made the new workflow
+            git(project.path, "commit", "-q", "--allow-empty", "-m", "gateway")
+            git(project.path, "push", "-q")
+            project.write_record("account", endpoint=endpoint)
+            project.write_record("environment", endpoint=endpoint)
+            gated = ci.add_pipeline("gh/acme/acme-api", "staging", git(project.path, "rev-parse", "HEAD"),
+                                    workflows=[("build-test-deploy", "failed", jobs)])
+            ci.fault("/api/v2/workflow/*/rerun", 502, method="POST", processed=True)
+            ci.reset_log()
+            result = project.inv("ci.rerun", "--env", "stg")
+            assert result.code == 0, result.all
+            made = len(gated.workflows) - 1
+            gateway = ci.request_count
+            print(f"requests per `inv ci.rerun` whose POST is answered 502 after CircleCI acted: {gateway} "
+                  f"(target <= 4), POSTs {ci.count('POST')}, reruns made {made} (target 1): "
+                  f"{'met' if gateway <= 4 and made == 1 else 'NOT met'}")
 
             # a second failed pipeline, rerun with --wait, the new workflow advancing on every poll
             git(project.path, "commit", "-q", "--allow-empty", "-m", "next")
@@ -55,7 +74,7 @@ def main() -> None:
                             workflows=[("build-test-deploy", "failed", jobs)])
             ci.auto_advance = True
             ci.reset_log()
-            result = project.inv("ci.rerun", "--env", "stg", "--wait", "--poll-s", "0.05")
+            result = project.inv("ci.rerun", "--env", "stg", "--wait", "--poll-s", "2")
             assert result.code == 0, result.all
             watch = ci.count(pattern="/api/v2/workflow/*") - ci.count("POST", "/api/v2/workflow/*/rerun")
             polls = ci.count("GET", "/api/v2/workflow/*") - ci.count("GET", "/api/v2/workflow/*/job")

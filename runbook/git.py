@@ -106,3 +106,8 @@ def remote_commit(branch: str, *, fetch: bool, cwd: str | os.PathLike | None = N
         return _git("rev-parse", "--verify", "--quiet", f"refs/remotes/{REMOTE}/{branch}", cwd=cwd)
     except GitCommandError:
         return None
+
+
+def commit_time(rev: str = "HEAD", cwd: str | os.PathLike | None = None) -> float:
+    """The committer time of *rev* in seconds since the epoch (when it was made, amended or rebased)."""
+    return float(_git("show", "-s", "--format=%ct", rev, cwd=cwd))

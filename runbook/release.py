@@ -116,11 +116,14 @@ class PipelineStep(Step):
                 f"{ctx.config.circleci.workflow if ctx.config.circleci else '?'}; POST rerun from failed if it failed"]
 
     def _find(self, ctx: ReleaseRun) -> pipeline.Target:
+        from runbook import git
+
         head = ctx.head
+        head_time = git.commit_time(head)
         deadline = time.monotonic() + (0 if ctx.dry_run else ctx.pipeline_wait_s)
         while True:
             try:
-                return pipeline.find_workflow(ctx.client, ctx.config, ctx.environment, head)
+                return pipeline.find_workflow(ctx.client, ctx.config, ctx.environment, head, head_time=head_time)
             except pipeline.NoPipelineYet as exc:  # only this is worth waiting out; other errors stop at once
                 if time.monotonic() + 10 > deadline:
                     if ctx.dry_run:
@@ -141,7 +144,7 @@ class PipelineStep(Step):
         ctx.urls = (ctx.target.url,)
         status = ctx.target.status
         number = ctx.target.pipeline.get("number")
-        if status in pipeline.RERUNNABLE:
+        if status in circleci.RERUN_FROM_FAILED_STATUSES:
             others = pipeline.non_iam_failures(ctx.client.jobs(ctx.target.workflow["id"]))
             if others:
                 raise RunbookError(
@@ -151,9 +154,9 @@ class PipelineStep(Step):
                     fix=f"inv ci.diagnose --env {ctx.environment.name}; fix it and push a new commit",
                 )
             return Decision(True, f"pipeline #{number} {status}: rerun from failed now that the IAM is applied")
-        if status == "success":
+        if status == circleci.SUCCESS:
             return Decision(False, f"pipeline #{number} already succeeded")
-        if status in ("running", "on_hold", "failing"):
+        if status in circleci.ACTIVE_WORKFLOW_STATUSES:
             ctx.watch_id = ctx.target.workflow["id"]
             return Decision(False, f"pipeline #{number} is {status}: the IAM gate opens by itself once the records "
                                    "match; nothing to rerun")
@@ -161,7 +164,7 @@ class PipelineStep(Step):
         raise refusal
 
     def run(self, ctx: ReleaseRun) -> str:
-        ctx.watch_id = ctx.client.rerun_from_failed(ctx.target.workflow["id"])
+        ctx.watch_id = pipeline.rerun(ctx.client, ctx.target)
         url = ctx.client.web_url(ctx.config.circleci.project_slug, ctx.target.pipeline.get("number"), ctx.watch_id)
         ctx.urls = (*ctx.urls, url)
         return f"rerunning from failed: {url}"
@@ -179,13 +182,17 @@ class WatchStep(Step):
 
     def run(self, ctx: ReleaseRun) -> str:
         result = pipeline.watch(ctx.client, ctx.watch_id, poll_s=ctx.poll_s, stop_on_hold=True)
-        if result.status == "on_hold":
+        if result.status == circleci.ON_HOLD:
+            waiting = ", ".join(result.waiting) or "an approval job"
             raise RunbookError(
-                "The workflow waits at an approval job; a person must approve it",
+                f"Stopped watching: the workflow is on hold, waiting at approval job {waiting}; a person must "
+                "approve it",
                 where=ctx.urls[-1] if ctx.urls else None,
-                fix=f"approve it in the CircleCI app, then `inv ci.status --env {ctx.environment.name}`",
+                fix=f"{pipeline.approve_command(ctx.environment, result.waiting)} (or approve it in the CircleCI "
+                f"app), then `inv ci.status --env {ctx.environment.name}`",
+                code=pipeline.EXIT_ON_HOLD,
             )
-        if result.status != "success":
+        if result.status != circleci.SUCCESS:
             raise RunbookError(
                 f"The workflow ended {result.status}",
                 where=ctx.urls[-1] if ctx.urls else None,

@@ -1,7 +1,7 @@
 """A stateful stand-in for the CircleCI API, served on 127.0.0.1 for the whole test suite.
 
-It follows /work/shared/reference/circleci-api.md (which restates CircleCI's API v2 reference, its
-workflow docs and the v1.1 job-details docs): API v2 under ``/api/v2``, the v1.1 job details under
+It follows CircleCI's API v2 reference (https://circleci.com/docs/api/v2/), its workflow docs and the
+v1.1 job-details docs: API v2 under ``/api/v2`` (``GET /me`` included), the v1.1 job details under
 ``/api/v1.1``, and the pre-signed step output under ``/output/...`` (on the real service that lives
 on another host; here the same server answers it, and refuses any request carrying ``Circle-Token``
 to prove the client fetches it without the token).
@@ -24,9 +24,12 @@ Scenario helpers (all return the objects they make; ids are UUID strings):
     complete_job(workflow_id, job_name, status): finish a job and start what became ready
     advance(workflow_id=None), finish_workflow(workflow_id, status="success", failed_job=None)
     auto_advance = True: each GET /workflow/{id} moves that workflow one tick (for watchers)
+    finish_on_poll = True: each GET /workflow/{id} first runs that workflow to its end (or to an
+        approval that waits), so a watcher sees the end at its first poll and never sleeps
     set_steps(workflow_id, job_name, steps)
     fault(pattern, status=None, *, method=None, count=1, retry_after=None, delay=0.0,
-          malformed=False, message=None) -> Fault;  clear_faults()
+          malformed=False, message=None, body=None, processed=False, query=None) -> Fault;  clear_faults()
+    project_tokens: tokens that are project API tokens: every v2 call answers them 404
     refused_url() -> a URL on which nothing listens; stop() makes ``url`` refuse as well
 
 Workflow status follows the jobs, as on CircleCI: a failed job with others still running or an
@@ -182,12 +185,17 @@ class Fault:
     malformed: bool
     message: str | None
     remaining: int | None
+    body: Any = None
+    processed: bool = False
+    query: str | None = None
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, args: Any = None) -> bool:
         if self.remaining is not None and self.remaining <= 0:
             return False
         if self.method and self.method.upper() != method:
+            return False
+        if self.query is not None and (args is None or self.query not in args):
             return False
         return fnmatch.fnmatchcase(path, self.pattern)
 
@@ -223,6 +231,8 @@ class CircleCIStandIn:
         projects: slugs that exist from the start (``add_pipeline`` adds others).
         page_size: items per page of every list (small in tests to exercise pagination).
         app_url: base of the ``web_url`` of job details.
+        project_tokens: tokens that are project API tokens: API v2 answers them 404 everywhere, as
+            CircleCI does (project tokens work on the v1 API only).
 
     Attributes:
         url: ``http://127.0.0.1:PORT`` (what CIRCLECI_HOST should be); ``api_url`` adds ``/api/v2``.
@@ -230,6 +240,10 @@ class CircleCIStandIn:
         auto_advance: when True, every ``GET /workflow/{id}`` of an unfinished workflow answers the
             current state and then calls :meth:`advance` on it, so a watcher that polls sees the
             workflow move to its end without a second thread (default False).
+        finish_on_poll: when True, every ``GET /workflow/{id}`` first advances that workflow until it
+            ends or waits at an approval, then answers: a watcher sees the end at its first poll,
+            with no sleep (default False).
+        user: what ``GET /me`` answers for the personal token.
         counts: Counter of ``(method, path)``; ``request_count`` is the total.
         rerun_outcomes: job name -> outcome its copy gets in every rerun (default: a job that
             failed gets outcome ``success``, a fresh chance).
@@ -242,8 +256,12 @@ class CircleCIStandIn:
         projects: Iterable[str] = (DEFAULT_SLUG,),
         page_size: int = 20,
         app_url: str = DEFAULT_APP_URL,
+        project_tokens: Iterable[str] = (),
     ) -> None:
         self.token = token
+        self.project_tokens = set(project_tokens)
+        self.finish_on_poll = False
+        self.user = {"id": "5b2a6fe0-0000-4000-8000-000000000001", "login": "acme-dev", "name": "Acme Dev"}
         self.page_size = page_size
         self.app_url = app_url
         self.auto_advance = False
@@ -266,6 +284,7 @@ class CircleCIStandIn:
         for slug in projects:
             self.add_project(slug)
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
+            ("GET", re.compile(r"/api/v2/me"), self._me),
             ("GET", re.compile(r"/api/v2/project/(?P<slug>.+)/pipeline"), self._list_pipelines),
             ("GET", re.compile(r"/api/v2/project/(?P<slug>.+)/job/(?P<number>\d+)"), self._job_details),
             ("GET", re.compile(r"/api/v2/pipeline/(?P<pid>[^/]+)/workflow"), self._list_workflows),
@@ -603,6 +622,9 @@ class CircleCIStandIn:
         delay: float = 0.0,
         malformed: bool = False,
         message: str | None = None,
+        body: Any = None,
+        processed: bool = False,
+        query: str | None = None,
     ) -> Fault:
         """Make the next *count* requests whose path matches *pattern* fail.
 
@@ -616,11 +638,16 @@ class CircleCIStandIn:
                 not *malformed*, the request is then answered normally.
             malformed: answer 200 with an HTML body that is not JSON.
             message: the JSON ``message`` (default: CircleCI's usual text for *status*).
+            body: answer this JSON instead (status *status*, default 200): an answer of the wrong shape.
+            processed: handle the request first (a POST changes the state: a rerun makes its
+                workflow), then answer *status* (or, with only *delay*, answer late): a gateway error
+                or a timeout after CircleCI acted.
+            query: only requests that carry this query parameter (``page-token``: later pages).
 
         Faults are checked in the order added, before authentication; the first usable one wins.
         Connection refused: use :meth:`refused_url` or :meth:`stop`.
         """
-        item = Fault(pattern, method, status, retry_after, delay, malformed, message, count)
+        item = Fault(pattern, method, status, retry_after, delay, malformed, message, count, body, processed, query)
         with self._lock:
             self.faults.append(item)
         return item
@@ -720,6 +747,8 @@ class CircleCIStandIn:
         method = request.method.upper()
         sent = request.headers.get("Circle-Token")
         token = "none" if sent is None else ("valid" if sent == self.token else "invalid")
+        if sent is not None and sent in self.project_tokens:
+            token = "project"
         try:
             body = json.loads(request.get_data(as_text=True)) if request.get_data() else None
         except ValueError:
@@ -735,7 +764,7 @@ class CircleCIStandIn:
         with self._lock:
             self.requests.append(entry)
             self.counts[(method, path)] += 1
-            fault = next((f for f in self.faults if f.matches(method, path)), None)
+            fault = next((f for f in self.faults if f.matches(method, path, request.args)), None)
             if fault is not None:
                 fault.hits += 1
                 if fault.remaining is not None:
@@ -743,9 +772,13 @@ class CircleCIStandIn:
         response = None
         if fault is not None:
             entry.fault = fault.pattern
+            if fault.processed:
+                response = self._dispatch(request, method, path, token, body)
             if fault.delay:
                 self._stopping.wait(fault.delay)
-            if fault.malformed:
+            if fault.body is not None:
+                response = self._json(fault.body, fault.status or 200)
+            elif fault.malformed:
                 response = Response("<html><body>502 Bad Gateway</body></html>", 200, content_type="text/html")
             elif fault.status is not None:
                 message = fault.message or DEFAULT_MESSAGES.get(fault.status, "Error.")
@@ -760,6 +793,8 @@ class CircleCIStandIn:
     def _dispatch(self, request: Request, method: str, path: str, token: str, body: Any) -> Response:
         if path.startswith("/output/"):
             return self._output(request, path[len("/output/") :], token)
+        if token == "project" and path.startswith("/api/v2/"):
+            return self._json({"message": "Project not found" if "/project/" in path else "Not found."}, 404)
         if token != "valid":
             return self._json({"message": "Invalid token provided."}, 401)
         allowed = False
@@ -884,10 +919,17 @@ class CircleCIStandIn:
             return self._json({"message": "Pipeline not found"}, 404)
         return self._page(request, [self._workflow_json(w) for w in pipeline.workflows])
 
+    def _me(self, **_: Any) -> Response:
+        return self._json(self.user)
+
     def _get_workflow(self, wid: str, **_: Any) -> Response:
         workflow = self.workflows.get(wid)
         if workflow is None:
             return self._json({"message": "Workflow not found"}, 404)
+        for _tick in range(50):
+            if not self.finish_on_poll or workflow.status in TERMINAL_WORKFLOW or workflow.status == "on_hold":
+                break
+            self.advance(wid)
         response = self._json(self._workflow_json(workflow))
         if self.auto_advance and workflow.status not in TERMINAL_WORKFLOW:
             self.advance(wid)  # the next poll sees the next state

@@ -103,7 +103,7 @@ def test_rerun_from_failed_with_at_most_four_requests(project, ci, moto_reset):
         ("success", "succeeded"),
         ("running", "still running"),
         ("failing", "failing"),
-        ("on_hold", "approval"),
+        ("on_hold", "approval job hold"),
         ("not_run", "did not run"),
         ("unauthorized", "restricted context"),
     ],
@@ -146,8 +146,8 @@ def test_rerun_force_skips_the_records(project, ci):
 def test_rerun_wait_succeeds_when_the_new_workflow_succeeds(project, ci, moto_reset):
     pipeline_for(ci, project, jobs=gated_jobs())
     applied(project, moto_reset)
-    ci.auto_advance = True
-    result = project.inv("ci.rerun", "--env", "stg", "--wait", "--poll-s", "0.05")
+    ci.finish_on_poll = True
+    result = project.inv("ci.rerun", "--env", "stg", "--wait")
     assert result.code == 0, result.all
     assert "The rerun succeeded" in result.out
     assert "jobs 3/3 done" in result.out
@@ -157,8 +157,8 @@ def test_rerun_wait_fails_when_the_new_workflow_fails(project, ci, moto_reset):
     pipeline = pipeline_for(ci, project, jobs=gated_jobs())
     applied(project, moto_reset)
     ci.rerun_outcomes["deploy-stg"] = "failed"
-    ci.auto_advance = True
-    result = project.inv("ci.rerun", "--env", "stg", "--wait", "--poll-s", "0.05")
+    ci.finish_on_poll = True
+    result = project.inv("ci.rerun", "--env", "stg", "--wait")
     assert_clean_failure(result, "The rerun ended failed", "inv ci.diagnose --env stg")
     assert ci.latest_workflow(pipeline, WORKFLOW).status == "failed"
 
@@ -306,3 +306,200 @@ def test_diagnose_of_a_successful_workflow(project, ci):
     result = project.inv("ci.diagnose", "--env", "stg")
     assert result.code == 0, result.all
     assert "nothing to diagnose" in result.out
+
+
+# -- one rerun, never two ----------------------------------------------------------------------
+
+
+def test_rerun_answered_502_after_circleci_made_it_is_not_posted_again(project, ci, moto_reset):
+    pipeline = pipeline_for(ci, project, jobs=gated_jobs())
+    applied(project, moto_reset)
+    ci.fault(RERUN, 502, method="POST", processed=True)
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert result.code == 0, result.all
+    assert ci.count("POST", RERUN) == 1
+    assert len([w for w in pipeline.workflows if w.name == WORKFLOW]) == 2  # the original and one rerun
+    assert "looking for the new workflow in" in result.out and "not POSTing again" in result.out
+    assert ci.latest_workflow(pipeline, WORKFLOW).id in result.out
+
+
+def test_rerun_answered_503_before_circleci_acted_is_posted_once_more(project, ci, moto_reset):
+    pipeline = pipeline_for(ci, project, jobs=gated_jobs())
+    applied(project, moto_reset)
+    ci.fault(RERUN, 503, method="POST")
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert result.code == 0, result.all
+    assert ci.count("POST", RERUN) == 2
+    assert len([w for w in pipeline.workflows if w.name == WORKFLOW]) == 2
+
+
+# -- rerun rules -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["error", "canceled"])
+def test_rerun_refuses_error_and_canceled_naming_the_status(project, ci, moto_reset, status):
+    pipeline_for(ci, project, status=status)
+    applied(project, moto_reset)
+    result = project.inv("ci.rerun", "--env", "stg")
+    assert_clean_failure(result, "Not rerunning", status, "only for a failed workflow", "--from-start")
+    assert ci.count("POST", RERUN) == 0
+
+
+def test_rerun_from_start_reruns_every_job_when_asked(project, ci, moto_reset):
+    pipeline = pipeline_for(ci, project, status="canceled")
+    applied(project, moto_reset)
+    result = project.inv("ci.rerun", "--env", "stg", "--from-start")
+    assert result.code == 0, result.all
+    assert "from the start" in result.out
+    posts = [r for r in ci.requests if r.method == "POST"]
+    assert len(posts) == 1 and posts[0].body == {}
+    assert {j.status for j in ci.latest_workflow(pipeline, WORKFLOW).jobs} <= {"running", "blocked"}
+
+
+def test_rerun_wait_on_a_running_workflow_waits_then_reruns_it_when_it_fails(project, ci, moto_reset):
+    pipeline = pipeline_for(ci, project, status="running", jobs=[job("test"), job("iam-gate-stg", requires=["test"]),
+                                               job("deploy-stg", "running", outcome="failed",
+                                                   requires=["iam-gate-stg"])])
+    applied(project, moto_reset)
+    ci.finish_on_poll = True
+    result = project.inv("ci.rerun", "--env", "stg", "--wait")
+    assert result.code == 0, result.all
+    assert "waiting for it to stop" in result.out and "The rerun succeeded" in result.out
+    assert ci.count("POST", RERUN) == 1
+    assert pipeline.workflows[0].status == "failed"
+    assert ci.latest_workflow(pipeline, WORKFLOW).status == "success"
+
+
+def test_rerun_wait_on_a_running_workflow_that_succeeds_reruns_nothing(project, ci, moto_reset):
+    pipeline_for(ci, project, status="running")
+    applied(project, moto_reset)
+    ci.finish_on_poll = True
+    result = project.inv("ci.rerun", "--env", "stg", "--wait", "--poll-s", "0.05")
+    assert result.code == 0, result.all
+    assert "nothing to rerun" in result.out
+    assert "below the floor of 2 s" in result.out
+    assert ci.count("POST") == 0
+
+
+def test_rerun_wait_stops_at_an_approval_and_names_the_job(project, ci, moto_reset):
+    pipeline_for(ci, project, jobs=[job("test", "failed"), job("hold", "blocked", requires=["test"],
+                                                               type="approval")])
+    applied(project, moto_reset)
+    ci.finish_on_poll = True
+    result = project.inv("ci.rerun", "--env", "stg", "--wait", "--force")
+    assert_clean_failure(result, "on hold", "approval job hold", "inv ci.approve --env stg --job hold")
+    assert result.code == 5
+    assert ci.count("POST", RERUN) == 1
+
+
+# -- approve -----------------------------------------------------------------------------------
+
+APPROVE = "/api/v2/workflow/*/approve/*"
+
+
+def held_jobs():
+    return [job("test"), job("hold", "on_hold", requires=["test"], type="approval"),
+            job("deploy-stg", "blocked", requires=["hold"])]
+
+
+def test_approve_the_job_on_hold(project, ci):
+    pipeline = pipeline_for(ci, project, status="on_hold", jobs=held_jobs())
+    result = project.inv("ci.approve", "--env", "stg")
+    assert result.code == 0, result.all
+    assert "Approved hold" in result.out
+    assert ci.count("POST", APPROVE) == 1
+    assert pipeline.workflows[0].job("hold").status == "success"
+    assert pipeline.workflows[0].status == "running"
+
+
+def test_approve_when_already_approved_exits_0(project, ci):
+    pipeline = pipeline_for(ci, project, status="on_hold", jobs=held_jobs())
+    wf = pipeline.workflows[0]
+    ci.complete_job(wf.id, "hold", "success")
+    result = project.inv("ci.approve", "--env", "stg", "--job", "hold")
+    assert result.code == 0, result.all
+    assert "already approved" in result.out
+    assert ci.count("POST") == 0
+
+
+def test_approve_a_protected_environment_asks_first(tmp_path, moto_reset, aws_env, ci):
+    project = Project.create(tmp_path, {**aws_env, **ci.env()}, base_config(moto_reset), branch="prod")
+    pipeline = ci.add_pipeline(SLUG, "prod", head(project), workflows=[(WORKFLOW, "on_hold", held_jobs())])
+    refused = project.inv("ci.approve", "--env", "prod")
+    assert_clean_failure(refused, "Confirmation needed", "Approve hold", "(protected)", "--yes")
+    assert ci.count("POST") == 0
+    approved = project.inv("ci.approve", "--env", "prod", "--yes")
+    assert approved.code == 0, approved.all
+    assert ci.count("POST", APPROVE) == 1
+    assert pipeline.workflows[0].job("hold").status == "success"
+
+
+def test_approve_only_for_the_workflow_of_this_commit(project, ci):
+    ci.add_pipeline(SLUG, "staging", "a" * 40, workflows=[(WORKFLOW, "on_hold", held_jobs())])
+    result = project.inv("ci.approve", "--env", "stg")
+    assert_clean_failure(result, head(project)[:12], "a" * 12)
+    assert ci.count("POST") == 0
+    latest = project.inv("ci.approve", "--env", "stg", "--latest")
+    assert latest.code != 0 and ci.count("POST") == 0  # there is no --latest for approvals
+
+
+def test_approve_a_job_that_is_not_on_hold_is_refused(project, ci):
+    pipeline_for(ci, project, status="failed", jobs=[job("test", "failed"),
+                                                     job("hold", "blocked", requires=["test"], type="approval")])
+    result = project.inv("ci.approve", "--env", "stg")
+    assert_clean_failure(result, "hold", "blocked", "not on hold", "nothing was changed")
+    assert ci.count("POST") == 0
+
+
+def test_diagnose_and_status_explain_on_hold(project, ci):
+    pipeline_for(ci, project, status="on_hold", jobs=held_jobs())
+    result = project.inv("ci.diagnose", "--env", "stg")
+    assert result.code == 0, result.all
+    assert "on hold (not a failure)" in result.out and "approval job hold" in result.out
+    assert "inv ci.approve --env stg --job hold" in result.out
+
+
+# -- 404, shapes, empty pipelines, seconds -------------------------------------------------------
+
+
+def test_404_with_a_project_token_is_told_apart_from_a_wrong_slug(project, ci):
+    ci.project_tokens.add("project-token-5678")
+    pipeline_for(ci, project)
+    result = project.inv("ci.status", "--env", "stg", env={**project.env, "CIRCLECI_TOKEN": "project-token-5678"})
+    assert_clean_failure(result, "not a personal API token", "project API token gets 404")
+    assert "project-token-5678" not in result.all
+    assert ci.count("GET", "/api/v2/me") == 1
+
+
+@pytest.mark.parametrize(("task", "pattern", "body", "needle"), [
+    ("ci.status", "/api/v2/project/*/pipeline", {"items": ["a", 1]}, "items[0] is a string"),
+    ("ci.status", "/api/v2/project/*/pipeline", {"items": [{"id": "p", "number": 1, "vcs": "x"}]}, ".vcs is a"),
+    ("ci.status", "/api/v2/pipeline/*/workflow", {"items": [{"name": WORKFLOW, "status": "x"}]}, ".id is missing"),
+    ("ci.status", "/api/v2/workflow/*/job", {"items": [{"name": None, "status": "failed"}]}, ".name is null"),
+    ("ci.diagnose", "/api/v1.1/*", {"steps": ["x"]}, "steps[0] is a string"),
+])
+def test_answers_of_the_wrong_shape_end_in_a_message(project, ci, task, pattern, body, needle):
+    pipeline_for(ci, project, jobs=gated_jobs())
+    ci.fault(pattern, body=body, count=None)
+    result = project.inv(task, "--env", "stg")
+    assert_clean_failure(result, "wrong shape", needle, pattern.split("*")[0])
+
+
+def test_a_pipeline_that_lists_its_workflows_a_moment_later(project, ci):
+    pipeline_for(ci, project)
+    ci.fault("/api/v2/pipeline/*/workflow", body={"items": [], "next_page_token": None})
+    result = project.inv("ci.status", "--env", "stg")
+    assert result.code == 0, result.all
+    assert "lists no workflows yet" in result.out and f"workflow {WORKFLOW}: failed" in result.out
+
+
+@pytest.mark.parametrize("flags", [("--poll-s", "1e300"), ("--poll-s", "inf"), ("--poll-s", "9" * 400)])
+def test_rerun_caps_the_seconds_flag(project, ci, flags):
+    result = project.inv("ci.rerun", "--env", "stg", "--wait", *flags)
+    assert_clean_failure(result, "--poll-s takes a number of seconds from")
+
+
+@pytest.mark.parametrize("flags", [("--settle-s", "1e12"), ("--timeout-s", "1e301", "--poll-s", "1e300")])
+def test_gate_caps_the_seconds_flags(project, flags):
+    result = project.inv("ci.gate", "--env", "stg", *flags)
+    assert_clean_failure(result, "takes a number of seconds from", "to 86400")

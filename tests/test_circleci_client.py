@@ -130,11 +130,11 @@ def test_workflows_jobs_rerun_approve_and_job_details(ci, client):
     assert {w["id"] for w in client.workflows(pipeline.id)} == {failed.id, held.id}
     jobs = {j["name"]: j for j in client.jobs(failed.id)}
     assert jobs["test"]["status"] == "failed"
-    new_id = client.rerun_from_failed(failed.id)
+    new_id = client.rerun({"id": failed.id})
     assert client.workflow(new_id)["status"] == "running"
     assert ci.requests[-2].body == {"from_failed": True}
     hold = {j["name"]: j for j in client.jobs(held.id)}["hold"]
-    client.approve(held.id, hold["approval_request_id"])
+    assert client.approve(held.id, hold) is True
     assert client.workflow(held.id)["status"] == "running"
     details = client.job_details(SLUG, jobs["test"]["job_number"])
     assert details["web_url"].endswith(f"/workflows/{failed.id}/jobs/{jobs['test']['job_number']}")
@@ -144,17 +144,17 @@ def test_workflows_jobs_rerun_approve_and_job_details(ci, client):
 def test_rerun_refused_passes_circleci_message_through(ci, client):
     running = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "running")
     with pytest.raises(RunbookError) as caught:
-        client.rerun_from_failed(running.id)
+        client.rerun({"id": running.id})
     assert "Cannot rerun a workflow that is running" in str(caught.value)
     assert "400" in str(caught.value)
 
 
-def test_approve_twice_is_a_clear_error(ci, client):
+def test_approve_twice_says_already_approved(ci, client):
     held = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "on_hold")
-    request_id = held.job("hold").approval_request_id
-    client.approve(held.id, request_id)
-    with pytest.raises(RunbookError, match="not on hold"):
-        client.approve(held.id, request_id)
+    hold = {"name": "hold", "approval_request_id": held.job("hold").approval_request_id}
+    assert client.approve(held.id, hold) is True
+    assert client.approve(held.id, hold) is False  # CircleCI answers 400; the job no longer waits
+    assert ci.count("POST") == 2
 
 
 # -- v1.1 steps and output -----------------------------------------------------------------
@@ -251,25 +251,64 @@ def test_429_after_all_retries_says_when_to_try_again(ci, client):
     assert ci.request_count == client.retries + 1
 
 
-def test_post_is_not_retried_on_500_but_is_on_503(ci, client):
-    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
-    ci.fault("*/rerun", 500, count=1)
-    with pytest.raises(RunbookError, match="500"):
-        client.rerun_from_failed(wf.id)
-    assert ci.count("POST") == 1 and len(wf.pipeline.workflows) == 1
-    ci.fault("*/rerun", 503, count=1)
-    new_id = client.rerun_from_failed(wf.id)
-    assert ci.count("POST") == 3 and new_id in ci.workflows
+def reruns(ci, wf):
+    """Workflows of *wf*'s name in its pipeline, beyond *wf* itself: the reruns CircleCI made."""
+    return [w for w in wf.pipeline.workflows if w.name == wf.name and w.id != wf.id]
 
 
-def test_post_is_not_retried_after_a_read_timeout(ci):
+@pytest.mark.parametrize("status", [502, 503, 504, 500])
+def test_post_answered_5xx_after_circleci_acted_is_not_sent_again(ci, client, status):
     wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
-    ci.fault("*/rerun", delay=1.0, count=1)
-    client = fast_client(ci, read_timeout=0.3)
-    with pytest.raises(RunbookError, match=r"within 0\.3 s") as caught:
-        client.rerun_from_failed(wf.id)
-    assert "not retried" in str(caught.value)
+    ci.fault("*/rerun", status, processed=True)
+    new_id = client.rerun(client.workflow(wf.id))
     assert ci.count("POST") == 1
+    assert [w.id for w in reruns(ci, wf)] == [new_id]
+
+
+def test_post_answered_5xx_before_circleci_acted_is_sent_again_once(ci, client):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+    ci.fault("*/rerun", 502)
+    notes = []
+    client.notify = notes.append
+    new_id = client.rerun(client.workflow(wf.id))
+    assert ci.count("POST") == 2
+    assert [w.id for w in reruns(ci, wf)] == [new_id]
+    assert any("looking for the new workflow in" in n for n in notes), notes
+    assert any("POSTing the rerun again" in n for n in notes), notes
+
+
+def test_post_timed_out_after_circleci_acted_is_not_sent_again(ci):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+    ci.fault("*/rerun", delay=1.0, processed=True)
+    client = fast_client(ci, read_timeout=0.3)
+    new_id = client.rerun(client.workflow(wf.id))
+    assert ci.count("POST") == 1
+    assert [w.id for w in reruns(ci, wf)] == [new_id]
+
+
+def test_post_that_keeps_failing_gives_up_saying_nothing_was_rerun(ci, client):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+    ci.fault("*/rerun", 503, count=None)
+    with pytest.raises(RunbookError, match="nothing was rerun"):
+        client.rerun(client.workflow(wf.id))
+    assert ci.count("POST") == client.retries + 1 and reruns(ci, wf) == []
+
+
+def test_post_of_unknown_outcome_without_the_workflow_listing_is_not_retried(ci, client):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+    ci.fault("*/rerun", 502, processed=True)
+    with pytest.raises(RunbookError, match="do not rerun again before checking"):
+        client.rerun({"id": wf.id})
+    assert ci.count("POST") == 1
+
+
+def test_an_older_rerun_is_not_taken_for_the_new_one(ci, client):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+    first = client.rerun(client.workflow(wf.id))
+    ci.finish_workflow(first, "failed")
+    ci.fault("*/rerun", 502)
+    second = client.rerun(client.workflow(first), known=[wf.id, first])
+    assert second not in (wf.id, first) and ci.count("POST") == 3
 
 
 def test_get_is_retried_after_a_read_timeout(ci):
@@ -361,8 +400,9 @@ def test_sentinel_token_never_appears_in_errors_or_logs(caplog):
             (lambda: ci.fault("*", 500, count=None), lambda: client.workflow(wf.id)),
             (lambda: ci.fault("*", delay=1, count=None), lambda: client.workflow(wf.id)),
             (lambda: ci.fault("*", malformed=True), lambda: client.workflow(wf.id)),
-            (lambda: ci.fault("*", message=f"echo {SENTINEL}", status=400), lambda: client.approve(wf.id, "x")),
-            (lambda: None, lambda: client.rerun_from_failed(wf.id)),
+            (lambda: ci.fault("*", message=f"echo {SENTINEL}", status=400),
+             lambda: client.approve(wf.id, {"name": "x", "approval_request_id": "x"})),
+            (lambda: None, lambda: client.rerun({"id": wf.id})),
         ]
         for arm, call in scenarios:
             ci.clear_faults()
@@ -393,9 +433,17 @@ def test_unparsable_retry_after_falls_back_to_backoff(ci, client):
 
 def test_watching_a_rerun_with_auto_advance(ci, client):
     wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
-    new_id = client.rerun_from_failed(wf.id)
+    new_id = client.rerun({"id": wf.id})
     ci.auto_advance = True
     statuses = [client.workflow(new_id)["status"] for _ in range(3)]
     assert statuses == ["running", "success", "success"]
     assert statuses[-1] in circleci.TERMINAL_WORKFLOW_STATUSES
     assert "running" in circleci.ACTIVE_WORKFLOW_STATUSES
+
+
+def test_approve_answered_502_after_circleci_approved_is_not_sent_again(ci, client):
+    held = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "on_hold")
+    hold = {"name": "hold", "approval_request_id": held.job("hold").approval_request_id}
+    ci.fault("*/approve/*", 502, processed=True)
+    assert client.approve(held.id, hold) is True
+    assert ci.count("POST") == 1 and held.job("hold").status == "success"

@@ -336,3 +336,43 @@ def test_auto_advance_moves_a_polled_workflow_to_its_end(ci):
     ci.auto_advance = True
     seen = [api(ci, "GET", f"/workflow/{new_id}").json()["status"] for _ in range(3)]
     assert seen == ["running", "failed", "failed"]
+
+
+def test_finish_on_poll_answers_the_end_at_the_first_poll(ci):
+    done = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "running")
+    held = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "h", "running", jobs=[
+        job("build", "running"), job("hold", "blocked", requires=["build"], type="approval")])
+    ci.finish_on_poll = True
+    assert api(ci, "GET", f"/workflow/{done.id}").json()["status"] == "success"
+    assert api(ci, "GET", f"/workflow/{held.id}").json()["status"] == "on_hold"
+
+
+def test_a_processed_fault_acts_then_answers_the_error(ci):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+    ci.fault("*/rerun", 502, processed=True)
+    assert rerun(ci, wf.id).status_code == 502
+    assert len(wf.pipeline.workflows) == 2  # CircleCI made the rerun before the gateway failed
+    ci.fault("*/rerun", 502)
+    assert rerun(ci, wf.id).status_code == 502
+    assert len(wf.pipeline.workflows) == 2
+
+
+def test_body_and_query_faults(ci):
+    for n in range(3):
+        ci.add_pipeline(SLUG, "main", f"rev{n}")
+    ci.fault("/api/v2/project/*/pipeline", 404, query="page-token")
+    first = api(ci, "GET", f"/project/{SLUG}/pipeline")
+    assert first.status_code == 200
+    later = api(ci, "GET", f"/project/{SLUG}/pipeline", params={"page-token": first.json()["next_page_token"]})
+    assert later.status_code == 404
+    ci.fault("/api/v2/project/*/pipeline", body={"items": ["a", 1]})
+    assert api(ci, "GET", f"/project/{SLUG}/pipeline").json() == {"items": ["a", 1]}
+
+
+def test_me_answers_the_personal_token_and_a_project_token_gets_404_everywhere():
+    with CircleCIStandIn(project_tokens={"proj-tok"}) as ci:
+        assert api(ci, "GET", "/me").json()["login"] == "acme-dev"
+        for path in ("/me", f"/project/{SLUG}/pipeline"):
+            response = requests.get(ci.api_url + path, headers={"Circle-Token": "proj-tok"}, timeout=5)
+            assert response.status_code == 404
+        assert api(ci, "GET", "/me", token=False).status_code == 401

@@ -49,22 +49,27 @@ def _external_failure(exc: Exception) -> str | None:
     return None
 
 
-def seconds(value, flag: str, default: float, *, minimum: float = 0.0) -> float:
+#: The largest number any seconds flag takes: one day. Larger values overflow time.sleep and
+#: datetime arithmetic (OverflowError) long before they could mean anything.
+MAX_SECONDS = 86400.0
+
+
+def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS) -> float:
     """A number of seconds from a command-line flag (a string, or None for *default*).
 
     Flags that take seconds are declared as strings so that a typo is a clear error, not a
     traceback from the argument parser. Raises RunbookError naming the flag when *value* is not
-    a number or is below *minimum*.
+    a number, or is below *minimum* or above *maximum* (default :data:`MAX_SECONDS`, one day).
     """
     if value is None or value == "":
         return float(default)
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = None
-    if number is None or number != number or number < minimum or number == float("inf"):
+    if number is None or number != number or not minimum <= number <= maximum:
         raise RunbookError(
-            f"{flag} takes a number of seconds (at least {minimum:g}), not {value!r}",
+            f"{flag} takes a number of seconds from {minimum:g} to {maximum:g}, not {value!r}",
             fix=f"for example {flag} {default:g}",
         )
     return number

@@ -74,6 +74,29 @@ def mask(text: str, extra: Iterable[str] = ()) -> str:
     return text
 
 
+_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+# "secret_access_key=...", "token: ...", "password=..." in someone else's output: keep the name, hide the value
+_ASSIGNED_SECRET = re.compile(
+    r"(?i)\b([\w.-]*(?:secret|token|passw(?:or)?d|private[_-]?key|credential)[\w.-]*)(\s*[=:]\s*[\"']?)[^\s\"',;]+")
+_AWS_SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def scrub(line: str, *, limit: int = 300) -> str:
+    """One line of someone else's output (a CI log) made safe to print.
+
+    Terminal colour sequences are dropped and other control characters escaped (:func:`safe`);
+    secrets are masked: this machine's (:func:`mask`), anything shaped like an AWS access key ID
+    or a 40-character secret access key, and the value of any ``name=value`` whose name says
+    secret, token, password, private key or credential. At most *limit* characters are kept.
+    AWS key formats: https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_access-keys.html
+    """
+    line = safe(_ANSI.sub("", line)).strip()
+    line = _ASSIGNED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", mask(line))
+    line = _AWS_SECRET_VALUE.sub(MASK, _AWS_KEY_ID.sub(MASK, line))
+    return line[:limit]
+
+
 def mask_env(env: Mapping[str, str]) -> dict[str, str]:
     """A copy of *env* with the values of secret-looking variables replaced by ``****``."""
     return {k: (MASK if (k in SECRET_ENV_VARS or _SECRET_NAME.search(k)) else v) for k, v in env.items()}

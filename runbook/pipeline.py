@@ -445,6 +445,7 @@ def watch(
             line = f"{name}: {status}  {_age(started, clock())}  jobs {done}/{len(jobs)} done"
             if status == circleci.ON_HOLD and waiting:
                 line += "  waiting for approval: " + ", ".join(waiting)
+            line = console.mask(console.safe(line))  # names come from the API
             if tty:
                 stream.write("\r\033[K" + line)
                 stream.flush()
@@ -483,12 +484,7 @@ IAM_RACE_PATTERNS = [
         r"IAM gate for \S+ timed out",
     )
 ]
-_AWS_KEY = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
-# "secret_access_key=...", "token: ...", "password=..." in someone else's log: keep the name, hide the value
-_ASSIGNED_SECRET = re.compile(
-    r"(?i)\b([\w.-]*(?:secret|token|passw(?:or)?d|private[_-]?key|credential)[\w.-]*)(\s*[=:]\s*[\"']?)[^\s\"',;]+")
-_AWS_SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
 
 
 @dataclass(frozen=True)
@@ -505,17 +501,6 @@ class Finding:
 def classify_line(text: str) -> bool:
     """Whether one line of output looks like an IAM race (AccessDenied, role cannot be assumed...)."""
     return any(p.search(text) for p in IAM_RACE_PATTERNS)
-
-
-def _clean(line: str) -> str:
-    """One line of a CI log made safe to print: secrets masked (this machine's, and anything that
-    looks like an AWS key or an assigned secret), terminal escapes and control characters dropped,
-    undecodable characters replaced, at most 300 characters."""
-    line = _ANSI.sub("", line).encode("utf-8", "replace").decode("utf-8")
-    line = "".join(ch for ch in line if ch.isprintable() or ch == "\t").strip()
-    line = _ASSIGNED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}****", console.mask(line))
-    line = _AWS_SECRET_VALUE.sub("****", _AWS_KEY.sub("****", line))
-    return line[:300]
 
 
 def diagnose(client: circleci.CircleCIClient, config: Config, target: Target, jobs: list[dict]) -> list[Finding]:
@@ -554,7 +539,7 @@ def diagnose(client: circleci.CircleCIClient, config: Config, target: Target, jo
                 for message in client.fetch_output(action["output_url"]):
                     for line in str(message.get("message", "")).splitlines():
                         if classify_line(line):
-                            found = Finding(name, "iam-race", step.get("name", ""), _clean(line))
+                            found = Finding(name, "iam-race", step.get("name", ""), console.scrub(line))
                             break
                     if found:
                         break

@@ -58,3 +58,17 @@ def test_status_prints_escape_sequences_from_a_record_harmlessly(tmp_path, moto_
     result = project.inv("iam.status")
     assert "\x1b" not in result.out, result.out
     assert "\\x1b[2J" in result.out
+
+
+def test_scrub_makes_a_ci_log_line_safe(monkeypatch):
+    from runbook import console
+
+    monkeypatch.setenv("CIRCLECI_TOKEN", "0123456789abcdef0123456789abcdef01234567")
+    line = ("\x1b[31mAccessDenied\x1b[0m for AKIAIOSFODNN7EXAMPLE secret_access_key=wJalrXUtnFEMI/K7MDENG "
+            "token 0123456789abcdef0123456789abcdef01234567 \x07bell")
+    shown = console.scrub(line)
+    assert shown.startswith("AccessDenied for ****")
+    assert "secret_access_key=****" in shown
+    assert "0123456789abcdef" not in shown and "wJalr" not in shown
+    assert "\x07" not in shown and "\\x07bell" in shown
+    assert len(console.scrub("x" * 1000)) == 300

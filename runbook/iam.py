@@ -36,6 +36,8 @@ class IamRun:
         dry_run: print and check only; no AWS or Terraform calls.
         assume_yes: answer confirmation prompts with yes (automation).
         skip_branch_check: apply from another branch (loudly).
+        take_over: apply the account scope although its record came from another branch with
+            another fingerprint (see :class:`TakeOverCheck`).
         cwd: the git checkout to check (default: the current directory).
     """
 
@@ -45,9 +47,11 @@ class IamRun:
     dry_run: bool = False
     assume_yes: bool = False
     skip_branch_check: bool = False
+    take_over: bool = False
     cwd: Path | None = None
     session: Any = None
     identity: Any = None
+    credentials: Any = field(default=None, repr=False)
     terraform_bin: str | None = None
     head: str | None = None
     branch: str | None = None
@@ -116,9 +120,14 @@ class IamRun:
         self._aws_pool = aws_pool  # one thread for every boto3 call: a Session is not thread-safe
 
     def _look_up_identity(self):
+        """Freeze the session's credentials, then ask STS with exactly those keys: the identity
+        returned is the identity of ``self.credentials``, which Terraform gets (ScriptStep.env)."""
         from runbook import aws
 
-        return aws.caller_identity(self.aws_session(), self.account, purpose=self.label)
+        credentials = aws.frozen_credentials(self.aws_session(), self.account, purpose=self.label)
+        identity = aws.caller_identity(self.aws_session(), self.account, purpose=self.label, credentials=credentials)
+        self.credentials = credentials
+        return identity
 
     def _look_up_backend(self, identity=None):
         """BackendState, or the RunbookError that stopped the look-up; None when the identity failed."""
@@ -275,13 +284,32 @@ class IdentityCheck(Step):
                 f"must be account {ctx.account.id}"]
 
     def check(self, ctx: IamRun) -> Decision:
+        _warn_other_credentials(ctx)
         if ctx.dry_run:
-            return Decision(True, "checked at run time (not called in a dry run)")
+            return Decision(True, "checked at run time (not called in a dry run); Terraform then runs with "
+                                  "exactly the credentials that pass it")
         ctx.identity = ctx.fetched("identity", ctx._look_up_identity)
-        return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}")
+        return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}; "
+                              "Terraform runs with exactly these credentials")
 
     def run(self, ctx: IamRun) -> str:
         return self.check(ctx).reason
+
+
+def _warn_other_credentials(ctx: IamRun) -> None:
+    """Say so when the shell exports credentials that the configured profile overrides."""
+    import os
+
+    profile = ctx.account.profile
+    if not profile:
+        return
+    exported = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE") if os.environ.get(name)
+                and not (name == "AWS_PROFILE" and os.environ[name] == profile)]
+    if exported:
+        console.warn(f"accounts.{ctx.account.name}.profile is {profile!r} and {' and '.join(exported)} "
+                     f"{'is' if len(exported) == 1 else 'are'} exported: the runbook uses profile {profile!r} for "
+                     "the caller identity check and hands Terraform exactly those credentials; the exported "
+                     f"{'ones are' if len(exported) > 1 else 'one is'} not used (unset it to silence this).")
 
 
 class BackendStep(Step):
@@ -402,15 +430,21 @@ class ScriptStep(ScopedStep):
 
     def env(self, ctx: IamRun) -> dict[str, str]:
         sc = self.sc(ctx)
+        if ctx.credentials is None and not ctx.dry_run:
+            raise RunbookError(f"No checked credentials to run Terraform with for {sc.label}; nothing was run",
+                               fix="run the whole command again (its caller identity check freezes them)")
         return terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
-                                    profile=sc.account.profile)
+                                    credentials=ctx.credentials)
 
     def describe(self, ctx: IamRun) -> list[str]:
-        env = console.mask_env(self.env(ctx))
+        env = {k: console.MASK if k == "AWS_ACCESS_KEY_ID" else v for k, v in console.mask_env(self.env(ctx)).items()}
         root = self.sc(ctx).root
         return [
             f"$ cd {shlex.quote(_rel(root))} && {shlex.join(terraform.command(root))}",
             "  env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+            "  credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN = the keys that pass the "
+            f"caller identity check; {', '.join(terraform.CHILD_REMOVED[:2])}, TF_WORKSPACE and the other credential "
+            "sources of this shell are removed",
         ]
 
 
@@ -507,7 +541,7 @@ class RecordStep(ScopedStep):
             fingerprint=ctx.fingerprint or sc.fingerprint(),
             commit=ctx.head or git.head_commit(ctx.cwd),
             branch=ctx.branch or ctx.environment.branch,
-            applied_by=ctx.identity.arn,
+            applied_by=ctx.identity.arn,  # the identity of the very keys Terraform ran with (ScriptStep.env)
             scope=sc.record_scope,
             outputs={k: v for k, v in outputs.items() if k in RECORDED_OUTPUTS},
         )

@@ -52,6 +52,7 @@ class IamRun:
     session: Any = None
     identity: Any = None
     credentials: Any = field(default=None, repr=False)
+    remote: Any = None  # git.TeamRemote the branch was compared with (GitCheck)
     terraform_bin: str | None = None
     head: str | None = None
     branch: str | None = None
@@ -200,7 +201,8 @@ class GitCheck(Step):
     def describe(self, ctx: IamRun) -> list[str]:
         b = ctx.environment.branch
         fetch = "(dry run: compared with the last fetch, no network)" if ctx.dry_run else ""
-        return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch origin {b} {fetch}".rstrip()]
+        name = ctx.remote.name if ctx.remote else "<the team's remote>"
+        return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch {name} {b} {fetch}".rstrip()]
 
     def check(self, ctx: IamRun) -> Decision:
         branch = ctx.environment.branch
@@ -235,19 +237,25 @@ class GitCheck(Step):
                     fix="commit them, or move them out of the root module (git status --ignored shows them)",
                 )
         target = checkout.branch if ctx.skip_branch_check else branch
-        remote = git.remote_commit(target, fetch=not ctx.dry_run, cwd=ctx.cwd)
+        cfg = ctx.config
+        repository = cfg.git_remote or git.repository_of_slug(cfg.circleci.project_slug if cfg.circleci else None)
+        ctx.remote = team = git.team_remote(target, repository, required=bool(cfg.git_remote), cwd=ctx.cwd)
+        ours = f"{team.name}/{target}"
+        remote = git.remote_commit(target, fetch=not ctx.dry_run, cwd=ctx.cwd, remote=team.name)
         if remote is None:
             raise RunbookError(
-                f"There is no origin/{target}: the branch was never pushed or fetched",
-                fix=f"git push -u origin {target}" if not ctx.dry_run else f"git fetch origin {target}",
+                f"There is no {ours} (remote {team.name}: {team.why}): the branch was never pushed or fetched",
+                fix=f"git push -u {team.name} {target}" if not ctx.dry_run else f"git fetch {team.name} {target}",
             )
         if remote != checkout.head:
             raise RunbookError(
-                f"HEAD is {checkout.head[:12]} but origin/{target} is {remote[:12]}: the local branch is "
-                "not what was merged",
-                fix="git pull --ff-only  (or push your commits first if you are ahead)",
+                f"HEAD is {checkout.head[:12]} but {ours} is {remote[:12]} (remote {team.name}: {team.why}): the "
+                "local branch is not what was merged",
+                fix=f"git pull --ff-only {team.name} {target}  (or push your commits to {team.name} first if you "
+                "are ahead)",
             )
-        return Decision(True, f"on {target} at {checkout.head[:12]}, clean, equal to origin/{target}")
+        return Decision(True, f"on {target} at {checkout.head[:12]}, clean, equal to {ours} (remote {team.name}: "
+                              f"{team.why})")
 
     def run(self, ctx: IamRun) -> str:
         return self.check(ctx).reason

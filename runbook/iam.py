@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from runbook import console, fingerprint, git, records, terraform
 from runbook.config import Account, Config, Environment
 from runbook.errors import RunbookError
 from runbook.plan import Decision, Plan, Step
-from runbook.scopes import Scope
+from runbook.scopes import ACCOUNT, Scope
 
 
 @dataclass
@@ -53,6 +54,7 @@ class IamRun:
     identity: Any = None
     credentials: Any = field(default=None, repr=False)
     remote: Any = None  # git.TeamRemote the branch was compared with (GitCheck)
+    take_over_text: str = ""  # what TakeOverCheck found, for its run()
     terraform_bin: str | None = None
     head: str | None = None
     branch: str | None = None
@@ -431,6 +433,83 @@ class ScopedStep(Step):
         return f"{entry[1]}: " if entry and entry[0] else ""
 
 
+class TakeOverCheck(ScopedStep):
+    """The account scope is shared by every environment of the account (``dev``, ``stg`` and ``test``
+    share one): applying it from one branch replaces what another branch applied. When the account
+    record came from another branch and holds another fingerprint, the step shows who applied what,
+    from which branch and when, and goes on only with ``--take-over`` or a typed yes at a terminal.
+
+    ``--yes`` never answers it: ``--yes`` answers routine confirmations in automation, and silently
+    reverting another branch's account IAM is never routine, so automation must say ``--take-over``.
+    The record is read once per run (:meth:`IamRun.applied_record`; ``inv release`` read it already).
+    """
+
+    title = "Preflight: shared account scope"
+    preflight = True
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        sc = self.sc(ctx)
+        return [f"SSM GetParameter {sc.parameter}: applied from another branch with another fingerprint needs "
+                "--take-over (or a typed yes at a terminal; --yes does not answer it)"]
+
+    def check(self, ctx: IamRun) -> Decision:
+        sc = self.sc(ctx)
+        skipped = self.skip(ctx)
+        if skipped:
+            return skipped
+        if ctx.dry_run and sc.record_scope not in getattr(ctx, "_records", {}):
+            return Decision(True, "the account record is read at run time (not in a dry run)")
+        applied = ctx.applied_record(sc)
+        branch = ctx.branch or ctx.environment.branch
+        if applied is None:
+            return Decision(False, "never applied: no other branch's account IAM is replaced")
+        if applied.get("branch") == branch:
+            return Decision(False, f"last applied from this branch, {branch!r}")
+        ours = sc.fingerprint()
+        if applied.get("fingerprint") == ours:
+            return Decision(False, f"last applied from {_outside(applied.get('branch'))!r} with the same fingerprint "
+                                   "as this commit: nothing of theirs is replaced")
+        ctx.take_over_text = text = _take_over_text(ctx, sc, applied, ours, branch)
+        if ctx.take_over:
+            return Decision(True, "--take-over given: " + text)
+        if ctx.assume_yes or not sys.stdin or not sys.stdin.isatty():
+            raise RunbookError(
+                text + ("; --yes does not answer this" if ctx.assume_yes else "") + "; nothing was changed",
+                where=f"SSM parameter {sc.parameter}",
+                fix=f"agree with whoever applied from {_outside(applied.get('branch'))!r} first (or merge it into "
+                f"{branch!r}), then: {ctx.command} --take-over",
+            )
+        return Decision(True, text)
+
+    def run(self, ctx: IamRun) -> str:
+        text = ctx.take_over_text
+        if ctx.take_over:
+            console.warn(f"TAKING OVER the shared account scope (--take-over): {text}")
+            return "taken over (--take-over)"
+        console.warn(text)
+        if not console.confirm("Take over the account scope and replace that IAM?"):
+            raise RunbookError("Not taken over: nothing was changed",
+                               fix=f"{ctx.command} --take-over, once whoever applied it agrees")
+        return "taken over (answered yes)"
+
+
+def _take_over_text(ctx: IamRun, sc: Scope, applied: dict, ours: str, branch: str) -> str:
+    """Who applied the shared account scope, what, from which branch and when (record values printed safely)."""
+    sharing = [e.name for e in ctx.config.environments.values() if e.account == sc.account]
+    return (f"The account scope {sc.label} is shared by {', '.join(sharing)}. It was last applied from branch "
+            f"{_outside(applied.get('branch'))!r} (commit {_outside(applied.get('commit'))[:12]}, fingerprint "
+            f"{_outside(applied.get('fingerprint'))[:12]}) by {_outside(applied.get('applied_by'))} at "
+            f"{_outside(applied.get('applied_at'))}. This commit on {branch!r} has another fingerprint "
+            f"({ours[:12]}): applying it replaces that account IAM, reverting whatever it has that this commit "
+            "lacks")
+
+
+def _outside(value: Any, limit: int = 200) -> str:
+    """A value read from outside (an applied record) made safe to print: printable characters only
+    (terminal escapes and control characters dropped), at most *limit* characters."""
+    return "".join(ch for ch in str(value if value is not None else "?") if ch.isprintable())[:limit]
+
+
 class ScriptStep(ScopedStep):
     """A run of deploy-app.sh in one mode."""
 
@@ -581,8 +660,11 @@ def scope_steps(scope: Scope | None = None) -> list[Step]:
 
 
 def steps(ctx: IamRun) -> list[Step]:
-    """The ordered steps for one IAM scope (see the module docstring)."""
-    return preflight_steps() + scope_steps()
+    """The ordered steps for one IAM scope (see the module docstring); the account scope, shared by
+    the environments of its account, also gets :class:`TakeOverCheck` before the backend."""
+    shared: list[Step] = [TakeOverCheck()] if ctx.scope.kind == ACCOUNT else []
+    preflight = preflight_steps()
+    return preflight[:-1] + shared + preflight[-1:] + scope_steps()
 
 
 def build(ctx: IamRun) -> Plan:

@@ -1,8 +1,9 @@
 """``inv release``: the whole runbook in one plan, running only the steps that are needed.
 
 Order: preflight (configuration, git, Terraform, AWS caller identity, CircleCI
-token), the applied records (which decide the IAM steps), backend, the account
-step if its record does not match this commit, the environment step likewise,
+token), the applied records (which decide the IAM steps), the shared account
+scope (another branch's account IAM is replaced only with --take-over), backend,
+the account step if its record does not match this commit, the environment step likewise,
 then the pipeline of this commit (waiting at the gate: nothing to do; failed:
 rerun from failed) and a watch to its end.
 """
@@ -197,7 +198,8 @@ class WatchStep(Step):
 def build(ctx: ReleaseRun) -> Plan:
     """The release plan for ``ctx.environment`` (see the module docstring)."""
     account, environment = for_environment(ctx.config, ctx.environment)
-    steps: list[Step] = [*iam.preflight_steps()[:4], CircleCICheck(), RecordsCheck(), iam.BackendStep(),
+    steps: list[Step] = [*iam.preflight_steps()[:4], CircleCICheck(), RecordsCheck(), iam.TakeOverCheck(account),
+                         iam.BackendStep(),
                          *iam.scope_steps(account), *iam.scope_steps(environment), PipelineStep(), WatchStep()]
     return Plan(name=f"release of {ctx.environment.name}", steps=steps, resume=ctx.command,
                 dry_note="Nothing is changed; Terraform is not called; the only AWS and CircleCI calls are "

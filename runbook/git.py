@@ -155,27 +155,24 @@ def _repository_key(url: str) -> str:
     return f"{host}/{path.strip('/').removesuffix('.git').lower()}"
 
 
-def remote_urls(cwd: str | os.PathLike | None = None) -> dict[str, str]:
-    """Every remote of the checkout: name -> fetch URL (``git config remote.<name>.url``)."""
+def remotes(branch: str, cwd: str | os.PathLike | None = None) -> tuple[dict[str, str], str | None]:
+    """Every remote of the checkout (name -> fetch URL, ``remote.<name>.url``) and the remote *branch*
+    tracks (``branch.<branch>.remote``, or None), read with one ``git config`` call."""
+    pattern = rf"^(remote\..*\.url|branch\.{re.escape(branch)}\.remote)$"
     try:
-        out = _git("config", "--get-regexp", r"^remote\..*\.url$", cwd=cwd)
+        out = _git("config", "--get-regexp", pattern, cwd=cwd)
     except GitCommandError as exc:
         if exc.stderr:
             raise
-        return {}  # git config exits 1 without a word when nothing matches
-    urls = {}
+        return {}, None  # git config exits 1 without a word when nothing matches
+    urls, tracked = {}, None
     for line in out.splitlines():
-        key, _, url = line.partition(" ")
-        urls[key[len("remote."):-len(".url")]] = url
-    return urls
-
-
-def branch_remote(branch: str, cwd: str | os.PathLike | None = None) -> str | None:
-    """The remote *branch* tracks (``branch.<branch>.remote``), or None."""
-    try:
-        return _git("config", "--get", f"branch.{branch}.remote", cwd=cwd) or None
-    except GitCommandError:
-        return None
+        key, _, value = line.partition(" ")
+        if key.startswith("remote.") and key.endswith(".url"):
+            urls[key[len("remote."):-len(".url")]] = value
+        else:
+            tracked = value or None
+    return urls, tracked
 
 
 def team_remote(branch: str, repository: str | None = None, *, required: bool = False,
@@ -199,9 +196,8 @@ def team_remote(branch: str, repository: str | None = None, *, required: bool = 
     or when nothing tells several remotes apart. Remote URLs are never printed (they may carry a
     token); only their names.
     """
-    urls = remote_urls(cwd)
+    urls, tracked = remotes(branch, cwd)
     names = ", ".join(sorted(urls)) or "none"
-    tracked = branch_remote(branch, cwd)
     if repository:
         matching = sorted(name for name, url in urls.items() if same_repository(url, repository))
         if matching:
@@ -215,7 +211,7 @@ def team_remote(branch: str, repository: str | None = None, *, required: bool = 
                 fix=f"git remote add upstream {shlex.quote(repository)} && git fetch upstream",
             )
     if tracked and tracked in urls:
-        return TeamRemote(tracked, f"the remote branch {branch!r} tracks; set git.remote in the configuration to "
+        return TeamRemote(tracked, f"the remote that branch {branch!r} tracks; set git.remote in the configuration to "
                                    "pin the team's repository")
     if REMOTE in urls or len(urls) == 1:
         name = REMOTE if REMOTE in urls else next(iter(urls))

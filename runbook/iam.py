@@ -149,7 +149,7 @@ class IamRun:
         from runbook import aws
 
         pool = getattr(self, "_aws_pool", None)
-        if pool is None or "ssm" in self._futures:
+        if pool is None or "ssm" in self._futures or getattr(self, "_ssm", None) is not None:
             return
         self._futures["ssm"] = pool.submit(lambda: aws.client(self.aws_session(), "ssm", self.account))
 
@@ -459,6 +459,8 @@ class TakeOverCheck(ScopedStep):
             return skipped
         if ctx.dry_run and sc.record_scope not in getattr(ctx, "_records", {}):
             return Decision(True, "the account record is read at run time (not in a dry run)")
+        if not ctx.dry_run:
+            ctx.prefetch_ssm()  # the SSM client is built on the AWS thread: a boto3 Session is not thread-safe
         applied = ctx.applied_record(sc)
         branch = ctx.branch or ctx.environment.branch
         if applied is None:

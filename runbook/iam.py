@@ -259,8 +259,8 @@ class GitCheck(Step):
         return Decision(True, f"on {target} at {checkout.head[:12]}, clean, equal to {ours} (remote {team.name}: "
                               f"{team.why})")
 
-    def run(self, ctx: IamRun) -> str:
-        return self.check(ctx).reason
+    def run(self, ctx: IamRun) -> None:
+        return None  # check() did it, once: the plan prints its reason (no second fetch or STS call)
 
 
 class TerraformCheck(Step):
@@ -302,8 +302,8 @@ class IdentityCheck(Step):
         return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}; "
                               "Terraform runs with exactly these credentials")
 
-    def run(self, ctx: IamRun) -> str:
-        return self.check(ctx).reason
+    def run(self, ctx: IamRun) -> None:
+        return None  # check() did it, once: the plan prints its reason (no second fetch or STS call)
 
 
 def _warn_other_credentials(ctx: IamRun) -> None:

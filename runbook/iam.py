@@ -533,7 +533,7 @@ class ScriptStep(ScopedStep):
             "  env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
             "  credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN = the keys that pass the "
             f"caller identity check; {', '.join(terraform.CHILD_REMOVED[:2])}, TF_WORKSPACE and the other credential "
-            "sources of this shell are removed",
+            "sources of this shell are removed, " + " ".join(f"{k}={v}" for k, v in terraform.CHILD_SHUT.items()),
         ]
 
 

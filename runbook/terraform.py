@@ -160,6 +160,9 @@ CHILD_REMOVED = (
     "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
     "TF_WORKSPACE",
 )
+# ...and the sources shut rather than removed: the shared files and the instance metadata service.
+CHILD_SHUT = {"AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
+              "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 def script_env(
@@ -170,13 +173,11 @@ def script_env(
     credentials Terraform must use.
 
     *credentials* (``runbook.aws.Credentials``: the frozen keys that passed the caller identity
-    check) become ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN``, and
-    every other credential source is shut: no profile, shared credentials and config files pointed
-    at the null device, no instance metadata. So the identity Terraform uses is, key for key, the
-    identity the runbook checked and records as ``applied_by``, whatever the user's shell exports
-    (a configured ``profile:`` next to exported keys used to split the two). :func:`child_env`
-    removes the shell's own credential variables. Without *credentials* (a dry run shows the
-    command) Terraform would find none and stop at ``init``, never falling back to another identity.
+    check) become ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN``;
+    :func:`child_env` shuts every other credential source. So the identity Terraform uses is, key
+    for key, the identity the runbook checked and records as ``applied_by``, whatever the user's
+    shell exports (a configured ``profile:`` next to exported keys used to split the two). Without
+    *credentials* (a dry run shows the command) the variables are left out.
     """
     env = {
         "DEPLOY_MODE": mode,
@@ -187,9 +188,6 @@ def script_env(
         "TF_PLAN_FILE": PLAN_FILE,
         "TF_IN_AUTOMATION": "1",
         "CHECKPOINT_DISABLE": "1",
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_EC2_METADATA_DISABLED": "true",
     }
     if backend.endpoint_url:
         env["AWS_ENDPOINT_URL"] = backend.endpoint_url
@@ -206,8 +204,10 @@ def script_env(
 def child_env(env: dict[str, str]) -> dict[str, str]:
     """The whole environment of ``deploy-app.sh``: ``os.environ`` without :data:`CHILD_REMOVED`
     (the shell's credential sources and ``TF_WORKSPACE``, so state goes to the configured key in
-    the ``default`` workspace, never ``env:/<workspace>/...``), then *env* from :func:`script_env`."""
-    return {**{k: v for k, v in os.environ.items() if k not in CHILD_REMOVED}, **env}
+    the ``default`` workspace, never ``env:/<workspace>/...``), :data:`CHILD_SHUT` (no profile can
+    be read, no instance role asked), then *env* from :func:`script_env`. Without credentials in
+    *env* Terraform finds none and stops at ``init``: it never falls back to another identity."""
+    return {**{k: v for k, v in os.environ.items() if k not in CHILD_REMOVED}, **CHILD_SHUT, **env}
 
 
 def command(root: Path) -> list[str]:

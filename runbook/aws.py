@@ -12,7 +12,9 @@ message text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import shlex
+from dataclasses import dataclass, field
 from typing import Any
 
 from runbook.config import Account, Backend
@@ -22,6 +24,31 @@ from runbook.errors import RunbookError
 # reference, "Common Errors" (ExpiredToken, InvalidClientTokenId, SignatureDoesNotMatch).
 EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"}
 REJECTED_CODES = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"}
+# The AWS SSO (IAM Identity Center) portal's answer to an expired or revoked access token
+# (AWS SSO Portal API reference, GetRoleCredentials: UnauthorizedException), and the SSO OIDC
+# answers when the token cannot be refreshed (SSO OIDC API reference, CreateToken).
+SSO_EXPIRED_CODES = {"UnauthorizedException", "InvalidGrantException", "ExpiredTokenException"}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One frozen set of AWS credentials: the exact keys the caller identity check used.
+
+    Never printed: every field is left out of ``repr``. :meth:`env` gives them as the standard
+    environment variables (AWS CLI docs, "Environment variables to configure the AWS CLI":
+    https://docs.aws.amazon.com/cli/latest/userguide/cli-configure-envvars.html).
+    """
+
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def env(self) -> dict[str, str]:
+        """``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and (for temporary keys) ``AWS_SESSION_TOKEN``."""
+        env = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        if self.token:
+            env["AWS_SESSION_TOKEN"] = self.token
+        return env
 
 
 @dataclass(frozen=True)
@@ -62,59 +89,152 @@ def session(account: Account, *, use_profile: bool = True) -> Any:
         ) from None
 
 
-def client(sess: Any, service: str, account: Account, *, read_timeout_s: float = 30.0, attempts: int = 5) -> Any:
+def client(sess: Any, service: str, account: Account, *, read_timeout_s: float = 30.0, attempts: int = 5,
+           credentials: Credentials | None = None) -> Any:
     """A boto3 client for *service* in *account*'s region, at its ``endpoint_url`` when set.
 
     Standard retry mode (botocore backs off on throttling by itself) with *attempts* retries;
     connect timeout 10 s, read timeout *read_timeout_s* seconds. A poller with its own deadline
-    passes small values so that one call cannot outlast it.
+    passes small values so that one call cannot outlast it. *credentials* (from
+    :func:`frozen_credentials`) sign every call instead of the session's credential chain.
     """
     from botocore.config import Config
 
+    keys = {}
+    if credentials is not None:
+        keys = {"aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key,
+                "aws_session_token": credentials.token}
     return sess.client(
         service,
         region_name=account.region,
         endpoint_url=account.endpoint_url,
         config=Config(retries={"mode": "standard", "max_attempts": attempts},
                       connect_timeout=min(10.0, read_timeout_s), read_timeout=read_timeout_s),
+        **keys,
     )
 
 
-def login_hint(account: Account) -> str:
-    """The command that gets fresh credentials for *account*."""
-    if account.profile:
-        return f"aws sso login --profile {account.profile}  (then run the command again)"
+def profile_in_use(account: Account | None = None, *, use_profile: bool = True) -> str | None:
+    """The AWS profile whose credentials a session of :func:`session` uses: *account*'s configured
+    profile (when *use_profile*), else ``AWS_PROFILE`` (or ``AWS_DEFAULT_PROFILE``), else None (the
+    default profile or no profile at all)."""
+    if account is not None and account.profile and use_profile:
+        return account.profile
+    return os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or None
+
+
+def login_hint(account: Account | None = None, *, use_profile: bool = True) -> str:
+    """The command that gets fresh credentials for *account* (the profile in use, see :func:`profile_in_use`)."""
+    profile = profile_in_use(account, use_profile=use_profile)
+    if profile:
+        return f"aws sso login --profile {shlex.quote(profile)}  (then run the command again)"
     return ("get fresh credentials for the account: aws sso login --profile NAME and export AWS_PROFILE=NAME, "
             "or export AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN")
 
 
-def caller_identity(sess: Any, account: Account, *, purpose: str) -> Identity:
+def login_error(exc: BaseException, account: Account | None = None, *, use_profile: bool = True) -> RunbookError | None:
+    """A RunbookError when *exc* says the AWS SSO login is missing or expired, else None.
+
+    Every form botocore raises for it (botocore source, ``botocore/exceptions.py``:
+    https://github.com/boto/botocore/blob/develop/botocore/exceptions.py): ``SSOTokenLoadError``
+    (no cached token: never logged in, or the cache was cleared), ``UnauthorizedSSOTokenError``
+    (a legacy ``sso_start_url`` profile whose cached token expired), ``TokenRetrievalError`` (an
+    ``sso_session`` token that could not be refreshed), any other ``SSOError``, and a ClientError
+    from the SSO portal or SSO OIDC with one of :data:`SSO_EXPIRED_CODES`. None of them passes by
+    waiting, so the gate must not treat them as temporary: the message names the exact
+    ``aws sso login --profile <profile in use>`` command.
+    """
+    import botocore.exceptions as errors
+
+    expired = isinstance(exc, (errors.SSOError, errors.TokenRetrievalError))
+    if isinstance(exc, errors.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        expired = code in SSO_EXPIRED_CODES and exc.operation_name in ("GetRoleCredentials", "CreateToken")
+    if not expired:
+        return None
+    profile = profile_in_use(account, use_profile=use_profile)
+    named = f" of profile {profile!r}" if profile else " of the default profile"
+    where = f"config field accounts.{account.name}.profile" if account and account.profile and use_profile else None
+    return RunbookError(
+        f"The AWS SSO login{named} has expired or was never made ({type(exc).__name__}); waiting will not help, "
+        "and nothing was changed",
+        where=where,
+        fix=f"aws sso login --profile {shlex.quote(profile)}  (then run the command again)" if profile
+        else "aws sso login  (then run the command again)",
+    )
+
+
+def frozen_credentials(sess: Any, account: Account, *, purpose: str) -> Credentials:
+    """Resolve *sess*'s credentials once and freeze them: the keys the caller identity check and
+    Terraform both use (see :func:`caller_identity`, ``runbook.terraform.script_env``).
+
+    botocore resolves them through the standard chain (environment, the profile, SSO, assume
+    role...); temporary keys carry a session token and stay valid until they expire (one hour or
+    more for SSO role credentials and assumed roles).
+
+    Raises RunbookError when there are none, or when the SSO login is missing or expired (see
+    :func:`login_error`).
+    """
+    import botocore.exceptions
+
+    try:
+        found = sess.get_credentials()
+        frozen = found.get_frozen_credentials() if found is not None else None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise _credential_error(exc, account, purpose) from None
+    except botocore.exceptions.ClientError as exc:
+        raise login_error(exc, account) or _credential_error(exc, account, purpose) from None
+    if frozen is None or not frozen.access_key or not frozen.secret_key:
+        raise RunbookError(
+            f"No AWS credentials found for account {account.name} ({account.id}), needed for {purpose}",
+            fix=login_hint(account),
+        )
+    return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
+
+
+def _credential_error(exc: Exception, account: Account, purpose: str) -> RunbookError:
+    """The RunbookError for a failure to resolve credentials (anything but an answer from STS)."""
+    expired = login_error(exc, account)
+    if expired is not None:
+        return expired
+    import botocore.exceptions
+
+    if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+        return RunbookError(
+            f"No AWS credentials found for account {account.name} ({account.id}), needed for {purpose}",
+            fix=login_hint(account),
+        )
+    where = account.endpoint_url or f"STS in {account.region}"
+    return RunbookError(
+        f"Cannot get an answer from AWS ({where}) to check the caller identity ({type(exc).__name__})",
+        where=f"config field accounts.{account.name}.endpoint_url" if account.endpoint_url else None,
+        fix="check the network (or that the local AWS at endpoint_url is running) and try again",
+    )
+
+
+def caller_identity(sess: Any, account: Account, *, purpose: str, credentials: Credentials | None = None) -> Identity:
     """Ask STS who we are and insist on being in *account*.
 
     Args:
         sess: boto3 Session from :func:`session`.
         account: the configured account the credentials must belong to.
         purpose: words for the message, e.g. "environment stg".
+        credentials: when given (from :func:`frozen_credentials`), STS is asked with exactly these
+            keys, so the identity returned is the identity of these keys and nothing else.
 
-    Raises RunbookError for: no credentials, expired or rejected credentials,
-    an unreachable endpoint, or credentials of another account (the message
-    names both account IDs).
+    Raises RunbookError for: no credentials, an expired or missing SSO login (naming
+    ``aws sso login --profile <profile in use>``), expired or rejected credentials, an
+    unreachable endpoint, or credentials of another account (the message names both account IDs).
     """
     import botocore.exceptions
 
-    sts = client(sess, "sts", account)
+    sts = client(sess, "sts", account, credentials=credentials)
     try:
         found = sts.get_caller_identity()
-    except botocore.exceptions.NoCredentialsError:
-        raise RunbookError(
-            f"No AWS credentials found for account {account.name} ({account.id}), needed for {purpose}",
-            fix=login_hint(account),
-        ) from None
-    except (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError):
-        raise RunbookError(
-            f"The AWS SSO session for account {account.name} has expired", fix=login_hint(account)
-        ) from None
     except botocore.exceptions.ClientError as exc:
+        expired = login_error(exc, account)
+        if expired is not None:
+            raise expired from None
         code = exc.response.get("Error", {}).get("Code", "")
         if code in EXPIRED_CODES:
             what = f"The AWS credentials for account {account.name} ({account.id}) have expired ({code})"
@@ -131,12 +251,7 @@ def caller_identity(sess: Any, account: Account, *, purpose: str) -> Identity:
                                    fix="an AWS-side error: try again in a minute") from None
         raise RunbookError(what, fix=login_hint(account)) from None
     except (botocore.exceptions.BotoCoreError, KeyError, ValueError) as exc:
-        where = account.endpoint_url or f"STS in {account.region}"
-        raise RunbookError(
-            f"Cannot get an answer from AWS ({where}) to check the caller identity ({type(exc).__name__})",
-            where=f"config field accounts.{account.name}.endpoint_url" if account.endpoint_url else None,
-            fix="check the network (or that the local AWS at endpoint_url is running) and try again",
-        ) from None
+        raise _credential_error(exc, account, purpose) from None
     try:
         identity = Identity(arn=found["Arn"], account_id=found["Account"], user_id=found["UserId"])
     except (KeyError, TypeError):

@@ -124,6 +124,7 @@ class Config:
     backend_names: dict[str, str]
     roots: dict[str, Path]
     circleci: CircleCI | None = None
+    git_remote: str | None = None  # the team's repository URL (field git.remote), see runbook.git.team_remote
     lines: dict[tuple, int] = field(default_factory=dict, repr=False, compare=False)
 
     def environment(self, name: str) -> Environment:
@@ -810,6 +811,7 @@ def _build(data: dict, lines: dict[tuple, int], path: Path) -> Config:
         },
         circleci=CircleCI(ci["project_slug"], ci["workflow"], ci.get("host"), ci.get("deployer", "user"),
                           ci.get("org_id"), ci.get("project_id"), ci.get("vcs_origin")) if ci else None,
+        git_remote=data.get("git", {}).get("remote"),
         lines=lines,
     )
 

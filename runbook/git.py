@@ -8,16 +8,23 @@ folder is not a checkout.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
+import urllib.parse
 from dataclasses import dataclass
 
 from runbook.errors import RunbookError
 
 REMOTE = "origin"
+# CircleCI project slugs name the repository: "gh/ORG/REPO" (GitHub), "bb/ORG/REPO" (Bitbucket);
+# "circleci/<id>/<id>" names none (CircleCI API v2 docs, "project-slug":
+# https://circleci.com/docs/api-developers-guide/#getting-started-with-the-api).
+SLUG_HOSTS = {"gh": "github.com", "github": "github.com", "bb": "bitbucket.org", "bitbucket": "bitbucket.org"}
 
 
-def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60.0) -> str:
+def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60.0, strip: bool = True) -> str:
     if shutil.which("git") is None:
         raise RunbookError("git is not installed or not on PATH", fix="install git (apt-get install git)")
     try:
@@ -36,7 +43,7 @@ def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60
         ) from None
     if done.returncode != 0:
         raise GitCommandError(args, done.stderr.strip())
-    return done.stdout.strip()
+    return done.stdout.strip() if strip else done.stdout
 
 
 class GitCommandError(RunbookError):
@@ -71,7 +78,8 @@ def inspect(cwd: str | os.PathLike | None = None) -> Checkout:
     """Read branch, HEAD commit and uncommitted changes (untracked files included, ignored ones not)."""
     branch = _git("rev-parse", "--abbrev-ref", "HEAD", cwd=cwd)
     head = _git("rev-parse", "HEAD", cwd=cwd)
-    status = _git("status", "--porcelain", "--untracked-files=normal", cwd=cwd)
+    # Not stripped: each line starts with a two-column status that may be a space (" M README.md").
+    status = _git("status", "--porcelain", "--untracked-files=normal", cwd=cwd, strip=False)
     return Checkout(branch=branch, head=head, changes=tuple(line for line in status.splitlines() if line))
 
 
@@ -86,24 +94,25 @@ def head_commit(cwd: str | os.PathLike | None = None) -> str:
     return _git("rev-parse", "HEAD", cwd=cwd)
 
 
-def remote_commit(branch: str, *, fetch: bool, cwd: str | os.PathLike | None = None) -> str | None:
-    """The commit of ``origin/<branch>``: after ``git fetch`` when *fetch*, else as last fetched.
+def remote_commit(branch: str, *, fetch: bool, cwd: str | os.PathLike | None = None,
+                  remote: str = REMOTE) -> str | None:
+    """The commit of ``<remote>/<branch>``: after ``git fetch`` when *fetch*, else as last fetched.
 
     Returns None when the remote branch does not exist (or was never fetched).
     Raises RunbookError when the fetch fails (network, authentication).
     """
     if fetch:
         try:
-            _git("fetch", "--quiet", REMOTE, f"+refs/heads/{branch}:refs/remotes/{REMOTE}/{branch}", cwd=cwd)
+            _git("fetch", "--quiet", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}", cwd=cwd)
         except GitCommandError as exc:
             if "couldn't find remote ref" in exc.stderr:
                 return None
             raise RunbookError(
-                f"`git fetch {REMOTE} {branch}` failed: {exc.stderr}",
-                fix=f"check access to the remote (`git remote -v`, `git fetch {REMOTE}`) and try again",
+                f"`git fetch {remote} {branch}` failed: {exc.stderr}",
+                fix=f"check access to the remote (`git remote -v`, `git fetch {remote}`) and try again",
             ) from None
     try:
-        return _git("rev-parse", "--verify", "--quiet", f"refs/remotes/{REMOTE}/{branch}", cwd=cwd)
+        return _git("rev-parse", "--verify", "--quiet", f"refs/remotes/{remote}/{branch}", cwd=cwd)
     except GitCommandError:
         return None
 
@@ -111,3 +120,114 @@ def remote_commit(branch: str, *, fetch: bool, cwd: str | os.PathLike | None = N
 def commit_time(rev: str = "HEAD", cwd: str | os.PathLike | None = None) -> float:
     """The committer time of *rev* in seconds since the epoch (when it was made, amended or rebased)."""
     return float(_git("show", "-s", "--format=%ct", rev, cwd=cwd))
+
+
+@dataclass(frozen=True)
+class TeamRemote:
+    """The remote that holds the team's branches: its name and why it was chosen (words for messages)."""
+
+    name: str
+    why: str
+
+
+def repository_of_slug(slug: str | None) -> str | None:
+    """The repository a CircleCI project slug names ("gh/acme/api" -> "https://github.com/acme/api"), or None."""
+    parts = (slug or "").split("/")
+    if len(parts) == 3 and parts[0] in SLUG_HOSTS:
+        return f"https://{SLUG_HOSTS[parts[0]]}/{parts[1]}/{parts[2]}"
+    return None
+
+
+def same_repository(a: str, b: str) -> bool:
+    """Whether two git URLs name one repository: scheme, user, ``.git`` suffix, trailing slashes and
+    case of the host and path aside (``git@github.com:acme/api.git`` = ``https://github.com/acme/api``);
+    local paths are compared after resolving symlinks."""
+    return _repository_key(a) == _repository_key(b)
+
+
+def _repository_key(url: str) -> str:
+    url = url.strip()
+    if url.startswith("file://"):
+        url = urllib.parse.unquote(url[len("file://"):])
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+        parts = urllib.parse.urlsplit(url)
+        host, path = (parts.hostname or "").lower(), parts.path
+    elif re.match(r"^(?:[^@/]+@)?[^/:]+:(?!/)", url) and not os.path.exists(url):  # scp-like: git@host:org/repo
+        host, path = url.split("@", 1)[-1].split(":", 1)
+        host = host.lower()
+    else:
+        return os.path.realpath(url).rstrip("/").removesuffix(".git")
+    return f"{host}/{path.strip('/').removesuffix('.git').lower()}"
+
+
+def remotes(branch: str, cwd: str | os.PathLike | None = None) -> tuple[dict[str, str], str | None]:
+    """Every remote of the checkout (name -> fetch URL, ``remote.<name>.url``) and the remote *branch*
+    tracks (``branch.<branch>.remote``, or None), read with one ``git config`` call."""
+    pattern = rf"^(remote\..*\.url|branch\.{re.escape(branch)}\.remote)$"
+    try:
+        out = _git("config", "--get-regexp", pattern, cwd=cwd)
+    except GitCommandError as exc:
+        if exc.stderr:
+            raise
+        return {}, None  # git config exits 1 without a word when nothing matches
+    urls, tracked = {}, None
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key.startswith("remote.") and key.endswith(".url"):
+            urls[key[len("remote."):-len(".url")]] = value
+        else:
+            tracked = value or None
+    return urls, tracked
+
+
+def team_remote(branch: str, repository: str | None = None, *, required: bool = False,
+                cwd: str | os.PathLike | None = None) -> TeamRemote:
+    """The remote whose *branch* is the team's branch, the one the IAM must be applied from.
+
+    In order: the remote whose URL is *repository* (the team's repository: config field
+    ``git.remote``, else the repository of the CircleCI project slug); preferring the branch's
+    upstream, then ``origin`` when several match. Else the remote *branch* tracks; else
+    ``origin``; else the only remote. A stale fork as ``origin`` beside the team's repository as
+    ``upstream`` therefore never stands in for the team's branch when the repository is known.
+
+    Args:
+        branch: the environment's branch, e.g. "staging".
+        repository: the team's repository URL, or None.
+        required: *repository* was configured explicitly (``git.remote``): refuse when no remote
+            points at it rather than fall back.
+        cwd: the checkout.
+
+    Raises RunbookError when the checkout has no remote, when *required* and no remote matches,
+    or when nothing tells several remotes apart. Remote URLs are never printed (they may carry a
+    token); only their names.
+    """
+    urls, tracked = remotes(branch, cwd)
+    names = ", ".join(sorted(urls)) or "none"
+    if repository:
+        matching = sorted(name for name, url in urls.items() if same_repository(url, repository))
+        if matching:
+            name = tracked if tracked in matching else ("origin" if "origin" in matching else matching[0])
+            return TeamRemote(name, f"its URL is the team's repository {repository}")
+        if required:
+            raise RunbookError(
+                f"No git remote of this checkout points at the team's repository {repository} (remotes: {names}); "
+                f"the IAM must be applied from the team's {branch!r}, not a fork's",
+                where="config field git.remote",
+                fix=f"git remote add upstream {shlex.quote(repository)} && git fetch upstream",
+            )
+    if tracked and tracked in urls:
+        return TeamRemote(tracked, f"the remote that branch {branch!r} tracks; set git.remote in the configuration to "
+                                   "pin the team's repository")
+    if REMOTE in urls or len(urls) == 1:
+        name = REMOTE if REMOTE in urls else next(iter(urls))
+        return TeamRemote(name, "the default remote; set git.remote in the configuration to pin the team's repository")
+    if not urls:
+        raise RunbookError(
+            "This checkout has no git remote, so nothing shows what the team merged",
+            fix="git remote add origin <URL of the team's repository> && git fetch origin",
+        )
+    raise RunbookError(
+        f"Cannot tell which git remote is the team's repository (remotes: {names}; {branch!r} tracks none of them)",
+        where="config field git.remote",
+        fix=f"set git.remote to the team's repository URL, or git branch --set-upstream-to=<remote>/{branch} {branch}",
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from runbook import console, fingerprint, git, records, terraform
 from runbook.config import Account, Config, Environment
 from runbook.errors import RunbookError
 from runbook.plan import Decision, Plan, Step
-from runbook.scopes import Scope
+from runbook.scopes import ACCOUNT, Scope
 
 
 @dataclass
@@ -36,6 +37,8 @@ class IamRun:
         dry_run: print and check only; no AWS or Terraform calls.
         assume_yes: answer confirmation prompts with yes (automation).
         skip_branch_check: apply from another branch (loudly).
+        take_over: apply the account scope although its record came from another branch with
+            another fingerprint (see :class:`TakeOverCheck`).
         cwd: the git checkout to check (default: the current directory).
     """
 
@@ -45,9 +48,13 @@ class IamRun:
     dry_run: bool = False
     assume_yes: bool = False
     skip_branch_check: bool = False
+    take_over: bool = False
     cwd: Path | None = None
     session: Any = None
     identity: Any = None
+    credentials: Any = field(default=None, repr=False)
+    remote: Any = None  # git.TeamRemote the branch was compared with (GitCheck)
+    take_over_text: str = ""  # what TakeOverCheck found, for its run()
     terraform_bin: str | None = None
     head: str | None = None
     branch: str | None = None
@@ -80,8 +87,9 @@ class IamRun:
 
     def flags(self) -> list[str]:
         """The user's flags that a resumed run must repeat (a dry run resumes as the real run)."""
-        return [flag for flag, given in (("--yes", self.assume_yes), ("--skip-branch-check", self.skip_branch_check))
-                if given]
+        given = (("--yes", self.assume_yes), ("--skip-branch-check", self.skip_branch_check),
+                 ("--take-over", self.take_over))
+        return [flag for flag, on in given if on]
 
     def tf_vars(self) -> dict[str, str]:
         return self.scope.tf_vars()
@@ -126,9 +134,14 @@ class IamRun:
         self._aws_pool = aws_pool  # one thread for every boto3 call: a Session is not thread-safe
 
     def _look_up_identity(self):
+        """Freeze the session's credentials, then ask STS with exactly those keys: the identity
+        returned is the identity of ``self.credentials``, which Terraform gets (ScriptStep.env)."""
         from runbook import aws
 
-        return aws.caller_identity(self.aws_session(), self.account, purpose=self.label)
+        credentials = aws.frozen_credentials(self.aws_session(), self.account, purpose=self.label)
+        identity = aws.caller_identity(self.aws_session(), self.account, purpose=self.label, credentials=credentials)
+        self.credentials = credentials
+        return identity
 
     def _look_up_backend(self, identity=None):
         """BackendState, or the RunbookError that stopped the look-up; None when the identity failed."""
@@ -147,7 +160,7 @@ class IamRun:
         from runbook import aws
 
         pool = getattr(self, "_aws_pool", None)
-        if pool is None or "ssm" in self._futures:
+        if pool is None or "ssm" in self._futures or getattr(self, "_ssm", None) is not None:
             return
         self._futures["ssm"] = pool.submit(lambda: aws.client(self.aws_session(), "ssm", self.account))
 
@@ -194,8 +207,6 @@ class ConfigCheck(Step):
         return Decision(True, f"{ctx.config.path} is valid; {ctx.label} uses account {ctx.account.id} "
                               f"in {ctx.account.region}")
 
-    def run(self, ctx: IamRun) -> str:
-        return self.check(ctx).reason
 
 
 class GitCheck(Step):
@@ -205,7 +216,8 @@ class GitCheck(Step):
     def describe(self, ctx: IamRun) -> list[str]:
         b = ctx.environment.branch
         fetch = "(dry run: compared with the last fetch, no network)" if ctx.dry_run else ""
-        return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch origin {b} {fetch}".rstrip()]
+        name = ctx.remote.name if ctx.remote else "<the team's remote>"
+        return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch {name} {b} {fetch}".rstrip()]
 
     def check(self, ctx: IamRun) -> Decision:
         branch = ctx.environment.branch
@@ -240,22 +252,26 @@ class GitCheck(Step):
                     fix="commit them, or move them out of the root module (git status --ignored shows them)",
                 )
         target = checkout.branch if ctx.skip_branch_check else branch
-        remote = git.remote_commit(target, fetch=not ctx.dry_run, cwd=ctx.cwd)
+        cfg = ctx.config
+        repository = cfg.git_remote or git.repository_of_slug(cfg.circleci.project_slug if cfg.circleci else None)
+        ctx.remote = team = git.team_remote(target, repository, required=bool(cfg.git_remote), cwd=ctx.cwd)
+        ours = f"{team.name}/{target}"
+        remote = git.remote_commit(target, fetch=not ctx.dry_run, cwd=ctx.cwd, remote=team.name)
         if remote is None:
             raise RunbookError(
-                f"There is no origin/{target}: the branch was never pushed or fetched",
-                fix=f"git push -u origin {target}" if not ctx.dry_run else f"git fetch origin {target}",
+                f"There is no {ours} (remote {team.name}: {team.why}): the branch was never pushed or fetched",
+                fix=f"git push -u {team.name} {target}" if not ctx.dry_run else f"git fetch {team.name} {target}",
             )
         if remote != checkout.head:
             raise RunbookError(
-                f"HEAD is {checkout.head[:12]} but origin/{target} is {remote[:12]}: the local branch is "
-                "not what was merged",
-                fix="git pull --ff-only  (or push your commits first if you are ahead)",
+                f"HEAD is {checkout.head[:12]} but {ours} is {remote[:12]} (remote {team.name}: {team.why}): the "
+                "local branch is not what was merged",
+                fix=f"git pull --ff-only {team.name} {target}  (or push your commits to {team.name} first if you "
+                "are ahead)",
             )
-        return Decision(True, f"on {target} at {checkout.head[:12]}, clean, equal to origin/{target}")
+        return Decision(True, f"on {target} at {checkout.head[:12]}, clean, equal to {ours} (remote {team.name}: "
+                              f"{team.why})")
 
-    def run(self, ctx: IamRun) -> str:
-        return self.check(ctx).reason
 
 
 class TerraformCheck(Step):
@@ -274,8 +290,6 @@ class TerraformCheck(Step):
         ctx.terraform_bin, version = ctx.fetched("terraform", lambda: terraform.find(ctx.config.required_version))
         return Decision(True, f"Terraform {version} at {ctx.terraform_bin}")
 
-    def run(self, ctx: IamRun) -> str:
-        return self.check(ctx).reason
 
 
 class IdentityCheck(Step):
@@ -289,13 +303,30 @@ class IdentityCheck(Step):
                 f"must be account {ctx.account.id}"]
 
     def check(self, ctx: IamRun) -> Decision:
+        _warn_other_credentials(ctx)
         if ctx.dry_run:
-            return Decision(True, "checked at run time (not called in a dry run)")
+            return Decision(True, "checked at run time (not called in a dry run); Terraform then runs with "
+                                  "exactly the credentials that pass it")
         ctx.identity = ctx.fetched("identity", ctx._look_up_identity)
-        return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}")
+        return Decision(True, f"{ctx.identity.arn} in {ctx.identity.account_id} for {ctx.environment.name}; "
+                              "Terraform runs with exactly these credentials")
 
-    def run(self, ctx: IamRun) -> str:
-        return self.check(ctx).reason
+
+
+def _warn_other_credentials(ctx: IamRun) -> None:
+    """Say so when the shell exports credentials that the configured profile overrides."""
+    import os
+
+    profile = ctx.account.profile
+    if not profile:
+        return
+    exported = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE") if os.environ.get(name)
+                and not (name == "AWS_PROFILE" and os.environ[name] == profile)]
+    if exported:
+        console.warn(f"accounts.{ctx.account.name}.profile is {profile!r} and {' and '.join(exported)} "
+                     f"{'is' if len(exported) == 1 else 'are'} exported: the runbook uses profile {profile!r} for "
+                     "the caller identity check and hands Terraform exactly those credentials; the exported "
+                     f"{'ones are' if len(exported) > 1 else 'one is'} not used (unset it to silence this).")
 
 
 class BackendStep(Step):
@@ -409,6 +440,85 @@ class ScopedStep(Step):
         return f"{entry[1]}: " if entry and entry[0] else ""
 
 
+class TakeOverCheck(ScopedStep):
+    """The account scope is shared by every environment of the account (``dev``, ``stg`` and ``test``
+    share one): applying it from one branch replaces what another branch applied. When the account
+    record came from another branch and holds another fingerprint, the step shows who applied what,
+    from which branch and when, and goes on only with ``--take-over`` or a typed yes at a terminal.
+
+    ``--yes`` never answers it: ``--yes`` answers routine confirmations in automation, and silently
+    reverting another branch's account IAM is never routine, so automation must say ``--take-over``.
+    The record is read once per run (:meth:`IamRun.applied_record`; ``inv release`` read it already).
+    """
+
+    title = "Preflight: shared account scope"
+    # Not a `preflight` step: its run() asks at a terminal (or announces --take-over) after check() decided.
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        sc = self.sc(ctx)
+        return [f"SSM GetParameter {sc.parameter}: applied from another branch with another fingerprint needs "
+                "--take-over (or a typed yes at a terminal; --yes does not answer it)"]
+
+    def check(self, ctx: IamRun) -> Decision:
+        sc = self.sc(ctx)
+        skipped = self.skip(ctx)
+        if skipped:
+            return skipped
+        if ctx.dry_run and sc.record_scope not in getattr(ctx, "_records", {}):
+            return Decision(True, "the account record is read at run time (not in a dry run)")
+        if not ctx.dry_run:
+            ctx.prefetch_ssm()  # the SSM client is built on the AWS thread: a boto3 Session is not thread-safe
+        applied = ctx.applied_record(sc)
+        branch = ctx.branch or ctx.environment.branch
+        if applied is None:
+            return Decision(False, "never applied: no other branch's account IAM is replaced")
+        if applied.get("branch") == branch:
+            return Decision(False, f"last applied from this branch, {branch!r}")
+        ours = sc.fingerprint()
+        if applied.get("fingerprint") == ours:
+            return Decision(False, f"last applied from {_outside(applied.get('branch'))!r} with the same fingerprint "
+                                   "as this commit: nothing of theirs is replaced")
+        ctx.take_over_text = text = _take_over_text(ctx, sc, applied, ours, branch)
+        if ctx.take_over:
+            return Decision(True, "--take-over given: " + text)
+        if ctx.assume_yes or not sys.stdin or not sys.stdin.isatty():
+            raise RunbookError(
+                text + ("; --yes does not answer this" if ctx.assume_yes else "") + "; nothing was changed",
+                where=f"SSM parameter {sc.parameter}",
+                fix=f"agree with whoever applied from {_outside(applied.get('branch'))!r} first (or merge it into "
+                f"{branch!r}), then: {ctx.command} --take-over",
+            )
+        return Decision(True, text)
+
+    def run(self, ctx: IamRun) -> str:
+        text = ctx.take_over_text
+        if ctx.take_over:
+            console.warn(f"TAKING OVER the shared account scope (--take-over): {text}")
+            return "taken over (--take-over)"
+        console.warn(text)
+        if not console.confirm("Take over the account scope and replace that IAM?"):
+            raise RunbookError("Not taken over: nothing was changed",
+                               fix=f"{ctx.command} --take-over, once whoever applied it agrees")
+        return "taken over (answered yes)"
+
+
+def _take_over_text(ctx: IamRun, sc: Scope, applied: dict, ours: str, branch: str) -> str:
+    """Who applied the shared account scope, what, from which branch and when (record values printed safely)."""
+    sharing = [e.name for e in ctx.config.environments.values() if e.account == sc.account]
+    return (f"The account scope {sc.label} is shared by {', '.join(sharing)}. It was last applied from branch "
+            f"{_outside(applied.get('branch'))!r} (commit {_outside(applied.get('commit'))[:12]}, fingerprint "
+            f"{_outside(applied.get('fingerprint'))[:12]}) by {_outside(applied.get('applied_by'))} at "
+            f"{_outside(applied.get('applied_at'))}. This commit on {branch!r} has another fingerprint "
+            f"({ours[:12]}): applying it replaces that account IAM, reverting whatever it has that this commit "
+            "lacks")
+
+
+def _outside(value: Any, limit: int = 200) -> str:
+    """A value read from outside (an applied record) made safe to print: printable characters only
+    (terminal escapes and control characters dropped), at most *limit* characters."""
+    return "".join(ch for ch in str(value if value is not None else "?") if ch.isprintable())[:limit]
+
+
 class ScriptStep(ScopedStep):
     """A run of deploy-app.sh in one mode."""
 
@@ -416,15 +526,21 @@ class ScriptStep(ScopedStep):
 
     def env(self, ctx: IamRun) -> dict[str, str]:
         sc = self.sc(ctx)
+        if ctx.credentials is None and not ctx.dry_run:
+            raise RunbookError(f"No checked credentials to run Terraform with for {sc.label}; nothing was run",
+                               fix="run the whole command again (its caller identity check freezes them)")
         return terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
-                                    profile=sc.account.profile)
+                                    credentials=ctx.credentials)
 
     def describe(self, ctx: IamRun) -> list[str]:
-        env = console.mask_env(self.env(ctx))
+        env = {k: console.MASK if k == "AWS_ACCESS_KEY_ID" else v for k, v in console.mask_env(self.env(ctx)).items()}
         root = self.sc(ctx).root
         return [
             f"$ cd {shlex.quote(_rel(root))} && {shlex.join(terraform.command(root))}",
             "  env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+            "  credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN = the keys that pass the "
+            f"caller identity check; {', '.join(terraform.CHILD_REMOVED[:2])}, TF_WORKSPACE and the other credential "
+            "sources of this shell are removed, " + " ".join(f"{k}={v}" for k, v in terraform.CHILD_SHUT.items()),
         ]
 
 
@@ -525,7 +641,7 @@ class RecordStep(ScopedStep):
                 fingerprint=ctx.fingerprint or sc.fingerprint(),
                 commit=ctx.head or git.head_commit(ctx.cwd),
                 branch=ctx.branch or ctx.environment.branch,
-                applied_by=ctx.identity.arn,
+                applied_by=ctx.identity.arn,  # the identity of the very keys Terraform ran with (ScriptStep.env)
                 scope=sc.record_scope,
                 outputs={k: v for k, v in outputs.items() if k in RECORDED_OUTPUTS},
             )
@@ -580,8 +696,11 @@ def scope_steps(scope: Scope | None = None) -> list[Step]:
 
 
 def steps(ctx: IamRun) -> list[Step]:
-    """The ordered steps for one IAM scope (see the module docstring)."""
-    return preflight_steps() + scope_steps()
+    """The ordered steps for one IAM scope (see the module docstring); the account scope, shared by
+    the environments of its account, also gets :class:`TakeOverCheck` before the backend."""
+    shared: list[Step] = [TakeOverCheck()] if ctx.scope.kind == ACCOUNT else []
+    preflight = preflight_steps()
+    return preflight[:-1] + shared + preflight[-1:] + scope_steps()
 
 
 def build(ctx: IamRun) -> Plan:

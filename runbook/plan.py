@@ -166,5 +166,5 @@ def _with_resume(fix: str | None, resume: str, *, interrupted: bool) -> str:
         return fix
     named, count = _AGAIN.subn(f"resume with `{resume}`", fix, count=1)
     if count:
-        return named[0].upper() + named[1:]
+        return "R" + named[1:] if named.startswith("resume with") else named  # never capitalise a command
     return f"{fix}; {then}"

@@ -508,6 +508,11 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
             fix="start the local AWS (moto_server / LocalStack) or remove endpoint_url",
         ) from None
     except BotoCoreError as error:
+        from runbook.aws import login_error
+
+        expired = login_error(error)  # an expired SSO login does not pass by waiting: never Transient
+        if expired is not None:
+            raise expired from None
         raise Transient(
             f"AWS SSM call on {name} failed: {type(error).__name__}",
             where=where,

@@ -1,8 +1,9 @@
 """``inv release``: the whole runbook in one plan, running only the steps that are needed.
 
 Order: preflight (configuration, git, Terraform, AWS caller identity, CircleCI
-token), the applied records (which decide the IAM steps), backend, the account
-step if its record does not match this commit, the environment step likewise,
+token), the applied records (which decide the IAM steps), the shared account
+scope (another branch's account IAM is replaced only with --take-over), backend,
+the account step if its record does not match this commit, the environment step likewise,
 then the pipeline of this commit (waiting at the gate: nothing to do; failed:
 rerun from failed) and a watch to its end.
 """
@@ -61,8 +62,6 @@ class CircleCICheck(Step):
         return Decision(True, f"token from {ctx.client.token_source} accepted by {ctx.client.host} for "
                               f"{ctx.config.circleci.project_slug}")
 
-    def run(self, ctx: ReleaseRun) -> str:
-        return self.check(ctx).reason
 
 
 class RecordsCheck(Step):
@@ -104,8 +103,6 @@ class RecordsCheck(Step):
             raise unreadable  # in a dry run a finding; ctx.needed already tells the later steps
         return Decision(True, "; ".join(parts))
 
-    def run(self, ctx: ReleaseRun) -> str:
-        return self.check(ctx).reason
 
 
 class PipelineStep(Step):
@@ -204,7 +201,8 @@ class WatchStep(Step):
 def build(ctx: ReleaseRun) -> Plan:
     """The release plan for ``ctx.environment`` (see the module docstring)."""
     account, environment = for_environment(ctx.config, ctx.environment)
-    steps: list[Step] = [*iam.preflight_steps()[:4], CircleCICheck(), RecordsCheck(), iam.BackendStep(),
+    steps: list[Step] = [*iam.preflight_steps()[:4], CircleCICheck(), RecordsCheck(), iam.TakeOverCheck(account),
+                         iam.BackendStep(),
                          *iam.scope_steps(account), *iam.scope_steps(environment), PipelineStep(), WatchStep()]
     return Plan(name=f"release of {ctx.environment.name}", steps=steps, resume=ctx.command,
                 dry_note="Nothing is changed; Terraform is not called; the only AWS and CircleCI calls are "

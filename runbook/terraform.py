@@ -19,6 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runbook.config import PROJECT_ROOT, Backend
 from runbook.errors import Interrupted, RunbookError
@@ -145,15 +146,38 @@ def satisfies(version: str, constraints: str) -> bool:
     return True
 
 
+# Every variable through which the AWS SDK in Terraform (its S3 backend and the AWS provider) could
+# pick credentials other than the ones handed over, or Terraform a workspace other than "default".
+# Sources: AWS SDKs and Tools Reference Guide, "Environment variables"
+# (https://docs.aws.amazon.com/sdkref/latest/guide/settings-reference.html#EVarSettings); Terraform
+# docs, "TF_WORKSPACE" (https://developer.hashicorp.com/terraform/cli/config/environment-variables).
+CHILD_REMOVED = (
+    "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+    "TF_WORKSPACE",
+)
+# ...and the sources shut rather than removed: the shared files and the instance metadata service.
+CHILD_SHUT = {"AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
+              "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 def script_env(
     backend: Backend, *, mode: str, tf_vars: dict[str, str], terraform_bin: str | None = None,
-    profile: str | None = None,
+    credentials: Any = None,
 ) -> dict[str, str]:
-    """The environment variables that ``deploy-app.sh`` reads (its header documents them).
+    """The environment variables that ``deploy-app.sh`` reads (its header documents them), and the
+    credentials Terraform must use.
 
-    Only the runbook's own variables; callers add them on top of ``os.environ``. *profile*
-    (the account's configured AWS profile) becomes ``AWS_PROFILE``, so Terraform's backend and
-    provider use the same credentials as the runbook's own caller-identity check.
+    *credentials* (``runbook.aws.Credentials``: the frozen keys that passed the caller identity
+    check) become ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN``;
+    :func:`child_env` shuts every other credential source. So the identity Terraform uses is, key
+    for key, the identity the runbook checked and records as ``applied_by``, whatever the user's
+    shell exports (a configured ``profile:`` next to exported keys used to split the two). Without
+    *credentials* (a dry run shows the command) the variables are left out.
     """
     env = {
         "DEPLOY_MODE": mode,
@@ -171,10 +195,19 @@ def script_env(
         env["TF_CLI_ARGS"] = "-no-color"
     if terraform_bin:
         env["TERRAFORM_BIN"] = terraform_bin
-    if profile:
-        env["AWS_PROFILE"] = profile
+    if credentials is not None:
+        env.update(credentials.env())
     env.update({f"TF_VAR_{k}": v for k, v in tf_vars.items()})
     return env
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """The whole environment of ``deploy-app.sh``: ``os.environ`` without :data:`CHILD_REMOVED`
+    (the shell's credential sources and ``TF_WORKSPACE``, so state goes to the configured key in
+    the ``default`` workspace, never ``env:/<workspace>/...``), :data:`CHILD_SHUT` (no profile can
+    be read, no instance role asked), then *env* from :func:`script_env`. Without credentials in
+    *env* Terraform finds none and stops at ``init``: it never falls back to another identity."""
+    return {**{k: v for k, v in os.environ.items() if k not in CHILD_REMOVED}, **CHILD_SHUT, **env}
 
 
 def command(root: Path) -> list[str]:
@@ -205,7 +238,7 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
             where="config field terraform.roots",
             fix="point terraform.roots at the root modules, or restore the folder with `git checkout -- iam/`",
         )
-    proc = subprocess.Popen(command(root), cwd=root, env={**os.environ, **env}, start_new_session=True)
+    proc = subprocess.Popen(command(root), cwd=root, env=child_env(env), start_new_session=True)
     interrupts = 0
     while True:
         try:

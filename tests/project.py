@@ -157,6 +157,14 @@ class Project:
                            aws_access_key_id="testing", aws_secret_access_key="testing")
         records.write(ssm, cfg.project, scope.record_scope, record)
 
+    def add_upstream(self, team: Path, name: str = "upstream") -> None:
+        """Make *team* (a new bare repository) the team's repository, remote *name*, holding every
+        branch as it is now; ``origin`` then plays the administrator's fork."""
+        git(team.parent, "init", "-q", "--bare", str(team))
+        git(self.path, "remote", "add", name, str(team))
+        git(self.path, "push", "-q", name, "--all")
+        git(self.path, "fetch", "-q", name)
+
     def commit_config(self, config: dict) -> None:
         """Replace the configuration, commit and push it on the current branch."""
         (self.path / "config" / "environments.yml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -294,9 +294,10 @@ def test_without_the_switch_the_deployer_stays_the_legacy_user(tmp_path: Path, r
 @pytest.mark.parametrize(
     ("circleci", "expected"),
     [
-        ({"deployer": "oidc", "project_id": "5e4d3c2b-1a09-4f8e-a7d6-c5b4a3928170"}, "field circleci: the key 'org_id' is missing"),
+        ({"deployer": "oidc", "project_id": "5e4d3c2b-1a09-4f8e-a7d6-c5b4a3928170"},
+         "field circleci: the key 'org_id' is missing"),
         ({"deployer": "oidc", "org_id": "my-org", "project_id": "5e4d3c2b-1a09-4f8e-a7d6-c5b4a3928170"},
-         "field circleci.org_id: 'my-org' is not a CircleCI organization ID"),
+         "field circleci.org_id: 'my-org' is not a CircleCI organization"),
         ({"deployer": "keys"}, "field circleci.deployer: 'keys' is not one of ['oidc', 'user']"),
         ({"deployer": "oidc", "org_id": OIDC_INPUTS["circleci_org_id"],
           "project_id": OIDC_INPUTS["circleci_project_id"], "project_slug": "circleci/8a6b3c1e/5e4d3c2b"},

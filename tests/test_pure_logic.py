@@ -104,7 +104,9 @@ def test_error_message_is_what_where_fix():
 
 @pytest.mark.parametrize("fix, expected", [
     ("fix what Terraform reports, then run the same command again",
-     "Fix what Terraform reports, then resume with `inv iam.env --name stg --skip-branch-check`"),
+     "fix what Terraform reports, then resume with `inv iam.env --name stg --skip-branch-check`"),
+    ("aws sso login --profile p  (then run the command again)",
+     "aws sso login --profile p  (then resume with `inv iam.env --name stg --skip-branch-check`)"),
     ("run the same command again: it plans afresh from the saved state",
      "Resume with `inv iam.env --name stg --skip-branch-check`: it plans afresh from the saved state"),
     ("git pull --ff-only", "git pull --ff-only; then resume with `inv iam.env --name stg --skip-branch-check`"),

@@ -34,10 +34,14 @@ def _run(ctx: IamRun) -> None:
     plan.summary()
 
 
+TAKE_OVER_HELP = ("apply the shared account scope although another branch applied another fingerprint "
+                  "(--yes does not answer this)")
+
+
 @task(help={"env": "environment whose account is meant (default: the one whose branch is checked out)",
-            **COMMON_HELP})
+            "take_over": TAKE_OVER_HELP, **COMMON_HELP})
 @user_errors
-def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False):
+def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False, take_over=False):
     """Apply the account-specific IAM root module (CI deployer policy, shared roles)."""
     from runbook import config as configuration
     from runbook import iam
@@ -46,7 +50,7 @@ def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False):
     cfg = configuration.load()
     environment = iam.environment_for(cfg, env)
     _run(iam.IamRun(cfg, Scope.of_account(cfg, environment.account), environment, dry_run=dry_run, assume_yes=yes,
-                    skip_branch_check=skip_branch_check))
+                    skip_branch_check=skip_branch_check, take_over=take_over))
 
 
 @task(name="env", help={"name": "environment to apply, e.g. stg (default: the one whose branch is checked out)",

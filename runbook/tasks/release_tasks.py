@@ -5,6 +5,7 @@ from __future__ import annotations
 from invoke import task
 
 from runbook.tasks._common import seconds, user_errors
+from runbook.tasks.iam_tasks import TAKE_OVER_HELP
 
 
 @task(help={
@@ -13,9 +14,10 @@ from runbook.tasks._common import seconds, user_errors
     "yes": "answer the confirmation (protected environment, or anything destroyed) with yes",
     "poll_s": "SECONDS between polls while watching the workflow (default 10)",
     "pipeline_wait_s": "SECONDS to wait for the pipeline of this commit to appear (default 120)",
+    "take_over": TAKE_OVER_HELP,
 })
 @user_errors
-def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=None):
+def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=None, take_over=False):
     """Apply the IAM steps that this commit needs, then get its pipeline through (rerun, watch)."""
     from runbook import config as configuration
     from runbook import console, iam, pipeline
@@ -29,7 +31,7 @@ def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=
     environment = iam.environment_for(cfg, env)
     ctx = releasing.ReleaseRun(
         cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
-        poll_s=poll, pipeline_wait_s=wait,
+        poll_s=poll, pipeline_wait_s=wait, take_over=take_over,
     )
     plan = releasing.build(ctx)
     if dry_run:

@@ -21,7 +21,6 @@ REMOTE = "origin"
 # CircleCI project slugs name the repository: "gh/ORG/REPO" (GitHub), "bb/ORG/REPO" (Bitbucket);
 # "circleci/<id>/<id>" names none (CircleCI API v2 docs, "project-slug":
 # https://circleci.com/docs/api-developers-guide/#getting-started-with-the-api).
-SLUG_HOSTS = {"gh": "github.com", "github": "github.com", "bb": "bitbucket.org", "bitbucket": "bitbucket.org"}
 
 
 def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60.0, strip: bool = True) -> str:
@@ -128,14 +127,6 @@ class TeamRemote:
 
     name: str
     why: str
-
-
-def repository_of_slug(slug: str | None) -> str | None:
-    """The repository a CircleCI project slug names ("gh/acme/api" -> "https://github.com/acme/api"), or None."""
-    parts = (slug or "").split("/")
-    if len(parts) == 3 and parts[0] in SLUG_HOSTS:
-        return f"https://{SLUG_HOSTS[parts[0]]}/{parts[1]}/{parts[2]}"
-    return None
 
 
 def same_repository(a: str, b: str) -> bool:

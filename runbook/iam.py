@@ -253,7 +253,8 @@ class GitCheck(Step):
                 )
         target = checkout.branch if ctx.skip_branch_check else branch
         cfg = ctx.config
-        repository = cfg.git_remote or git.repository_of_slug(cfg.circleci.project_slug if cfg.circleci else None)
+        origin = cfg.circleci.repository_origin if cfg.circleci else None  # "github.com/acme/acme-api"
+        repository = cfg.git_remote or (f"https://{origin}" if origin else None)
         ctx.remote = team = git.team_remote(target, repository, required=bool(cfg.git_remote), cwd=ctx.cwd)
         ours = f"{team.name}/{target}"
         remote = git.remote_commit(target, fetch=not ctx.dry_run, cwd=ctx.cwd, remote=team.name)

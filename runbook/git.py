@@ -220,5 +220,6 @@ def team_remote(branch: str, repository: str | None = None, *, required: bool = 
     raise RunbookError(
         f"Cannot tell which git remote is the team's repository (remotes: {names}; {branch!r} tracks none of them)",
         where="config field git.remote",
-        fix=f"set git.remote to the team's repository URL, or git branch --set-upstream-to=<remote>/{branch} {branch}",
+        fix="set git.remote to the team's repository URL, or git branch "
+            f"--set-upstream-to=<remote>/{shlex.quote(branch)} {shlex.quote(branch)}",
     )

@@ -229,7 +229,7 @@ class GitCheck(Step):
                     f"The checkout is on branch {checkout.branch!r}, but {ctx.label} is deployed from "
                     f"{branch!r}: the IAM must be applied from the branch being deployed",
                     where=str(ctx.cwd or Path.cwd()),
-                    fix=f"git checkout {branch} && git pull --ff-only",
+                    fix=f"git checkout {shlex.quote(branch)} && git pull --ff-only",
                 )
             console.warn(f"BRANCH CHECK OVERRIDDEN (--skip-branch-check): applying from {checkout.branch!r}, "
                          f"not {branch!r}. The pipeline of {branch!r} will not match what you apply.")
@@ -261,13 +261,15 @@ class GitCheck(Step):
         if remote is None:
             raise RunbookError(
                 f"There is no {ours} (remote {team.name}: {team.why}): the branch was never pushed or fetched",
-                fix=f"git push -u {team.name} {target}" if not ctx.dry_run else f"git fetch {team.name} {target}",
+                fix=(f"git push -u {shlex.quote(team.name)} {shlex.quote(target)}" if not ctx.dry_run
+                     else f"git fetch {shlex.quote(team.name)} {shlex.quote(target)}"),
             )
         if remote != checkout.head:
             raise RunbookError(
                 f"HEAD is {checkout.head[:12]} but {ours} is {remote[:12]} (remote {team.name}: {team.why}): the "
                 "local branch is not what was merged",
-                fix=f"git pull --ff-only {team.name} {target}  (or push your commits to {team.name} first if you "
+                fix=f"git pull --ff-only {shlex.quote(team.name)} {shlex.quote(target)}  (or push your commits to "
+                f"{team.name} first if you "
                 "are ahead)",
             )
         return Decision(True, f"on {target} at {checkout.head[:12]}, clean, equal to {ours} (remote {team.name}: "

@@ -331,7 +331,7 @@ class BackendStep(Step):
             done += aws.create_backend(sess, ctx.account, b, state)
         if state.bucket_exists and state.missing:
             repaired = aws.repair_bucket(sess, ctx.account, b, state.missing)
-            done.append(f"repaired the state bucket: switched on {', '.join(repaired)}")
+            done.append(f"the state bucket {b.bucket} lacked {', '.join(repaired)}: repaired (switched on)")
         after = aws.backend_state(sess, ctx.account, b, ctx.state_keys())
         _refuse_unverified(ctx, after)
         ctx.backend_found = after
@@ -427,14 +427,19 @@ def _earlier_deploys(ctx: IamRun, state) -> tuple[list[str], list[str]]:
     digests = aws.state_digests(sess, ctx.account, b) if state.table_exists else []
     if digests:
         found.append(f"the lock table {b.lock_table} holds {len(digests)} state digest(s) ("
-                     + ", ".join(f"s3://{d}" for d in digests[:3]) + (", ..." if len(digests) > 3 else "")
+                     + ", ".join(f"s3://{_printable(d)}" for d in digests[:3]) + (", ..." if len(digests) > 3 else "")
                      + "): Terraform wrote state through it")
     if state.bucket_exists:
         objects = aws.state_objects(sess, ctx.account, b, limit=4)
         if objects:
-            found.append(f"the bucket {b.bucket} holds state objects ({', '.join(objects[:3])}"
+            found.append(f"the bucket {b.bucket} holds state objects ({', '.join(map(_printable, objects[:3]))}"
                          + (", ..." if len(objects) > 3 else "") + ")")
     return found, digests
+
+
+def _printable(text: str) -> str:
+    """*text* (an S3 key or a lock ID: from outside) with every non-printable character shown as "?"."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _not_a_first_deploy(ctx: IamRun, state, evidence: list[str], digests: list[str]) -> RunbookError:
@@ -660,9 +665,9 @@ def _state_missing(ctx: IamRun, sc: Scope, record: dict) -> RunbookError:
     configured = {s.backend.key for s in account_scopes(ctx.config, account) if s.backend.bucket == b.bucket}
     marker = aws.deleted_state_version(sess, account, b, b.key)
     candidates = [f"s3://{b.bucket}/{k}" for k in aws.state_objects(sess, account, b, limit=1000)
-                  if k not in configured]
+                  if k not in configured and k == _printable(k)]
     candidates += [f"s3://{d}" for d in aws.state_digests(sess, account, b)
-                   if f"s3://{d}" not in candidates and f"s3://{d}" != target
+                   if f"s3://{d}" not in candidates and f"s3://{d}" != target and d == _printable(d)
                    and not (d.startswith(f"{b.bucket}/") and d.split("/", 1)[1] in configured)]
     field_name = f"terraform.backend.{sc.kind}_state_key"
     if marker:
@@ -893,8 +898,8 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
         if state.table_exists:
             stale = [d for d in aws.state_digests(sess, account, b) if d.startswith(f"{b.bucket}/")]
         if stale:
-            actions.append((f"remove {len(stale)} state digest(s) of {b.bucket} from {b.lock_table} ("
-                            + ", ".join(f"s3://{d}" for d in stale[:5]) + (", ..." if len(stale) > 5 else "") + ")",
+            shown = ", ".join(f"s3://{_printable(d)}" for d in stale[:5]) + (", ..." if len(stale) > 5 else "")
+            actions.append((f"remove {len(stale)} state digest(s) of {b.bucket} from {b.lock_table} ({shown})",
                             "the new bucket holds no state, and Terraform refuses a state whose digest does not match "
                             "(\"state data in S3 does not have the expected content\")"))
     elif state.missing:
@@ -935,7 +940,7 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
     if stale:
         removed = aws.forget_digests(sess, account, b)
         console.warn(f"Removed {len(removed)} state digest(s) of the re-created bucket {b.bucket} from "
-                     f"{b.lock_table}: " + ", ".join(f"s3://{d}" for d in removed))
+                     f"{b.lock_table}: " + ", ".join(f"s3://{_printable(d)}" for d in removed))
         done.append(f"removed {len(removed)} stale state digest(s)")
     after = aws.backend_state(sess, account, b)
     _refuse_unverified(ctx, after)

@@ -221,6 +221,14 @@ def test_a_half_configured_bucket_is_repaired_and_said_so(applied, aws):
     assert s3.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
     assert s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
     assert all(s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"].values())
+    # the same when this machine has not seen the backend before (looked up before the plan)
+    s3.delete_bucket_encryption(Bucket=BUCKET)
+    unseen = {**applied.env, "XDG_CACHE_HOME": str(applied.path.parent / "another-cache")}
+    fresh = applied.inv("iam.env", "--name", "stg", env=unseen)
+    assert fresh.code == 0, fresh.all
+    assert f"the state bucket {BUCKET} lacked default encryption: repaired" in fresh.out
+    assert fresh.out.index("repaired") < fresh.out.index("Terraform: plan")
+    assert s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
 
 
 def test_a_half_configured_bucket_the_caller_may_not_repair_is_refused(project, aws, monkeypatch):

@@ -469,11 +469,18 @@ def _backend_key(ctx: IamRun, key: str) -> str:
     return "|".join([ctx.account.endpoint_url or "aws", ctx.account.id, b.region, b.bucket, b.lock_table, key])
 
 
+def _needed_keys(ctx: IamRun) -> list[str]:
+    """The state keys of the scopes this run may apply (``inv release`` skips the scopes that are current)."""
+    needed = ctx.needed or {}
+    return [s.backend.key for s in ctx.scopes()
+            if s.backend.bucket == ctx.backend.bucket and needed.get(s.kind, (True, ""))[0]]
+
+
 def _backend_seen(ctx: IamRun) -> str | None:
-    """When every state key of this run was verified on an earlier run: the oldest time; else None."""
+    """When every state key this run may apply to was verified on an earlier run: the oldest time; else None."""
     from runbook import cache
 
-    seen = [cache.get("backend-seen", _backend_key(ctx, key)) for key in ctx.state_keys()]
+    seen = [cache.get("backend-seen", _backend_key(ctx, key)) for key in _needed_keys(ctx)]
     return min(seen) if seen and all(seen) else None
 
 
@@ -592,8 +599,9 @@ class StateStep(ScopedStep):
             deferred = ctx.__dict__.setdefault("_deferred_states", [])
             if sc not in deferred:
                 deferred.append(sc)
-            return Decision(True, f"default workspace; {where} is looked up while Terraform plans (nothing is "
-                                  "applied unless it exists or the scope was never applied)")
+            self.reason = (f"default workspace; {where} is looked up while Terraform plans (nothing is applied "
+                           "unless it exists or the scope was never applied)")
+            return Decision(True, self.reason)
         state = ctx.backend_found
         if state is None or sc.backend.bucket != ctx.backend.bucket or sc.backend.key not in state.states:
             from runbook import aws
@@ -605,10 +613,11 @@ class StateStep(ScopedStep):
                     " is missing or incomplete; nothing was planned or applied",
                     fix=f"see what is missing and why: {bootstrap_command(ctx)} --dry-run",
                 )
-        return Decision(True, _check_state(ctx, sc, state))
+        self.reason = _check_state(ctx, sc, state)
+        return Decision(True, self.reason)
 
     def run(self, ctx: IamRun) -> str:
-        return self.check(ctx).reason
+        return getattr(self, "reason", None) or self.check(ctx).reason
 
 
 def _check_workspace(sc: Scope) -> None:

@@ -375,7 +375,7 @@ def repair_bucket(sess: Any, account: Account, backend: Backend, missing: Iterab
         raise RunbookError(
             f"The state bucket {backend.bucket} lacks {', '.join(names)} and this identity may not switch it on: "
             f"{why}{repaired}. Terraform's state holds the IAM of the account and must be versioned, encrypted "
-            "and never public; nothing was planned or applied",
+            "and never public; nothing was applied",
             where=f"S3 bucket {backend.bucket}",
             fix="an administrator runs: " + " && ".join(repair_commands(account, backend, names)),
         )
@@ -465,7 +465,7 @@ def wait_for_table(sess: Any, account: Account, backend: Backend, *, wait_s: flo
                 raise _aws_error("DynamoDB DescribeTable", backend.lock_table, exc) from None
             raise RunbookError(
                 f"The DynamoDB lock table {backend.lock_table} that another run was creating has gone (its "
-                "creation failed or it was deleted); nothing was planned or applied",
+                "creation failed or it was deleted); nothing was applied",
                 fix="run the same command again",
             ) from None
         if status == "ACTIVE":
@@ -473,7 +473,7 @@ def wait_for_table(sess: Any, account: Account, backend: Backend, *, wait_s: flo
         if time.monotonic() + poll_s > deadline:
             raise RunbookError(
                 f"The DynamoDB lock table {backend.lock_table} is still {status} after {wait_s:.0f} s (another run "
-                "or the console is creating or changing it); nothing was planned or applied",
+                "or the console is creating or changing it); nothing was applied",
                 fix="wait a minute and run the same command again; "
                 + aws_command(account, "dynamodb", "describe-table", "--table-name", backend.lock_table)
                 + " shows its status",

@@ -384,8 +384,7 @@ def _refuse_wrong_lock_table(ctx: IamRun, state) -> None:
     b = ctx.backend
     raise RunbookError(
         f"The DynamoDB table {b.lock_table} is keyed {state.table_key}, but Terraform's S3 backend locks state "
-        "in a table whose hash key is LockID (string): Terraform could not lock the state; nothing was planned "
-        "or applied",
+        "in a table whose hash key is LockID (string): Terraform could not lock the state; nothing was applied",
         where="config field terraform.backend.lock_table",
         fix="point terraform.backend.lock_table at another name and create that table with "
         f"`{bootstrap_command(ctx)}`; or, only if nothing else uses the table: "
@@ -539,8 +538,12 @@ def _confirm_backend(ctx: IamRun) -> None:
         console.warn(f"The state bucket {b.bucket} lacked {', '.join(repaired)}: repaired (switched on) before any "
                      "apply.")
     ctx.backend_found = state
-    for scope in getattr(ctx, "_deferred_states", []):
-        _check_state(ctx, scope, state)
+    try:
+        for scope in getattr(ctx, "_deferred_states", []):
+            _check_state(ctx, scope, state, planned=True)
+    except RunbookError:
+        _forget_backend(ctx)  # the next run looks before it plans
+        raise
     ctx._deferred_states = []
 
 
@@ -649,22 +652,23 @@ def _check_workspace(sc: Scope) -> None:
     )
 
 
-def _check_state(ctx: IamRun, sc: Scope, state) -> str:
+def _check_state(ctx: IamRun, sc: Scope, state, *, planned: bool = False) -> str:
     """Why *sc*'s state is the right one to plan from, or raise: a scope with an applied record must have its
-    state object at the configured key. Remembers a passed check for the next run (see BackendStep)."""
+    state object at the configured key. Remembers a passed check for the next run (see BackendStep).
+    *planned*: the check comes after a plan that started before it (the message says so)."""
     where = f"s3://{sc.backend.bucket}/{sc.backend.key}"
     if state.states.get(sc.backend.key):
         reason = f"default workspace; state {where} exists"
     elif ctx.applied_record(sc) is None:
         reason = f"default workspace; no state at {where} yet and no applied record: the first apply of {sc.label}"
     else:
-        raise _state_missing(ctx, sc, ctx.applied_record(sc))
+        raise _state_missing(ctx, sc, ctx.applied_record(sc), planned=planned)
     if sc.backend.bucket == ctx.backend.bucket and sc.backend.lock_table == ctx.backend.lock_table:
         _remember_backend(ctx, sc.backend.key)
     return reason
 
 
-def _state_missing(ctx: IamRun, sc: Scope, record: dict) -> RunbookError:
+def _state_missing(ctx: IamRun, sc: Scope, record: dict, *, planned: bool = False) -> RunbookError:
     """The refusal for a scope that has a record but no state at the configured key, with the commands that
     bring the state there (found in the bucket's versions, its other objects and the lock table's digests)."""
     from runbook import aws
@@ -698,7 +702,9 @@ def _state_missing(ctx: IamRun, sc: Scope, record: dict) -> RunbookError:
     return RunbookError(
         f"{sc.label[0].upper()}{sc.label[1:]} has an applied record (commit {str(record.get('commit', '?'))[:12]} at "
         f"{record.get('applied_at', '?')}), but its configured state {target} does not exist: Terraform would plan "
-        "from an empty state and try to create IAM that exists; nothing was planned or applied",
+        "from an empty state and try to create IAM that exists; "
+        + ("nothing was applied (the plan above started from that empty state, before this look-up answered)"
+           if planned else "nothing was planned or applied"),
         where=f"config fields {field_name} and terraform.backend.state_bucket",
         fix=fix,
     )
@@ -889,7 +895,7 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
     Raises RunbookError for the wrong account or credentials, a lock table with the wrong key schema,
     a refused confirmation, or any AWS error (naming the resource).
     """
-    from runbook import aws
+    from runbook import aws, cache
 
     account, b = ctx.account, ctx.backend
     sess = ctx.aws_session()
@@ -953,6 +959,8 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
         done.append(f"removed {len(removed)} stale state digest(s)")
     after = aws.backend_state(sess, account, b)
     _refuse_unverified(ctx, after)
+    for key in keys:  # what this machine verified before is no longer known: the next runs look before planning
+        cache.put("backend-seen", _backend_key(ctx, key), None)
     for line in done:
         console.ok(line)
     console.ok(f"The backend of account {account.name} ({account.id}) is ready: bucket {b.bucket}, table "

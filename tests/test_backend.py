@@ -100,11 +100,21 @@ def test_a_deleted_state_object_with_a_record_stops_before_the_apply(applied, aw
     s3.delete_object(Bucket=BUCKET, Key=STG_KEY)  # versioned: a delete marker hides the last version
     before = record(aws("ssm"), STG_RECORD)
     result = applied.inv("iam.env", "--name", "stg")  # the backend was seen: this look-up finishes during the plan
-    assert_user_error(result, f"s3://{BUCKET}/{STG_KEY} does not exist", "aws s3api delete-object",
-                      "--version-id")
+    assert_user_error(result, f"s3://{BUCKET}/{STG_KEY} does not exist", "nothing was applied (the plan above",
+                      "aws s3api delete-object", "--version-id")
     assert "Terraform: apply" not in result.out
     assert STG_KEY not in state_keys(s3)
     assert record(aws("ssm"), STG_RECORD) == before
+    again = applied.inv("iam.env", "--name", "stg")  # now looked up before the plan
+    assert_user_error(again, "nothing was planned or applied")
+    assert "Terraform: plan" not in again.out
+    # the command in the message (delete the delete marker) brings the state back
+    marker = next(m for m in s3.list_object_versions(Bucket=BUCKET, Prefix=STG_KEY)["DeleteMarkers"] if m["IsLatest"])
+    assert f"--version-id {marker['VersionId']}" in result.all
+    s3.delete_object(Bucket=BUCKET, Key=STG_KEY, VersionId=marker["VersionId"])
+    restored = applied.inv("iam.env", "--name", "stg")
+    assert restored.code == 0, restored.all
+    assert "0 to add, 0 to change, 0 to destroy" in restored.out
 
 
 # -- a backend that has gone, or a mistyped one: no silent re-creation ---------------------------------
@@ -176,6 +186,7 @@ def test_bootstrap_shows_asks_then_recreates_a_deleted_bucket(applied, aws):
     after = applied.inv("iam.env", "--name", "stg")
     assert_user_error(after, "has an applied record", "does not exist", "aws ssm delete-parameter --name "
                       f"{STG_RECORD}")
+    assert "Terraform: plan" not in after.out, "bootstrap forgot what this machine had verified: looked up first"
     nothing = applied.inv("iam.bootstrap", "--env", "stg")
     assert nothing.code == 0 and "Nothing to do" in nothing.out, nothing.all
 

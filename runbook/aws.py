@@ -165,6 +165,9 @@ def caller_identity(sess: Any, account: Account, *, purpose: str) -> Identity:
 LOCK_KEY = "LockID"
 # How long a run waits for a lock table that another run is creating (DynamoDB: usually seconds).
 TABLE_WAIT_S = 120.0
+# DescribeTable TableStatus values in which the table serves reads and writes (DynamoDB API reference,
+# TableDescription: https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TableDescription.html).
+USABLE_TABLE_STATUSES = ("ACTIVE", "UPDATING")
 VERSIONING = "versioning"
 ENCRYPTION = "default encryption"
 PUBLIC_ACCESS_BLOCK = "public access block"
@@ -206,7 +209,12 @@ class BackendState:
     @property
     def verified(self) -> bool:
         """Bucket and table exist, the table is ACTIVE with the right key, and no protection is missing."""
-        return self.complete and self.key_schema_ok and self.table_status == "ACTIVE" and not self.missing
+        return self.complete and self.key_schema_ok and self.table_ready and not self.missing
+
+    @property
+    def table_ready(self) -> bool:
+        """The lock table takes reads and writes: ACTIVE, or UPDATING (a settings change; DynamoDB keeps serving)."""
+        return self.table_status in USABLE_TABLE_STATUSES
 
 
 def aws_command(account: Account, *args: str) -> str:
@@ -436,7 +444,7 @@ def create_backend(sess: Any, account: Account, backend: Backend, state: Backend
             if _code(exc) != "ResourceInUseException":
                 raise _aws_error("DynamoDB CreateTable", backend.lock_table, exc) from None
             done.append(f"DynamoDB lock table {backend.lock_table} is being created by another run")
-    if not state.table_exists or state.table_status != "ACTIVE":
+    if not state.table_ready:
         wait_for_table(sess, account, backend, wait_s=wait_s, poll_s=poll_s)
         if state.table_exists:
             done.append(f"waited for DynamoDB lock table {backend.lock_table} (another run was creating it)")
@@ -445,7 +453,8 @@ def create_backend(sess: Any, account: Account, backend: Backend, state: Backend
 
 def wait_for_table(sess: Any, account: Account, backend: Backend, *, wait_s: float = TABLE_WAIT_S,
                    poll_s: float = 2.0) -> None:
-    """Poll DynamoDB DescribeTable every *poll_s* seconds until the lock table is ACTIVE, at most *wait_s* seconds.
+    """Poll DynamoDB DescribeTable every *poll_s* seconds until the lock table is usable (ACTIVE or UPDATING),
+    at most *wait_s* seconds.
 
     Raises RunbookError when it is still not ACTIVE (naming its status), when it disappears
     (the run creating it failed) or on an AWS error.
@@ -468,7 +477,7 @@ def wait_for_table(sess: Any, account: Account, backend: Backend, *, wait_s: flo
                 "creation failed or it was deleted); nothing was applied",
                 fix="run the same command again",
             ) from None
-        if status == "ACTIVE":
+        if status in USABLE_TABLE_STATUSES:
             return
         if time.monotonic() + poll_s > deadline:
             raise RunbookError(

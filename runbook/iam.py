@@ -327,7 +327,7 @@ class BackendStep(Step):
 
         state, sess, b = ctx.backend_found, ctx.aws_session(), ctx.backend
         done = []
-        if not state.complete or state.table_status != "ACTIVE":
+        if not state.complete or not state.table_ready:
             done += aws.create_backend(sess, ctx.account, b, state)
         if state.bucket_exists and state.missing:
             repaired = aws.repair_bucket(sess, ctx.account, b, state.missing)
@@ -371,7 +371,7 @@ def _decide_backend(ctx: IamRun, state) -> Decision:
     todo = []
     if state.missing:
         todo.append(f"the bucket lacks {', '.join(state.missing)}: switch it on")
-    if state.table_status != "ACTIVE":
+    if not state.table_ready:
         todo.append(f"the lock table is {state.table_status} (another run is creating it): wait for it")
     return Decision(True, "; ".join(todo))
 
@@ -401,7 +401,7 @@ def _refuse_unverified(ctx: IamRun, state) -> None:
     gaps = [n for n, ok in ((f"S3 bucket {ctx.backend.bucket}", state.bucket_exists),
                             (f"DynamoDB table {ctx.backend.lock_table}", state.table_exists)) if not ok]
     gaps += [f"the bucket's {name}" for name in state.missing]
-    if state.table_exists and state.table_status != "ACTIVE":
+    if state.table_exists and not state.table_ready:
         gaps.append(f"the lock table is {state.table_status}")
     raise RunbookError(
         f"The Terraform backend is still not complete after creating it ({', '.join(gaps)}); nothing was planned "
@@ -531,7 +531,7 @@ def _confirm_backend(ctx: IamRun) -> None:
             f"created and why: {bootstrap_command(ctx)} --dry-run, then {bootstrap_command(ctx)}",
         )
     _refuse_wrong_lock_table(ctx, state)
-    if state.table_status != "ACTIVE":
+    if not state.table_ready:
         aws.wait_for_table(ctx.aws_session(), ctx.account, b)
     if state.missing:
         repaired = aws.repair_bucket(ctx.aws_session(), ctx.account, b, state.missing)
@@ -923,7 +923,7 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
     if not state.table_exists:
         actions.append((f"create DynamoDB table {b.lock_table} (hash key LockID, string; on-demand billing)",
                         "it does not exist; Terraform locks the state in it"))
-    elif state.table_status != "ACTIVE":
+    elif not state.table_ready:
         actions.append((f"wait for DynamoDB table {b.lock_table}", f"it is {state.table_status}: another run is "
                                                                     "creating it"))
     if not actions:
@@ -948,7 +948,7 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
         raise RunbookError("Not confirmed: nothing was created or changed",
                            fix=f"run `{bootstrap_command(ctx)}` again and answer y, after reading the list")
     done = []
-    if not state.complete or state.table_status != "ACTIVE":
+    if not state.complete or not state.table_ready:
         done += aws.create_backend(sess, account, b, state)
     if state.bucket_exists and state.missing:
         done.append("switched on " + ", ".join(aws.repair_bucket(sess, account, b, state.missing)))

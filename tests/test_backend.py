@@ -143,20 +143,25 @@ def test_a_mistyped_bucket_is_refused_and_the_known_bucket_named(applied, aws):
     config = base_config(aws("s3").meta.endpoint_url)
     config["terraform"]["backend"] = {"state_bucket": "{project}-tfstaet-{account_id}"}
     applied.commit_config(config)
+    before = record(aws("ssm"), STG_RECORD)
     result = applied.inv("iam.env", "--name", "stg")
     assert_user_error(result, f"acme-api-tfstaet-{ACCOUNT_ID}", "not a first deploy",
                       f"the lock table knows state in {BUCKET}", "set it back", "inv iam.bootstrap --env stg")
     assert f"acme-api-tfstaet-{ACCOUNT_ID}" not in buckets(aws("s3"))
+    assert record(aws("ssm"), STG_RECORD) == before
 
 
 @pytest.mark.terraform
 def test_a_deleted_lock_table_is_not_recreated_silently(applied, aws):
     aws("dynamodb").delete_table(TableName=TABLE)
-    applied.inv("iam.env", "--name", "stg")  # found during the plan (seen before); the next run looks first
+    before = record(aws("ssm"), STG_RECORD)
+    gone = applied.inv("iam.env", "--name", "stg")  # found during the plan (seen before); the next run looks first
+    assert_user_error(gone, "The Terraform backend has gone: DynamoDB table", "inv iam.bootstrap --env stg")
     result = applied.inv("iam.env", "--name", "stg")
     assert_user_error(result, f"DynamoDB lock table {TABLE}", "not a first deploy", "holds state objects",
                       "inv iam.bootstrap --env stg")
     assert TABLE not in aws("dynamodb").list_tables()["TableNames"]
+    assert record(aws("ssm"), STG_RECORD) == before
 
 
 # -- inv iam.bootstrap -----------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def test_a_half_configured_bucket_the_caller_may_not_repair_is_refused(project, 
     # encryption and the public access block on, but not versioning.
     from moto import settings
 
-    s3, iam = aws("s3"), aws("iam")
+    s3, iam, ssm = aws("s3"), aws("iam"), aws("ssm")  # made before monkeypatch.undo() drops the fake credentials
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     aws("dynamodb").create_table(TableName=TABLE, KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
                                  AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
@@ -270,7 +270,7 @@ def test_a_half_configured_bucket_the_caller_may_not_repair_is_refused(project, 
                       "repaired: default encryption, public access block",
                       f"aws s3api put-bucket-versioning --bucket {BUCKET} --versioning-configuration Status=Enabled")
     assert "Terraform: plan" not in result.out
-    assert record(aws("ssm"), STG_RECORD) is None
+    assert record(ssm, STG_RECORD) is None
 
 
 def test_a_lock_table_with_the_wrong_key_schema_is_refused(project, aws):

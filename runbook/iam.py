@@ -133,9 +133,30 @@ class IamRun:
         if identity is not None and identity.exception() is not None:
             return None  # never look around in an account the credentials are not for
         try:
-            return aws.backend_state(self.aws_session(), self.account, self.backend, self.state_keys())
+            state = aws.backend_state(self.aws_session(), self.account, self.backend, self.state_keys())
         except RunbookError as exc:
             return exc
+        self._read_records_without_state(state)
+        return state
+
+    def _read_records_without_state(self, state) -> None:
+        """On the AWS thread, right after the look-up: the applied record of each scope whose state object is
+        missing, which the state check then needs (one SSM GetParameter each, while git or Terraform runs
+        rather than after). Only in a run of one scope: ``inv release`` reads its records in a step of its own.
+        A failure is left for the state check, which reads again and reports it."""
+        from runbook import aws
+
+        if len(self.scopes()) != 1 or all(state.states.values()):
+            return
+        known = self.__dict__.setdefault("_records", {})
+        todo = [s for s in self.scopes() if state.states.get(s.backend.key) is False and s.record_scope not in known]
+        try:
+            if todo and getattr(self, "_ssm", None) is None:
+                self._ssm = aws.client(self.aws_session(), "ssm", self.account)
+            for scope in todo:
+                self.applied_record(scope)
+        except RunbookError:
+            return
 
     def state_keys(self) -> list[str]:
         """The state object keys of :meth:`scopes` that live in this run's state bucket."""
@@ -149,7 +170,8 @@ class IamRun:
         pool = getattr(self, "_aws_pool", None)
         if pool is None or "ssm" in self._futures:
             return
-        self._futures["ssm"] = pool.submit(lambda: aws.client(self.aws_session(), "ssm", self.account))
+        self._futures["ssm"] = pool.submit(
+            lambda: getattr(self, "_ssm", None) or aws.client(self.aws_session(), "ssm", self.account))
 
     def fetched(self, name: str, compute):
         """The prefetched result *name*, or ``compute()`` when nothing was prefetched."""

@@ -345,3 +345,21 @@ def test_a_table_that_stays_creating_ends_the_wait_with_a_clear_message(moto_res
         runbook_aws.wait_for_table(sess, account, backend, wait_s=0.05, poll_s=0.01)
     assert "still CREATING" in raised.value.message
     assert "aws dynamodb describe-table --table-name acme-api-tf-locks" in raised.value.message
+
+
+@pytest.mark.terraform
+@pytest.mark.xfail(strict=True, reason="passes once Terraform's child environment drops TF_WORKSPACE "
+                   "(runbook/terraform.py, another change of issue 7): then remove this marker")
+def test_tf_workspace_in_the_shell_does_not_move_the_state(applied, aws):
+    root = applied.path / "roots" / "environment"
+    for args in (["workspace", "new", "sandbox"], ["workspace", "select", "default"]):  # a workspace exists
+        done = subprocess.run(["terraform", *args], cwd=root, env=applied.env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    sandbox = f"env:/sandbox/{STG_KEY}"
+    empty = aws("s3").get_object(Bucket=BUCKET, Key=sandbox)["Body"].read()
+    result = applied.inv("iam.env", "--name", "stg", env={**applied.env, "TF_WORKSPACE": "sandbox"})
+    assert aws("s3").get_object(Bucket=BUCKET, Key=sandbox)["Body"].read() == empty, result.all
+    if result.code == 0:
+        assert "0 to add, 0 to change, 0 to destroy" in result.out, "planned from the configured state"
+    else:
+        assert_user_error(result, "TF_WORKSPACE")

@@ -2,7 +2,8 @@
 
 Both run the same fixture root module (no provider) with real Terraform against a moto
 server on 127.0.0.1, in a throwaway clone of the project with a local bare remote. Before
-each run the state object is deleted, so both plan a change and apply it. The difference of
+each run the state object, its digest and the applied record are deleted (a first apply of the
+scope: a record without its state is refused), so both plan a change and apply it. The difference of
 the medians is the runbook's own cost: config, git checks (with a fetch), STS, backend
 look-up, plan summary. Target (issue: runbook core): under 0.8 s. Prints figures; exits 0.
 
@@ -36,12 +37,16 @@ def main() -> None:
 
     with local_aws() as aws:
         endpoint, env = aws.endpoint, aws.env
-        s3, ddb = aws.client("s3"), aws.client("dynamodb")
+        s3, ddb, ssm = aws.client("s3"), aws.client("dynamodb"), aws.client("ssm")
 
         def forget_state() -> None:
-            """Delete the state object and its digest, so the next plan has changes to apply."""
+            """Delete the state object, its digest and the record, so the next plan has changes to apply."""
             s3.delete_object(Bucket=BUCKET, Key=KEY)
             ddb.delete_item(TableName="acme-api-tf-locks", Key={"LockID": {"S": f"{BUCKET}/{KEY}-md5"}})
+            try:
+                ssm.delete_parameter(Name="/acme-api/iam/env/stg")
+            except ssm.exceptions.ParameterNotFound:
+                pass
 
         with tempfile.TemporaryDirectory() as tmp:
             project = Project.create(Path(tmp), env, base_config(endpoint))

@@ -12,8 +12,10 @@ message text.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,143 +274,417 @@ def caller_identity(sess: Any, account: Account, *, purpose: str, credentials: C
     return identity
 
 
+# The lock table Terraform's S3 backend needs: a string hash key named LockID (Terraform docs,
+# "Backend Type: s3", DynamoDB State Locking: https://developer.hashicorp.com/terraform/language/settings/backends/s3).
+LOCK_KEY = "LockID"
+# How long a run waits for a lock table that another run is creating (DynamoDB: usually seconds).
+TABLE_WAIT_S = 120.0
+# DescribeTable TableStatus values in which the table serves reads and writes (DynamoDB API reference,
+# TableDescription: https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TableDescription.html).
+USABLE_TABLE_STATUSES = ("ACTIVE", "UPDATING")
+VERSIONING = "versioning"
+ENCRYPTION = "default encryption"
+PUBLIC_ACCESS_BLOCK = "public access block"
+_PAB = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+_SSE = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+
+
 @dataclass(frozen=True)
 class BackendState:
-    """Whether the state bucket and the lock table exist (as seen by S3 HeadBucket / DynamoDB DescribeTable)."""
+    """The Terraform backend as one look-up found it (nothing is changed by looking).
+
+    Attributes:
+        bucket_exists: S3 HeadBucket answered 200.
+        table_exists: DynamoDB DescribeTable found the lock table.
+        table_status: the table's status ("ACTIVE", "CREATING", ...; "" when absent).
+        table_key: the table's key schema as text, e.g. "LockID (S)" ("" when absent).
+        missing: the bucket's protections that are off: "versioning", "default encryption",
+            "public access block" (empty when the bucket is absent or complete).
+        states: state object key -> whether S3 HeadObject found it (only the keys asked for).
+    """
 
     bucket_exists: bool
     table_exists: bool
+    table_status: str = ""
+    table_key: str = ""
+    missing: tuple[str, ...] = ()
+    states: Mapping[str, bool] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
+        """Both the bucket and the lock table exist."""
         return self.bucket_exists and self.table_exists
 
+    @property
+    def key_schema_ok(self) -> bool:
+        """The lock table (if it exists) is keyed ``LockID`` (string), as Terraform requires."""
+        return not self.table_exists or self.table_key == f"{LOCK_KEY} (S)"
 
-def backend_state(sess: Any, account: Account, backend: Backend) -> BackendState:
-    """Look at the backend without changing it. Raises RunbookError on access problems."""
+    @property
+    def verified(self) -> bool:
+        """Bucket and table exist, the table is ACTIVE with the right key, and no protection is missing."""
+        return self.complete and self.key_schema_ok and self.table_ready and not self.missing
+
+    @property
+    def table_ready(self) -> bool:
+        """The lock table takes reads and writes: ACTIVE, or UPDATING (a settings change; DynamoDB keeps serving)."""
+        return self.table_status in USABLE_TABLE_STATUSES
+
+
+def aws_command(account: Account, *args: str) -> str:
+    """An AWS CLI command line an administrator can paste, for *account* (its region, profile, endpoint)."""
+    words = ["aws", *args, "--region", account.region]
+    if account.profile:
+        words += ["--profile", account.profile]
+    if account.endpoint_url:
+        words += ["--endpoint-url", account.endpoint_url]
+    return shlex.join(words)
+
+
+def backend_state(sess: Any, account: Account, backend: Backend, keys: Iterable[str] = ()) -> BackendState:
+    """Look at the backend without changing it: the bucket, its protections, the lock table, the state objects.
+
+    Args:
+        sess: boto3 Session for *account*.
+        account: the configured account (region, endpoint_url).
+        backend: bucket, lock table (and region) to look at.
+        keys: state object keys to look for in the bucket (one HeadObject each).
+
+    Calls: S3 HeadBucket, GetBucketVersioning, GetBucketEncryption, GetPublicAccessBlock,
+    HeadObject per key (when the bucket exists); DynamoDB DescribeTable.
+
+    Raises RunbookError when the bucket belongs to someone else or the identity may not read
+    what must be verified (naming the permission), or on any other AWS error.
+    """
     import botocore.exceptions
 
     s3 = client(sess, "s3", account)
     ddb = client(sess, "dynamodb", account)
+    bucket = _bucket_exists(s3, backend)
+    missing: list[str] = []
+    states: dict[str, bool] = {}
+    if bucket:
+        missing = _missing_protections(s3, backend)
+        for key in dict.fromkeys(keys):
+            states[key] = _object_exists(s3, backend.bucket, key)
+    try:
+        table = ddb.describe_table(TableName=backend.lock_table)["Table"]
+    except botocore.exceptions.ClientError as exc:
+        if _code(exc) == "ResourceNotFoundException":
+            return BackendState(bucket, False, missing=tuple(missing), states=states)
+        raise _aws_error("DynamoDB DescribeTable", backend.lock_table, exc) from None
+    types = {a.get("AttributeName"): a.get("AttributeType") for a in table.get("AttributeDefinitions", [])}
+    key = ", ".join(f"{k.get('AttributeName')} ({types.get(k.get('AttributeName'), '?')})"
+                    for k in table.get("KeySchema", []))
+    return BackendState(bucket, True, table_status=str(table.get("TableStatus", "")), table_key=key,
+                        missing=tuple(missing), states=states)
+
+
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _bucket_exists(s3: Any, backend: Backend) -> bool:
+    import botocore.exceptions
+
     try:
         s3.head_bucket(Bucket=backend.bucket)
-        bucket = True
+        return True
     except botocore.exceptions.ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
+        code = _code(exc)
         if code in ("404", "NoSuchBucket", "NotFound"):
-            bucket = False
-        elif code in ("403", "AccessDenied"):
+            return False
+        if code in ("403", "AccessDenied"):
             raise RunbookError(
                 f"S3 bucket {backend.bucket} exists but this identity may not use it (403): the name may be "
                 "taken by another AWS account, or the identity lacks s3:ListBucket",
                 where="config field terraform.backend.state_bucket",
                 fix="choose another state_bucket name, or use an administrator identity",
             ) from None
-        else:
-            raise _aws_error("S3 HeadBucket", backend.bucket, exc) from None
+        raise _aws_error("S3 HeadBucket", backend.bucket, exc) from None
+
+
+def _missing_protections(s3: Any, backend: Backend) -> list[str]:
+    """The protections of the state bucket that are off (S3 GetBucketVersioning, -Encryption, GetPublicAccessBlock)."""
+    import botocore.exceptions
+
+    missing = []
+    calls = (
+        (VERSIONING, "s3:GetBucketVersioning", lambda: s3.get_bucket_versioning(Bucket=backend.bucket),
+         lambda r: r.get("Status") == "Enabled", ()),
+        (ENCRYPTION, "s3:GetEncryptionConfiguration", lambda: s3.get_bucket_encryption(Bucket=backend.bucket),
+         lambda r: any(rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm")
+                       for rule in r.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])),
+         ("ServerSideEncryptionConfigurationNotFoundError",)),
+        (PUBLIC_ACCESS_BLOCK, "s3:GetBucketPublicAccessBlock",
+         lambda: s3.get_public_access_block(Bucket=backend.bucket),
+         lambda r: all(r.get("PublicAccessBlockConfiguration", {}).get(k) for k in _PAB),
+         ("NoSuchPublicAccessBlockConfiguration",)),
+    )
+    for name, permission, call, ok, absent in calls:
+        try:
+            if not ok(call()):
+                missing.append(name)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in absent:
+                missing.append(name)
+            elif _code(exc) in ("AccessDenied", "403"):
+                raise RunbookError(
+                    f"Cannot verify the {name} of the state bucket {backend.bucket}: this identity lacks "
+                    f"{permission}; the runbook does not use a backend it cannot verify",
+                    fix="use an administrator identity for the IAM steps (aws sso login, or AWS_PROFILE)",
+                ) from None
+            else:
+                raise _aws_error(f"reading the {name} of", backend.bucket, exc) from None
+    return missing
+
+
+def _object_exists(s3: Any, bucket: str, key: str) -> bool:
+    import botocore.exceptions
+
     try:
-        ddb.describe_table(TableName=backend.lock_table)
-        table = True
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-            table = False
-        else:
-            raise _aws_error("DynamoDB DescribeTable", backend.lock_table, exc) from None
-    return BackendState(bucket_exists=bucket, table_exists=table)
+        if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _aws_error("S3 HeadObject", f"s3://{bucket}/{key}", exc) from None
 
 
-def ensure_backend(sess: Any, account: Account, backend: Backend) -> list[str]:
-    """Create the state bucket and the lock table when absent; leave them alone when present.
+def repair_commands(account: Account, backend: Backend, missing: Iterable[str]) -> list[str]:
+    """The AWS CLI commands that switch on each missing protection of the state bucket."""
+    b = backend.bucket
+    commands = {
+        VERSIONING: ("s3api", "put-bucket-versioning", "--bucket", b, "--versioning-configuration",
+                     "Status=Enabled"),
+        ENCRYPTION: ("s3api", "put-bucket-encryption", "--bucket", b, "--server-side-encryption-configuration",
+                     json.dumps(_SSE, separators=(",", ":"))),
+        PUBLIC_ACCESS_BLOCK: ("s3api", "put-public-access-block", "--bucket", b,
+                              "--public-access-block-configuration",
+                              ",".join(f"{k}=true" for k in _PAB)),
+    }
+    return [aws_command(account, *commands[name]) for name in missing]
 
-    The bucket gets versioning, default encryption (SSE-S3) and a full public
-    access block; the table has the ``LockID`` string hash key that Terraform's
-    S3 backend requires (Terraform docs, "Backend Type: s3", DynamoDB State Locking)
-    and on-demand billing.
 
-    Returns the list of things created (empty when both existed).
-    Raises RunbookError on any AWS error, naming the resource.
+def repair_bucket(sess: Any, account: Account, backend: Backend, missing: Iterable[str]) -> list[str]:
+    """Switch on the *missing* protections of the state bucket (versioning, SSE-S3, full public access block).
+
+    Returns what was switched on, one line each. Raises RunbookError when AWS refuses one (e.g.
+    AccessDenied): the message says which protections are still missing, which were repaired,
+    and the exact commands an administrator runs.
     """
     import botocore.exceptions
 
-    state = backend_state(sess, account, backend)
-    created = []
+    s3 = client(sess, "s3", account)
+    puts = {
+        VERSIONING: lambda: s3.put_bucket_versioning(Bucket=backend.bucket,
+                                                     VersioningConfiguration={"Status": "Enabled"}),
+        ENCRYPTION: lambda: s3.put_bucket_encryption(Bucket=backend.bucket, ServerSideEncryptionConfiguration=_SSE),
+        PUBLIC_ACCESS_BLOCK: lambda: s3.put_public_access_block(Bucket=backend.bucket,
+                                                                PublicAccessBlockConfiguration=_PAB),
+    }
+    done, refused = [], []
+    for name in missing:
+        try:
+            puts[name]()
+            done.append(name)
+        except botocore.exceptions.ClientError as exc:
+            refused.append((name, _code(exc) or "error"))
+    if refused:
+        names = [name for name, _ in refused]
+        why = ", ".join(f"{name} ({code})" for name, code in refused)
+        repaired = f"; repaired: {', '.join(done)}" if done else ""
+        raise RunbookError(
+            f"The state bucket {backend.bucket} lacks {', '.join(names)} and this identity may not switch it on: "
+            f"{why}{repaired}. Terraform's state holds the IAM of the account and must be versioned, encrypted "
+            "and never public; nothing was applied",
+            where=f"S3 bucket {backend.bucket}",
+            fix="an administrator runs: " + " && ".join(repair_commands(account, backend, names)),
+        )
+    return done
+
+
+def create_backend(sess: Any, account: Account, backend: Backend, state: BackendState, *,
+                   wait_s: float = TABLE_WAIT_S, poll_s: float = 2.0) -> list[str]:
+    """Create what *state* says is missing: the state bucket and/or the lock table; wait for a table being created.
+
+    The bucket gets versioning, default encryption (SSE-S3) and a full public access block;
+    the table the ``LockID`` string hash key Terraform requires, on-demand billing. Another run
+    creating the same backend at the same time is not an error: BucketAlreadyOwnedByYou
+    (S3 CreateBucket) and ResourceInUseException (DynamoDB CreateTable) mean it exists or is
+    being created, and a table in CREATING is waited for (at most *wait_s* seconds, polling
+    DescribeTable every *poll_s* seconds).
+
+    Callers decide *whether* creating is allowed (a true first deploy, or ``inv iam.bootstrap``).
+    Returns what was done, one line each. Raises RunbookError naming the resource on an AWS error
+    or when the table does not become ACTIVE in time.
+    """
+    import botocore.exceptions
+
     s3 = client(sess, "s3", account)
     ddb = client(sess, "dynamodb", account)
-    try:
-        if not state.bucket_exists:
-            kwargs: dict[str, Any] = {"Bucket": backend.bucket}
-            if account.region != "us-east-1":
-                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": account.region}
+    done = []
+    if not state.bucket_exists:
+        kwargs: dict[str, Any] = {"Bucket": backend.bucket}
+        if account.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": account.region}
+        try:
             s3.create_bucket(**kwargs)
-            s3.put_bucket_versioning(Bucket=backend.bucket, VersioningConfiguration={"Status": "Enabled"})
-            s3.put_bucket_encryption(
-                Bucket=backend.bucket,
-                ServerSideEncryptionConfiguration={
-                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-                },
-            )
-            s3.put_public_access_block(
-                Bucket=backend.bucket,
-                PublicAccessBlockConfiguration={
-                    "BlockPublicAcls": True,
-                    "IgnorePublicAcls": True,
-                    "BlockPublicPolicy": True,
-                    "RestrictPublicBuckets": True,
-                },
-            )
-            created.append(f"S3 bucket {backend.bucket} (versioned, encrypted, public access blocked)")
-            if state.table_exists:
-                stale = _forget_digests(ddb, backend)
-                if stale:
-                    created.append(f"(removed {stale} state digest(s) of the old bucket from {backend.lock_table})")
-        if not state.table_exists:
+            done.append(f"created S3 bucket {backend.bucket}")
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "BucketAlreadyOwnedByYou":
+                done.append(f"S3 bucket {backend.bucket} was just created by another run")
+            elif _code(exc) == "BucketAlreadyExists":
+                raise RunbookError(
+                    f"The S3 bucket name {backend.bucket} is taken by another AWS account (bucket names are global)",
+                    where="config field terraform.backend.state_bucket",
+                    fix="choose another state_bucket name in config/environments.yml (the default has the account ID "
+                    "in it: {project}-tfstate-{account_id})",
+                ) from None
+            else:
+                raise _aws_error("S3 CreateBucket", backend.bucket, exc) from None
+        protections = repair_bucket(sess, account, backend, (VERSIONING, ENCRYPTION, PUBLIC_ACCESS_BLOCK))
+        done.append(f"switched on {', '.join(protections)} of {backend.bucket}")
+    if not state.table_exists:
+        try:
             ddb.create_table(
                 TableName=backend.lock_table,
-                AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
-                KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": LOCK_KEY, "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": LOCK_KEY, "KeyType": "HASH"}],
                 BillingMode="PAY_PER_REQUEST",
             )
-            ddb.get_waiter("table_exists").wait(
-                TableName=backend.lock_table, WaiterConfig={"Delay": 2, "MaxAttempts": 60}
-            )
-            created.append(f"DynamoDB lock table {backend.lock_table}")
-    except botocore.exceptions.ClientError as exc:
-        raise _aws_error("creating the Terraform backend", backend.bucket, exc) from None
-    return created
+            done.append(f"created DynamoDB lock table {backend.lock_table} (hash key {LOCK_KEY})")
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) != "ResourceInUseException":
+                raise _aws_error("DynamoDB CreateTable", backend.lock_table, exc) from None
+            done.append(f"DynamoDB lock table {backend.lock_table} is being created by another run")
+    if not state.table_ready:
+        wait_for_table(sess, account, backend, wait_s=wait_s, poll_s=poll_s)
+        if state.table_exists:
+            done.append(f"waited for DynamoDB lock table {backend.lock_table} (another run was creating it)")
+    return done
 
 
-def _forget_digests(ddb: Any, backend: Backend) -> int:
-    """Delete the lock table's state digests (``<bucket>/<key>-md5``) of a bucket that was just created.
+def wait_for_table(sess: Any, account: Account, backend: Backend, *, wait_s: float = TABLE_WAIT_S,
+                   poll_s: float = 2.0) -> None:
+    """Poll DynamoDB DescribeTable every *poll_s* seconds until the lock table is usable (ACTIVE or UPDATING),
+    at most *wait_s* seconds.
 
-    Terraform's S3 backend keeps an MD5 digest of each state object in the lock table and refuses a
-    state whose digest does not match ("state data in S3 does not have the expected content"). A
-    bucket created afresh holds no state, so every digest naming it is stale. Returns how many were
-    deleted.
+    Raises RunbookError when it is still not ACTIVE (naming its status), when it disappears
+    (the run creating it failed) or on an AWS error.
     """
-    deleted = 0
-    kwargs: dict[str, Any] = {
-        "TableName": backend.lock_table,
-        "FilterExpression": "begins_with(LockID, :bucket)",
-        "ExpressionAttributeValues": {":bucket": {"S": f"{backend.bucket}/"}},
-        "ProjectionExpression": "LockID",
-    }
+    import time
+
+    import botocore.exceptions
+
+    ddb = client(sess, "dynamodb", account)
+    deadline = time.monotonic() + wait_s
+    status = "?"
     while True:
-        page = ddb.scan(**kwargs)
-        for item in page.get("Items", []):
-            lock_id = item["LockID"]["S"]
-            if lock_id.endswith("-md5"):
-                ddb.delete_item(TableName=backend.lock_table, Key={"LockID": {"S": lock_id}})
-                deleted += 1
-        if "LastEvaluatedKey" not in page:
-            return deleted
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        try:
+            status = ddb.describe_table(TableName=backend.lock_table)["Table"].get("TableStatus", "?")
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) != "ResourceNotFoundException":
+                raise _aws_error("DynamoDB DescribeTable", backend.lock_table, exc) from None
+            raise RunbookError(
+                f"The DynamoDB lock table {backend.lock_table} that another run was creating has gone (its "
+                "creation failed or it was deleted); nothing was applied",
+                fix="run the same command again",
+            ) from None
+        if status in USABLE_TABLE_STATUSES:
+            return
+        if time.monotonic() + poll_s > deadline:
+            raise RunbookError(
+                f"The DynamoDB lock table {backend.lock_table} is still {status} after {wait_s:.0f} s (another run "
+                "or the console is creating or changing it); nothing was applied",
+                fix="wait a minute and run the same command again; "
+                + aws_command(account, "dynamodb", "describe-table", "--table-name", backend.lock_table)
+                + " shows its status",
+            )
+        time.sleep(poll_s)
+
+
+def state_digests(sess: Any, account: Account, backend: Backend) -> list[str]:
+    """The state objects (``bucket/key``) whose MD5 digest Terraform keeps in the lock table (``<bucket>/<key>-md5``).
+
+    A digest is left by every state Terraform wrote through this table, so any digest means
+    state was written before. One paginated DynamoDB Scan (keys only).
+    """
+    import botocore.exceptions
+
+    ddb = client(sess, "dynamodb", account)
+    found = []
+    kwargs: dict[str, Any] = {"TableName": backend.lock_table, "ProjectionExpression": LOCK_KEY}
+    try:
+        while True:
+            page = ddb.scan(**kwargs)
+            found += [item[LOCK_KEY]["S"][: -len("-md5")] for item in page.get("Items", [])
+                      if item.get(LOCK_KEY, {}).get("S", "").endswith("-md5")]
+            if "LastEvaluatedKey" not in page:
+                return sorted(found)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    except botocore.exceptions.ClientError as exc:
+        raise _aws_error("DynamoDB Scan", backend.lock_table, exc) from None
+
+
+def state_objects(sess: Any, account: Account, backend: Backend, *, limit: int = 100) -> list[str]:
+    """Keys of up to *limit* objects in the state bucket (S3 ListObjectsV2, one page)."""
+    import botocore.exceptions
+
+    s3 = client(sess, "s3", account)
+    try:
+        page = s3.list_objects_v2(Bucket=backend.bucket, MaxKeys=limit)
+    except botocore.exceptions.ClientError as exc:
+        raise _aws_error("S3 ListObjectsV2", backend.bucket, exc) from None
+    return [item["Key"] for item in page.get("Contents", [])]
+
+
+def deleted_state_version(sess: Any, account: Account, backend: Backend, key: str) -> str | None:
+    """The version ID of the delete marker that hides a deleted state object at *key*, or None.
+
+    In a versioned bucket a deleted object keeps its versions under a delete marker; deleting the
+    marker (``aws s3api delete-object --version-id``) brings the last version back.
+    """
+    import botocore.exceptions
+
+    s3 = client(sess, "s3", account)
+    try:
+        page = s3.list_object_versions(Bucket=backend.bucket, Prefix=key)
+    except botocore.exceptions.ClientError:
+        return None
+    markers = [m for m in page.get("DeleteMarkers", []) if m.get("Key") == key and m.get("IsLatest")]
+    versions = [v for v in page.get("Versions", []) if v.get("Key") == key]
+    return markers[0]["VersionId"] if markers and versions else None
+
+
+def forget_digests(sess: Any, account: Account, backend: Backend) -> list[str]:
+    """Delete the lock table's state digests of *backend*'s bucket (``<bucket>/<key>-md5``); returns their names.
+
+    Only for ``inv iam.bootstrap`` re-creating a bucket that had gone, after the administrator
+    confirmed it: a new bucket holds no state, and Terraform's S3 backend refuses a state whose
+    digest does not match ("state data in S3 does not have the expected content").
+    """
+    import botocore.exceptions
+
+    ddb = client(sess, "dynamodb", account)
+    stale = [name for name in state_digests(sess, account, backend) if name.startswith(f"{backend.bucket}/")]
+    try:
+        for name in stale:
+            ddb.delete_item(TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{name}-md5"}})
+    except botocore.exceptions.ClientError as exc:
+        raise _aws_error("DynamoDB DeleteItem", backend.lock_table, exc) from None
+    return stale
 
 
 def _aws_error(action: str, resource: str, exc: Any) -> RunbookError:
-    code = exc.response.get("Error", {}).get("Code", "Unknown")
+    code = _code(exc) or "Unknown"
     if code in ("AccessDenied", "AccessDeniedException", "403"):
         return RunbookError(
             f"AWS denied {action} for {resource} ({code})",
             fix="use an administrator identity for the IAM steps (the CI deployer cannot do this)",
         )
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if status >= 500 or code in ("InternalError", "ServiceUnavailable", "SlowDown", "ThrottlingException"):
+        return RunbookError(f"AWS error while {action} for {resource}: {code}",
+                            fix="an AWS-side error: run the same command again in a minute")
     return RunbookError(f"AWS error while {action} for {resource}: {code}", fix="fix the cause and run again")

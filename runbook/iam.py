@@ -4,13 +4,18 @@
 account-specific root module) or "environment" (the environment-specific one):
 
 1. preflight: configuration, git, Terraform, AWS caller identity;
-2. backend: S3 state bucket and DynamoDB lock table, created when absent;
-3. plan (``deploy-app.sh`` in plan mode), confirmation where needed, apply of
+2. backend: S3 state bucket and DynamoDB lock table, verified on every run
+   (versioning, encryption, public access block, ``LockID`` key), created only on
+   a true first deploy into the account (otherwise ``inv iam.bootstrap``);
+3. state: the root module in Terraform's ``default`` workspace, and the state
+   object at the configured key whenever the scope has an applied record;
+4. plan (``deploy-app.sh`` in plan mode), confirmation where needed, apply of
    exactly that plan file.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
@@ -60,6 +65,7 @@ class IamRun:
     branch: str | None = None
     fingerprint: str | None = None
     backend_pending: Any = None
+    backend_found: Any = None
     summary: terraform.PlanSummary | None = None
     created: list[str] = field(default_factory=list)
     needed: dict[str, tuple[bool, str]] | None = None
@@ -150,9 +156,34 @@ class IamRun:
         if identity is not None and identity.exception() is not None:
             return None  # never look around in an account the credentials are not for
         try:
-            return aws.backend_state(self.aws_session(), self.account, self.backend)
+            state = aws.backend_state(self.aws_session(), self.account, self.backend, self.state_keys())
         except RunbookError as exc:
             return exc
+        self._read_records_without_state(state)
+        return state
+
+    def _read_records_without_state(self, state) -> None:
+        """On the AWS thread, right after the look-up: the applied record of each scope whose state object is
+        missing, which the state check then needs (one SSM GetParameter each, while git or Terraform runs
+        rather than after). Only in a run of one scope: ``inv release`` reads its records in a step of its own.
+        A failure is left for the state check, which reads again and reports it."""
+        from runbook import aws
+
+        if len(self.scopes()) != 1 or all(state.states.values()):
+            return
+        known = self.__dict__.setdefault("_records", {})
+        todo = [s for s in self.scopes() if state.states.get(s.backend.key) is False and s.record_scope not in known]
+        try:
+            if todo and getattr(self, "_ssm", None) is None:
+                self._ssm = aws.client(self.aws_session(), "ssm", self.account)
+            for scope in todo:
+                self.applied_record(scope)
+        except RunbookError:
+            return
+
+    def state_keys(self) -> list[str]:
+        """The state object keys of :meth:`scopes` that live in this run's state bucket."""
+        return [s.backend.key for s in self.scopes() if s.backend.bucket == self.backend.bucket]
 
     def prefetch_ssm(self) -> None:
         """Build the SSM client for the record in the background while Terraform runs (it costs ~0.05 s
@@ -162,7 +193,8 @@ class IamRun:
         pool = getattr(self, "_aws_pool", None)
         if pool is None or "ssm" in self._futures or getattr(self, "_ssm", None) is not None:
             return
-        self._futures["ssm"] = pool.submit(lambda: aws.client(self.aws_session(), "ssm", self.account))
+        self._futures["ssm"] = pool.submit(
+            lambda: getattr(self, "_ssm", None) or aws.client(self.aws_session(), "ssm", self.account))
 
     def fetched(self, name: str, compute):
         """The prefetched result *name*, or ``compute()`` when nothing was prefetched."""
@@ -338,79 +370,251 @@ class BackendStep(Step):
     def describe(self, ctx: IamRun) -> list[str]:
         b = ctx.backend
         return [f"S3 bucket {b.bucket} (versioned, encrypted, public access blocked), key {b.key}",
-                f"DynamoDB lock table {b.lock_table} (hash key LockID)"]
+                f"DynamoDB lock table {b.lock_table} (hash key LockID, string)"]
 
     def check(self, ctx: IamRun) -> Decision:
         if ctx.dry_run:
-            return Decision(True, "created when absent, left alone when present (looked up at run time)")
+            return Decision(True, "verified at run time (versioning, encryption, public access block, lock table "
+                                  "keyed LockID); created only on a true first deploy into the account, otherwise "
+                                  f"`{bootstrap_command(ctx)}`")
         b = ctx.backend
         if ctx.needed is not None and not any(needed for needed, _ in ctx.needed.values()):
             return Decision(False, "no IAM step is needed, so the backend is not used")
         seen = _backend_seen(ctx)
         if seen and "backend" in getattr(ctx, "_futures", {}):
-            # Seen on an earlier run: let Terraform start; PlanStep takes the look-up's answer after the
-            # plan and says so plainly if the backend has gone meanwhile.
+            # Seen and verified on an earlier run: let Terraform start; PlanStep takes the look-up's answer after
+            # the plan (_confirm_backend) and nothing is applied unless it verifies the backend and the state.
             ctx.backend_pending = ctx._futures.pop("backend")
-            return Decision(False, f"bucket {b.bucket} and table {b.lock_table} exist (seen {seen}; looked up "
-                                   "again while Terraform plans)")
+            return Decision(False, f"bucket {b.bucket} and table {b.lock_table} exist (seen {seen}; verified again "
+                                   "while Terraform plans, before any apply)")
         state = ctx.fetched("backend", ctx._look_up_backend)
         if isinstance(state, RunbookError):
             raise state
-        if state.complete:
-            _remember_backend(ctx)
-            return Decision(False, f"bucket {b.bucket} and table {b.lock_table} exist")
-        missing = [n for n, ok in (("bucket", state.bucket_exists), ("lock table", state.table_exists)) if not ok]
-        return Decision(True, f"first deploy into this account: the {' and '.join(missing)} must be created")
+        return _decide_backend(ctx, state)
 
     def run(self, ctx: IamRun) -> str:
         from runbook import aws
 
-        ctx.created = aws.ensure_backend(ctx.aws_session(), ctx.account, ctx.backend)
-        _remember_backend(ctx)
-        return "created " + "; ".join(ctx.created) if ctx.created else "nothing to create"
+        state, sess, b = ctx.backend_found, ctx.aws_session(), ctx.backend
+        done = []
+        if not state.complete or not state.table_ready:
+            done += aws.create_backend(sess, ctx.account, b, state)
+        if state.bucket_exists and state.missing:
+            repaired = aws.repair_bucket(sess, ctx.account, b, state.missing)
+            done.append(f"the state bucket {b.bucket} lacked {', '.join(repaired)}: repaired (switched on)")
+        after = aws.backend_state(sess, ctx.account, b, ctx.state_keys())
+        _refuse_unverified(ctx, after)
+        ctx.backend_found = after
+        ctx.created = done
+        return "; ".join(done)
 
 
-def _backend_key(ctx: IamRun) -> str:
+def bootstrap_command(ctx: IamRun) -> str:
+    """The command that creates (or repairs) this run's backend explicitly."""
+    return f"inv iam.bootstrap --env {shlex.quote(ctx.environment.name)}"
+
+
+def account_scopes(config: Config, account: Account) -> list[Scope]:
+    """Every scope whose state and record live in *account*'s AWS account (same ID and endpoint):
+    the account scope and each environment deployed there."""
+    same = [e for e in config.environments.values()
+            if e.account.id == account.id and e.account.endpoint_url == account.endpoint_url]
+    return [Scope.of_account(config, account)] + [Scope.of_environment(config, e) for e in same]
+
+
+def _decide_backend(ctx: IamRun, state) -> Decision:
+    """Whether the backend found by the look-up is usable as it is, must be repaired or waited for, may be
+    created (a true first deploy), or must be refused. Sets ``ctx.backend_found``."""
     b = ctx.backend
-    return "|".join([ctx.account.endpoint_url or "aws", ctx.account.id, b.region, b.bucket, b.lock_table])
+    ctx.backend_found = state
+    _refuse_wrong_lock_table(ctx, state)
+    if state.verified:
+        return Decision(False, f"bucket {b.bucket} and table {b.lock_table} exist (verified: versioned, encrypted, "
+                               "public access blocked; lock table keyed LockID)")
+    if not state.complete:
+        evidence, digests = _earlier_deploys(ctx, state)
+        if evidence:
+            raise _not_a_first_deploy(ctx, state, evidence, digests)
+        missing = [n for n, ok in (("bucket", state.bucket_exists), ("lock table", state.table_exists)) if not ok]
+        return Decision(True, f"first deploy into account {ctx.account.id} (no applied record, no state digest, "
+                              f"no state): the {' and '.join(missing)} must be created")
+    todo = []
+    if state.missing:
+        todo.append(f"the bucket lacks {', '.join(state.missing)}: switch it on")
+    if not state.table_ready:
+        todo.append(f"the lock table is {state.table_status} (another run is creating it): wait for it")
+    return Decision(True, "; ".join(todo))
+
+
+def _refuse_wrong_lock_table(ctx: IamRun, state) -> None:
+    from runbook import aws
+
+    if state.key_schema_ok:
+        return
+    b = ctx.backend
+    raise RunbookError(
+        f"The DynamoDB table {b.lock_table} is keyed {state.table_key}, but Terraform's S3 backend locks state "
+        "in a table whose hash key is LockID (string): Terraform could not lock the state; nothing was applied",
+        where="config field terraform.backend.lock_table",
+        fix="point terraform.backend.lock_table at another name and create that table with "
+        f"`{bootstrap_command(ctx)}`; or, only if nothing else uses the table: "
+        + aws.aws_command(ctx.account, "dynamodb", "delete-table", "--table-name", b.lock_table)
+        + f" then {bootstrap_command(ctx)}",
+    )
+
+
+def _refuse_unverified(ctx: IamRun, state) -> None:
+    """Raise unless *state* (looked up again after creating or repairing) is complete and verified."""
+    _refuse_wrong_lock_table(ctx, state)
+    if state.verified:
+        return
+    gaps = [n for n, ok in ((f"S3 bucket {ctx.backend.bucket}", state.bucket_exists),
+                            (f"DynamoDB table {ctx.backend.lock_table}", state.table_exists)) if not ok]
+    gaps += [f"the bucket's {name}" for name in state.missing]
+    if state.table_exists and not state.table_ready:
+        gaps.append(f"the lock table is {state.table_status}")
+    raise RunbookError(
+        f"The Terraform backend is still not complete after creating it ({', '.join(gaps)}); nothing was planned "
+        "or applied",
+        fix=f"see what is missing and why: {bootstrap_command(ctx)} --dry-run",
+    )
+
+
+def _earlier_deploys(ctx: IamRun, state) -> tuple[list[str], list[str]]:
+    """Signs that IAM was deployed into this account before (so creating a backend is no first deploy):
+    applied records of the account's scopes, state digests in the lock table, objects in the bucket.
+    Returns (the signs as sentences, the digests' ``bucket/key`` names)."""
+    from runbook import aws
+
+    found = []
+    for scope in account_scopes(ctx.config, ctx.account):
+        rec = ctx.applied_record(scope)
+        if rec:
+            found.append(f"{scope.label} has an applied record ({scope.parameter}: commit "
+                         f"{str(rec.get('commit', '?'))[:12]} at {rec.get('applied_at', '?')})")
+    sess, b = ctx.aws_session(), ctx.backend
+    digests = aws.state_digests(sess, ctx.account, b) if state.table_exists else []
+    if digests:
+        found.append(f"the lock table {b.lock_table} holds {len(digests)} state digest(s) ("
+                     + ", ".join(f"s3://{_printable(d)}" for d in digests[:3]) + (", ..." if len(digests) > 3 else "")
+                     + "): Terraform wrote state through it")
+    if state.bucket_exists:
+        objects = aws.state_objects(sess, ctx.account, b, limit=4)
+        if objects:
+            found.append(f"the bucket {b.bucket} holds state objects ({', '.join(map(_printable, objects[:3]))}"
+                         + (", ..." if len(objects) > 3 else "") + ")")
+    return found, digests
+
+
+def _printable(text: str) -> str:
+    """*text* (an S3 key or a lock ID: from outside) with every non-printable character shown as "?"."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _not_a_first_deploy(ctx: IamRun, state, evidence: list[str], digests: list[str]) -> RunbookError:
+    b = ctx.backend
+    gone = [n for n, ok in ((f"the S3 bucket {b.bucket}", state.bucket_exists),
+                            (f"the DynamoDB lock table {b.lock_table}", state.table_exists)) if not ok]
+    elsewhere = sorted({d.split("/", 1)[0] for d in digests} - {b.bucket})
+    if elsewhere and not state.bucket_exists:
+        hint = (f"if terraform.backend.state_bucket was changed or mistyped (the lock table knows state in "
+                f"{', '.join(elsewhere)}), set it back in config/environments.yml; ")
+    else:
+        hint = "if a name under terraform.backend in config/environments.yml was changed or mistyped, set it back; "
+    return RunbookError(
+        f"{' and '.join(gone)[0].upper()}{' and '.join(gone)[1:]} of account {ctx.account.name} ({ctx.account.id}) "
+        f"{'do' if len(gone) > 1 else 'does'} not exist, but "
+        "this is not a first deploy into the account: " + "; ".join(evidence) + ". Creating the backend now would "
+        "plan from an empty state (Terraform would try to create IAM that exists) and hide where the state went; "
+        "nothing was created, planned or applied",
+        where="config fields terraform.backend.state_bucket and terraform.backend.lock_table",
+        fix=hint + "if it was deleted, restore it; to create it deliberately, see what would be created and why, "
+        f"then create it: {bootstrap_command(ctx)} --dry-run, then {bootstrap_command(ctx)}",
+    )
+
+
+def _backend_key(ctx: IamRun, key: str) -> str:
+    b = ctx.backend
+    return "|".join([ctx.account.endpoint_url or "aws", ctx.account.id, b.region, b.bucket, b.lock_table, key])
+
+
+def _needed_keys(ctx: IamRun) -> list[str]:
+    """The state keys of the scopes this run may apply (``inv release`` skips the scopes that are current)."""
+    needed = ctx.needed or {}
+    return [s.backend.key for s in ctx.scopes()
+            if s.backend.bucket == ctx.backend.bucket and needed.get(s.kind, (True, ""))[0]]
 
 
 def _backend_seen(ctx: IamRun) -> str | None:
+    """When every state key this run may apply to was verified on an earlier run: the oldest time; else None."""
     from runbook import cache
 
-    return cache.get("backend-seen", _backend_key(ctx))
+    seen = [cache.get("backend-seen", _backend_key(ctx, key)) for key in _needed_keys(ctx)]
+    return min(seen) if seen and all(seen) else None
 
 
-def _remember_backend(ctx: IamRun) -> None:
+def _remember_backend(ctx: IamRun, key: str) -> None:
     import time
 
     from runbook import cache
 
-    cache.put("backend-seen", _backend_key(ctx), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    cache.put("backend-seen", _backend_key(ctx, key), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+
+
+def _forget_backend(ctx: IamRun) -> None:
+    from runbook import cache
+
+    for key in ctx.state_keys():
+        cache.put("backend-seen", _backend_key(ctx, key), None)
 
 
 def _confirm_backend(ctx: IamRun) -> None:
-    """Take the background backend look-up's answer (see BackendStep); raise if the backend has gone."""
+    """Take the background look-up's answer after a plan that started before it (see BackendStep).
+
+    Raises (so that nothing is applied) when the backend has gone, the lock table has the wrong key,
+    a missing protection cannot be repaired, or a deferred state check fails; repairs what it may
+    and says so.
+    """
+    from runbook import aws
+
     pending = getattr(ctx, "backend_pending", None)
     if pending is None:
         return
     ctx.backend_pending = None
     state = pending.result()
     if isinstance(state, RunbookError):
+        _forget_backend(ctx)
         raise state
-    if state is not None and not state.complete:
-        from runbook import cache
-
-        cache.put("backend-seen", _backend_key(ctx), None)
-        gone = [n for n, ok in ((f"S3 bucket {ctx.backend.bucket}", state.bucket_exists),
-                                (f"DynamoDB table {ctx.backend.lock_table}", state.table_exists)) if not ok]
-        empty = " (with an empty state: the state lived in the bucket)" if not state.bucket_exists else ""
+    if state is None:
+        return
+    b = ctx.backend
+    if not state.verified:
+        _forget_backend(ctx)
+    if not state.complete:
+        gone = [n for n, ok in ((f"S3 bucket {b.bucket}", state.bucket_exists),
+                                (f"DynamoDB table {b.lock_table}", state.table_exists)) if not ok]
+        empty = " (the state lived in the bucket)" if not state.bucket_exists else ""
         raise RunbookError(
-            f"The Terraform backend has gone: {' and '.join(gone)} existed on an earlier run but not "
-            "now; nothing was applied",
-            fix=f"if it was deleted on purpose, run the same command again: it creates what is missing afresh{empty}; "
-            "otherwise find out who deleted it first",
+            f"The Terraform backend has gone: {' and '.join(gone)} existed on an earlier run but not now{empty}; "
+            "nothing was applied",
+            fix="find out who deleted it and restore it; to create it afresh deliberately, see what would be "
+            f"created and why: {bootstrap_command(ctx)} --dry-run, then {bootstrap_command(ctx)}",
         )
+    _refuse_wrong_lock_table(ctx, state)
+    if not state.table_ready:
+        aws.wait_for_table(ctx.aws_session(), ctx.account, b)
+    if state.missing:
+        repaired = aws.repair_bucket(ctx.aws_session(), ctx.account, b, state.missing)
+        console.warn(f"The state bucket {b.bucket} lacked {', '.join(repaired)}: repaired (switched on) before any "
+                     "apply.")
+    ctx.backend_found = state
+    try:
+        for scope in getattr(ctx, "_deferred_states", []):
+            _check_state(ctx, scope, state, planned=True)
+    except RunbookError:
+        _forget_backend(ctx)  # the next run looks before it plans
+        raise
+    ctx._deferred_states = []
 
 
 class ScopedStep(Step):
@@ -520,6 +724,134 @@ def _outside(value: Any, limit: int = 200) -> str:
     """A value read from outside (an applied record) made safe to print: printable characters only
     (terminal escapes and control characters dropped), at most *limit* characters."""
     return "".join(ch for ch in str(value if value is not None else "?") if ch.isprintable())[:limit]
+
+
+class StateStep(ScopedStep):
+    """The state this scope's apply goes to: Terraform's ``default`` workspace, and the state object at the
+    configured key whenever the scope has an applied record (else the apply would start from an empty state)."""
+
+    title = "State: workspace and state object"
+    preflight = True
+
+    def describe(self, ctx: IamRun) -> list[str]:
+        sc = self.sc(ctx)
+        return [f"{_rel(sc.root)}/.terraform/environment: the default workspace (no other selected by hand)",
+                f"S3 HeadObject s3://{sc.backend.bucket}/{sc.backend.key}: must exist once {sc.label} has a record"]
+
+    def check(self, ctx: IamRun) -> Decision:
+        skipped = self.skip(ctx)
+        if skipped:
+            return skipped
+        sc = self.sc(ctx)
+        _check_workspace(sc)
+        where = f"s3://{sc.backend.bucket}/{sc.backend.key}"
+        if ctx.dry_run:
+            return Decision(True, f"default workspace; {where} is looked up at run time")
+        if ctx.backend_found is None and getattr(ctx, "backend_pending", None) is not None:
+            deferred = ctx.__dict__.setdefault("_deferred_states", [])
+            if sc not in deferred:
+                deferred.append(sc)
+            return Decision(True, f"default workspace; {where} is looked up while Terraform plans (nothing is "
+                                  "applied unless it exists or the scope was never applied)")
+        state = ctx.backend_found
+        if state is None or sc.backend.bucket != ctx.backend.bucket or sc.backend.key not in state.states:
+            from runbook import aws
+
+            state = aws.backend_state(ctx.aws_session(), sc.account, sc.backend, [sc.backend.key])
+            if not state.verified:
+                raise RunbookError(
+                    f"The Terraform backend of {sc.label} (bucket {sc.backend.bucket}, table {sc.backend.lock_table})"
+                    " is missing or incomplete; nothing was planned or applied",
+                    fix=f"see what is missing and why: {bootstrap_command(ctx)} --dry-run",
+                )
+        return Decision(True, _check_state(ctx, sc, state))
+
+
+def _check_workspace(sc: Scope) -> None:
+    """Refuse a Terraform workspace other than ``default`` selected in *sc*'s root module.
+
+    ``terraform workspace select NAME`` writes NAME to ``.terraform/environment`` (``$TF_DATA_DIR/environment``);
+    the S3 backend then keeps the state at ``env:/NAME/<key>`` (Terraform docs, "Backend Type: s3",
+    workspace_key_prefix: https://developer.hashicorp.com/terraform/language/settings/backends/s3).
+    """
+    data_dir = Path(os.environ.get("TF_DATA_DIR") or ".terraform")
+    path = data_dir if data_dir.is_absolute() else sc.root / data_dir
+    try:
+        name = (path / "environment").read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise RunbookError(f"Cannot read {path / 'environment'} ({type(exc).__name__}) to check the Terraform "
+                           "workspace", fix=f"rm {shlex.quote(str(path / 'environment'))}") from None
+    if name in ("", "default"):
+        return
+    root = _rel(sc.root)
+    raise RunbookError(
+        f"The root module {root} has the Terraform workspace {name!r} selected (by hand, in "
+        f"{_rel(path / 'environment')}): Terraform would keep the state of {sc.label} at "
+        f"env:/{name}/{sc.backend.key} instead of the configured s3://{sc.backend.bucket}/{sc.backend.key}, and the "
+        "record would describe state that is not the team's; nothing was planned or applied",
+        where=str(path / "environment"),
+        fix=f"cd {shlex.quote(root)} && terraform workspace select default",
+    )
+
+
+def _check_state(ctx: IamRun, sc: Scope, state, *, planned: bool = False) -> str:
+    """Why *sc*'s state is the right one to plan from, or raise: a scope with an applied record must have its
+    state object at the configured key. Remembers a passed check for the next run (see BackendStep).
+    *planned*: the check comes after a plan that started before it (the message says so)."""
+    where = f"s3://{sc.backend.bucket}/{sc.backend.key}"
+    if state.states.get(sc.backend.key):
+        reason = f"default workspace; state {where} exists"
+    elif ctx.applied_record(sc) is None:
+        reason = f"default workspace; no state at {where} yet and no applied record: the first apply of {sc.label}"
+    else:
+        raise _state_missing(ctx, sc, ctx.applied_record(sc), planned=planned)
+    if sc.backend.bucket == ctx.backend.bucket and sc.backend.lock_table == ctx.backend.lock_table:
+        _remember_backend(ctx, sc.backend.key)
+    return reason
+
+
+def _state_missing(ctx: IamRun, sc: Scope, record: dict, *, planned: bool = False) -> RunbookError:
+    """The refusal for a scope that has a record but no state at the configured key, with the commands that
+    bring the state there (found in the bucket's versions, its other objects and the lock table's digests)."""
+    from runbook import aws
+
+    sess, b, account = ctx.aws_session(), sc.backend, sc.account
+    target = f"s3://{b.bucket}/{b.key}"
+    configured = {s.backend.key for s in account_scopes(ctx.config, account) if s.backend.bucket == b.bucket}
+    marker = aws.deleted_state_version(sess, account, b, b.key)
+    candidates = [f"s3://{b.bucket}/{k}" for k in aws.state_objects(sess, account, b, limit=1000)
+                  if k not in configured and k == _printable(k)]
+    candidates += [f"s3://{d}" for d in aws.state_digests(sess, account, b)
+                   if f"s3://{d}" not in candidates and f"s3://{d}" != target and d == _printable(d)
+                   and not (d.startswith(f"{b.bucket}/") and d.split("/", 1)[1] in configured)]
+    field_name = f"terraform.backend.{sc.kind}_state_key"
+    if marker:
+        fix = ("the state object was deleted and the bucket kept its versions: restore it with "
+               + aws.aws_command(account, "s3api", "delete-object", "--bucket", b.bucket, "--key", b.key,
+                                 "--version-id", marker))
+    elif len(candidates) == 1:
+        fix = (f"if {field_name} or terraform.backend.state_bucket changed, move the state to the configured key: "
+               + aws.aws_command(account, "s3", "cp", candidates[0], target)
+               + f"; or set the configuration back so that it names {candidates[0]}")
+    elif candidates:
+        fix = (f"the state of {sc.label} is probably one of {', '.join(candidates[:5])}: copy the right one to the "
+               "configured key, e.g. " + aws.aws_command(account, "s3", "cp", candidates[0], target)
+               + "; or set the configuration back")
+    else:
+        fix = ("restore the state from a backup: " + aws.aws_command(account, "s3", "cp", "BACKUP.tfstate", target)
+               + f"; only if the IAM of {sc.label} is to be planned from nothing (import what exists), delete its "
+               "record first: " + aws.aws_command(account, "ssm", "delete-parameter", "--name", sc.parameter))
+    return RunbookError(
+        f"{sc.label[0].upper()}{sc.label[1:]} has an applied record (commit {str(record.get('commit', '?'))[:12]} at "
+        f"{record.get('applied_at', '?')}), but its configured state {target} does not exist: Terraform would plan "
+        "from an empty state and try to create IAM that exists; "
+        + ("nothing was applied (the plan above started from that empty state, before this look-up answered)"
+           if planned else "nothing was planned or applied"),
+        where=f"config fields {field_name} and terraform.backend.state_bucket",
+        fix=fix,
+    )
 
 
 class ScriptStep(ScopedStep):
@@ -694,8 +1026,8 @@ def preflight_steps() -> list[Step]:
 
 
 def scope_steps(scope: Scope | None = None) -> list[Step]:
-    """Plan, confirm, apply and record one scope (``ctx.scope`` when *scope* is None)."""
-    return [PlanStep(scope), ConfirmStep(scope), ApplyStep(scope), RecordStep(scope)]
+    """Check the state, plan, confirm, apply and record one scope (``ctx.scope`` when *scope* is None)."""
+    return [StateStep(scope), PlanStep(scope), ConfirmStep(scope), ApplyStep(scope), RecordStep(scope)]
 
 
 def steps(ctx: IamRun) -> list[Step]:
@@ -728,3 +1060,89 @@ def environment_for(config: Config, name: str | None, cwd: Path | None = None, *
             fix=f"check out an environment's branch, or name it: {flag} {next(iter(config.environments))}",
         )
     return env
+
+
+def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
+    """``inv iam.bootstrap``: create or repair the Terraform backend of ``ctx.account`` explicitly.
+
+    Examine (caller identity, the bucket and its protections, the lock table, the records of every scope
+    in the account, the lock table's state digests), show each action and why, warn when this is not a
+    first deploy (state that lived in a deleted bucket does not come back), ask for confirmation
+    (``ctx.assume_yes`` answers it), act, then look again to prove the backend is complete and verified.
+    With *dry_run* only the read-only look-ups are made.
+
+    Returns what was done, one line each (empty when nothing was needed or in a dry run).
+    Raises RunbookError for the wrong account or credentials, a lock table with the wrong key schema,
+    a refused confirmation, or any AWS error (naming the resource).
+    """
+    from runbook import aws, cache
+
+    account, b = ctx.account, ctx.backend
+    sess = ctx.aws_session()
+    ctx.identity = ctx._look_up_identity()
+    console.ok(f"caller identity: {ctx.identity.arn} in {ctx.identity.account_id}")
+    keys = [s.backend.key for s in account_scopes(ctx.config, account) if s.backend.bucket == b.bucket]
+    state = aws.backend_state(sess, account, b, keys)
+    _refuse_wrong_lock_table(ctx, state)
+    actions: list[tuple[str, str]] = []
+    stale: list[str] = []
+    if not state.bucket_exists:
+        actions.append((f"create S3 bucket {b.bucket} in {account.region} with versioning, default encryption "
+                        "(SSE-S3) and a full public access block",
+                        "it does not exist; Terraform keeps the state of every IAM root module of the account in it"))
+        if state.table_exists:
+            stale = [d for d in aws.state_digests(sess, account, b) if d.startswith(f"{b.bucket}/")]
+        if stale:
+            shown = ", ".join(f"s3://{_printable(d)}" for d in stale[:5]) + (", ..." if len(stale) > 5 else "")
+            actions.append((f"remove {len(stale)} state digest(s) of {b.bucket} from {b.lock_table} ({shown})",
+                            "the new bucket holds no state, and Terraform refuses a state whose digest does not match "
+                            "(\"state data in S3 does not have the expected content\")"))
+    elif state.missing:
+        actions.append((f"switch on {', '.join(state.missing)} of S3 bucket {b.bucket}",
+                        "a state bucket must be versioned, encrypted and never public"))
+    if not state.table_exists:
+        actions.append((f"create DynamoDB table {b.lock_table} (hash key LockID, string; on-demand billing)",
+                        "it does not exist; Terraform locks the state in it"))
+    elif not state.table_ready:
+        actions.append((f"wait for DynamoDB table {b.lock_table}", f"it is {state.table_status}: another run is "
+                                                                    "creating it"))
+    if not actions:
+        console.ok(f"Nothing to do: bucket {b.bucket} and table {b.lock_table} exist and are verified (versioned, "
+                   "encrypted, public access blocked; lock table keyed LockID).")
+        return []
+    evidence, _ = _earlier_deploys(ctx, state) if not state.complete else ([], [])
+    console.say(f"Backend of account {account.name} ({account.id}), region {account.region}:")
+    for what, why in actions:
+        console.say(f"  - {what}")
+        console.say(f"      why: {why}")
+    if evidence:
+        console.warn("This is NOT a first deploy into the account: " + "; ".join(evidence) + ".")
+        console.warn("State that lived in a deleted bucket does not come back: afterwards each scope that has a record "
+                     "but no state is refused until its state is restored (the refusal names the commands).")
+    if dry_run:
+        console.say()
+        console.say(f"Dry run: nothing was changed. To do it: {bootstrap_command(ctx)}")
+        return []
+    if not console.confirm(f"Create or repair the backend of account {account.name} ({account.id}) as listed?",
+                           assume_yes=ctx.assume_yes):
+        raise RunbookError("Not confirmed: nothing was created or changed",
+                           fix=f"run `{bootstrap_command(ctx)}` again and answer y, after reading the list")
+    done = []
+    if not state.complete or not state.table_ready:
+        done += aws.create_backend(sess, account, b, state)
+    if state.bucket_exists and state.missing:
+        done.append("switched on " + ", ".join(aws.repair_bucket(sess, account, b, state.missing)))
+    if stale:
+        removed = aws.forget_digests(sess, account, b)
+        console.warn(f"Removed {len(removed)} state digest(s) of the re-created bucket {b.bucket} from "
+                     f"{b.lock_table}: " + ", ".join(f"s3://{_printable(d)}" for d in removed))
+        done.append(f"removed {len(removed)} stale state digest(s)")
+    after = aws.backend_state(sess, account, b)
+    _refuse_unverified(ctx, after)
+    for key in keys:  # what this machine verified before is no longer known: the next runs look before planning
+        cache.put("backend-seen", _backend_key(ctx, key), None)
+    for line in done:
+        console.ok(line)
+    console.ok(f"The backend of account {account.name} ({account.id}) is ready: bucket {b.bucket}, table "
+               f"{b.lock_table}.")
+    return done

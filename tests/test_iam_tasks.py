@@ -111,28 +111,18 @@ def test_second_run_leaves_backend_alone_and_applies_nothing_new(project, s3):
 
 
 @pytest.mark.terraform
-def test_a_backend_deleted_since_the_last_run_is_reported_then_recreated(project, s3):
+def test_a_backend_deleted_since_the_last_run_is_reported_not_recreated(project, s3):
     import boto3
 
     assert project.inv("iam.env", "--name", "stg").code == 0
     delete_state_bucket(s3)
     boto3.client("dynamodb", endpoint_url=s3.meta.endpoint_url, region_name="eu-west-1").delete_table(TableName=TABLE)
     gone = project.inv("iam.env", "--name", "stg")
-    assert_user_error(gone, "The Terraform backend has gone", BUCKET, "resume with `inv iam.env --name stg`")
+    assert_user_error(gone, "The Terraform backend has gone", BUCKET, "inv iam.bootstrap --env stg")
     again = project.inv("iam.env", "--name", "stg")
-    assert again.code == 0, again.all
-    assert "created S3 bucket" in again.out
-
-
-@pytest.mark.terraform
-def test_only_the_bucket_deleted_recovers_on_the_next_run(project, s3):
-    assert project.inv("iam.env", "--name", "stg").code == 0
-    delete_state_bucket(s3)
-    gone = project.inv("iam.env", "--name", "stg")
-    assert_user_error(gone, "The Terraform backend has gone: S3 bucket", "with an empty state")
-    again = project.inv("iam.env", "--name", "stg")  # the lock table still holds the old state's digest
-    assert again.code == 0, again.all
-    assert "removed 1 state digest(s) of the old bucket" in again.out
+    assert_user_error(again, "do not exist", "not a first deploy", "environment stg has an applied record",
+                      "inv iam.bootstrap --env stg")
+    assert BUCKET not in bucket_names(s3)
 
 
 @pytest.mark.terraform

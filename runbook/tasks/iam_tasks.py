@@ -1,4 +1,4 @@
-"""``inv iam.account`` and ``inv iam.env``: the runbook's two manual IAM steps, made safe."""
+"""``inv iam.account`` and ``inv iam.env``: the runbook's two manual IAM steps, made safe; ``inv iam.bootstrap``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,22 @@ def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
     environment = iam.environment_for(cfg, name, flag="--name")
     _run(iam.IamRun(cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
                     skip_branch_check=skip_branch_check))
+
+
+@task(help={"env": "environment whose account's backend is meant (default: the one whose branch is checked out)",
+            "dry_run": "show what would be created or repaired and why (read-only AWS look-ups); change nothing",
+            "yes": "answer the confirmation with yes (automation)"})
+@user_errors
+def bootstrap(c, env=None, dry_run=False, yes=False):
+    """Create or repair the Terraform backend (state bucket, lock table) of an account, explicitly."""
+    from runbook import config as configuration
+    from runbook import iam
+    from runbook.scopes import Scope
+
+    cfg = configuration.load()
+    environment = iam.environment_for(cfg, env)
+    iam.bootstrap(iam.IamRun(cfg, Scope.of_account(cfg, environment.account), environment, assume_yes=yes),
+                  dry_run=dry_run)
 
 
 def _checked_out_branch() -> str | None:

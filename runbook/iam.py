@@ -37,6 +37,7 @@ class IamRun:
         assume_yes: answer confirmation prompts with yes (automation).
         skip_branch_check: apply from another branch (loudly).
         cwd: the git checkout to check (default: the current directory).
+        lock_timeout_s: seconds Terraform waits for a state lock held by another run (0: fail at once).
     """
 
     config: Config
@@ -46,6 +47,7 @@ class IamRun:
     assume_yes: bool = False
     skip_branch_check: bool = False
     cwd: Path | None = None
+    lock_timeout_s: float = 0.0
     session: Any = None
     identity: Any = None
     terraform_bin: str | None = None
@@ -184,6 +186,15 @@ class ConfigCheck(Step):
         return self.check(ctx).reason
 
 
+def refuse_leftovers(ctx: IamRun) -> None:
+    """Raise the advice of :func:`terraform.leftovers` when a failed run left errored.tfstate or crash.log in a
+    root module: before the git checks, whose "commit or stash" would hide the only copy of a new state."""
+    for scope in ctx.scopes():
+        found = terraform.leftovers(scope.root, command=ctx.command, profile=scope.account.profile)
+        if found:
+            raise found
+
+
 class GitCheck(Step):
     title = "Preflight: git"
     preflight = True
@@ -194,6 +205,7 @@ class GitCheck(Step):
         return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch origin {b} {fetch}".rstrip()]
 
     def check(self, ctx: IamRun) -> Decision:
+        refuse_leftovers(ctx)
         branch = ctx.environment.branch
         checkout = git.inspect(ctx.cwd)
         ctx.head, ctx.branch = checkout.head, checkout.branch
@@ -402,8 +414,11 @@ class ScriptStep(ScopedStep):
 
     def env(self, ctx: IamRun) -> dict[str, str]:
         sc = self.sc(ctx)
-        return terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
-                                    profile=sc.account.profile)
+        env = terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
+                                   profile=sc.account.profile)
+        if ctx.lock_timeout_s:
+            env["TF_LOCK_TIMEOUT"] = f"{ctx.lock_timeout_s:.0f}s"
+        return env
 
     def describe(self, ctx: IamRun) -> list[str]:
         env = console.mask_env(self.env(ctx))

@@ -335,7 +335,7 @@ def _say(text: str) -> None:
 LOCKED_EXIT = 75
 _TF_FAILED = re.compile(r"^deploy-app\.sh: error: terraform (\w+)[^\n]* failed \(exit (\d+)\)", re.M)
 _SCRIPT_ERROR = re.compile(r"^deploy-app\.sh: error: (.*)$", re.M)
-_DIGEST = re.compile(r"Digest value stored in the DynamoDB table to the following value: ([0-9a-f]{32})")
+_DIGEST = re.compile(r"Digest value stored in the\s+DynamoDB table to the following value:\s*([0-9a-f]{32})")
 
 
 @dataclass(frozen=True)
@@ -535,21 +535,21 @@ def leftovers(root: Path, *, command: str, profile: str | None = None) -> Runboo
     if (root / "errored.tfstate").exists():
         return RunbookError(
             f"{where}/errored.tfstate is there: an earlier apply changed resources but could not save the "
-            "state to S3, and this file is the only copy of the new state. Do not delete or stash it",
+            "state to S3, and this file is the only copy of the new state. Do not delete or stash it: push it "
+            "to the backend, then run again (if the push says the state is locked, `inv iam.unlock` releases "
+            "the lock of the run that died; TROUBLESHOOTING.md, \"errored.tfstate\")",
             where=str(root / "errored.tfstate"),
             fix=f"cd {shlex.quote(where)} && {aws_profile}terraform state push errored.tfstate && "
-            f"rm errored.tfstate && cd - && {command}   (if the push reports a locked state, release it with "
-            "the `inv iam.unlock` command the run prints; if it reports \"does not have the expected content\", "
-            "see TROUBLESHOOTING.md)",
+            f"rm errored.tfstate && cd - && {command}",
         )
     if (root / "crash.log").exists():
         return RunbookError(
             f"{where}/crash.log is there: Terraform crashed during an earlier run, which may have left the "
             "state partly updated and its lock held",
             where=str(root / "crash.log"),
-            fix=f"read it (and report a Terraform panic upstream), move it out of the root module: mv "
-            f"{shlex.quote(where + '/crash.log')} \"$HOME/terraform-crash-$(date +%s).log\", then run {command} "
-            "(it plans afresh from the saved state; a held lock is reported with its unlock command)",
+            fix=f"read it (and report a Terraform panic upstream), then move it out of the root module and run "
+            "again (it plans afresh from the saved state; a lock left held is reported with its unlock command): "
+            f"mv {shlex.quote(where + '/crash.log')} \"$HOME/terraform-crash-$(date +%s).log\" && {command}",
         )
     return None
 

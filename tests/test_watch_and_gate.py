@@ -97,6 +97,75 @@ def test_gate_backs_off_while_ssm_throttles(tmp_path, moto_reset, aws_env, aws_c
     assert result.polls == 1
 
 
+def _gate_project(tmp_path, moto_reset, aws_env):
+    """A clone whose records match its commit and whose lambda role exists; its configuration."""
+    import boto3
+
+    project = Project.create(tmp_path, aws_env, base_config(moto_reset))
+    cfg = configuration.load(project.path / "config" / "environments.yml")
+    cfg = type(cfg)(**{**cfg.__dict__, "roots": {k: project.path / v.relative_to(configuration.PROJECT_ROOT)
+                                                  for k, v in cfg.roots.items()}})
+    project.write_record("account", endpoint=moto_reset)
+    project.write_record("environment", endpoint=moto_reset)
+    boto3.client("iam", endpoint_url=moto_reset, region_name="eu-west-1").create_role(
+        RoleName="acme-api-stg-lambda-api", AssumeRolePolicyDocument=TRUST)
+    return cfg
+
+
+def _failing(times: int, status: int, body: bytes, content_type: str):
+    """A botocore before-send hook: answer *status* with *body* the first *times* calls, then let them through.
+
+    moto cannot answer a 5xx on demand; botocore's own event hook gives the client a real HTTP answer
+    (parsed, retried and raised by botocore as AWS's would be) without a server of our own."""
+    from botocore.awsrequest import AWSResponse
+
+    left = {"n": times}
+
+    def hook(request, **kwargs):
+        if left["n"] > 0:
+            left["n"] -= 1
+            return AWSResponse(request.url, status, {"Content-Type": content_type}, _Raw(body))
+        return None
+
+    return hook
+
+
+def test_gate_keeps_polling_through_an_iam_getrole_5xx(tmp_path, moto_reset, aws_env, aws_credentials, monkeypatch):
+    import boto3
+    import botocore.endpoint
+
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", lambda _: None)  # botocore's own retry back-off
+    cfg = _gate_project(tmp_path, moto_reset, aws_env)
+    session = boto3.Session(region_name="eu-west-1")
+    body = (b'<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error><Type>Receiver</Type>'
+            b"<Code>ServiceUnavailable</Code><Message>Service Unavailable</Message></Error>"
+            b"<RequestId>1</RequestId></ErrorResponse>")
+    # more 503s than the IAM client's 5 attempts: the first gate poll sees GetRole fail
+    session.events.register("before-send.iam.GetRole", _failing(7, 503, body, "text/xml"))
+    sleeps = []
+    result = gate.wait(cfg, cfg.environments["stg"], timeout_s=600, poll_s=15, settle_s=0, session=session,
+                       sleep=sleeps.append, clock=lambda: sum(sleeps))
+    assert sleeps == [30], sleeps  # backed off once, then the roles could be read
+    assert result.polls == 2
+
+
+def test_gate_keeps_polling_through_an_ssm_5xx(tmp_path, moto_reset, aws_env, aws_credentials, monkeypatch):
+    import boto3
+    import botocore.endpoint
+
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", lambda _: None)
+    cfg = _gate_project(tmp_path, moto_reset, aws_env)
+    session = boto3.Session(region_name="eu-west-1")
+    body = b'{"__type":"InternalServerError","message":"An internal error occurred"}'
+    session.events.register("before-send.ssm.GetParameter",
+                            _failing(2, 500, body, "application/x-amz-json-1.1"))  # the client tries twice
+    sleeps = []
+    result = gate.wait(cfg, cfg.environments["stg"], timeout_s=600, poll_s=15, settle_s=0, session=session,
+                       sleep=sleeps.append, clock=lambda: sum(sleeps))
+    assert sleeps == [30], sleeps
+    assert result.polls == 1
+
+
 TRUST = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
 

@@ -69,27 +69,12 @@ def test_watch_gives_up_after_its_timeout(ci):
 
 def test_gate_backs_off_while_ssm_throttles(tmp_path, moto_reset, aws_env, aws_credentials):
     import boto3
-    from botocore.awsrequest import AWSResponse
 
-    project = Project.create(tmp_path, aws_env, base_config(moto_reset))
-    cfg = configuration.load(project.path / "config" / "environments.yml")
-    cfg = type(cfg)(**{**cfg.__dict__, "roots": {k: project.path / v.relative_to(configuration.PROJECT_ROOT)
-                                                  for k, v in cfg.roots.items()}})
-    project.write_record("account", endpoint=moto_reset)
-    project.write_record("environment", endpoint=moto_reset)
-    boto3.client("iam", endpoint_url=moto_reset, region_name="eu-west-1").create_role(
-        RoleName="acme-api-stg-lambda-api", AssumeRolePolicyDocument=TRUST)
+    cfg = _gate_project(tmp_path, moto_reset, aws_env)
     session = boto3.Session(region_name="eu-west-1")
-    throttled = {"left": 2}  # the gate's client tries twice: the first gate poll sees Throttled
-
-    def throttle(request, **kwargs):
-        if throttled["left"] > 0:
-            throttled["left"] -= 1
-            body = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
-            return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
-        return None
-
-    session.events.register("before-send.ssm.GetParameter", throttle)
+    body = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
+    # the gate's client tries twice: the first gate poll sees Throttled
+    session.events.register("before-send.ssm.GetParameter", _failing(2, 400, body, "application/x-amz-json-1.1"))
     sleeps = []
     result = gate.wait(cfg, cfg.environments["stg"], timeout_s=600, poll_s=15, settle_s=0, session=session,
                        sleep=sleeps.append, clock=lambda: sum(sleeps))

@@ -493,11 +493,11 @@ def digest_fix(root: Path, env: dict[str, str], digest: str | None) -> str:
         aws += f" --endpoint-url {shlex.quote(env['AWS_ENDPOINT_URL'])}"
     if env.get("AWS_PROFILE"):
         aws += f" --profile {shlex.quote(env['AWS_PROFILE'])}"
-    errored = root / "errored.tfstate"
-    first = (f"{errored} exists: push it first (see TROUBLESHOOTING.md, \"errored.tfstate\"); otherwise "
-             if errored.exists() else "")
-    return (f"{first}the state in S3 is the newest (no errored.tfstate was left), so make the digest match it: "
-            f"{aws}; then run the same command again")
+    if (root / "errored.tfstate").exists():
+        return (f"{root / 'errored.tfstate'} was left too: make the digest match the state in S3 first, then push "
+                f"that file as TROUBLESHOOTING.md, \"errored.tfstate\" says: {aws}")
+    return (f"the state in S3 is the newest (no errored.tfstate was left), so make the digest match it: {aws}; "
+            "then run the same command again")
 
 
 def _script_files() -> list[Path]:

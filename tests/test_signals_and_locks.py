@@ -152,7 +152,10 @@ def test_a_stop_signal_lets_terraform_finish_cleanly_and_release_its_lock(proxie
 def test_ctrl_c_with_output_through_tee_does_not_kill_terraform(proxied, proxy, moto_reset):
     proxy.hold, proxy.hold_s = state_write, 6
     log = proxied.path.parent / "run.log"  # outside the checkout, which must stay clean
-    shell = subprocess.Popen(["bash", "-c", f"{INV} iam.env --name stg 2>&1 | tee {log}"], cwd=proxied.path,
+    code = proxied.path.parent / "inv.code"
+    # `trap true INT` keeps this shell alive to note inv's exit status (its children still get Ctrl-C's SIGINT)
+    line = f"trap true INT; {INV} iam.env --name stg 2>&1 | tee {log}; echo ${{PIPESTATUS[0]}} >{code}"
+    shell = subprocess.Popen(["bash", "-c", line], cwd=proxied.path,
                              env=proxied.env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     wait_until_held(proxy, shell)
@@ -162,6 +165,7 @@ def test_ctrl_c_with_output_through_tee_does_not_kill_terraform(proxied, proxy, 
     while held_locks(moto_reset) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert held_locks(moto_reset) == [], "Terraform died writing to the closed pipe and left its state lock held"
+    assert code.read_text().strip() == "130", "inv must end as documented for Ctrl-C, even with its output gone"
 
 
 # -- state locks ---------------------------------------------------------------------------------------

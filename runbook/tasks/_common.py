@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import signal
+import sys
 
 from invoke import Exit
 
@@ -52,20 +54,35 @@ def user_errors(func):
             return func(*args, **kwargs)
         except RunbookError as exc:
             code, said = _signal_exit(received, exc.code)
-            raise Exit(console.mask("ERROR: " + said + exc.message), code=code) from None
+            raise _exit(console.mask("ERROR: " + said + exc.message), code) from None
         except KeyboardInterrupt:
             code, said = _signal_exit(received, 130)
-            raise Exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code=code) from None
+            raise _exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code) from None
         except Exception as exc:
             message = _external_failure(exc)
             if message is None:
                 raise  # a defect of the tool itself: the traceback is what a bug report needs
-            raise Exit(console.mask("ERROR: " + message), code=1) from None
+            raise _exit(console.mask("ERROR: " + message), 1) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
     return wrapper
+
+
+def _exit(message: str, code: int) -> Exit:
+    """Print *message* on stderr and give the Exit with *code*, also when stderr is a closed pipe.
+
+    Invoke would print the message itself, and a closed pipe (``inv ... | tee`` after Ctrl-C killed
+    ``tee``) would turn that into a traceback and exit code 1; the code must stay the one documented.
+    """
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)  # what is still buffered for stdout goes nowhere, quietly
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    return Exit(code=code)
 
 
 def _dry(context) -> bool:
@@ -113,8 +130,6 @@ def _external_failure(exc: Exception) -> str | None:
     The library maps the failures it expects to RunbookError; this is the safety net for an
     AWS or HTTP answer that nothing expected, so that it still ends in one paragraph.
     """
-    import sys
-
     botocore = sys.modules.get("botocore.exceptions")
     if botocore and isinstance(exc, (botocore.BotoCoreError, botocore.ClientError)):
         return (f"An AWS call failed in a way the runbook does not recognise ({type(exc).__name__}). Fix: check "

@@ -27,6 +27,7 @@ INV = str(Path(sys.executable).parent / "inv")
 BUCKET = f"acme-api-tfstate-{ACCOUNT_ID}"
 TABLE = "acme-api-tf-locks"
 STG_KEY = "acme-api/iam/env/stg.tfstate"
+ACCOUNT_KEY = "acme-api/iam/account.tfstate"
 LOCK_ID = "4f2b9c1e-7d3a-4e8b-9c6f-1a2b3c4d5e6f"
 PLAN_JSON = "roots/environment/.terraform/runbook.tfplan.json"
 
@@ -48,11 +49,11 @@ def parameters(endpoint: str) -> list[str]:
     return [p["Name"] for p in aws(endpoint, "ssm").describe_parameters()["Parameters"]]
 
 
-def lock_by_someone_else(endpoint: str, lock_id: str = LOCK_ID) -> dict:
-    """A state lock on stg's state as another Terraform run writes it (statemgr.LockInfo as JSON)."""
+def lock_by_someone_else(endpoint: str, lock_id: str = LOCK_ID, key: str = STG_KEY) -> dict:
+    """A state lock on *key* (stg's state) as another Terraform run writes it (statemgr.LockInfo as JSON)."""
     info = {"ID": lock_id, "Operation": "OperationTypeApply", "Info": "", "Who": "alice@laptop-7",
-            "Version": "1.0.3", "Created": "2026-11-30T08:01:02.345678Z", "Path": f"{BUCKET}/{STG_KEY}"}
-    aws(endpoint, "dynamodb").put_item(TableName=TABLE, Item={"LockID": {"S": f"{BUCKET}/{STG_KEY}"},
+            "Version": "1.0.3", "Created": "2026-11-30T08:01:02.345678Z", "Path": f"{BUCKET}/{key}"}
+    aws(endpoint, "dynamodb").put_item(TableName=TABLE, Item={"LockID": {"S": f"{BUCKET}/{key}"},
                                                               "Info": {"S": json.dumps(info)}})
     return info
 
@@ -203,6 +204,23 @@ def test_a_lock_held_by_someone_else_says_who_since_when_and_how_to_release_it(p
     assert "alice@laptop-7" in out and f"Released lock {LOCK_ID}" in out, out
     assert held_locks(moto_reset) == []
     assert project.inv("iam.env", "--name", "stg").code == 0
+
+
+@pytest.mark.terraform
+def test_the_account_roots_lock_has_its_own_unlock_form_and_a_dry_run(project, moto_reset):
+    assert project.inv("iam.account").code == 0
+    lock_by_someone_else(moto_reset, key=ACCOUNT_KEY)
+    locked = project.inv("iam.account")
+    assert locked.code == 75, locked.all
+    assert f"inv iam.unlock --account --lock-id {LOCK_ID}" in locked.all
+    looked = project.inv("-R", "iam.unlock", "--account", "--lock-id", LOCK_ID, "--yes")  # Invoke's --dry
+    assert looked.code == 0, looked.all
+    assert "alice@laptop-7" in looked.out and "released nothing" in looked.out
+    assert held_locks(moto_reset) == [f"{BUCKET}/{ACCOUNT_KEY}"]
+    released = project.inv("iam.unlock", "--account", "--lock-id", LOCK_ID, "--yes")
+    assert released.code == 0, released.all
+    assert held_locks(moto_reset) == []
+    assert project.inv("iam.account").code == 0
 
 
 @pytest.mark.terraform

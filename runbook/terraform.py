@@ -459,13 +459,13 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
     scripts = [p for p in _script_files() if b"\r" in _read_bytes(p)]
     if scripts:
         shown = ", ".join(os.path.relpath(p, PROJECT_ROOT) for p in scripts)
+        names = " ".join(shlex.quote(os.path.relpath(p, PROJECT_ROOT)) for p in scripts)
         return RunbookError(
             f"The {what} did not run: bash stopped deploy-app.sh (exit {code}) because {shown} has Windows (CRLF) "
             "line endings. This is not a Terraform failure",
             where=shown,
-            fix="check the scripts out with LF endings: git config core.autocrlf input && git rm -q --cached "
-            f"{' '.join(shlex.quote(os.path.relpath(p, PROJECT_ROOT)) for p in scripts)} && git checkout -- "
-            f"{' '.join(shlex.quote(os.path.relpath(p, PROJECT_ROOT)) for p in scripts)}",
+            fix="check the scripts out again with LF endings (git stores them with LF): git config core.autocrlf "
+            f"input && rm -f {names} && git checkout -- {names}",
         )
     return RunbookError(
         f"The {what} did not finish: deploy-app.sh itself failed (exit {code}) without a message of its own, "

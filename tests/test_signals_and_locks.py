@@ -331,10 +331,15 @@ def test_plan_json_is_private_and_gone_after_the_apply(proxied, proxy, moto_rese
 
 @pytest.mark.terraform
 def test_a_script_failure_is_not_reported_as_a_terraform_failure(project):
-    script = project.path / "iam" / "terraform" / "bin" / "deploy-app.sh"
-    script.write_bytes(script.read_bytes().replace(b"\n", b"\r\n"))  # a core.autocrlf=true checkout
-    git(project.path, "-c", "core.autocrlf=false", "commit", "-qam", "CRLF")
-    git(project.path, "push", "-q")
+    script = "iam/terraform/bin/deploy-app.sh"
+    git(project.path, "config", "core.autocrlf", "true")  # a Windows-style checkout: CRLF on disk, git status clean
+    (project.path / script).unlink()
+    git(project.path, "checkout", "--", script)
+    assert b"\r\n" in (project.path / script).read_bytes()
     result = project.inv("iam.env", "--name", "stg")
-    assert_user_error(result, "line endings")
+    assert_user_error(result, "line endings", "not a Terraform failure")
     assert "Terraform's own message is above" not in result.all
+    fix = re.search(r"Fix: [^:]*: (git config core.autocrlf input && rm -f [^;]+ && git checkout -- [^;]+);",
+                    result.all).group(1)
+    subprocess.run(["bash", "-c", fix], cwd=project.path, check=True)  # the advice, pasted as it is
+    assert project.inv("iam.env", "--name", "stg").code == 0

@@ -355,12 +355,14 @@ class LockInfo:
     created: str = ""
 
     def describe(self) -> str:
-        """One line: who holds it, since when, doing what, and its ID (text from outside, masked)."""
+        """One line: who holds it, since when, doing what, and its ID (text from outside: control characters
+        and terminal escapes replaced, secrets masked, at most 400 characters)."""
         from runbook import console
 
         op = self.operation.removeprefix("OperationType").lower() or "?"
-        return console.mask(f"held by {self.who or '?'} since {self.created or '?'} (terraform {op}, "
-                            f"Terraform {self.version or '?'}), lock ID {self.id}")
+        text = (f"held by {self.who or '?'} since {self.created or '?'} (terraform {op}, "
+                f"Terraform {self.version or '?'}), lock ID {self.id}")
+        return console.mask("".join(ch if ch.isprintable() else "?" for ch in text)[:400])
 
     @classmethod
     def from_json(cls, text: str) -> LockInfo | None:

@@ -186,7 +186,7 @@ def test_a_lock_held_by_someone_else_says_who_since_when_and_how_to_release_it(p
     no_terminal = project.inv("iam.unlock", "--env", "stg", "--lock-id", LOCK_ID)
     assert_user_error(no_terminal, "no terminal to ask")
     other = project.inv("iam.unlock", "--env", "stg", "--lock-id", "0000-not-this-one", "--yes")
-    assert_user_error(other, f"has ID {LOCK_ID}", "nothing was released")
+    assert_user_error(other, f"has ID '{LOCK_ID}'", "nothing was released", f"--lock-id {LOCK_ID}")
     assert held_locks(moto_reset) == [f"{BUCKET}/{STG_KEY}"]
 
     # released after a confirmation typed at a terminal

@@ -120,6 +120,8 @@ def status(c, check=False):
 @user_errors
 def unlock(c, lock_id, env=None, account=False, yes=False, dry_run=False):
     """Release a Terraform state lock left by a run that died (after showing who holds it and asking)."""
+    import shlex
+
     from runbook import aws, console, iam, terraform
     from runbook import config as configuration
     from runbook.errors import RunbookError
@@ -139,12 +141,13 @@ def unlock(c, lock_id, env=None, account=False, yes=False, dry_run=False):
         return
     console.warn(f"The state of {scope.label} is locked: {held.describe()}.")
     if held.id != lock_id:
+        again = shlex.join(["inv", "iam.unlock", *(["--account"] if account else []), "--env", environment.name,
+                            "--lock-id", held.id])
         raise RunbookError(
-            f"The lock held now has ID {held.id}, not {lock_id!r}: it is another run's lock, so nothing was "
+            f"The lock held now has ID {held.id!r}, not {lock_id!r}: it is another run's lock, so nothing was "
             "released",
             where=where,
-            fix="wait for that run; if it has died too, release its lock with "
-            f"inv iam.unlock {'--account ' if account else ''}--env {environment.name} --lock-id {held.id}",
+            fix=f"wait for that run; if it has died too, release its lock with {again}",
         )
     if dry_run:
         console.say(f"Dry run: would delete the lock item {backend.bucket}/{backend.key} of table "

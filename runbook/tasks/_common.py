@@ -98,7 +98,8 @@ def _dry(context) -> bool:
 def _catch_stop_signals(received: list[int]) -> dict:
     """Make SIGTERM and SIGHUP raise KeyboardInterrupt, as SIGINT does, and note each in *received*.
 
-    Returns the previous handlers, to restore. The library's Ctrl-C handling then applies unchanged:
+    A signal that is ignored (``nohup`` ignores SIGHUP) stays ignored. Returns the previous handlers,
+    to restore. The library's Ctrl-C handling then applies unchanged:
     the Terraform runner forwards one SIGINT to Terraform and waits for it to release its state lock.
     Only the main thread can install handlers; elsewhere (a task called from a thread) nothing changes.
     """
@@ -109,6 +110,8 @@ def _catch_stop_signals(received: list[int]) -> dict:
 
     previous = {}
     for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            continue  # ignored on purpose (`nohup inv ...`): stays ignored
         try:
             previous[signum] = signal.signal(signum, stop)
         except ValueError:

@@ -122,7 +122,7 @@ def unlock(c, lock_id, env=None, account=False, yes=False, dry_run=False):
     """Release a Terraform state lock left by a run that died (after showing who holds it and asking)."""
     import shlex
 
-    from runbook import aws, console, iam, terraform
+    from runbook import aws, console, iam, statelock
     from runbook import config as configuration
     from runbook.errors import RunbookError
     from runbook.scopes import Scope
@@ -135,7 +135,7 @@ def unlock(c, lock_id, env=None, account=False, yes=False, dry_run=False):
     session = aws.session(scope.account)
     identity = aws.caller_identity(session, scope.account, purpose=scope.label)
     console.say(f"{scope.label}: state {where}; you are {identity.arn}")
-    held = terraform.read_lock(session, scope.account, backend)
+    held = statelock.read_lock(session, scope.account, backend)
     if held is None:
         console.ok(f"The state of {scope.label} is not locked: nothing to release.")
         return
@@ -158,5 +158,5 @@ def unlock(c, lock_id, env=None, account=False, yes=False, dry_run=False):
     if not console.confirm(f"Release lock {held.id} of {scope.label}?", assume_yes=yes):
         raise RunbookError(f"Not confirmed: lock {held.id} is still held", fix="run the same command again and "
                            "answer y once you know the run that holds it has stopped")
-    terraform.release_lock(session, scope.account, backend, held)
+    statelock.release_lock(session, scope.account, backend, held)
     console.ok(f"Released lock {held.id} of {scope.label}. Run the step again: {scope.command(environment)}")

@@ -71,18 +71,44 @@ def user_errors(func):
 
 
 def _exit(message: str, code: int) -> Exit:
-    """Print *message* on stderr and give the Exit with *code*, also when stderr is a closed pipe.
+    """The Exit with *message* and *code*; Invoke prints the message on stderr, also when stderr is closed.
 
-    Invoke would print the message itself, and a closed pipe (``inv ... | tee`` after Ctrl-C killed
-    ``tee``) would turn that into a traceback and exit code 1; the code must stay the one documented.
+    A closed pipe (``inv ... | tee`` after Ctrl-C killed ``tee``) would otherwise turn Invoke's print
+    into a traceback and exit code 1: the code must stay the documented one.
     """
-    try:
-        print(message, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)  # what is still buffered for stdout goes nowhere, quietly
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-    return Exit(code=code)
+    if not isinstance(sys.stderr, _Quiet):
+        sys.stderr = _Quiet(sys.stderr)
+    return Exit(message, code=code)
+
+
+class _Quiet:
+    """A stream whose write or flush failing (EPIPE, EIO) points stdout and stderr at /dev/null, quietly."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            _to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            _to_devnull()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _to_devnull() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)  # what is still buffered goes nowhere at exit, not to a traceback
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _dry(context) -> bool:

@@ -38,19 +38,26 @@ def role_problems(iam_client: Any, role_names: list[str]) -> list[str]:
 
     One IAM GetRole per role. The trust policy is the role's ``AssumeRolePolicyDocument``
     (IAM API reference, GetRole; boto3 returns it decoded, the raw API URL-encoded).
-    Returns an empty list when every role is fine.
+    Returns an empty list when every role is fine. Raises records.Transient when IAM answers
+    with a 5xx or throttling, or does not answer (after botocore's own retries): pollers try
+    again; RunbookError for a refusal (no iam:GetRole).
     """
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     problems = []
     for name in role_names:
         try:
             role = iam_client.get_role(RoleName=name)["Role"]
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+        except (ClientError, BotoCoreError) as exc:
+            code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
             if code == "NoSuchEntity":
                 problems.append(f"role {name} does not exist")
                 continue
+            if transient(exc):
+                raise records.Transient(
+                    f"IAM GetRole {name} failed for now ({code or type(exc).__name__})",
+                    fix="nothing: the gate tries again",
+                ) from None
             raise RunbookError(
                 f"IAM GetRole {name} failed ({code})",
                 fix="grant the CI deployer iam:GetRole on the project's lambda roles (account root module): "
@@ -59,6 +66,24 @@ def role_problems(iam_client: Any, role_names: list[str]) -> list[str]:
         if not _trusts_lambda(role.get("AssumeRolePolicyDocument")):
             problems.append(f"role {name} does not trust {LAMBDA_PRINCIPAL}")
     return problems
+
+
+def transient(exc: BaseException | None) -> bool:
+    """Whether an AWS failure may pass by itself: an HTTP 5xx, throttling, a timeout or a dropped connection.
+
+    *exc* is a botocore ClientError or BotoCoreError, or a RunbookError raised while handling one
+    (then its ``__context__`` is looked at). Throttling codes: ``records.THROTTLING_CODES``; 5xx:
+    AWS's server-side errors (https://docs.aws.amazon.com/general/latest/gr/api-retries.html). An
+    endpoint that refuses connections is not transient: it is a wrong endpoint_url or no network.
+    """
+    from botocore.exceptions import ClientError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError
+
+    if isinstance(exc, RunbookError):
+        exc = exc.__context__
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or exc.response.get("Error", {}).get("Code", "") in records.THROTTLING_CODES
+    return isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, ConnectionClosedError))
 
 
 def _listed(value: Any) -> list:
@@ -141,6 +166,8 @@ def wait(
     Returns a GateResult. Raises RunbookError at the timeout, naming the commands
     and ``inv ci.rerun --env NAME``; or at once when the records cannot be read
     (no access, no credentials; the message then names the CircleCI context).
+    A 5xx, throttling or no answer from SSM or IAM is transient: the gate keeps
+    polling (backing off) until the timeout.
     """
     from runbook import aws
 
@@ -163,6 +190,8 @@ def wait(
             except records.Transient:
                 raise
             except RunbookError as exc:
+                if transient(exc):  # an SSM 5xx: records.read reports it as a failure, the gate waits it out
+                    raise records.Transient(exc.what, where=exc.where, fix=exc.fix) from None
                 exc.fix = (exc.fix or "") + (" (in CircleCI: the job's context must hold the CI deployer's AWS "
                                              "credentials, which may read /<project>/iam/*)")
                 raise
@@ -174,15 +203,22 @@ def wait(
             last_error = exc
         if statuses is not None:
             pending = [st for st in statuses if st.state != CURRENT]
-            problems: list[str] = []
+            problems: list[str] | None = []
             if not pending:
                 names, wrong = recorded_roles(statuses[-1].record)
                 if wrong:
                     problems = [wrong]
                 else:
                     iam_client = iam_client or aws.client(session, "iam", environment.account)
-                    problems = role_problems(iam_client, names)
-                if not problems:
+                    try:
+                        problems = role_problems(iam_client, names)
+                    except records.Transient as exc:
+                        problems = None
+                        delay = min(delay * 2, poll_s * 4)
+                        last_error = exc
+                if problems is None:
+                    pass  # IAM did not answer usefully: poll again
+                elif not problems:
                     if settle_s > 0:
                         console.say(f"IAM for this commit is applied; waiting {settle_s:.0f} s for IAM propagation.")
                         sleep(settle_s)
@@ -191,7 +227,7 @@ def wait(
                     console.ok(f"IAM gate open for {environment.name}: account and environment records match "
                                f"this commit, and {roles}.")
                     return GateResult(statuses, clock() - started, polls)
-            message = _instructions(environment, statuses, problems)
+            message = _instructions(environment, statuses, problems) if problems is not None else told
             if message != told:
                 console.warn(message)
                 told = message
@@ -200,7 +236,7 @@ def wait(
             if told is None:
                 raise RunbookError(
                     f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s without reading the "
-                    f"applied records: {last_error.what if last_error else 'no answer'}",
+                    f"applied records and roles: {last_error.what if last_error else 'no answer'}",
                     fix="check the network and AWS's health, then `inv ci.rerun --env "
                     f"{environment.name}` once the records can be read",
                 )

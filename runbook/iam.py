@@ -45,6 +45,7 @@ class IamRun:
         take_over: apply the account scope although its record came from another branch with
             another fingerprint (see :class:`TakeOverCheck`).
         cwd: the git checkout to check (default: the current directory).
+        lock_timeout_s: seconds Terraform waits for a state lock held by another run (0: fail at once).
     """
 
     config: Config
@@ -55,6 +56,7 @@ class IamRun:
     skip_branch_check: bool = False
     take_over: bool = False
     cwd: Path | None = None
+    lock_timeout_s: float = 0.0
     session: Any = None
     identity: Any = None
     credentials: Any = field(default=None, repr=False)
@@ -241,6 +243,15 @@ class ConfigCheck(Step):
 
 
 
+def refuse_leftovers(ctx: IamRun) -> None:
+    """Raise the advice of :func:`terraform.leftovers` when a failed run left errored.tfstate or crash.log in a
+    root module: before the git checks, whose "commit or stash" would hide the only copy of a new state."""
+    for scope in ctx.scopes():
+        found = terraform.leftovers(scope.root, command=ctx.command, profile=scope.account.profile)
+        if found:
+            raise found
+
+
 class GitCheck(Step):
     title = "Preflight: git"
     preflight = True
@@ -252,6 +263,7 @@ class GitCheck(Step):
         return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch {name} {b} {fetch}".rstrip()]
 
     def check(self, ctx: IamRun) -> Decision:
+        refuse_leftovers(ctx)
         branch = ctx.environment.branch
         checkout = git.inspect(ctx.cwd)
         ctx.head, ctx.branch = checkout.head, checkout.branch
@@ -864,8 +876,11 @@ class ScriptStep(ScopedStep):
         if ctx.credentials is None and not ctx.dry_run:
             raise RunbookError(f"No checked credentials to run Terraform with for {sc.label}; nothing was run",
                                fix="run the whole command again (its caller identity check freezes them)")
-        return terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
-                                    credentials=ctx.credentials)
+        env = terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
+                                   credentials=ctx.credentials)
+        if ctx.lock_timeout_s:
+            env["TF_LOCK_TIMEOUT"] = f"{ctx.lock_timeout_s:.0f}s"
+        return env
 
     def describe(self, ctx: IamRun) -> list[str]:
         env = {k: console.MASK if k == "AWS_ACCESS_KEY_ID" else v for k, v in console.mask_env(self.env(ctx)).items()}

@@ -2,8 +2,11 @@
 
 Terraform itself only ever runs inside ``iam/terraform/bin/deploy-app.sh`` (the
 same script an administrator can run by hand); this module prepares its
-environment, streams its output live, forwards Ctrl-C to it exactly once, and
-reads the plan summary from the JSON that the script's ``plan`` mode writes
+environment, streams its output live (reading it to the end even when our own
+output has gone), forwards Ctrl-C to it exactly once, tells Terraform's failures
+from the script's own (a state lock held elsewhere, a state digest mismatch,
+CRLF line endings), finds what a failed run left (errored.tfstate, crash.log),
+and reads the plan summary from the JSON that the script's ``plan`` mode writes
 beside the plan file (``terraform show -json``; format: Terraform docs, "JSON
 Output Format", ``resource_changes[].change.actions``).
 """
@@ -13,16 +16,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runbook.config import PROJECT_ROOT, Backend
 from runbook.errors import Interrupted, RunbookError
+from runbook.statelock import LockInfo, parse_lock_error
 
 DEPLOY_SCRIPT = PROJECT_ROOT / "iam" / "terraform" / "bin" / "deploy-app.sh"
 PLAN_FILE = ".terraform/runbook.tfplan"
@@ -219,18 +225,31 @@ def command(root: Path) -> list[str]:
 def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
     """Run ``deploy-app.sh`` in *root* with *env* on top of os.environ, streaming its output.
 
-    The script runs in its own process group, so a Ctrl-C at the terminal
-    reaches only this process, which forwards one SIGINT to Terraform:
+    The script runs in its own session (process group), so a Ctrl-C at the
+    terminal reaches only this process, which forwards one SIGINT to Terraform:
     Terraform then stops cleanly and releases its state lock. A second Ctrl-C
     only prints a warning, because a second SIGINT makes Terraform exit at once
     and can leave the lock held; a third one is forwarded (the user insists).
+    The task layer turns SIGTERM and SIGHUP into the same KeyboardInterrupt.
+
+    The script's output comes through pipes that this process reads to the end
+    and copies to its own stdout and stderr. When those are gone (``inv ... |
+    tee run.log`` and the Ctrl-C killed ``tee``), the copy is dropped but the
+    reading goes on: Terraform is never killed by its output going away
+    (a Go program writing to a closed pipe dies of SIGPIPE, lock held).
+
+    In apply mode the plan's outputs are read before the apply (for the record,
+    :func:`read_outputs`), and the saved plan and its JSON, which hold
+    sensitive values in clear, are deleted once the script has ended.
 
     Args:
         root: the root module folder (the script's working directory).
         env: variables from :func:`script_env`.
         what: words for messages, e.g. "plan of environment stg".
 
-    Raises RunbookError when the script exits non-zero, Interrupted on Ctrl-C.
+    Raises Interrupted on Ctrl-C (or SIGTERM/SIGHUP), StateLocked (exit code
+    75) when another run holds the state lock, and RunbookError when the script
+    exits non-zero, saying whether Terraform or the script itself failed.
     """
     if not root.is_dir():
         raise RunbookError(
@@ -238,24 +257,39 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
             where="config field terraform.roots",
             fix="point terraform.roots at the root modules, or restore the folder with `git checkout -- iam/`",
         )
-    proc = subprocess.Popen(command(root), cwd=root, env=child_env(env), start_new_session=True)
+    mode = env.get("DEPLOY_MODE")
+    if mode == "apply":
+        _planned_outputs[root.resolve()] = _outputs_in_plan(root)
+    for stream in (sys.stdout, sys.stderr):
+        _flush(stream)
+    proc = subprocess.Popen(command(root), cwd=root, env=child_env(env), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pumps = [_Pump(proc.stdout, sys.stdout), _Pump(proc.stderr, sys.stderr)]
     interrupts = 0
-    while True:
-        try:
-            code = proc.wait()
-            break
-        except KeyboardInterrupt:
-            interrupts += 1
-            if interrupts == 2:
-                print("\nTerraform is stopping cleanly and will release the state lock; press Ctrl-C once more "
-                      "to force it (that can leave the lock held).", file=sys.stderr, flush=True)
-                continue
+    try:
+        while True:
             try:
-                os.killpg(proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts == 2:
+                    _say("\nTerraform is stopping cleanly and will release the state lock; press Ctrl-C once more "
+                         "to force it (that can leave the lock held).")
+                    continue
+                try:
+                    os.killpg(proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        for pump in pumps:
+            pump.join(timeout=5.0)
+    finally:
+        if mode == "apply":
+            discard_plan(root)
+    output = pumps[0].text() + "\n" + pumps[1].text()
     if interrupts:
-        if env.get("DEPLOY_MODE") == "plan":
+        if mode == "plan":
+            discard_plan(root)
             state = ("Nothing was applied" + ("." if code else ": the plan had finished, but it is not applied "
                                                               "after an interrupt."))
         elif code == 0:
@@ -268,11 +302,241 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
             fix="run the same command again: it plans afresh from the saved state",
         )
     if code != 0:
-        raise RunbookError(
-            f"The {what} failed (deploy-app.sh exited {code}); Terraform's own message is above",
+        if mode == "plan":
+            discard_plan(root)
+        raise failure(root, env, what=what, code=code, output=output)
+
+
+class _Pump(threading.Thread):
+    """Copy a child's pipe to *sink* as it comes, keep its tail, and never stop reading.
+
+    A write to *sink* that fails (a closed pipe, a terminal that went away) stops the copying,
+    not the reading: the child's writes always succeed.
+    """
+
+    TAIL_BYTES = 256 * 1024
+
+    def __init__(self, pipe, sink):
+        super().__init__(daemon=True, name="deploy-app-output")
+        self.pipe, self.sink = pipe, sink
+        self.tail = bytearray()
+        self.start()
+
+    def run(self) -> None:
+        target = getattr(self.sink, "buffer", None)
+        fd = self.pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.tail += chunk
+            del self.tail[: max(0, len(self.tail) - self.TAIL_BYTES)]
+            if self.sink is None:
+                continue
+            try:
+                if target is not None:
+                    target.write(chunk)
+                    target.flush()
+                else:
+                    self.sink.write(chunk.decode("utf-8", "replace"))
+                    self.sink.flush()
+            except (OSError, ValueError):
+                self.sink = None  # our own output is gone: keep draining the child's
+        self.pipe.close()
+
+    def text(self) -> str:
+        return _ANSI.sub("", self.tail.decode("utf-8", "replace"))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _flush(stream) -> None:
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+# deploy-app.sh's exit status when another run holds the state lock (see its header); inv exits with it too.
+LOCKED_EXIT = 75
+_TF_FAILED = re.compile(r"^deploy-app\.sh: error: terraform (\w+)[^\n]* failed \(exit (\d+)\)", re.M)
+_SCRIPT_ERROR = re.compile(r"^deploy-app\.sh: error: (.*)$", re.M)
+_DIGEST = re.compile(r"Digest value stored in the\s+DynamoDB table to the following value:\s*([0-9a-f]{32})")
+
+
+class StateLocked(RunbookError):
+    """Another run holds the state lock; nothing was applied. Exit code 75 (``LOCKED_EXIT``)."""
+
+    def __init__(self, what: str, *, lock: LockInfo, fix: str):
+        super().__init__(what, fix=fix, code=LOCKED_EXIT)
+        self.lock = lock
+
+
+def unlock_command(env: dict[str, str], lock_id: str) -> str:
+    """The ``inv iam.unlock`` line that releases *lock_id* for the scope *env* (from :func:`script_env`) is for."""
+    name = env.get("TF_VAR_environment")
+    scope = f"--env {shlex.quote(name)}" if name else "--account"
+    return f"inv iam.unlock {scope} --lock-id {shlex.quote(lock_id or 'ID')}"
+
+
+def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: str) -> RunbookError:
+    """The error for a run of ``deploy-app.sh`` that exited *code* (non-zero) after printing *output*.
+
+    Tells Terraform's failures (the script's ``error: terraform CMD failed (exit N)`` line) from the
+    script's own (its other ``error:`` lines: usage, missing variables, no Terraform) and from bash
+    itself dying (no ``error:`` line at all, e.g. on CR line endings); recognises the state lock held by
+    another run and the state digest mismatch that follows a state write cut short.
+    """
+    from runbook import console
+
+    lock = parse_lock_error(output)
+    if code == LOCKED_EXIT or lock is not None:
+        lock = lock or LockInfo(id="")
+        return StateLocked(
+            f"The {what} could not start: the Terraform state is locked by another run, {lock.describe()}; "
+            "nothing was applied",
+            lock=lock,
+            fix="if that run is still going, wait for it, or run again with --lock-timeout-s 300 to wait up to "
+            "5 minutes; if it has died (its Terraform process is gone), release the lock after checking: "
+            f"{unlock_command(env, lock.id)}",
+        )
+    digest = _DIGEST.search(output)
+    if "does not have the expected content" in output:
+        return RunbookError(
+            f"The {what} failed: the Terraform state in S3 does not match its digest in the lock table "
+            "(a run stopped between writing the state and its digest); nothing was applied",
+            where=f"s3://{env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}, DynamoDB table "
+            f"{env.get('TF_LOCK_TABLE')} item {env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}-md5",
+            fix=digest_fix(root, env, digest.group(1) if digest else None),
+        )
+    failed = _TF_FAILED.findall(output)
+    if failed:
+        step, tf_code = failed[-1]
+        partial = ("the state may be partly updated, and the next run plans afresh from it" if step == "apply"
+                   else "nothing was applied")
+        return RunbookError(
+            f"The {what} failed: terraform {step} exited {tf_code} ({partial}); Terraform's own message is above",
             where=str(root),
             fix="fix what Terraform reports, then run the same command again",
         )
+    own = _SCRIPT_ERROR.findall(output)
+    if own:
+        hint = {127: INSTALL_HINT}.get(code, "the runbook sets every variable deploy-app.sh needs from the "
+                                             "configuration: if the script was changed, restore it with "
+                                             "`git checkout -- iam/terraform/bin/deploy-app.sh`")
+        return RunbookError(
+            f"The {what} did not run: deploy-app.sh stopped before Terraform (exit {code}): "
+            f"{console.mask(own[-1])}. This is not a Terraform failure",
+            where=str(DEPLOY_SCRIPT),
+            fix=hint,
+        )
+    scripts = [p for p in _script_files() if b"\r" in _read_bytes(p)]
+    if scripts:
+        shown = ", ".join(os.path.relpath(p, PROJECT_ROOT) for p in scripts)
+        names = " ".join(shlex.quote(os.path.relpath(p, PROJECT_ROOT)) for p in scripts)
+        return RunbookError(
+            f"The {what} did not run: bash stopped deploy-app.sh (exit {code}) because {shown} has Windows (CRLF) "
+            "line endings. This is not a Terraform failure",
+            where=shown,
+            fix="check the scripts out again with LF endings (git stores them with LF): git config core.autocrlf "
+            f"input && rm -f {names} && git checkout -- {names}",
+        )
+    return RunbookError(
+        f"The {what} did not finish: deploy-app.sh itself failed (exit {code}) without a message of its own, "
+        "so bash stopped it; this is not a Terraform failure",
+        where=str(DEPLOY_SCRIPT),
+        fix=f"run it by hand to see bash's message: cd {shlex.quote(str(root))} && DEPLOY_MODE="
+        f"{shlex.quote(env.get('DEPLOY_MODE', 'plan'))} bash -x {shlex.quote(command(root)[1])}; restore the "
+        "script with `git checkout -- iam/terraform/bin/deploy-app.sh` if it was changed",
+    )
+
+
+def digest_fix(root: Path, env: dict[str, str], digest: str | None) -> str:
+    """The exact recovery for "state data in S3 does not have the expected content".
+
+    Terraform's S3 backend keeps the MD5 of the state object in the lock table (item
+    ``<bucket>/<key>-md5``, attribute ``Digest``) and refuses a state that does not match it. When
+    no ``errored.tfstate`` was left, the state in S3 is the newest one, so the digest is set to what
+    Terraform computed from it (the value in its message).
+    """
+    item = {"LockID": {"S": f"{env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}-md5"},
+            "Digest": {"S": digest or "DIGEST-FROM-TERRAFORMS-MESSAGE"}}
+    aws = (f"aws dynamodb put-item --region {shlex.quote(env.get('AWS_REGION', ''))} --table-name "
+           f"{shlex.quote(env.get('TF_LOCK_TABLE', ''))} --item {shlex.quote(json.dumps(item))}")
+    if env.get("AWS_ENDPOINT_URL"):
+        aws += f" --endpoint-url {shlex.quote(env['AWS_ENDPOINT_URL'])}"
+    if env.get("AWS_PROFILE"):
+        aws += f" --profile {shlex.quote(env['AWS_PROFILE'])}"
+    if (root / "errored.tfstate").exists():
+        return (f"{root / 'errored.tfstate'} was left too: make the digest match the state in S3 first, then push "
+                f"that file as TROUBLESHOOTING.md, \"errored.tfstate\" says: {aws}")
+    return (f"the state in S3 is the newest (no errored.tfstate was left), so make the digest match it: {aws}; "
+            "then run the same command again")
+
+
+def _script_files() -> list[Path]:
+    base = DEPLOY_SCRIPT.parent.parent
+    return [DEPLOY_SCRIPT, *sorted(base.glob("*/bin/deploy-app.sh"))]
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def discard_plan(root: Path) -> None:
+    """Delete the saved plan and its JSON in *root*: they hold sensitive values in clear."""
+    for name in (PLAN_FILE, PLAN_FILE + ".json", PLAN_FILE + ".json.tmp"):
+        try:
+            (root / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def leftovers(root: Path, *, command: str, profile: str | None = None) -> RunbookError | None:
+    """What a failed Terraform run left in *root* that must be dealt with before the next run, or None.
+
+    ``errored.tfstate``: Terraform applied but could not write the state to the backend; that file is
+    the only copy of the new state (https://developer.hashicorp.com/terraform/cli/commands/state/push).
+    ``crash.log``: Terraform crashed (Terraform 1.0 writes it in the working directory); the state may
+    be partial and its lock still held. *command* is the runbook command to run afterwards; *profile*
+    the account's AWS profile, for the commands Terraform runs by hand.
+    """
+    where = os.path.relpath(root, Path.cwd()) if root.resolve().is_relative_to(Path.cwd().resolve()) else str(root)
+    aws_profile = f"AWS_PROFILE={shlex.quote(profile)} " if profile else ""
+    if (root / "errored.tfstate").exists():
+        return RunbookError(
+            f"{where}/errored.tfstate is there: an earlier apply changed resources but could not save the "
+            "state to S3, and this file is the only copy of the new state. Do not delete or stash it: push it "
+            "to the backend, then run again (if the push says the state is locked, `inv iam.unlock` releases "
+            "the lock of the run that died; TROUBLESHOOTING.md, \"errored.tfstate\")",
+            where=str(root / "errored.tfstate"),
+            fix=f"cd {shlex.quote(where)} && {aws_profile}terraform state push errored.tfstate && "
+            f"rm errored.tfstate && cd - && {command}",
+        )
+    if (root / "crash.log").exists():
+        return RunbookError(
+            f"{where}/crash.log is there: Terraform crashed during an earlier run, which may have left the "
+            "state partly updated and its lock held",
+            where=str(root / "crash.log"),
+            fix=f"read it (and report a Terraform panic upstream), then move it out of the root module and run "
+            "again (it plans afresh from the saved state; a lock left held is reported with its unlock command): "
+            f"mv {shlex.quote(where + '/crash.log')} \"$HOME/terraform-crash-$(date +%s).log\" && {command}",
+        )
+    return None
 
 
 def read_plan(root: Path) -> PlanSummary:
@@ -299,7 +563,19 @@ def read_plan(root: Path) -> PlanSummary:
 
 
 def read_outputs(root: Path) -> dict:
-    """Planned output values from the plan JSON (``planned_values.outputs``), name -> value."""
+    """Planned output values (``planned_values.outputs`` of the plan JSON), name -> value; sensitive ones left out.
+
+    After an apply by :func:`run_script` the plan JSON is gone: the values it read just before the
+    apply are returned (once).
+    """
+    known = _planned_outputs.pop(root.resolve(), None)
+    return known if known is not None else _outputs_in_plan(root)
+
+
+_planned_outputs: dict[Path, dict] = {}
+
+
+def _outputs_in_plan(root: Path) -> dict:
     path = root / (PLAN_FILE + ".json")
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))

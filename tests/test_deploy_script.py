@@ -40,6 +40,12 @@ if [[ "$1" == "${FAKE_TF_BLOCK_ON:-}" ]]; then
     echo blocking >>"$FAKE_TF_LOG"
     wait
 fi
+if [[ "$1" == "${FAKE_TF_LOCKED_ON:-}" ]]; then
+    # What Terraform prints (on stderr) when another run holds the state lock.
+    printf '%s\n' "Error: Error acquiring the state lock" "" "Lock Info:" "  ID:        1234-abcd" \
+        "  Who:       alice@laptop" >&2
+    exit 1
+fi
 case "$1" in
     init) mkdir -p .terraform ;;
     plan) for arg in "$@"; do [[ "$arg" == -out=* ]] && printf 'plan' >"${arg#-out=}"; done ;;
@@ -292,6 +298,28 @@ def test_one_sigint_to_the_group_stops_after_terraform_exits(repo_root, root, fa
     assert "terraform plan failed" in stderr
     assert [c[0] for c in tf_calls(fake_tf)] == ["init", "plan", "blocking", "interrupted"], "went on"
     assert not (root / PLAN_FILE).exists()
+
+
+def test_plan_files_are_private_and_the_apply_deletes_them(repo_root, root, fake_tf):
+    assert run(repo_root / ENV_ENTRY, "stg", cwd=root, env={**fake_tf, "DEPLOY_MODE": "plan"}).returncode == 0
+    for name in (PLAN_FILE, PLAN_FILE + ".json"):
+        assert stat.S_IMODE((root / name).stat().st_mode) == 0o600, f"{name} is readable by others"
+    result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env={**fake_tf, "DEPLOY_MODE": "apply"})
+    assert result.returncode == 0, result.stderr
+    assert not (root / PLAN_FILE).exists() and not (root / (PLAN_FILE + ".json")).exists()
+
+
+@pytest.mark.parametrize("step", ["plan", "apply"])
+def test_a_state_lock_held_elsewhere_exits_75_and_is_not_a_partial_apply(repo_root, root, fake_tf, step):
+    if step == "apply":
+        assert run(repo_root / ENV_ENTRY, "stg", cwd=root, env={**fake_tf, "DEPLOY_MODE": "plan"}).returncode == 0
+    result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env={**fake_tf, "DEPLOY_MODE": step,
+                                                             "FAKE_TF_LOCKED_ON": step})
+    assert result.returncode == 75, result.stderr
+    assert "Error acquiring the state lock" in result.stderr  # Terraform's own message still reaches the user
+    assert "nothing was applied" in result.stderr
+    assert "partly updated" not in result.stderr
+    assert "inv iam.unlock --env stg --lock-id ID" in result.stderr
 
 
 def test_terraform_failure_status_passes_through(repo_root, root, fake_tf):

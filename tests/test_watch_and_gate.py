@@ -69,7 +69,22 @@ def test_watch_gives_up_after_its_timeout(ci):
 
 def test_gate_backs_off_while_ssm_throttles(tmp_path, moto_reset, aws_env, aws_credentials, monkeypatch):
     import boto3
-    from botocore.awsrequest import AWSResponse
+
+    cfg = _gate_project(tmp_path, moto_reset, aws_env, monkeypatch)
+    session = boto3.Session(region_name="eu-west-1")
+    body = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
+    # the gate's client tries twice: the first gate poll sees Throttled
+    session.events.register("before-send.ssm.GetParameter", _failing(2, 400, body, "application/x-amz-json-1.1"))
+    sleeps = []
+    result = gate.wait(cfg, cfg.environments["stg"], timeout_s=600, poll_s=15, settle_s=0, session=session,
+                       sleep=sleeps.append, clock=lambda: sum(sleeps))
+    assert sleeps == [30], sleeps  # the poll interval doubled once, then the records matched
+    assert result.polls == 1
+
+
+def _gate_project(tmp_path, moto_reset, aws_env, monkeypatch):
+    """A clone whose records match its commit and whose lambda role exists; its configuration."""
+    import boto3
 
     from runbook import scopes
 
@@ -85,21 +100,60 @@ def test_gate_backs_off_while_ssm_throttles(tmp_path, moto_reset, aws_env, aws_c
     project.write_record("environment", endpoint=moto_reset)
     boto3.client("iam", endpoint_url=moto_reset, region_name="eu-west-1").create_role(
         RoleName="acme-api-stg-lambda-api", AssumeRolePolicyDocument=TRUST)
-    session = boto3.Session(region_name="eu-west-1")
-    throttled = {"left": 2}  # the gate's client tries twice: the first gate poll sees Throttled
+    return cfg
 
-    def throttle(request, **kwargs):
-        if throttled["left"] > 0:
-            throttled["left"] -= 1
-            body = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
-            return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
+
+def _failing(times: int, status: int, body: bytes, content_type: str):
+    """A botocore before-send hook: answer *status* with *body* the first *times* calls, then let them through.
+
+    moto cannot answer a 5xx on demand; botocore's own event hook gives the client a real HTTP answer
+    (parsed, retried and raised by botocore as AWS's would be) without a server of our own."""
+    from botocore.awsrequest import AWSResponse
+
+    left = {"n": times}
+
+    def hook(request, **kwargs):
+        if left["n"] > 0:
+            left["n"] -= 1
+            return AWSResponse(request.url, status, {"Content-Type": content_type}, _Raw(body))
         return None
 
-    session.events.register("before-send.ssm.GetParameter", throttle)
+    return hook
+
+
+def test_gate_keeps_polling_through_an_iam_getrole_5xx(tmp_path, moto_reset, aws_env, aws_credentials, monkeypatch):
+    import boto3
+    import botocore.endpoint
+
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", lambda _: None)  # botocore's own retry back-off
+    cfg = _gate_project(tmp_path, moto_reset, aws_env, monkeypatch)
+    session = boto3.Session(region_name="eu-west-1")
+    body = (b'<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error><Type>Receiver</Type>'
+            b"<Code>ServiceUnavailable</Code><Message>Service Unavailable</Message></Error>"
+            b"<RequestId>1</RequestId></ErrorResponse>")
+    # more 503s than the IAM client's 5 attempts: the first gate poll sees GetRole fail
+    session.events.register("before-send.iam.GetRole", _failing(7, 503, body, "text/xml"))
     sleeps = []
     result = gate.wait(cfg, cfg.environments["stg"], timeout_s=600, poll_s=15, settle_s=0, session=session,
                        sleep=sleeps.append, clock=lambda: sum(sleeps))
-    assert sleeps == [30], sleeps  # the poll interval doubled once, then the records matched
+    assert sleeps == [30], sleeps  # backed off once, then the roles could be read
+    assert result.polls == 2
+
+
+def test_gate_keeps_polling_through_an_ssm_5xx(tmp_path, moto_reset, aws_env, aws_credentials, monkeypatch):
+    import boto3
+    import botocore.endpoint
+
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", lambda _: None)
+    cfg = _gate_project(tmp_path, moto_reset, aws_env, monkeypatch)
+    session = boto3.Session(region_name="eu-west-1")
+    body = b'{"__type":"InternalServerError","message":"An internal error occurred"}'
+    session.events.register("before-send.ssm.GetParameter",
+                            _failing(2, 500, body, "application/x-amz-json-1.1"))  # the client tries twice
+    sleeps = []
+    result = gate.wait(cfg, cfg.environments["stg"], timeout_s=600, poll_s=15, settle_s=0, session=session,
+                       sleep=sleeps.append, clock=lambda: sum(sleeps))
+    assert sleeps == [30], sleeps
     assert result.polls == 1
 
 

@@ -1,4 +1,5 @@
-"""``inv iam.account`` and ``inv iam.env``: the runbook's two manual IAM steps, made safe; ``inv iam.bootstrap``."""
+"""``inv iam.account`` and ``inv iam.env``: the runbook's two manual IAM steps, made safe; ``inv iam.bootstrap``
+and ``inv iam.unlock``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from invoke import task
 
-from runbook.tasks._common import user_errors
+from runbook.tasks._common import seconds, user_errors
 
 if TYPE_CHECKING:
     from runbook.iam import IamRun
@@ -17,6 +18,7 @@ COMMON_HELP = {
     "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
     "yes": "answer the confirmation (protected environment, or anything destroyed) with yes",
     "skip_branch_check": "LOUD override: apply from a branch other than the environment's",
+    "lock_timeout_s": "SECONDS Terraform waits for a state lock held by a run in progress (default 0: fail at once)",
 }
 
 
@@ -41,7 +43,7 @@ TAKE_OVER_HELP = ("apply the shared account scope although another branch applie
 @task(help={"env": "environment whose account is meant (default: the one whose branch is checked out)",
             "take_over": TAKE_OVER_HELP, **COMMON_HELP})
 @user_errors
-def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False, take_over=False):
+def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False, take_over=False, lock_timeout_s=None):
     """Apply the account-specific IAM root module (CI deployer policy, shared roles)."""
     from runbook import config as configuration
     from runbook import iam
@@ -50,13 +52,14 @@ def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False, take
     cfg = configuration.load()
     environment = iam.environment_for(cfg, env)
     _run(iam.IamRun(cfg, Scope.of_account(cfg, environment.account), environment, dry_run=dry_run, assume_yes=yes,
-                    skip_branch_check=skip_branch_check, take_over=take_over))
+                    skip_branch_check=skip_branch_check, take_over=take_over,
+                    lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0)))
 
 
 @task(name="env", help={"name": "environment to apply, e.g. stg (default: the one whose branch is checked out)",
                         **COMMON_HELP})
 @user_errors
-def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
+def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False, lock_timeout_s=None):
     """Apply the environment-specific IAM root module (the roles the environment's lambdas assume)."""
     from runbook import config as configuration
     from runbook import iam
@@ -65,7 +68,8 @@ def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False):
     cfg = configuration.load()
     environment = iam.environment_for(cfg, name, flag="--name")
     _run(iam.IamRun(cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
-                    skip_branch_check=skip_branch_check))
+                    skip_branch_check=skip_branch_check,
+                    lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0)))
 
 
 @task(help={"env": "environment whose account's backend is meant (default: the one whose branch is checked out)",
@@ -138,3 +142,55 @@ def status(c, check=False):
             f"{sum(st.needed for st in statuses)} IAM step(s) are not current", fix="run the commands listed above",
             code=3,
         )
+
+
+@task(help={
+    "lock_id": "ID of the lock to release, as the failed run printed it (Terraform's Lock Info: ID)",
+    "env": "environment whose state lock it is, e.g. stg (default: the one whose branch is checked out)",
+    "account": "release the lock of the account root module (of the environment's account) instead",
+    "yes": "answer the confirmation with yes (only when you know the run that held it has died)",
+    "dry_run": "show who holds the lock and what would be deleted; release nothing",
+})
+@user_errors
+def unlock(c, lock_id, env=None, account=False, yes=False, dry_run=False):
+    """Release a Terraform state lock left by a run that died (after showing who holds it and asking)."""
+    import shlex
+
+    from runbook import aws, console, iam, statelock
+    from runbook import config as configuration
+    from runbook.errors import RunbookError
+    from runbook.scopes import Scope
+
+    cfg = configuration.load()
+    environment = iam.environment_for(cfg, env)
+    scope = Scope.of_account(cfg, environment.account) if account else Scope.of_environment(cfg, environment)
+    backend = scope.backend
+    where = f"s3://{backend.bucket}/{backend.key}, lock table {backend.lock_table}"
+    session = aws.session(scope.account)
+    identity = aws.caller_identity(session, scope.account, purpose=scope.label)
+    console.say(f"{scope.label}: state {where}; you are {identity.arn}")
+    held = statelock.read_lock(session, scope.account, backend)
+    if held is None:
+        console.ok(f"The state of {scope.label} is not locked: nothing to release.")
+        return
+    console.warn(f"The state of {scope.label} is locked: {held.describe()}.")
+    if held.id != lock_id:
+        again = shlex.join(["inv", "iam.unlock", *(["--account"] if account else []), "--env", environment.name,
+                            "--lock-id", held.id])
+        raise RunbookError(
+            f"The lock held now has ID {held.id!r}, not {lock_id!r}: it is another run's lock, so nothing was "
+            "released",
+            where=where,
+            fix=f"wait for that run; if it has died too, release its lock with {again}",
+        )
+    if dry_run:
+        console.say(f"Dry run: would delete the lock item {backend.bucket}/{backend.key} of table "
+                    f"{backend.lock_table} if it still holds lock {held.id} (released nothing).")
+        return
+    console.warn("Release it only if that run has stopped (its Terraform process is gone): releasing the lock of "
+                 "a run in progress lets two runs write the same state.")
+    if not console.confirm(f"Release lock {held.id} of {scope.label}?", assume_yes=yes):
+        raise RunbookError(f"Not confirmed: lock {held.id} is still held", fix="run the same command again and "
+                           "answer y once you know the run that holds it has stopped")
+    statelock.release_lock(session, scope.account, backend, held)
+    console.ok(f"Released lock {held.id} of {scope.label}. Run the step again: {scope.command(environment)}")

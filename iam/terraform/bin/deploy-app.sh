@@ -27,6 +27,8 @@
 #   TF_PLAN_FILE      saved plan path, relative to the root module (default .terraform/runbook.tfplan)
 #   TERRAFORM_BIN     Terraform executable (default terraform)
 #   DEPLOY_SCOPE      account | environment: set by the entry points, used in messages only
+#   TF_LOCK_TIMEOUT   how long plan and apply wait for a state lock held by another run, as
+#                     Terraform's -lock-timeout takes it (e.g. 300s; default 0s: fail at once)
 #   TF_VAR_*          passed through untouched (the environment entry point sets TF_VAR_environment)
 #
 # Root module inputs (Terraform variables; the real root modules have no defaults, so Terraform
@@ -42,13 +44,22 @@
 #   1    the administrator declined to apply (mode unset); nothing was applied
 #   2    usage or precondition error: missing environment, unknown DEPLOY_MODE, not a root
 #        module directory, no saved plan to apply
+#   75   the state is locked by another run (Terraform's "Error acquiring the state lock", with
+#        its Lock Info); nothing was applied
 #   127  terraform not found
 #   other the exit status of the failing terraform command, passed through (Terraform's own
 #        failures are usually 1 too: the message on stderr says which)
+# The script's own failures print "deploy-app.sh: error: <what>"; Terraform's print
+# "deploy-app.sh: error: terraform <command> failed (exit N) ...", so a caller can tell them apart.
 #
 # Behaviour the runner relies on:
 #   - plan first deletes TF_PLAN_FILE and TF_PLAN_FILE.json, so a failed plan leaves neither
 #     behind and a later apply cannot pick up an older plan; the JSON is written atomically.
+#   - Everything the script and Terraform write is private to the user (umask 077: the plan
+#     and its JSON, which hold sensitive values in clear, are 0600); apply deletes both once
+#     Terraform has finished, whatever its outcome (a used or failed plan is never applied again).
+#   - Terraform's stderr (its error messages) is copied to stderr when each command ends, so
+#     the script can recognise a state lock held by another run.
 #   - Terraform's stdin is /dev/null; only the confirmation prompt reads stdin.
 #   - The script's own messages go to stderr (prefixed "deploy-app.sh:"), Terraform's output
 #     to stdout. Credentials are never printed: only bucket, key, table, region, endpoint.
@@ -57,6 +68,7 @@
 #
 # Written for bash 3.2 and later (macOS).
 set -euo pipefail
+umask 077
 
 readonly PROG="deploy-app.sh"
 readonly DEFAULT_PLAN_FILE=".terraform/runbook.tfplan"
@@ -76,16 +88,19 @@ case "$scope" in
         inv_cmd="inv iam.account"
         key_example="<project>/iam/account.tfstate"
         manual_cmd="(cd iam/terraform/account-specific/main && ../bin/deploy-app.sh)"
+        unlock_cmd="inv iam.unlock --account --lock-id ID"
         ;;
     environment)
         inv_cmd="inv iam.env --name ${TF_VAR_environment:-ENV}"
         key_example="<project>/iam/env/${TF_VAR_environment:-ENV}.tfstate"
         manual_cmd="(cd iam/terraform/environment-specific/main && ../bin/deploy-app.sh ${TF_VAR_environment:-ENV})"
+        unlock_cmd="inv iam.unlock --env ${TF_VAR_environment:-ENV} --lock-id ID"
         ;;
     *)
         inv_cmd="inv iam.env --name ENV (or inv iam.account)"
         key_example="<project>/iam/<scope>.tfstate"
         manual_cmd="the entry point ../bin/deploy-app.sh in the root module directory"
+        unlock_cmd="inv iam.unlock --env ENV --lock-id ID (--account instead of --env ENV for the account root)"
         ;;
 esac
 
@@ -133,11 +148,34 @@ if [[ -n "${AWS_ENDPOINT_URL:-}" && -z "${TF_VAR_endpoint_url:-}" ]]; then
     export TF_VAR_endpoint_url="$AWS_ENDPOINT_URL"
 fi
 
+lock_args=()
+if [[ -n "${TF_LOCK_TIMEOUT:-}" ]]; then
+    lock_args=("-lock-timeout=${TF_LOCK_TIMEOUT}")
+fi
+
 # --- steps -----------------------------------------------------------------------------------
+# Terraform's stderr goes to a file first (a file, not a pipe: a pipe's reader could die on the
+# Ctrl-C that Terraform must survive), then to stderr; locked tells whether it was the state lock.
+tf_errors="$(mktemp "${TMPDIR:-/tmp}/deploy-app.XXXXXX")"
+trap 'rm -f -- "$tf_errors"' EXIT
+
 # Terraform never reads the prompt's answer: its stdin is /dev/null (-input=false anyway).
 run_tf() {
     say "+ ${tf_bin} $*"
-    "$tf_bin" "$@" </dev/null
+    local rc=0
+    "$tf_bin" "$@" </dev/null 2>"$tf_errors" || rc=$?
+    cat -- "$tf_errors" >&2
+    return "$rc"
+}
+
+locked() { grep -q 'Error acquiring the state lock' -- "$tf_errors"; }
+
+die_tf() {
+    local rc="$1" cmd="$2" consequence="$3"
+    if locked; then
+        die 75 "terraform ${cmd} could not take the state lock: another run holds it (Lock Info above); nothing was applied. Wait for that run, or set TF_LOCK_TIMEOUT=300s; if it has died, release the lock: ${unlock_cmd}, with the ID above."
+    fi
+    die "$rc" "terraform ${cmd} failed (exit ${rc}); ${consequence}"
 }
 
 tf_init() {
@@ -174,10 +212,10 @@ tf_plan() {
     rm -f -- "$plan_file" "$plan_json" "${plan_json}.tmp"
     mkdir -p -- "$(dirname -- "$plan_file")"
     local rc=0
-    run_tf plan -input=false "-out=${plan_file}" || rc=$?
+    run_tf plan -input=false ${lock_args[@]+"${lock_args[@]}"} "-out=${plan_file}" || rc=$?
     if ((rc != 0)); then
         rm -f -- "$plan_file"
-        die "$rc" "terraform plan failed (exit ${rc}); nothing was applied."
+        die_tf "$rc" plan "nothing was applied."
     fi
     rc=0
     say "+ ${tf_bin} show -json ${plan_file} > ${plan_json}"
@@ -198,9 +236,11 @@ tf_apply() {
         tf_init
     fi
     local rc=0
-    run_tf apply -input=false "$plan_file" || rc=$?
+    run_tf apply -input=false ${lock_args[@]+"${lock_args[@]}"} "$plan_file" || rc=$?
+    # A plan is applied once: a used or failed one is never applied again, and it holds secrets.
+    rm -f -- "$plan_file" "$plan_json"
     if ((rc != 0)); then
-        die "$rc" "terraform apply failed (exit ${rc}); state may be partly updated, plan again before retrying."
+        die_tf "$rc" apply "state may be partly updated, plan again before retrying."
     fi
     say "applied ${plan_file} to s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}"
 }

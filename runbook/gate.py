@@ -157,7 +157,8 @@ def wait(
         environment: the environment being deployed.
         timeout_s: give up after this many seconds.
         poll_s: seconds between polls; doubled (up to 4x) while SSM throttles.
-        settle_s: seconds to wait after everything matches, for IAM propagation.
+        settle_s: seconds to wait after everything matches, for IAM propagation; cut short so
+            that the gate never runs past *timeout_s*. Must be smaller than *timeout_s*.
         session: boto3 Session for the environment's account (default: from the
             standard credential chain, ignoring configured profiles: in CI the
             credentials come from the context).
@@ -171,6 +172,12 @@ def wait(
     """
     from runbook import aws
 
+    if settle_s >= timeout_s:
+        raise RunbookError(
+            f"--settle-s ({settle_s:g} s) must be smaller than --timeout-s ({timeout_s:g} s): the settle time is "
+            "part of the gate's time, so the gate could never open",
+            fix=f"for example --timeout-s {max(timeout_s, 1800):g} --settle-s {DEFAULT_SETTLE_S:g}",
+        )
     scopes = for_environment(config, environment)
     prints = [s.fingerprint() for s in scopes]
     session = session or aws.session(environment.account, use_profile=False)
@@ -219,9 +226,12 @@ def wait(
                 if problems is None:
                     pass  # IAM did not answer usefully: poll again
                 elif not problems:
-                    if settle_s > 0:
-                        console.say(f"IAM for this commit is applied; waiting {settle_s:.0f} s for IAM propagation.")
-                        sleep(settle_s)
+                    settle = min(settle_s, max(0.0, timeout_s - (clock() - started)))  # within the deadline
+                    if settle > 0:
+                        cut = f" (of {settle_s:g} s: the rest of --timeout-s)" if settle < settle_s else ""
+                        console.say(f"IAM for this commit is applied; waiting {settle:.0f} s{cut} for IAM "
+                                    "propagation.")
+                        sleep(settle)
                     roles = (f"its {len(names)} lambda role(s) trust lambda.amazonaws.com" if names
                              else "it lists no lambda roles to check")
                     console.ok(f"IAM gate open for {environment.name}: account and environment records match "
@@ -241,8 +251,9 @@ def wait(
                     f"{environment.name}` once the records can be read",
                 )
             raise RunbookError(
-                f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s. {told}",
-                fix=f"an administrator runs the commands above from branch {environment.branch}, then "
+                f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s; what it waited for is "
+                "listed above",
+                fix=f"an administrator runs those commands from branch {environment.branch}, then "
                 f"`inv ci.rerun --env {environment.name}` (or simply `inv release --env {environment.name}`)",
             )
         sleep(delay)

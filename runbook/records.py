@@ -56,11 +56,6 @@ NEVER_APPLIED = "never-applied"
 MAX_VALUE_BYTES = 4096
 """Largest Standard tier parameter value (AWS SSM PutParameter: 4 KB)."""
 
-RETRY_CONFIG = {"mode": "standard", "total_max_attempts": 5}
-"""botocore retry settings for the SSM client: standard mode retries ThrottlingException and
-transient errors with exponential backoff and full jitter (up to 1, 2, 4, 8 s between attempts),
-five attempts in all (botocore "Retries" guide: standard mode, ``total_max_attempts``)."""
-
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FIELDS = ("fingerprint", "commit", "branch", "applied_by", "applied_at", "tool_version", "scope")
 _CREDENTIAL_CODES = {
@@ -228,26 +223,13 @@ def rewrite_command(scope: str) -> str:
     return "inv iam.account" if scope == ACCOUNT else f"inv iam.env --name {scope}"
 
 
-def ssm_client(session: Any, endpoint_url: str | None = None) -> Any:
-    """An SSM client from *session* (a boto3 Session) with :data:`RETRY_CONFIG`.
-
-    If *session* already is a client (has ``get_parameter``) it is returned unchanged, so tests
-    and callers that hold a client can pass it straight to :func:`read` and :func:`write`.
-    *endpoint_url* points the client at a local AWS (moto, LocalStack); None means AWS itself.
-    """
-    if hasattr(session, "get_parameter"):
-        return session
-    from botocore.config import Config
-
-    return session.client("ssm", endpoint_url=endpoint_url, config=Config(retries=dict(RETRY_CONFIG)))
-
-
-def write(session: Any, project: str, scope: str, record: Record | Mapping[str, Any],
+def write(client: Any, project: str, scope: str, record: Record | Mapping[str, Any],
           endpoint_url: str | None = None, profile: str | None = None) -> str:
     """Store *record* as *scope*'s applied record, replacing any earlier one.
 
     Args:
-        session: boto3 Session (or SSM client) for the account the scope lives in.
+        client: an SSM client for the account the scope lives in, from :func:`runbook.aws.client`
+            (the one client factory: region, endpoint, standard retries with backoff).
         project: the ``project`` short name from config/environments.yml.
         scope: ``"account"`` or an environment name; must equal ``record.scope``.
         record: a :class:`Record`, or a dict with the same fields.
@@ -286,7 +268,6 @@ def write(session: Any, project: str, scope: str, record: Record | Mapping[str, 
             fix="record fewer or shorter root module outputs (only what the gate needs), then "
             + rewrite_command(scope),
         )
-    client = ssm_client(session, endpoint_url)
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
             _call(client.put_parameter, name, scope, "ssm:PutParameter", endpoint_url,
@@ -384,16 +365,16 @@ def _version_limit_error(client: Any, name: str, scope: str, endpoint_url: str |
     )
 
 
-def read(session: Any, project: str, scope: str, endpoint_url: str | None = None) -> dict[str, Any] | None:
+def read(client: Any, project: str, scope: str, endpoint_url: str | None = None) -> dict[str, Any] | None:
     """*scope*'s applied record, or None if it was never applied.
 
     Args:
-        session: boto3 Session (or SSM client) for the account the scope lives in.
+        client: an SSM client for the account the scope lives in, from :func:`runbook.aws.client`.
         project: the ``project`` short name from config/environments.yml.
         scope: ``"account"`` or an environment name.
         endpoint_url: a local AWS endpoint, or None.
 
-    One GetParameter call (throttling is retried by botocore, see :data:`RETRY_CONFIG`).
+    One GetParameter call (throttling is retried by botocore, as the client is configured).
     Returns the record as a dict (``Record.to_dict()``: fingerprint, commit, branch, applied_by,
     applied_at, tool_version, scope, outputs); None when the parameter does not exist.
 
@@ -402,7 +383,6 @@ def read(session: Any, project: str, scope: str, endpoint_url: str | None = None
     or expired, or on any other AWS error (named by its code).
     """
     name = parameter_name(project, scope)
-    client = ssm_client(session, endpoint_url)
     response = _call(client.get_parameter, name, scope, "ssm:GetParameter", endpoint_url, Name=name)
     if response is None:
         return None

@@ -65,14 +65,14 @@ def all_scopes(config: Config) -> list[Scope]:
     ]
 
 
-def read_state(scope: Scope, fingerprint: str, session: Any) -> ScopeStatus:
+def read_state(scope: Scope, fingerprint: str, client: Any) -> ScopeStatus:
     """One SSM GetParameter for *scope*, compared with *fingerprint*.
 
-    *session* is a boto3 Session or an SSM client for the scope's account.
+    *client* is an SSM client for the scope's account (:func:`runbook.aws.client`).
 
     Raises RunbookError (including :class:`runbook.records.Throttled`) when the record cannot be read.
     """
-    record = records.read(session, scope.config.project, scope.record_scope,
+    record = records.read(client, scope.config.project, scope.record_scope,
                           endpoint_url=scope.account.endpoint_url)
     return ScopeStatus(scope, records.compare(record, fingerprint), fingerprint, record)
 

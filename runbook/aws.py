@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runbook.config import Account, Backend
+from runbook.config import Account, Backend, shown_path
 from runbook.errors import RunbookError
 
 # STS error codes for credentials that exist but are not accepted. Source: AWS STS API
@@ -537,8 +537,8 @@ def create_backend(sess: Any, account: Account, backend: Backend, state: Backend
             elif _code(exc) == "BucketAlreadyExists":
                 raise RunbookError(
                     f"The S3 bucket name {backend.bucket} is taken by another AWS account (bucket names are global)",
-                    where="config field terraform.backend.state_bucket",
-                    fix="choose another state_bucket name in config/environments.yml (the default has the account ID "
+                    where=f"{shown_path()}, field terraform.backend.state_bucket",
+                    fix=f"choose another state_bucket name in {shown_path()} (the default has the account ID "
                     "in it: {project}-tfstate-{account_id})",
                 ) from None
             else:

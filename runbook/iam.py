@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook import console, fingerprint, git, records, terraform
-from runbook.config import Account, Config, Environment
+from runbook.config import Account, Config, Environment, shown_path
 from runbook.errors import RunbookError
 from runbook.plan import Decision, Plan, Step
 from runbook.scopes import ACCOUNT, Scope
@@ -530,9 +530,9 @@ def _not_a_first_deploy(ctx: IamRun, state, evidence: list[str], digests: list[s
     elsewhere = sorted({d.split("/", 1)[0] for d in digests} - {b.bucket})
     if elsewhere and not state.bucket_exists:
         hint = (f"if terraform.backend.state_bucket was changed or mistyped (the lock table knows state in "
-                f"{', '.join(elsewhere)}), set it back in config/environments.yml; ")
+                f"{', '.join(elsewhere)}), set it back in {shown_path()}; ")
     else:
-        hint = "if a name under terraform.backend in config/environments.yml was changed or mistyped, set it back; "
+        hint = f"if a name under terraform.backend in {shown_path()} was changed or mistyped, set it back; "
     return RunbookError(
         f"{' and '.join(gone)[0].upper()}{' and '.join(gone)[1:]} of account {ctx.account.name} ({ctx.account.id}) "
         f"{'do' if len(gone) > 1 else 'does'} not exist, but "

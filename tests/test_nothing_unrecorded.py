@@ -78,11 +78,15 @@ def test_a_refused_name_makes_no_network_call_at_all(tmp_path, aws_env):
 
 
 def fill_versions(ssm, name: str, scope: str = "stg") -> None:
-    """100 versions of a valid record, the oldest labelled (as a team that labels releases might)."""
+    """Versions of a valid record up to 100, the oldest labelled (as a team that labels releases might)."""
     value = json.dumps({"applied_at": "2024-06-01T12:00:00Z", "applied_by": "arn:aws:iam::123456789012:user/old",
                         "branch": "staging", "commit": "0" * 40, "fingerprint": "0" * 64, "outputs": {},
                         "scope": scope, "tool_version": "0.1.0"}, sort_keys=True)
-    for _ in range(100):
+    try:
+        existing = ssm.get_parameter(Name=name)["Parameter"]["Version"]
+    except ssm.exceptions.ParameterNotFound:
+        existing = 0
+    for _ in range(100 - existing):
         ssm.put_parameter(Name=name, Value=value, Type="String", Overwrite=True)
     ssm.label_parameter_version(Name=name, ParameterVersion=1, Labels=["first-release"])
 
@@ -91,7 +95,8 @@ def fill_versions(ssm, name: str, scope: str = "stg") -> None:
 def test_apply_done_record_refused_says_so_and_the_resume_is_an_empty_apply(tmp_path, moto_reset, aws_env):
     project = Project.create(tmp_path, aws_env, base_config(moto_reset))
     s3, _, ssm, _ = clients(moto_reset)
-    fill_versions(ssm, RECORD)
+    assert project.inv("iam.env", "--name", "stg").code == 0  # the backend, the state and a record exist
+    fill_versions(ssm, RECORD)  # then the record reaches 100 versions, the oldest labelled
 
     first = project.inv("iam.env", "--name", "stg")
     assert_user_error(first, "WAS applied", "NOT written", "gate keeps waiting", "ParameterMaxVersionLimitExceeded")

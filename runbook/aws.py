@@ -62,18 +62,22 @@ class Identity:
     user_id: str
 
 
-def session(account: Account, *, use_profile: bool = True) -> Any:
+def session(account: Account, *, use_profile: bool = True, credentials: Credentials | None = None) -> Any:
     """A ``boto3.Session`` for *account* (its profile when set and *use_profile*, its region).
 
     The pipeline passes ``use_profile=False``: there the credentials come from
     the CircleCI context's environment variables, and the administrators'
-    profile names do not exist.
+    profile names do not exist. With *credentials* (frozen by a caller identity
+    check) the session uses exactly those keys and nothing from the chain.
 
     Raises RunbookError when the named profile does not exist.
     """
     import boto3
     import botocore.exceptions
 
+    if credentials is not None:
+        return boto3.Session(aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key,
+                             aws_session_token=credentials.token, region_name=account.region)
     try:
         return boto3.Session(profile_name=account.profile if use_profile else None, region_name=account.region)
     except botocore.exceptions.ProfileNotFound as exc:
@@ -230,7 +234,9 @@ def caller_identity(sess: Any, account: Account, *, purpose: str, credentials: C
     """
     import botocore.exceptions
 
-    sts = client(sess, "sts", account, credentials=credentials)
+    # STS answers in milliseconds: an endpoint that does not answer fails this check well within a
+    # minute (at most 10 s to connect and 10 s to read, two attempts), not the minutes of the default client.
+    sts = client(sess, "sts", account, credentials=credentials, read_timeout_s=10.0, attempts=1)
     try:
         found = sts.get_caller_identity()
     except botocore.exceptions.ClientError as exc:

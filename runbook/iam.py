@@ -19,6 +19,8 @@ import os
 import shlex
 import shutil
 import sys
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,37 @@ from runbook.config import Account, Config, Environment, shown_path
 from runbook.errors import RunbookError
 from runbook.plan import Decision, Plan, Step
 from runbook.scopes import ACCOUNT, Scope
+
+
+class Worker:
+    """One daemon thread that runs the calls submitted to it, in order, and hands back Futures.
+
+    Like a one-thread ``ThreadPoolExecutor``, except that its thread is a daemon: a run that stops
+    early (a failed preflight check, Ctrl-C) exits at once instead of waiting at interpreter exit for
+    a look-up that hangs on an endpoint that does not answer.
+    """
+
+    def __init__(self, name: str):
+        import queue
+
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, fn, *args) -> Future:
+        """Run ``fn(*args)`` on the thread after what was submitted before; its Future holds the result."""
+        future: Future = Future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, fn, args = self._calls.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to whoever asks for the result
+                    future.set_exception(exc)
 
 
 @dataclass
@@ -57,7 +90,6 @@ class IamRun:
     take_over: bool = False
     cwd: Path | None = None
     lock_timeout_s: float = 0.0
-    session: Any = None
     identity: Any = None
     credentials: Any = field(default=None, repr=False)
     remote: Any = None  # git.TeamRemote the branch was compared with (GitCheck)
@@ -107,11 +139,18 @@ class IamRun:
         return [self.scope]
 
     def aws_session(self):
-        if self.session is None:
+        """The boto3 Session of the calling thread. Sessions are not thread-safe (boto3 guide, "Sessions":
+        https://boto3.amazonaws.com/v1/documentation/api/latest/guide/session.html), so the background AWS
+        worker and the main thread never share one. The first thread's session resolves the credential
+        chain; any other thread's uses the keys the caller identity check froze, so every call of the run
+        is made as the identity that was checked."""
+        sessions = self.__dict__.setdefault("_sessions", {})
+        me = threading.get_ident()
+        if me not in sessions:
             from runbook import aws
 
-            self.session = aws.session(self.account)
-        return self.session
+            sessions[me] = aws.session(self.account, credentials=self.credentials if sessions else None)
+        return sessions[me]
 
     def prefetch(self) -> None:
         """Start the slow read-only look-ups of a real run in the background.
@@ -126,20 +165,16 @@ class IamRun:
         the repository, deploy scripts with LF endings) comes first, so its findings stop the run
         before any AWS or Terraform call.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         ConfigCheck().check(self)
 
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-terraform")
-        aws_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-aws")
-        identity = aws_pool.submit(self._look_up_identity)
+        aws_worker = Worker("preflight-aws")
+        identity = aws_worker.submit(self._look_up_identity)
         self._futures = {
-            "terraform": pool.submit(terraform.find, self.config.required_version),
+            "terraform": Worker("preflight-terraform").submit(terraform.find, self.config.required_version),
             "identity": identity,
-            "backend": aws_pool.submit(self._look_up_backend, identity),
+            "backend": aws_worker.submit(self._look_up_backend, identity),
         }
-        pool.shutdown(wait=False)
-        self._aws_pool = aws_pool  # one thread for every boto3 call: a Session is not thread-safe
+        self._aws_pool = aws_worker  # its own Session (aws_session): a Session is not thread-safe
 
     def _look_up_identity(self):
         """Freeze the session's credentials, then ask STS with exactly those keys: the identity

@@ -85,3 +85,20 @@ def test_release_looks_everything_up_once(tmp_path, aws_env, counter):
         assert ci.count("POST") == 1  # one rerun from failed
         pipelines = [r for r in ci.requests if r.method == "GET" and r.path.endswith("/pipeline")]
         assert len(pipelines) <= 2, pipelines  # the token check, then the pipeline of this commit
+
+
+def test_a_failed_preflight_exits_at_once_while_aws_does_not_answer(tmp_path, aws_env):
+    import socket
+    import time
+
+    with socket.socket() as listener:  # accepts connections, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        project = Project.create(tmp_path, aws_env, base_config(f"http://127.0.0.1:{listener.getsockname()[1]}"),
+                                 branch="main")
+        started = time.monotonic()
+        result = project.inv("iam.env", "--name", "stg", timeout=60)
+        took = time.monotonic() - started
+    assert result.code != 0 and "Traceback" not in result.all
+    assert "deployed from 'staging'" in result.err
+    assert took < 15, f"waited {took:.0f} s for a look-up nobody needs any more"

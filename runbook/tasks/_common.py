@@ -175,6 +175,16 @@ def _external_failure(exc: Exception) -> str | None:
 MAX_SECONDS = 86400.0
 
 
+def required(value, flag: str, example: str) -> None:
+    """Refuse a missing flag that a task cannot do without (RunbookError naming *flag*, e.g. ``--env stg``).
+
+    Such flags are declared optional (default None) and checked here: a required positional argument
+    would take the next word, even ``--help``, as its value.
+    """
+    if value is None or value == "":
+        raise RunbookError(f"{flag} is required", fix=f"add it, for example {flag} {example}")
+
+
 def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS) -> float:
     """A number of seconds from a command-line flag (a string, or None for *default*).
 

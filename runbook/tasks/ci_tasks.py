@@ -7,7 +7,7 @@ import subprocess
 
 from invoke import task
 
-from runbook.tasks._common import seconds, user_errors
+from runbook.tasks._common import required, seconds, user_errors
 
 ENV_HELP = "environment (default: the one whose branch is checked out)"
 LATEST_HELP = "use the branch's newest pipeline when none is for your HEAD"
@@ -222,11 +222,12 @@ def diagnose(c, env=None, latest=False):
     "settle_s": "SECONDS to wait for IAM propagation once everything matches (default 10)",
 })
 @user_errors
-def gate(c, env, timeout_s=None, poll_s=None, settle_s=None):
+def gate(c, env=None, timeout_s=None, poll_s=None, settle_s=None):
     """Pipeline job: wait until the IAM for this commit is applied (account and environment)."""
     from runbook import config as configuration
     from runbook import gate as iam_gate
 
+    required(env, "--env", "stg")
     limits = dict(
         timeout_s=seconds(timeout_s, "--timeout-s", 1800),
         poll_s=seconds(poll_s, "--poll-s", 15, minimum=0.01),
@@ -238,12 +239,13 @@ def gate(c, env, timeout_s=None, poll_s=None, settle_s=None):
 
 @task(help={"env": "environment being deployed, e.g. stg"})
 @user_errors
-def deploy(c, env):
+def deploy(c, env=None):
     """Pipeline job: run the environment's deploy_command from the configuration."""
     from runbook import config as configuration
     from runbook import console
     from runbook.errors import RunbookError
 
+    required(env, "--env", "stg")
     cfg = configuration.load()
     environment = cfg.environment(env)
     if not environment.deploy_command:

@@ -152,7 +152,7 @@ def status(c, check=False):
     "dry_run": "show who holds the lock and what would be deleted; release nothing",
 })
 @user_errors
-def unlock(c, lock_id, env=None, account=False, yes=False, dry_run=False):
+def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
     """Release a Terraform state lock left by a run that died (after showing who holds it and asking)."""
     import shlex
 
@@ -174,6 +174,15 @@ def unlock(c, lock_id, env=None, account=False, yes=False, dry_run=False):
         console.ok(f"The state of {scope.label} is not locked: nothing to release.")
         return
     console.warn(f"The state of {scope.label} is locked: {held.describe()}.")
+    if lock_id is None:
+        again = shlex.join(["inv", "iam.unlock", *(["--account"] if account else []), "--env", environment.name,
+                            "--lock-id", held.id])
+        raise RunbookError(
+            "No --lock-id given, so nothing was released: name the lock you mean to release, so that a lock taken "
+            "meanwhile by another run is never released by mistake",
+            where=where,
+            fix=f"once you know the run that holds it has stopped: {again}",
+        )
     if held.id != lock_id:
         again = shlex.join(["inv", "iam.unlock", *(["--account"] if account else []), "--env", environment.name,
                             "--lock-id", held.id])

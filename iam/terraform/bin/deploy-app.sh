@@ -37,7 +37,11 @@
 #   TF_VAR_account_id   the 12-digit AWS account ID (accounts.<name>.id)
 #   TF_VAR_region       the AWS region (accounts.<name>.region)
 #   TF_VAR_environment  environment scope only; set by the environment entry point from its ENV
-# `inv iam.account` / `inv iam.env --name ENV` set all of them from the configuration.
+#   TF_VAR_ci_deployer  account scope only: oidc or user (circleci.deployer); with oidc also
+#                       TF_VAR_circleci_org_id, TF_VAR_circleci_project_id, TF_VAR_circleci_vcs_origin
+#                       and TF_VAR_deploy_branches (a JSON list of the account's environment branches)
+# `inv iam.account` / `inv iam.env --name ENV` set all of them from the configuration; their
+# `--dry-run` prints the values on the plan step's env: line.
 #
 # Exit status:
 #   0    success

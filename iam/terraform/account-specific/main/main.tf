@@ -131,14 +131,14 @@ resource "aws_iam_role_policy_attachment" "deployer" {
 # --- user (legacy): an IAM user whose key an administrator makes by hand -----------------------
 
 resource "aws_iam_user" "deployer" {
-  #checkov:skip=CKV_AWS_273: legacy path for teams that cannot use CircleCI OIDC yet (ci_deployer = "user"); not created with the default "oidc", and CircleCI jobs cannot use SSO
+  #checkov:skip=CKV_AWS_273: legacy path for teams that cannot use CircleCI OIDC yet (ci_deployer = "user"); not created with ci_deployer = "oidc", and CircleCI jobs cannot use SSO
   count = local.use_user ? 1 : 0
 
   name = local.deployer_name
 }
 
 resource "aws_iam_user_policy_attachment" "deployer" {
-  #checkov:skip=CKV_AWS_40: legacy path only (ci_deployer = "user"); one machine user with one policy, a group around it would add a resource and take no right away; the default "oidc" attaches the policy to a role
+  #checkov:skip=CKV_AWS_40: legacy path only (ci_deployer = "user"); one machine user with one policy, a group around it would add a resource and take no right away; ci_deployer = "oidc" attaches the policy to a role
   count = local.use_user ? 1 : 0
 
   user       = aws_iam_user.deployer[0].name

@@ -37,9 +37,8 @@ variable "endpoint_url" {
 }
 
 variable "ci_deployer" {
-  description = "How CircleCI authenticates: oidc (a role assumed with the job's OIDC token) or user (legacy: an IAM user with an access key). config: circleci.deployer."
+  description = "How CircleCI authenticates: oidc (a role assumed with the job's OIDC token) or user (legacy: an IAM user with an access key). config: circleci.deployer. No default: an apply without it must stop, not switch the pipeline to the other way in."
   type        = string
-  default     = "user"
 
   validation {
     condition     = contains(["oidc", "user"], var.ci_deployer)

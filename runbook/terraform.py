@@ -407,8 +407,8 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
             f"The {what} could not start: the Terraform state is locked by another run, {lock.describe()}; "
             "nothing was applied",
             lock=lock,
-            fix="if that run is still going, wait for it, or run again with --lock-timeout-s 300 to wait up to "
-            "5 minutes; if it has died (its Terraform process is gone), release the lock after checking: "
+            fix="if that run is still going, wait for it (add --lock-timeout-s 300 to the command to wait up to "
+            "5 minutes); if it has died (its Terraform process is gone), release the lock after checking: "
             f"{unlock_command(env, lock.id)}",
         )
     digest = _DIGEST.search(output)

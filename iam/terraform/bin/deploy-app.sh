@@ -104,7 +104,7 @@ case "$scope" in
         inv_cmd="inv iam.env --name ENV (or inv iam.account)"
         key_example="<project>/iam/<scope>.tfstate"
         manual_cmd="the entry point ../bin/deploy-app.sh in the root module directory"
-        unlock_cmd="inv iam.unlock --env ENV --lock-id ID (--account instead of --env ENV for the account root)"
+        unlock_cmd="inv iam.unlock --env ENV --lock-id ID (add --account for the account root)"
         ;;
 esac
 

@@ -60,6 +60,7 @@ def role_problems(iam_client: Any, role_names: list[str]) -> list[str]:
                 ) from None
             raise RunbookError(
                 f"IAM GetRole {name} failed ({code})",
+                id="aws-access-denied",
                 fix="grant the CI deployer iam:GetRole on the project's lambda roles (account root module): "
                 "inv iam.account",
             ) from None
@@ -237,11 +238,13 @@ def wait(
                 raise RunbookError(
                     f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s without reading the "
                     f"applied records and roles: {last_error.what if last_error else 'no answer'}",
+                    id="gate-timeout",
                     fix="check the network and AWS's health, then `inv ci.rerun --env "
                     f"{environment.name}` once the records can be read",
                 )
             raise RunbookError(
                 f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s. {told}",
+                id="gate-timeout",
                 fix=f"an administrator runs the commands above from branch {environment.branch}, then "
                 f"`inv ci.rerun --env {environment.name}` (or simply `inv release --env {environment.name}`)",
             )

@@ -35,7 +35,6 @@ CLOCK_SKEW_S = 3600.0
 WORKFLOWS_WAIT_S = (1.0, 2.0, 4.0)
 #: Exit code of a command that stopped because the workflow waits at an approval job.
 EXIT_ON_HOLD = 5
-TROUBLESHOOTING = "TROUBLESHOOTING.md"
 
 
 @dataclass(frozen=True)

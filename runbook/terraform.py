@@ -491,7 +491,7 @@ def digest_fix(root: Path, env: dict[str, str], digest: str | None) -> str:
         aws += f" --profile {shlex.quote(env['AWS_PROFILE'])}"
     if (root / "errored.tfstate").exists():
         return (f"{root / 'errored.tfstate'} was left too: make the digest match the state in S3 first, then push "
-                f"that file as TROUBLESHOOTING.md, \"errored.tfstate\" says: {aws}")
+                f"that file as TROUBLESHOOTING.md#errored-tfstate says: {aws}")
     return (f"the state in S3 is the newest (no errored.tfstate was left), so make the digest match it: {aws}; "
             "then run the same command again")
 
@@ -533,7 +533,7 @@ def leftovers(root: Path, *, command: str, profile: str | None = None) -> Runboo
             f"{where}/errored.tfstate is there: an earlier apply changed resources but could not save the "
             "state to S3, and this file is the only copy of the new state. Do not delete or stash it: push it "
             "to the backend, then run again (if the push says the state is locked, `inv iam.unlock` releases "
-            "the lock of the run that died; TROUBLESHOOTING.md, \"errored.tfstate\")",
+            "the lock of the run that died)",
             id="errored-tfstate",
             where=str(root / "errored.tfstate"),
             fix=f"cd {shlex.quote(where)} && {aws_profile}terraform state push errored.tfstate && "

@@ -88,17 +88,19 @@ def code_ids() -> tuple[dict[str, list[str]], list[str]]:
             if not isinstance(node, ast.Call):
                 continue
             name = _name(node.func)
-            if name == "__init__" and isinstance(node.func, ast.Attribute) and _name(node.func.value) == "super":
+            receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
+            if name == "__init__" and isinstance(receiver, ast.Call) and _name(receiver.func) == "super":
                 owner = node
                 while owner in parents and not isinstance(owner, ast.ClassDef):
                     owner = parents[owner]
                 name = owner.name if isinstance(owner, ast.ClassDef) else None
                 if name not in classes or not error_class(classes[name][0][0] if classes[name][0] else None):
                     continue
-                inherited = default_of(classes[name][0][0])
+                inherited = default_of(name)  # its own default_id, or an ancestor's
             elif error_class(name):
                 inherited = default_of(name)
-                if inherited is None and name in own_init and not any(k.arg == "id" for k in node.keywords):
+                if (inherited is None and name != "RunbookError" and name in own_init
+                        and not any(k.arg == "id" for k in node.keywords)):
                     continue  # e.g. GitCommandError(args, stderr): its __init__ gives the id
             else:
                 continue
@@ -106,7 +108,7 @@ def code_ids() -> tuple[dict[str, list[str]], list[str]]:
             values = _constants(given) if given is not None else inherited
             if given is not None and values is None:
                 missing.append(f"{rel}:{node.lineno}: the id of {name}(...) is not a string constant")
-            elif values is None and not (given is None and name in classes and default_of(name)):
+            elif values is None:
                 missing.append(f"{rel}:{node.lineno}: {name}(...) without an id")
             for value in values or []:
                 used.setdefault(value, []).append(f"{rel}:{node.lineno}")

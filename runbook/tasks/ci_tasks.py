@@ -170,7 +170,7 @@ def approve(c, env=None, job=None, yes=False):
 def diagnose(c, env=None, latest=False):
     """Say why the workflow of your commit failed: an IAM race, or something else, with the remedy."""
     from runbook import circleci, console, pipeline, status
-    from runbook.errors import RunbookError
+    from runbook.errors import TROUBLESHOOTING, RunbookError
     from runbook.scopes import for_environment
 
     cfg, environment, client, target = _target(env, latest)
@@ -214,8 +214,7 @@ def diagnose(c, env=None, latest=False):
         console.say("  (or all at once: inv release --env " + environment.name + ")")
     else:
         console.say()
-        console.warn(f"Not an IAM race. See {pipeline.TROUBLESHOOTING}, section \"Pipeline failures that are not "
-                     f"IAM\", and the job output: {target.url}")
+        console.warn(f"Not an IAM race. See {TROUBLESHOOTING}#workflow-failed and the job output: {target.url}")
 
 
 @task(help={

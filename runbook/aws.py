@@ -700,7 +700,7 @@ def _aws_error(action: str, resource: str, exc: Any) -> RunbookError:
         )
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     if status >= 500 or code in ("InternalError", "ServiceUnavailable", "SlowDown", "ThrottlingException"):
-        return RunbookError(f"AWS error while {action} for {resource}: {code}", id="aws-error",
+        return RunbookError(f"AWS error while {action} for {resource}: {code}", id="aws-unreachable",
                             fix="an AWS-side error: run the same command again in a minute")
     return RunbookError(f"AWS error while {action} for {resource}: {code}",
                         id="aws-error", fix="fix the cause and run again")

@@ -535,6 +535,7 @@ class CircleCIClient:
         if _find_cause(exc, (ReadTimeoutError, requests.ReadTimeout)) is not None:
             return unknown(
                 f"CircleCI at {netloc} did not answer {method} {shown} within {self.read_timeout:g} s{after_sending}",
+                id="circleci-outcome-unknown" if method == "POST" else "circleci-unreachable",
                 where=f"{self.host} (from {self.host_source})",
                 fix="check the network and https://status.circleci.com, then run the command again",
             )
@@ -556,11 +557,13 @@ class CircleCIClient:
         if _find_cause(exc, (ProtocolError,)) is not None:
             return unknown(
                 f"CircleCI at {netloc} dropped the connection during {method} {shown}{after_sending}",
+                id="circleci-outcome-unknown" if method == "POST" else "circleci-unreachable",
                 where=f"{self.host} (from {self.host_source})",
                 fix="run the command again; if it persists check https://status.circleci.com",
             )
         return unknown(
             f"{method} {shown} to CircleCI at {netloc} failed: {type(exc).__name__}{after_sending}",
+            id="circleci-outcome-unknown" if method == "POST" else "circleci-unreachable",
             where=f"{self.host} (from {self.host_source})",
             fix="check the network and https://status.circleci.com, then run the command again",
         )

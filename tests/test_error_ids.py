@@ -84,6 +84,12 @@ def code_ids() -> tuple[dict[str, list[str]], list[str]]:
                 for value in classes[cls.name][1]:
                     used.setdefault(value, []).append(f"{rel}:{cls.lineno} {cls.name}.default_id")
         parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+        aliases = {}  # unknown = OutcomeUnknown if method == "POST" else RunbookError: calls to unknown count
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                leaves = [n.id for n in ast.walk(node.value) if isinstance(n, ast.Name) and error_class(n.id)]
+                if leaves and isinstance(node.value, (ast.Name, ast.IfExp)):
+                    aliases[node.targets[0].id] = leaves
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
@@ -97,6 +103,9 @@ def code_ids() -> tuple[dict[str, list[str]], list[str]]:
                 if name not in classes or not error_class(classes[name][0][0] if classes[name][0] else None):
                     continue
                 inherited = default_of(name)  # its own default_id, or an ancestor's
+            elif name in aliases:
+                defaults = [default_of(leaf) for leaf in aliases[name]]
+                inherited = None if None in defaults else defaults[0]
             elif error_class(name):
                 inherited = default_of(name)
                 if (inherited is None and name != "RunbookError" and name in own_init

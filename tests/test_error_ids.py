@@ -141,7 +141,7 @@ def doc_sections() -> list[str]:
 def github_anchors(path: Path) -> set[str]:
     """The anchors GitHub gives the headings of *path*: lower case, punctuation except '-' and '_'
     dropped, spaces turned into '-', a repeated anchor suffixed -1, -2, ...
-    (https://github.com/github/cmark-gfm/issues/361 and GitHub's html-pipeline TableOfContentsFilter)."""
+    (https://docs.github.com/en/get-started/writing-on-github/getting-started-with-writing-and-formatting-on-github/basic-writing-and-formatting-syntax#section-links)."""
     anchors: set[str] = set()
     counts: dict[str, int] = {}
     fence = False

@@ -84,6 +84,7 @@ def session(account: Account, *, use_profile: bool = True, credentials: Credenti
         if account.profile and use_profile:
             raise RunbookError(
                 f"The AWS profile {account.profile!r} of account {account.name!r} is not configured on this machine",
+                id="aws-profile-missing",
                 where=f"config field accounts.{account.name}.profile",
                 fix=f"aws configure sso --profile {account.profile}  (or aws configure --profile {account.profile})",
             ) from None
@@ -91,6 +92,7 @@ def session(account: Account, *, use_profile: bool = True, credentials: Credenti
         raise RunbookError(
             f"The AWS profile {profile!r} named by AWS_PROFILE (or AWS_DEFAULT_PROFILE) is not configured on this "
             "machine",
+            id="aws-profile-missing",
             fix="export AWS_PROFILE=<a profile from `aws configure list-profiles`>, or unset AWS_PROFILE",
         ) from None
 
@@ -164,6 +166,7 @@ def login_error(exc: BaseException, account: Account | None = None, *, use_profi
     return RunbookError(
         f"The AWS SSO login{named} has expired or was never made ({type(exc).__name__}); waiting will not help, "
         "and nothing was changed",
+        id="aws-sso-expired",
         where=where,
         fix=f"aws sso login --profile {shlex.quote(profile)}  (then run the command again)" if profile
         else "aws sso login  (then run the command again)",
@@ -193,6 +196,7 @@ def frozen_credentials(sess: Any, account: Account, *, purpose: str) -> Credenti
     if frozen is None or not frozen.access_key or not frozen.secret_key:
         raise RunbookError(
             f"No AWS credentials found for account {account.name} ({account.id}), needed for {purpose}",
+            id="aws-no-credentials",
             fix=login_hint(account),
         )
     return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
@@ -208,11 +212,13 @@ def _credential_error(exc: Exception, account: Account, purpose: str) -> Runbook
     if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
         return RunbookError(
             f"No AWS credentials found for account {account.name} ({account.id}), needed for {purpose}",
+            id="aws-no-credentials",
             fix=login_hint(account),
         )
     where = account.endpoint_url or f"STS in {account.region}"
     return RunbookError(
         f"Cannot get an answer from AWS ({where}) to check the caller identity ({type(exc).__name__})",
+        id="aws-unreachable",
         where=f"config field accounts.{account.name}.endpoint_url" if account.endpoint_url else None,
         fix="check the network (or that the local AWS at endpoint_url is running) and try again",
     )
@@ -255,9 +261,9 @@ def caller_identity(sess: Any, account: Account, *, purpose: str, credentials: C
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             what = f"STS GetCallerIdentity failed for account {account.name} ({account.id}): {code or status}"
             if status >= 500 or code in ("InternalFailure", "ServiceUnavailable"):
-                raise RunbookError(what, where=account.endpoint_url or f"STS in {account.region}",
+                raise RunbookError(what, id="aws-unreachable", where=account.endpoint_url or f"STS in {account.region}",
                                    fix="an AWS-side error: try again in a minute") from None
-        raise RunbookError(what, fix=login_hint(account)) from None
+        raise RunbookError(what, id="aws-credentials-rejected", fix=login_hint(account)) from None
     except (botocore.exceptions.BotoCoreError, KeyError, ValueError) as exc:
         raise _credential_error(exc, account, purpose) from None
     try:
@@ -265,12 +271,14 @@ def caller_identity(sess: Any, account: Account, *, purpose: str, credentials: C
     except (KeyError, TypeError):
         raise RunbookError(
             f"AWS ({account.endpoint_url or 'STS'}) answered GetCallerIdentity without an account",
+            id="not-an-aws-endpoint",
             fix="check endpoint_url in the configuration points at an AWS API",
         ) from None
     if identity.account_id != account.id:
         raise RunbookError(
             f"These AWS credentials are for account {identity.account_id} ({identity.arn}), but {purpose} "
             f"lives in account {account.name} ({account.id}); nothing was changed",
+            id="wrong-account",
             where=f"config field accounts.{account.name}.id",
             fix=(
                 f"use credentials for {account.id}"
@@ -404,6 +412,7 @@ def _bucket_exists(s3: Any, backend: Backend) -> bool:
             raise RunbookError(
                 f"S3 bucket {backend.bucket} exists but this identity may not use it (403): the name may be "
                 "taken by another AWS account, or the identity lacks s3:ListBucket",
+                id="state-bucket-taken",
                 where="config field terraform.backend.state_bucket",
                 fix="choose another state_bucket name, or use an administrator identity",
             ) from None
@@ -438,6 +447,7 @@ def _missing_protections(s3: Any, backend: Backend) -> list[str]:
                 raise RunbookError(
                     f"Cannot verify the {name} of the state bucket {backend.bucket}: this identity lacks "
                     f"{permission}; the runbook does not use a backend it cannot verify",
+                    id="state-bucket-unprotected",
                     fix="use an administrator identity for the IAM steps (aws sso login, or AWS_PROFILE)",
                 ) from None
             else:
@@ -504,6 +514,7 @@ def repair_bucket(sess: Any, account: Account, backend: Backend, missing: Iterab
             f"The state bucket {backend.bucket} lacks {', '.join(names)} and this identity may not switch it on: "
             f"{why}{repaired}. Terraform's state holds the IAM of the account and must be versioned, encrypted "
             "and never public; nothing was applied",
+            id="state-bucket-unprotected",
             where=f"S3 bucket {backend.bucket}",
             fix="an administrator runs: " + " && ".join(repair_commands(account, backend, names)),
         )
@@ -543,6 +554,7 @@ def create_backend(sess: Any, account: Account, backend: Backend, state: Backend
             elif _code(exc) == "BucketAlreadyExists":
                 raise RunbookError(
                     f"The S3 bucket name {backend.bucket} is taken by another AWS account (bucket names are global)",
+                    id="state-bucket-taken",
                     where=f"{shown_path()}, field terraform.backend.state_bucket",
                     fix=f"choose another state_bucket name in {shown_path()} (the default has the account ID "
                     "in it: {project}-tfstate-{account_id})",
@@ -595,6 +607,7 @@ def wait_for_table(sess: Any, account: Account, backend: Backend, *, wait_s: flo
             raise RunbookError(
                 f"The DynamoDB lock table {backend.lock_table} that another run was creating has gone (its "
                 "creation failed or it was deleted); nothing was applied",
+                id="lock-table-not-active",
                 fix="run the same command again",
             ) from None
         if status in USABLE_TABLE_STATUSES:
@@ -603,6 +616,7 @@ def wait_for_table(sess: Any, account: Account, backend: Backend, *, wait_s: flo
             raise RunbookError(
                 f"The DynamoDB lock table {backend.lock_table} is still {status} after {wait_s:.0f} s (another run "
                 "or the console is creating or changing it); nothing was applied",
+                id="lock-table-not-active",
                 fix="wait a minute and run the same command again; "
                 + aws_command(account, "dynamodb", "describe-table", "--table-name", backend.lock_table)
                 + " shows its status",
@@ -687,10 +701,12 @@ def _aws_error(action: str, resource: str, exc: Any) -> RunbookError:
     if code in ("AccessDenied", "AccessDeniedException", "403"):
         return RunbookError(
             f"AWS denied {action} for {resource} ({code})",
+            id="aws-access-denied",
             fix="use an administrator identity for the IAM steps (the CI deployer cannot do this)",
         )
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     if status >= 500 or code in ("InternalError", "ServiceUnavailable", "SlowDown", "ThrottlingException"):
-        return RunbookError(f"AWS error while {action} for {resource}: {code}",
+        return RunbookError(f"AWS error while {action} for {resource}: {code}", id="aws-unreachable",
                             fix="an AWS-side error: run the same command again in a minute")
-    return RunbookError(f"AWS error while {action} for {resource}: {code}", fix="fix the cause and run again")
+    return RunbookError(f"AWS error while {action} for {resource}: {code}",
+                        id="aws-error", fix="fix the cause and run again")

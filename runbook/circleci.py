@@ -191,9 +191,13 @@ class OutcomeUnknown(RunbookError):
     the job); never retry it blindly.
     """
 
+    default_id = "circleci-outcome-unknown"
+
 
 class MalformedAnswer(RunbookError):
     """CircleCI answered 2xx with data of the wrong shape (a field missing, null, or of another type)."""
+
+    default_id = "circleci-malformed-answer"
 
 
 class StepOutputUnavailable(RunbookError):
@@ -204,6 +208,8 @@ class StepOutputUnavailable(RunbookError):
     ``bitbucket`` projects. Callers catch it to say "step output not available for this
     project type" and show the job's ``web_url`` instead.
     """
+
+    default_id = "step-output-unavailable"
 
 
 class _Retry(Retry):
@@ -424,12 +430,14 @@ class CircleCIClient:
                     raise RunbookError(
                         f"The CircleCI token in {name} contains characters a token never has (spaces, line breaks "
                         "or non-ASCII): it was probably pasted with extra text",
+                        id="circleci-token-garbled",
                         where=f"the environment variable {name}",
                         fix=f"export {name}=<the token exactly as CircleCI showed it>",
                     )
                 return value, name
         raise RunbookError(
             "No CircleCI API token is set: none of " + ", ".join(TOKEN_VARIABLES) + " has a value",
+            id="circleci-no-token",
             where="the environment of this shell",
             fix=f"create a personal API token at {TOKEN_PAGE}, then: export CIRCLECI_TOKEN=<token>",
         )
@@ -451,6 +459,7 @@ class CircleCIClient:
                 if not valid:
                     raise RunbookError(
                         f"The CircleCI host {value.strip()!r} is not an http(s) URL",
+                        id="circleci-setting-invalid",
                         where=source,
                         fix="set it to the base URL, e.g. export CIRCLECI_HOST=https://circleci.com",
                     )
@@ -526,12 +535,14 @@ class CircleCIClient:
         if _find_cause(exc, (ReadTimeoutError, requests.ReadTimeout)) is not None:
             return unknown(
                 f"CircleCI at {netloc} did not answer {method} {shown} within {self.read_timeout:g} s{after_sending}",
+                id="circleci-outcome-unknown" if method == "POST" else "circleci-unreachable",
                 where=f"{self.host} (from {self.host_source})",
                 fix="check the network and https://status.circleci.com, then run the command again",
             )
         if _find_cause(exc, (NewConnectionError, ConnectionRefusedError)) is not None:
             return RunbookError(
                 f"Could not connect to CircleCI at {netloc} (connection refused or host unknown){attempts}",
+                id="circleci-unreachable",
                 where=f"{self.host} (from {self.host_source}; CIRCLECI_HOST overrides the others)",
                 fix=f"check the address in {self.host_source}; unset CIRCLECI_HOST and CIRCLECI_CLI_HOST "
                 "to use the configuration or https://circleci.com",
@@ -539,17 +550,20 @@ class CircleCIClient:
         if _find_cause(exc, (ConnectTimeoutError, requests.ConnectTimeout)) is not None:
             return RunbookError(
                 f"Could not connect to CircleCI at {netloc} within {self.connect_timeout:g} s{attempts}",
+                id="circleci-unreachable",
                 where=f"{self.host} (from {self.host_source}; CIRCLECI_HOST overrides the others)",
                 fix=f"check the network or VPN, and the address in {self.host_source}",
             )
         if _find_cause(exc, (ProtocolError,)) is not None:
             return unknown(
                 f"CircleCI at {netloc} dropped the connection during {method} {shown}{after_sending}",
+                id="circleci-outcome-unknown" if method == "POST" else "circleci-unreachable",
                 where=f"{self.host} (from {self.host_source})",
                 fix="run the command again; if it persists check https://status.circleci.com",
             )
         return unknown(
             f"{method} {shown} to CircleCI at {netloc} failed: {type(exc).__name__}{after_sending}",
+            id="circleci-outcome-unknown" if method == "POST" else "circleci-unreachable",
             where=f"{self.host} (from {self.host_source})",
             fix="check the network and https://status.circleci.com, then run the command again",
         )
@@ -595,6 +609,7 @@ class CircleCIClient:
         if status == 401:
             raise RunbookError(
                 f"CircleCI rejected the API token from {self.token_source} (401: {message or 'unauthorized'})",
+                id="circleci-token-rejected",
                 where=where,
                 fix=f"create a new personal API token at {TOKEN_PAGE}, then: export CIRCLECI_TOKEN=<token>",
             )
@@ -605,6 +620,7 @@ class CircleCIClient:
         if status == 400 and refused:
             raise RunbookError(
                 f"CircleCI refused to {refused} (400: {message or 'bad request'})",
+                id="circleci-refused",
                 where=where,
                 fix="open the workflow in the CircleCI app to see its state, then run the command again",
             )
@@ -612,6 +628,7 @@ class CircleCIClient:
             wait = _retry_after_seconds(response, default=60)
             raise RunbookError(
                 f"CircleCI is throttling requests from this token (429); try again in {wait} s",
+                id="circleci-throttled",
                 where=where,
                 fix=f"wait {wait} s and run the command again; avoid polling in parallel",
             )
@@ -626,17 +643,20 @@ class CircleCIClient:
             raise RunbookError(
                 f"CircleCI answered {status} to {method} {shown} ({self.retries + 1} attempt(s)): "
                 f"{message or response.reason}",
+                id="circleci-unreachable",
                 where=where,
                 fix="check https://status.circleci.com and run the command again later",
             )
         if status == 403:
             raise RunbookError(
                 f"The API token from {self.token_source} may not do {method} {shown} (403: {message})",
+                id="circleci-token-rejected",
                 where=where,
                 fix="use a token of a user with write access to the project: export CIRCLECI_TOKEN=<token>",
             )
         raise RunbookError(
             f"CircleCI answered {status} to {method} {shown}: {message or response.reason}",
+            id="circleci-error",
             where=where,
             fix="check the arguments of the command; the CircleCI API v2 reference lists this endpoint",
         )
@@ -658,6 +678,7 @@ class CircleCIClient:
             raise RunbookError(
                 f"CircleCI answered {method} {shown} with {response.status_code} but the body is not JSON "
                 f"(Content-Type {response.headers.get('Content-Type', 'none')!r})",
+                id="circleci-malformed-answer",
                 where=f"{self.host}{shown} (host from {self.host_source})",
                 fix="check that CIRCLECI_HOST points at the CircleCI API, or run the command again",
             ) from None
@@ -715,6 +736,7 @@ class CircleCIClient:
         return RunbookError(
             f"CircleCI refused page {page} of GET {shown} (its page-token, from page {page - 1}): a paging "
             "failure; the first page was read, so the project and the token are fine",
+            id="circleci-paging",
             where=f"{self.host}{shown}",
             fix="run the command again (page tokens are short-lived); if it persists check https://status.circleci.com",
         )
@@ -726,6 +748,7 @@ class CircleCIClient:
         if not slug or not slug.strip() or slug.strip("/") != slug:
             raise RunbookError(
                 f"The CircleCI project slug {slug!r} is empty or has a leading or trailing '/'",
+                id="circleci-project-not-found",
                 where=f"{shown_path()} field {SLUG_FIELD}",
                 fix="set it to e.g. gh/<org>/<repo> or circleci/<org-id>/<project-id>",
             )
@@ -752,6 +775,7 @@ class CircleCIClient:
                     f"CircleCI project {slug} was not found (404 Project not found). The token from "
                     f"{self.token_source} is a valid personal token (GET /me answered for {who}), so the slug is "
                     "wrong or that user cannot see the project",
+                    id="circleci-project-not-found",
                     where=where,
                     fix=f"{slug_fix}; or use a token of a user who can see the project",
                 )
@@ -760,12 +784,14 @@ class CircleCIClient:
                     f"CircleCI answered 404 for project {slug}, and GET /me answered {status} to the token from "
                     f"{self.token_source}: it is not a personal API token. API v2 needs a personal token; a "
                     "project API token gets 404",
+                    id="circleci-project-not-found",
                     where=f"the environment variable {self.token_source}",
                     fix=token_fix,
                 )
             return RunbookError(
                 f"CircleCI project {slug} was not found, or the API token from {self.token_source} cannot see it "
                 "(404 Project not found). API v2 needs a personal token (a project token gets 404)",
+                id="circleci-project-not-found",
                 where=where,
                 fix=f"{slug_fix}; or {token_fix}",
             )
@@ -790,6 +816,7 @@ class CircleCIClient:
     def _not_found(self, what: str, ident: str) -> RunbookError:
         return RunbookError(
             f"CircleCI has no {what} {ident}, or the token from {self.token_source} cannot see it (404)",
+            id="circleci-not-found",
             where=f"{self.host}",
             fix="check the id (copy it from the CircleCI app or from `inv ci.status`)",
         )
@@ -898,6 +925,7 @@ class CircleCIClient:
                     raise RunbookError(
                         f"{exc.what}; after {attempt} attempt(s) pipeline {pipeline_id} has no new workflow "
                         f"{name}: nothing was rerun",
+                        id="circleci-outcome-unknown",
                         where=exc.where,
                         fix="check https://status.circleci.com, then run the command again",
                     ) from None
@@ -1018,19 +1046,22 @@ class CircleCIClient:
         """
         parts = urlsplit(output_url)
         if parts.scheme not in ("http", "https"):
-            raise RunbookError("The step's output_url is not an http(s) URL", fix="open the job in the CircleCI app")
+            raise RunbookError("The step's output_url is not an http(s) URL",
+                               id="step-output-unavailable", fix="open the job in the CircleCI app")
         shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
         self.request_count += 1
         response = self._send(self._plain, "GET", output_url, parts.path)
         if response.status_code in (401, 403):
             raise RunbookError(
                 f"The output link of this step was refused ({response.status_code}); pre-signed links expire",
+                id="step-output-unavailable",
                 where=shown,
                 fix="fetch the job's steps again for a fresh link, or open the job in the CircleCI app",
             )
         if response.status_code != 200:
             raise RunbookError(
                 f"Fetching step output answered {response.status_code}",
+                id="step-output-unavailable",
                 where=shown,
                 fix="open the job in the CircleCI app to read its output",
             )

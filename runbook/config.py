@@ -136,6 +136,7 @@ class Config:
             raise RunbookError(
                 f"{name!r} is not an environment name: names are lower-case letters, digits and '-', "
                 f"starting with a letter. Valid names: {', '.join(self.environments)}",
+                id="unknown-environment",
                 where=str(self.path),
                 fix=f"use one of the valid names: {', '.join(self.environments)}",
             )
@@ -144,6 +145,7 @@ class Config:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise RunbookError(
                 f"There is no environment {name!r}.{hint} Valid names: {', '.join(self.environments)}",
+                id="unknown-environment",
                 where=f"{self.path}, section environments",
                 fix="use one of the valid names, or add the environment to that file",
             )
@@ -247,6 +249,7 @@ def check_roots(config: Config) -> None:
                 + (f"; it resolves to {root.resolve()}" if root.resolve() != root.absolute() else "")
                 + "): Terraform would apply files this commit does not hold, and the record would claim "
                 "this commit",
+                id="root-outside-repository",
                 where=where,
                 fix=f"set terraform.roots.{scope} to a folder inside the repository, relative to its top "
                 f"(the default is {default}); copy a module kept elsewhere into the repository and commit it",
@@ -254,6 +257,7 @@ def check_roots(config: Config) -> None:
         if not root.is_dir() or not any(root.glob("*.tf")):
             raise RunbookError(
                 f"{root} is not a Terraform root module folder (no such folder, or no .tf file in it)",
+                id="root-module-missing",
                 where=where,
                 fix="point the field at the root module, or restore the folder: git checkout -- iam/",
             )
@@ -291,6 +295,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise RunbookError(
             f"The configuration in {path} is not valid:\n{listing}\n",
+            id="config-invalid",
             fix=f"edit {path} as each line says, then check it with `inv config.check`",
         )
     return config
@@ -321,17 +326,20 @@ def _read(path: Path) -> str:
     except FileNotFoundError:
         raise RunbookError(
             f"The configuration file {path} does not exist",
+            id="config-unreadable",
             where=from_env,
             fix=f"create it from {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}, or unset {ENV_VAR}",
         ) from None
     except OSError as exc:
-        raise RunbookError(f"Cannot read the configuration file {path}: {exc.strerror}", where=from_env,
+        raise RunbookError(f"Cannot read the configuration file {path}: {exc.strerror}",
+                           id="config-unreadable", where=from_env,
                            fix=other) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
-            raise RunbookError(f"The configuration file {path} is {kind}, not a regular file", where=from_env,
+            raise RunbookError(f"The configuration file {path} is {kind}, not a regular file",
+                               id="config-unreadable", where=from_env,
                                fix=other)
         chunks, size = [], 0
         while size <= MAX_BYTES:
@@ -342,9 +350,10 @@ def _read(path: Path) -> str:
             size += len(chunk)
         if size > MAX_BYTES:
             raise RunbookError(f"The configuration file {path} is larger than {MAX_BYTES // 1024} KB; a "
-                               "configuration is a few KB", where=from_env, fix=other)
+                               "configuration is a few KB", id="config-unreadable", where=from_env, fix=other)
     except OSError as exc:
-        raise RunbookError(f"Cannot read the configuration file {path}: {exc.strerror}", where=from_env,
+        raise RunbookError(f"Cannot read the configuration file {path}: {exc.strerror}",
+                           id="config-unreadable", where=from_env,
                            fix=other) from None
     finally:
         os.close(fd)
@@ -355,6 +364,7 @@ def _read(path: Path) -> str:
         line = data[:exc.start].count(b"\n") + 1
         raise RunbookError(
             f"The configuration file {path} is not UTF-8 text (byte {exc.start})",
+            id="config-unreadable",
             where=f"{path} line {line}",
             fix=f"save it as UTF-8{_restore(path, ' (or restore it: git checkout -- {})')}",
         ) from None
@@ -400,7 +410,7 @@ def _restore(path: Path, template: str) -> str:
 
 def _yaml_error(path: Path, mark: Any, problem: str, fix: str) -> RunbookError:
     where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
-    return RunbookError(f"The configuration is not valid YAML: {problem}", where=where, fix=fix)
+    return RunbookError(f"The configuration is not valid YAML: {problem}", id="config-not-yaml", where=where, fix=fix)
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tuple, str]]:
@@ -415,7 +425,7 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
     except yaml.reader.ReaderError as exc:
         line = text[:exc.position].count("\n") + 1
         raise RunbookError(f"The configuration is not valid YAML: the character #x{exc.character:04x} is not "
-                           "allowed in YAML", where=f"{path} line {line}", fix=restore) from None
+                           "allowed in YAML", id="config-not-yaml", where=f"{path} line {line}", fix=restore) from None
     except yaml.YAMLError as exc:
         problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
         fix = "correct the indentation or quoting there (a value with ':' or '#' needs quotes)"
@@ -423,11 +433,13 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
             fix = restore
         raise _yaml_error(path, getattr(exc, "problem_mark", None), problem, fix) from None
     except RecursionError:
-        raise RunbookError("The configuration is nested too deeply to be a configuration", where=str(path),
+        raise RunbookError("The configuration is nested too deeply to be a configuration",
+                           id="config-not-yaml", where=str(path),
                            fix=restore) from None
     if root is None:
         raise RunbookError(
-            "The configuration file is empty", where=str(path), fix=f"copy {DEFAULT_CONFIG.name} and edit it"
+            "The configuration file is empty",
+            id="config-unreadable", where=str(path), fix=f"copy {DEFAULT_CONFIG.name} and edit it"
         )
     lines: dict[tuple, int] = {}
     plain: dict[tuple, str] = {}
@@ -475,6 +487,7 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
                     raise RunbookError(
                         f"Key {key_node.value} "
                         f"is not a string (YAML reads yes/no/on/off/~ and numbers as other types)",
+                        id="config-invalid",
                         where=f"{path} line {key_node.start_mark.line + 1}, field {_dotted(at) or '(top level)'}",
                         fix="quote the key, e.g. \"on\": ..., or rename it",
                     )
@@ -508,12 +521,14 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tupl
         raise _yaml_error(path, getattr(exc, "problem_mark", None), problem,
                           "quote the value there, or write it another way") from None
     except RecursionError:
-        raise RunbookError("The configuration is nested too deeply to be a configuration", where=str(path),
+        raise RunbookError("The configuration is nested too deeply to be a configuration",
+                           id="config-not-yaml", where=str(path),
                            fix=restore) from None
     if dupes:
         listing = "\n".join(f"  - {d}" for d in dupes)
         raise RunbookError(
             f"The configuration in {path} has duplicate keys:\n{listing}\n",
+            id="config-invalid",
             fix=f"keep one of each in {path}, then check it with `inv config.check`",
         )
     return data, lines, plain

@@ -165,6 +165,7 @@ def confirm(question: str, *, assume_yes: bool = False) -> bool:
     if not sys.stdin or not sys.stdin.isatty():
         raise RunbookError(
             f"Confirmation needed ({question}) but there is no terminal to ask",
+            id="no-terminal",
             fix="run it in a terminal, or add --yes if this is deliberate automation",
         )
     try:

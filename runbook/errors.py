@@ -4,9 +4,21 @@ Every failure a user can cause (bad configuration, wrong branch, wrong AWS
 account, expired credentials, a missing tool, an API error) is raised as a
 :class:`RunbookError`. The task layer turns it into a one-paragraph message
 and a non-zero exit code, never a traceback.
+
+Each error carries a stable *id*, one per kind of failure (several raise sites of one
+kind share it). The task layer prints it first (``ERROR [state-lock-held]: ...``) and
+names its section: TROUBLESHOOTING.md has exactly one section per id, headed by the id
+(``tests/test_error_ids.py`` checks both ways).
 """
 
 from __future__ import annotations
+
+import re
+
+#: The file whose sections explain each id; a section's anchor is its id.
+TROUBLESHOOTING = "TROUBLESHOOTING.md"
+#: What an id looks like: short, lower-case, kebab-case ("state-lock-held", "wrong-account").
+ID_FORM = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 
 class RunbookError(Exception):
@@ -14,16 +26,26 @@ class RunbookError(Exception):
 
     Args:
         what: what is wrong, one or two sentences ("HEAD is 1a2b3c4, origin/staging is 9f8e7d6").
+        id: the stable id of this kind of failure ("wrong-branch"), the heading of its section in
+            TROUBLESHOOTING.md. Required, except for subclasses that set ``default_id``.
         where: where it is: "config/environments.yml line 12, field accounts.main.id",
             a command, a URL. Optional.
         fix: the command or edit that fixes it ("git pull --ff-only"). Optional.
         code: the process exit code the task layer uses (default 1).
 
-    ``str(error)`` gives the whole paragraph. Callers must never put a secret
-    (token, AWS key) in any of the three texts.
+    ``str(error)`` gives the whole paragraph (without the id: see :meth:`report`). Callers must
+    never put a secret (token, AWS key) in any of the three texts.
+    Raises TypeError when no id is given (a defect, caught by ``tests/test_error_ids.py``).
     """
 
-    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None, code: int = 1):
+    #: The id of a subclass that stands for one kind of failure (``Interrupted``: "interrupted").
+    default_id: str | None = None
+
+    def __init__(self, what: str, *, id: str | None = None, where: str | None = None, fix: str | None = None,
+                 code: int = 1):
+        self.id = id or self.default_id
+        if not self.id:
+            raise TypeError(f"{type(self).__name__} needs an id (a section of {TROUBLESHOOTING})")
         self.what = what.rstrip()
         self.where = where
         self.fix = fix
@@ -41,9 +63,16 @@ class RunbookError(Exception):
             parts.append(f"Fix: {self.fix}")
         return ("\n" if multiline else " ").join(parts)
 
+    def report(self, prefix: str = "") -> str:
+        """What the task layer prints: ``ERROR [id]: `` + *prefix* + the paragraph, then a line naming
+        the id's section (on a line of its own, so that the Fix line can be pasted as it is)."""
+        return f"ERROR [{self.id}]: {prefix}{self.message}\nSee {TROUBLESHOOTING}#{self.id}"
+
 
 class Interrupted(RunbookError):
     """The user pressed Ctrl-C; ``what`` says what state was left behind. Exit code 130."""
+
+    default_id = "interrupted"
 
     def __init__(self, what: str, *, fix: str | None = None):
         super().__init__(what, fix=fix, code=130)

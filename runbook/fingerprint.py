@@ -260,6 +260,7 @@ def check_line_endings(scripts: Mapping[str, str | os.PathLike[str]], *, top: st
             f"{'have' if len(bad) > 1 else 'has'} CR (Windows) line endings: bash would stop at the first "
             "line (set -euo pipefail) before Terraform runs. The checkout converted them (core.autocrlf=true "
             "without the repository's .gitattributes)",
+            id="crlf-line-endings",
             where=", ".join(Path(rel).as_posix() for _, rel in bad),
             fix=f"git config core.autocrlf input && rm -f {paths} && git checkout -- {paths}",
         )
@@ -302,6 +303,7 @@ def _parts(root_dir, shared_files, inputs, top):
         raise RunbookError(
             f"The Terraform root module directory {root.absolute()} lies outside the repository "
             f"{tree.top_abs}: what is applied would not be what this commit holds",
+            id="root-outside-repository",
             where=f"{shown_path()}, field terraform.roots.*",
             fix="point terraform.roots.* at a folder inside the repository, relative to its top "
                 "(for example iam/terraform/environment-specific/main)",
@@ -310,6 +312,7 @@ def _parts(root_dir, shared_files, inputs, top):
     if not any(rel.endswith(".tf") for rel, _ in files):
         raise RunbookError(
             f"The Terraform root module directory {root} holds no .tf file",
+            id="root-module-missing",
             where=f"{shown_path()}, field terraform.roots.*",
             fix="point terraform.roots.* at the directory that holds the module's main.tf",
         )
@@ -328,6 +331,7 @@ def _parts(root_dir, shared_files, inputs, top):
         if not path.is_file():
             raise RunbookError(
                 f"The deploy script {name!r} is missing: {path.absolute()} is not a file",
+                id="deploy-script-missing",
                 where=str(path),
                 fix="git checkout -- " + shlex.quote(str(path)),
             )
@@ -383,6 +387,7 @@ def _check_template(tree: _Tree, target: str, ref: _Ref, where: str) -> None:
             f"The template {target}, read by templatefile() at {where} line {ref.line}, calls {called[0]}() "
             "itself: the runbook does not follow what a template reads, so its fingerprint could not prove "
             "what is applied",
+            id="file-reference-unclear",
             where=target,
             fix="read the file in the .tf file and pass its content to the template as a variable, e.g. "
                 'templatefile("...", { policy = file("${path.module}/policy.json") })',
@@ -395,6 +400,7 @@ def _module_files(tree: _Tree, target: str, ref: _Ref, where: str) -> dict[str, 
     if not os.path.isdir(path):
         raise RunbookError(
             f"The local module {ref.text!r} called at {where} line {ref.line} is missing: {target} is not a directory",
+            id="module-missing",
             where=f"{where} line {ref.line}",
             fix=f"restore it (git checkout -- {shlex.quote(target)}) or correct the module's source",
         )
@@ -465,6 +471,7 @@ def _place(tree: _Tree, module_rel: str, ref: _Ref, where: str) -> str | None:
         raise RunbookError(
             f"The runbook cannot tell which file {call} at {at} reads ({problem}), so its fingerprint "
             "could not prove what is applied",
+            id="file-reference-unclear",
             where=at,
             fix='write the path as a literal under the module, e.g. "${path.module}/policies/x.json" '
                 '(an expression may follow a directory: "${path.module}/policies/${var.environment}.json")',
@@ -475,6 +482,7 @@ def _place(tree: _Tree, module_rel: str, ref: _Ref, where: str) -> str | None:
         raise RunbookError(
             f"The runbook cannot tell which file {call} at {at} reads (no directory before the expression "
             "in its path), so its fingerprint could not prove what is applied",
+            id="file-reference-unclear",
             where=at,
             fix='put the files in a directory of the repository and name it before the expression, e.g. '
                 '"${path.module}/policies/${var.environment}.json"',
@@ -485,6 +493,7 @@ def _place(tree: _Tree, module_rel: str, ref: _Ref, where: str) -> str | None:
     if not ref.complete and target == ".":
         raise RunbookError(
             f"The path of {call} at {at} may name any file of the repository: the runbook will not hash them all",
+            id="file-reference-unclear",
             where=at,
             fix="keep the files the configuration reads in one directory and name it before the expression",
         )
@@ -494,6 +503,7 @@ def _place(tree: _Tree, module_rel: str, ref: _Ref, where: str) -> str | None:
 def _leaves(what: str, at: str, how: str):
     raise RunbookError(
         f"{what} at {at} leaves the repository ({how}): the apply would read files this commit does not hold",
+        id="reference-leaves-repository",
         where=at,
         fix="copy what it names into the repository (for example under iam/modules/ or iam/policies/) "
             "and point the reference there, relative to the module (\"../modules/x\", \"${path.module}/...\")",
@@ -554,6 +564,7 @@ def _parse_hcl(content: bytes, where: str, line_offset: int = 0) -> list[_Ref]:
         raise RunbookError(
             f"{where} is not valid HCL, so the runbook cannot tell which modules and files it reads"
             f" ({type(error).__name__})",
+            id="tf-file-invalid",
             where=f"{where}" + (f" line {line + line_offset}" if isinstance(line, int) and line > 0 else ""),
             fix=f"terraform -chdir={shlex.quote(posixpath.dirname(where) or '.')} validate",
         ) from None
@@ -589,7 +600,7 @@ def _parse_json(content: bytes, where: str) -> list[_Ref]:
     try:
         data = json.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
-        raise RunbookError(f"{where} is not valid JSON ({error})", where=where,
+        raise RunbookError(f"{where} is not valid JSON ({error})", id="tf-file-invalid", where=where,
                            fix=f"terraform -chdir={shlex.quote(posixpath.dirname(where) or '.')} validate") from None
     refs: list[_Ref] = []
     modules = data.get("module") if isinstance(data, dict) else None
@@ -733,6 +744,7 @@ def _check_root(root_dir) -> Path:
         what = "is not a directory" if root.exists() else "does not exist"
         raise RunbookError(
             f"The Terraform root module directory {root.absolute()} {what}",
+            id="root-module-missing",
             where=f"{shown_path()}, field terraform.roots.*",
             fix=f"correct terraform.roots.* in {shown_path()}, or run from the repository root",
         )
@@ -785,6 +797,7 @@ def _link_leaves(tree: _Tree, path: str, real: str):
     raise RunbookError(
         f"{rel} is a symbolic link that leaves the repository (to {real}): the apply would read files "
         "this commit does not hold",
+        id="reference-leaves-repository",
         where=rel,
         fix=f"replace the link with the files it points to and commit them: git rm {shlex.quote(rel)}",
     )
@@ -797,6 +810,7 @@ def _read(path) -> bytes:
     except OSError as error:
         raise RunbookError(
             f"Cannot read {path} to compute the IAM fingerprint: {error.strerror or error}",
+            id="file-unreadable",
             where=str(path),
             fix=f"ls -l {shlex.quote(str(path))}  (make it readable, or delete it if it is a dangling link)",
         ) from error

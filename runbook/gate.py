@@ -60,6 +60,7 @@ def role_problems(iam_client: Any, role_names: list[str]) -> list[str]:
                 ) from None
             raise RunbookError(
                 f"IAM GetRole {name} failed ({code})",
+                id="aws-access-denied",
                 fix="grant the CI deployer iam:GetRole on the project's lambda roles (account root module): "
                 "inv iam.account",
             ) from None
@@ -176,6 +177,7 @@ def wait(
         raise RunbookError(
             f"--settle-s ({settle_s:g} s) must be smaller than --timeout-s ({timeout_s:g} s): the settle time is "
             "part of the gate's time, so the gate could never open",
+            id="flag-invalid",
             fix=f"for example --timeout-s {max(timeout_s, 1800):g} --settle-s {DEFAULT_SETTLE_S:g}",
         )
     scopes = for_environment(config, environment)
@@ -247,12 +249,14 @@ def wait(
                 raise RunbookError(
                     f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s without reading the "
                     f"applied records and roles: {last_error.what if last_error else 'no answer'}",
+                    id="gate-timeout",
                     fix="check the network and AWS's health, then `inv ci.rerun --env "
                     f"{environment.name}` once the records can be read",
                 )
             raise RunbookError(
                 f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s; what it waited for is "
                 "listed above",
+                id="gate-timeout",
                 fix=f"an administrator runs those commands from branch {environment.branch}, then "
                 f"`inv ci.rerun --env {environment.name}` (or simply `inv release --env {environment.name}`)",
             )

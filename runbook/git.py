@@ -25,7 +25,8 @@ REMOTE = "origin"
 
 def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60.0, strip: bool = True) -> str:
     if shutil.which("git") is None:
-        raise RunbookError("git is not installed or not on PATH", fix="install git (apt-get install git)")
+        raise RunbookError("git is not installed or not on PATH",
+                           id="git-missing", fix="install git (apt-get install git)")
     try:
         done = subprocess.run(
             ["git", *args],
@@ -38,6 +39,7 @@ def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60
     except subprocess.TimeoutExpired:
         raise RunbookError(
             f"`git {' '.join(args)}` did not finish within {timeout_s:.0f} s",
+            id="git-failed",
             fix="check your network and the remote with `git remote -v`, then try again",
         ) from None
     if done.returncode != 0:
@@ -53,11 +55,12 @@ class GitCommandError(RunbookError):
         if "not a git repository" in stderr:
             super().__init__(
                 "This folder is not a git checkout; the runbook must run from a clone of the project",
+                id="not-a-git-checkout",
                 where=os.getcwd(),
                 fix="cd into your clone of the repository and run the command again",
             )
         else:
-            super().__init__(f"`git {' '.join(args)}` failed: {stderr or 'no message'}")
+            super().__init__(f"`git {' '.join(args)}` failed: {stderr or 'no message'}", id="git-failed")
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ def remote_commit(branch: str, *, fetch: bool, cwd: str | os.PathLike | None = N
                 return None
             raise RunbookError(
                 f"`git fetch {remote} {branch}` failed: {exc.stderr}",
+                id="git-failed",
                 fix=f"check access to the remote (`git remote -v`, `git fetch {remote}`) and try again",
             ) from None
     try:
@@ -203,6 +207,7 @@ def team_remote(branch: str, repository: str | None = None, *, required: bool = 
             raise RunbookError(
                 f"No git remote of this checkout points at the team's repository {repository} (remotes: {names}); "
                 f"the IAM must be applied from the team's {branch!r}, not a fork's",
+                id="team-remote-unknown",
                 where="config field git.remote",
                 fix=f"git remote add upstream {shlex.quote(repository)} && git fetch upstream",
             )
@@ -215,10 +220,12 @@ def team_remote(branch: str, repository: str | None = None, *, required: bool = 
     if not urls:
         raise RunbookError(
             "This checkout has no git remote, so nothing shows what the team merged",
+            id="team-remote-unknown",
             fix="git remote add origin <URL of the team's repository> && git fetch origin",
         )
     raise RunbookError(
         f"Cannot tell which git remote is the team's repository (remotes: {names}; {branch!r} tracks none of them)",
+        id="team-remote-unknown",
         where="config field git.remote",
         fix="set git.remote to the team's repository URL, or git branch "
             f"--set-upstream-to=<remote>/{shlex.quote(branch)} {shlex.quote(branch)}",

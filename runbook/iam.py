@@ -307,6 +307,7 @@ class GitCheck(Step):
                 raise RunbookError(
                     f"The checkout is on branch {checkout.branch!r}, but {ctx.label} is deployed from "
                     f"{branch!r}: the IAM must be applied from the branch being deployed",
+                    id="wrong-branch",
                     where=str(ctx.cwd or Path.cwd()),
                     fix=f"git checkout {shlex.quote(branch)} && git pull --ff-only",
                 )
@@ -318,6 +319,7 @@ class GitCheck(Step):
             raise RunbookError(
                 f"The working tree has uncommitted changes ({shown}{more}); what is applied must be "
                 "exactly what is committed",
+                id="uncommitted-changes",
                 where=str(ctx.cwd or Path.cwd()),
                 fix="commit or stash them (git stash --include-untracked), then run again",
             )
@@ -327,6 +329,7 @@ class GitCheck(Step):
                 raise RunbookError(
                     f"The root module {_rel(scope.root)} holds files git does not track ({', '.join(untracked[:5])}): "
                     "Terraform would apply them, but they are not in the commit the pipeline deploys",
+                    id="untracked-files",
                     where=str(scope.root),
                     fix="commit them, or move them out of the root module (git status --ignored shows them)",
                 )
@@ -340,6 +343,7 @@ class GitCheck(Step):
         if remote is None:
             raise RunbookError(
                 f"There is no {ours} (remote {team.name}: {team.why}): the branch was never pushed or fetched",
+                id="head-not-on-remote",
                 fix=(f"git push -u {shlex.quote(team.name)} {shlex.quote(target)}" if not ctx.dry_run
                      else f"git fetch {shlex.quote(team.name)} {shlex.quote(target)}"),
             )
@@ -347,6 +351,7 @@ class GitCheck(Step):
             raise RunbookError(
                 f"HEAD is {checkout.head[:12]} but {ours} is {remote[:12]} (remote {team.name}: {team.why}): the "
                 "local branch is not what was merged",
+                id="head-not-on-remote",
                 fix=f"git pull --ff-only {shlex.quote(team.name)} {shlex.quote(target)}  (or push your commits to "
                 f"{team.name} first if you "
                 "are ahead)",
@@ -367,7 +372,7 @@ class TerraformCheck(Step):
         if ctx.dry_run:
             found = shutil.which("terraform")
             if not found:
-                raise RunbookError("terraform is not on PATH", fix=terraform.INSTALL_HINT)
+                raise RunbookError("terraform is not on PATH", id="terraform-missing", fix=terraform.INSTALL_HINT)
             return Decision(True, f"found {found}; its version is checked at run time")
         ctx.terraform_bin, version = ctx.fetched("terraform", lambda: terraform.find(ctx.config.required_version))
         return Decision(True, f"Terraform {version} at {ctx.terraform_bin}")
@@ -502,6 +507,7 @@ def _refuse_wrong_lock_table(ctx: IamRun, state) -> None:
     raise RunbookError(
         f"The DynamoDB table {b.lock_table} is keyed {state.table_key}, but Terraform's S3 backend locks state "
         "in a table whose hash key is LockID (string): Terraform could not lock the state; nothing was applied",
+        id="lock-table-wrong-key",
         where="config field terraform.backend.lock_table",
         fix="point terraform.backend.lock_table at another name and create that table with "
         f"`{bootstrap_command(ctx)}`; or, only if nothing else uses the table: "
@@ -523,6 +529,7 @@ def _refuse_unverified(ctx: IamRun, state) -> None:
     raise RunbookError(
         f"The Terraform backend is still not complete after creating it ({', '.join(gaps)}); nothing was planned "
         "or applied",
+        id="backend-incomplete",
         fix=f"see what is missing and why: {bootstrap_command(ctx)} --dry-run",
     )
 
@@ -574,6 +581,7 @@ def _not_a_first_deploy(ctx: IamRun, state, evidence: list[str], digests: list[s
         "this is not a first deploy into the account: " + "; ".join(evidence) + ". Creating the backend now would "
         "plan from an empty state (Terraform would try to create IAM that exists) and hide where the state went; "
         "nothing was created, planned or applied",
+        id="backend-missing",
         where="config fields terraform.backend.state_bucket and terraform.backend.lock_table",
         fix=hint + "if it was deleted, restore it; to create it deliberately, see what would be created and why, "
         f"then create it: {bootstrap_command(ctx)} --dry-run, then {bootstrap_command(ctx)}",
@@ -644,6 +652,7 @@ def _confirm_backend(ctx: IamRun) -> None:
         raise RunbookError(
             f"The Terraform backend has gone: {' and '.join(gone)} existed on an earlier run but not now{empty}; "
             "nothing was applied",
+            id="backend-gone",
             fix="find out who deleted it and restore it; to create it afresh deliberately, see what would be "
             f"created and why: {bootstrap_command(ctx)} --dry-run, then {bootstrap_command(ctx)}",
         )
@@ -738,6 +747,7 @@ class TakeOverCheck(ScopedStep):
         if ctx.assume_yes or not sys.stdin or not sys.stdin.isatty():
             raise RunbookError(
                 text + ("; --yes does not answer this" if ctx.assume_yes else "") + "; nothing was changed",
+                id="take-over-needed",
                 where=f"SSM parameter {sc.parameter}",
                 fix=f"agree with whoever applied from {_outside(applied.get('branch'))!r} first (or merge it into "
                 f"{branch!r}), then: {ctx.command} --take-over",
@@ -751,7 +761,7 @@ class TakeOverCheck(ScopedStep):
             return "taken over (--take-over)"
         console.warn(text)
         if not console.confirm("Take over the account scope and replace that IAM?"):
-            raise RunbookError("Not taken over: nothing was changed",
+            raise RunbookError("Not taken over: nothing was changed", id="not-confirmed",
                                fix=f"{ctx.command} --take-over, once whoever applied it agrees")
         return "taken over (answered yes)"
 
@@ -809,6 +819,7 @@ class StateStep(ScopedStep):
                 raise RunbookError(
                     f"The Terraform backend of {sc.label} (bucket {sc.backend.bucket}, table {sc.backend.lock_table})"
                     " is missing or incomplete; nothing was planned or applied",
+                    id="backend-incomplete",
                     fix=f"see what is missing and why: {bootstrap_command(ctx)} --dry-run",
                 )
         return Decision(True, _check_state(ctx, sc, state))
@@ -829,7 +840,8 @@ def _check_workspace(sc: Scope) -> None:
         return
     except OSError as exc:
         raise RunbookError(f"Cannot read {path / 'environment'} ({type(exc).__name__}) to check the Terraform "
-                           "workspace", fix=f"rm {shlex.quote(str(path / 'environment'))}") from None
+                           "workspace",
+                           id="file-unreadable", fix=f"rm {shlex.quote(str(path / 'environment'))}") from None
     if name in ("", "default"):
         return
     root = _rel(sc.root)
@@ -838,6 +850,7 @@ def _check_workspace(sc: Scope) -> None:
         f"{_rel(path / 'environment')}): Terraform would keep the state of {sc.label} at "
         f"env:/{name}/{sc.backend.key} instead of the configured s3://{sc.backend.bucket}/{sc.backend.key}, and the "
         "record would describe state that is not the team's; nothing was planned or applied",
+        id="workspace-selected",
         where=str(path / "environment"),
         fix=f"cd {shlex.quote(root)} && terraform workspace select default",
     )
@@ -896,6 +909,7 @@ def _state_missing(ctx: IamRun, sc: Scope, record: dict, *, planned: bool = Fals
         "from an empty state and try to create IAM that exists; "
         + ("nothing was applied (the plan above started from that empty state, before this look-up answered)"
            if planned else "nothing was planned or applied"),
+        id="state-missing",
         where=f"config fields {field_name} and terraform.backend.state_bucket",
         fix=fix,
     )
@@ -910,6 +924,7 @@ class ScriptStep(ScopedStep):
         sc = self.sc(ctx)
         if ctx.credentials is None and not ctx.dry_run:
             raise RunbookError(f"No checked credentials to run Terraform with for {sc.label}; nothing was run",
+                               id="aws-no-credentials",
                                fix="run the whole command again (its caller identity check freezes them)")
         env = terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
                                    credentials=ctx.credentials)
@@ -980,6 +995,7 @@ class ConfirmStep(ScopedStep):
         if not console.confirm(f"Apply this plan to {sc.label} ({ctx.summary})?", assume_yes=ctx.assume_yes):
             raise RunbookError(
                 f"Not confirmed: nothing was applied to {sc.label}",
+                id="not-confirmed",
                 fix="run the same command again and answer y, after reading the plan",
             )
         return "confirmed"
@@ -1052,6 +1068,7 @@ def _not_recorded(ctx: IamRun, sc: Scope, exc: RunbookError) -> RunbookError:
         f"The IAM of {sc.label} WAS applied (terraform apply exited 0), but its applied record was NOT written "
         f"to SSM parameter {sc.parameter}, so `inv iam.status` shows it as not current and the pipeline's IAM "
         f"gate keeps waiting. Why: {exc.what.rstrip('.')}",
+        id="applied-not-recorded",
         where=exc.where,
         fix=f"{first}; then {again}" if first else again[0].upper() + again[1:],
         code=exc.code,
@@ -1107,6 +1124,7 @@ def environment_for(config: Config, name: str | None, cwd: Path | None = None, *
         pairs = ", ".join(f"{e.name} ({e.branch})" for e in config.environments.values())
         raise RunbookError(
             f"The checked-out branch {branch!r} is not the branch of any environment ({pairs})",
+            id="unknown-environment",
             fix=f"check out an environment's branch, or name it: {flag} {next(iter(config.environments))}",
         )
     return env
@@ -1175,7 +1193,7 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
         return []
     if not console.confirm(f"Create or repair the backend of account {account.name} ({account.id}) as listed?",
                            assume_yes=ctx.assume_yes):
-        raise RunbookError("Not confirmed: nothing was created or changed",
+        raise RunbookError("Not confirmed: nothing was created or changed", id="not-confirmed",
                            fix=f"run `{bootstrap_command(ctx)}` again and answer y, after reading the list")
     done = []
     if not state.complete or not state.table_ready:

@@ -35,7 +35,6 @@ CLOCK_SKEW_S = 3600.0
 WORKFLOWS_WAIT_S = (1.0, 2.0, 4.0)
 #: Exit code of a command that stopped because the workflow waits at an approval job.
 EXIT_ON_HOLD = 5
-TROUBLESHOOTING = "TROUBLESHOOTING.md"
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,12 @@ def client_for(config: Config, **kwargs: Any) -> circleci.CircleCIClient:
             kwargs.setdefault("connect_timeout", min(5.0, value))
         except ValueError:
             raise RunbookError(f"{TIMEOUT_VAR}={raw!r} is not a number of seconds between 0 and 3600",
+                               id="circleci-setting-invalid",
                                fix=f"export {TIMEOUT_VAR}=30 (or unset it)") from None
     if config.circleci is None:
         raise RunbookError(
             "There is no circleci section in the configuration",
+            id="config-invalid",
             where=f"{config.path}",
             fix="add circleci.project_slug (e.g. gh/org/repo) and circleci.workflow",
         )
@@ -96,6 +97,8 @@ def client_for(config: Config, **kwargs: Any) -> circleci.CircleCIClient:
 
 class NoPipelineYet(RunbookError):
     """CircleCI has no pipeline (of the branch, or for HEAD) yet: the one failure worth waiting out."""
+
+    default_id = "no-pipeline"
 
 
 def _when(text: Any) -> datetime | None:
@@ -202,6 +205,8 @@ def _no_pipeline_for_head(environment, head, head_time, newest, oldest, seen, pa
 class NoWorkflowsYet(RunbookError):
     """The pipeline lists no workflow at all, even after waiting: it is still being set up (or its config failed)."""
 
+    default_id = "workflow-not-found"
+
 
 def _named_workflow(client, config, pipeline, sleep, say) -> Target:
     name = config.circleci.workflow
@@ -230,6 +235,7 @@ def _named_workflow(client, config, pipeline, sleep, say) -> Target:
         raise RunbookError(
             f"Pipeline #{number} has no workflow named {name!r}; its workflows are: "
             + ", ".join(repr(n) for n in names),
+            id="workflow-not-found",
             where=f"{config.path}, field circleci.workflow",
             fix="set circleci.workflow to the name of the workflow in .circleci/config.yml (one of those above)",
         )
@@ -278,7 +284,7 @@ def approval_choice(target: Target, environment: Environment, jobs: list[dict], 
     approvals = [j for j in jobs if j.get("type") == circleci.JOB_TYPE_APPROVAL]
     names = ", ".join(j["name"] for j in approvals)
     if not approvals:
-        raise RunbookError(f"Nothing to approve: {label} has no approval job", where=where,
+        raise RunbookError(f"Nothing to approve: {label} has no approval job", id="approval-refused", where=where,
                            fix=f"`inv ci.status --env {shlex.quote(environment.name)}` shows its jobs")
     if name is not None:
         found = [j for j in approvals if j["name"] == name]
@@ -287,6 +293,7 @@ def approval_choice(target: Target, environment: Environment, jobs: list[dict], 
             raise RunbookError(
                 f"Not approving: {label} has no approval job named {name!r}"
                 + (" (that is a build job)" if build else "") + f"; its approval jobs: {names}; nothing was changed",
+                id="approval-refused",
                 where=where, fix=approve_command(environment, [approvals[0]["name"]]))
         job = found[0]
     else:
@@ -295,6 +302,7 @@ def approval_choice(target: Target, environment: Environment, jobs: list[dict], 
             raise RunbookError(
                 f"Not approving: several approval jobs of {label} wait ({', '.join(j['name'] for j in waiting)}); "
                 "name one with --job; nothing was changed",
+                id="approval-refused",
                 where=where, fix=approve_command(environment, [waiting[0]["name"]]))
         if waiting:
             job = waiting[0]
@@ -305,6 +313,7 @@ def approval_choice(target: Target, environment: Environment, jobs: list[dict], 
             if job is None:
                 states = ", ".join(f"{j['name']} {j['status']}" for j in approvals)
                 raise RunbookError(f"Not approving: no approval job of {label} waits ({states}); nothing was changed",
+                                   id="approval-refused",
                                    where=where, fix=f"`inv ci.status --env {shlex.quote(environment.name)}`; approve "
                                    "once the job is on hold")
     status = job["status"]
@@ -313,6 +322,7 @@ def approval_choice(target: Target, environment: Environment, jobs: list[dict], 
     why = " (it waits for the jobs before it)" if status == circleci.BLOCKED else ""
     raise RunbookError(
         f"Not approving: approval job {job['name']} of {label} is {status}{why}, not on hold; nothing was changed",
+        id="approval-refused",
         where=where,
         fix=f"`inv ci.status --env {shlex.quote(environment.name)}` shows it; approve once it is on hold",
     )
@@ -355,7 +365,8 @@ def rerun_refusal(
         return None
     what, fix = advice.get(status, (f"has status {status!r}", f"check it in the CircleCI app: {url}"))
     return RunbookError(f"Not rerunning: workflow {target.workflow.get('name')} of pipeline "
-                        f"#{target.pipeline.get('number')} {what}; nothing was changed", where=url, fix=fix)
+                        f"#{target.pipeline.get('number')} {what}; nothing was changed",
+                        id="rerun-refused", where=url, fix=fix)
 
 
 def rerun(client: circleci.CircleCIClient, target: Target, *, from_start: bool = False) -> str:
@@ -460,6 +471,7 @@ def watch(
             if clock() - started + poll_s > timeout_s:
                 raise RunbookError(
                     f"Stopped watching after {timeout_s:.0f} s; the workflow is still {status}",
+                    id="watch-timeout",
                     fix="look again later with `inv ci.status`",
                 )
             sleep(poll_s)

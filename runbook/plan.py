@@ -97,14 +97,14 @@ class Plan:
             except RunbookError as exc:
                 findings.append(exc)
                 console.say(f"[{number}] STOP {step.title}")
-                console.bad(exc.message)
+                console.bad(f"[{exc.id}] {exc.message}")
             for line in step.describe(ctx):
                 console.say(f"      {line}")
         console.say()
         if findings:
             console.warn(f"{len(findings)} finding(s) would stop a real run; fix them first:")
             for exc in findings:
-                console.say(f"   - {exc.message}")
+                console.say(f"   - [{exc.id}] {exc.message}")
         else:
             console.ok("No preflight finding would stop a real run (AWS identity is checked at run time).")
         console.say(f"To run it for real: {self.resume}")

@@ -151,6 +151,8 @@ class Transient(RunbookError):
     """SSM did not answer usefully for a reason that may pass (throttling, a dropped connection, a
     timeout); pollers back off and try again."""
 
+    default_id = "aws-unreachable"
+
 
 class Throttled(Transient):
     """SSM kept throttling after botocore's retries."""
@@ -179,7 +181,7 @@ def parameter_name(project: str, scope: str, env: str | None = None) -> str:
     if problem:
         field, text = problem
         shown = _config_file()
-        raise RunbookError(text, where=f"{shown}, field {field}",
+        raise RunbookError(text, id="config-invalid", where=f"{shown}, field {field}",
                            fix=f"edit {field} in {shown}, then run inv config.check")
     return f"/{project}/iam/account" if scope == ACCOUNT else f"/{project}/iam/env/{scope}"
 
@@ -252,10 +254,12 @@ def write(client: Any, project: str, scope: str, record: Record | Mapping[str, A
         try:
             record = Record.from_dict(record)
         except ValueError as error:
-            raise RunbookError(f"Refusing to write a malformed applied record to {name}: {error}") from None
+            raise RunbookError(f"Refusing to write a malformed applied record to {name}: {error}",
+                               id="record-malformed") from None
     if record.scope != scope:
         raise RunbookError(
             f"Refusing to write a record for scope {record.scope!r} to {name} (scope {scope!r})",
+            id="record-malformed",
             where=name,
         )
     value = record.to_json()
@@ -264,6 +268,7 @@ def write(client: Any, project: str, scope: str, record: Record | Mapping[str, A
         raise RunbookError(
             f"The applied record for {scope} is {size} bytes of JSON; an SSM Standard parameter holds at most"
             f" {MAX_VALUE_BYTES}, and its outputs alone take {len(json.dumps(record.outputs))}",
+            id="record-too-large",
             where=name,
             fix="record fewer or shorter root module outputs (only what the gate needs), then "
             + rewrite_command(scope),
@@ -279,6 +284,7 @@ def write(client: Any, project: str, scope: str, record: Record | Mapping[str, A
                 raise RunbookError(
                     f"Another writer kept updating {name} at the same moment (TooManyUpdates, {WRITE_ATTEMPTS} "
                     "attempts); the record was not written",
+                    id="record-write-contended",
                     where=f"SSM parameter {name}",
                     fix=f"wait a minute, then {rewrite_command(scope)}",
                 ) from None
@@ -301,9 +307,13 @@ _sleep = time.sleep
 class _Contended(RunbookError):
     """SSM answered TooManyUpdates: another PutParameter on the same name at the same moment."""
 
+    default_id = "record-write-contended"
+
 
 class _VersionLimit(RunbookError):
     """SSM answered ParameterMaxVersionLimitExceeded (see :func:`_version_limit_error`)."""
+
+    default_id = "record-version-limit"
 
 
 def _version_limit_error(client: Any, name: str, scope: str, endpoint_url: str | None,
@@ -344,7 +354,7 @@ def _version_limit_error(client: Any, name: str, scope: str, endpoint_url: str |
             "until the label is removed")
     if not labelled:
         return RunbookError(
-            what, where=f"SSM parameter {name}",
+            what, id="record-version-limit", where=f"SSM parameter {name}",
             fix=(f"list the labelled versions: aws ssm get-parameter-history --name {shlex.quote(name)}{tail} "
                  "--query 'Parameters[?Labels].[Version,Labels]'; remove the label of the oldest: "
                  f"aws ssm unlabel-parameter-version --name {shlex.quote(name)} --parameter-version VERSION "
@@ -360,6 +370,7 @@ def _version_limit_error(client: Any, name: str, scope: str, endpoint_url: str |
                 "remove their labels too if they are not needed: " + "; ".join(commands[1:]) + ")")
     return RunbookError(
         f"{what}: version {oldest[0]} has the label(s) {', '.join(oldest[1])}",
+        id="record-version-limit",
         where=f"SSM parameter {name}",
         fix=f"{commands[0]}{more}; then {rewrite_command(scope)}",
     )
@@ -391,6 +402,7 @@ def read(client: Any, project: str, scope: str, endpoint_url: str | None = None)
     except (KeyError, TypeError):
         raise RunbookError(
             f"AWS SSM answered GetParameter {name} without a value",
+            id="not-an-aws-endpoint",
             where=f"endpoint {endpoint_url or 'AWS default'}",
             fix=f"check endpoint_url in {_config_file()} points at an AWS API, then run the command again",
         ) from None
@@ -399,12 +411,14 @@ def read(client: Any, project: str, scope: str, endpoint_url: str | None = None)
     except ValueError as error:
         raise RunbookError(
             f"The applied record for {scope} is malformed: {error}",
+            id="record-malformed",
             where=f"SSM parameter {name}",
             fix=f"{rewrite_command(scope)} (applies again and rewrites the record)",
         ) from None
     if record.scope != scope:
         raise RunbookError(
             f"The applied record in {name} names scope {record.scope!r}, not {scope!r}",
+            id="record-malformed",
             where=f"SSM parameter {name}",
             fix=f"{rewrite_command(scope)} (applies again and rewrites the record)",
         )
@@ -444,6 +458,7 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
         if code in ("AccessDeniedException", "AccessDenied"):
             raise RunbookError(
                 f"AWS refused {permission} on {name}",
+                id="aws-access-denied",
                 where=where,
                 fix=f"grant {permission} on arn:aws:ssm:<region>:<account>:parameter{name} to the role you"
                 " use, or switch to a role that has it (aws sts get-caller-identity shows the current one)",
@@ -451,6 +466,7 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
         if code in _CREDENTIAL_CODES:
             raise RunbookError(
                 f"AWS rejected the credentials while reading or writing {name} ({code})",
+                id="aws-credentials-rejected",
                 where=where,
                 fix="aws sso login (or refresh the credentials of AWS_PROFILE), then run the command again",
             ) from None
@@ -466,24 +482,28 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
             raise _VersionLimit(f"{name} has 100 versions and the oldest is labelled", where=where) from None
         raise RunbookError(
             f"AWS SSM failed on {name}: {code or 'unknown error'}",
+            id="aws-error",
             where=where,
             fix="check the AWS status and your permissions, then run the command again",
         ) from None
     except NoCredentialsError:
         raise RunbookError(
             f"No AWS credentials found to access {name}",
+            id="aws-no-credentials",
             where=where,
             fix="set AWS_PROFILE or run aws sso login / aws configure",
         ) from None
     except NoRegionError:
         raise RunbookError(
             "No AWS region set for the SSM client",
+            id="config-invalid",
             where=f"{_config_file()}, field accounts.*.region",
             fix=f"set the account's region in {_config_file()}",
         ) from None
     except EndpointConnectionError as error:
         raise RunbookError(
             f"Cannot reach the SSM endpoint {getattr(error, 'kwargs', {}).get('endpoint_url', endpoint_url)}",
+            id="aws-unreachable",
             where=f"{_config_file()}, field accounts.*.endpoint_url ({endpoint_url or 'AWS default'})",
             fix="start the local AWS (moto_server / LocalStack) or remove endpoint_url",
         ) from None

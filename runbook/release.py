@@ -89,6 +89,7 @@ class RecordsCheck(Step):
             if st.state == status.UNKNOWN:
                 unreadable = unreadable or RunbookError(
                     f"Cannot read the applied record of {st.scope.label}: {st.reason}",
+                    id="record-unreadable",
                     where=f"SSM parameter {st.scope.parameter}",
                     fix="use administrator credentials for the account (aws sso login, or AWS_PROFILE)")
                 ctx.needed[st.scope.kind] = (True, f"decided at run time (record unreadable now: {st.reason})")
@@ -127,6 +128,7 @@ class PipelineStep(Step):
                         raise
                     raise RunbookError(
                         f"{exc.what} (waited {ctx.pipeline_wait_s:.0f} s)",
+                        id="no-pipeline",
                         fix="check in the CircleCI app that the push of this commit started a pipeline (project "
                         "settings, webhooks); once it has, resume",
                     ) from None
@@ -147,6 +149,7 @@ class PipelineStep(Step):
                 raise RunbookError(
                     f"Pipeline #{number} {status} in {', '.join(others)}, which is not the IAM gate or the deploy: "
                     "a rerun would fail the same way, so nothing was rerun",
+                    id="workflow-failed",
                     where=ctx.target.url,
                     fix=f"inv ci.diagnose --env {ctx.environment.name}; fix it and push a new commit",
                 )
@@ -184,6 +187,7 @@ class WatchStep(Step):
             raise RunbookError(
                 f"Stopped watching: the workflow is on hold, waiting at approval job {waiting}; a person must "
                 "approve it",
+                id="on-hold",
                 where=ctx.urls[-1] if ctx.urls else None,
                 fix=f"{pipeline.approve_command(ctx.environment, result.waiting)} (or approve it in the CircleCI "
                 f"app), then `inv ci.status --env {ctx.environment.name}`",
@@ -192,6 +196,7 @@ class WatchStep(Step):
         if result.status != circleci.SUCCESS:
             raise RunbookError(
                 f"The workflow ended {result.status}",
+                id="workflow-failed",
                 where=ctx.urls[-1] if ctx.urls else None,
                 fix=f"inv ci.diagnose --env {ctx.environment.name}",
             )

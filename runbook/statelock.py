@@ -91,6 +91,7 @@ def read_lock(session, account, backend: Backend) -> LockInfo | None:
         raise RunbookError(
             f"The lock table {backend.lock_table} holds an item for {backend.bucket}/{backend.key} that is not "
             "Terraform's lock info",
+            id="unlock-refused",
             where=f"DynamoDB table {backend.lock_table}, LockID {backend.bucket}/{backend.key}",
             fix="look at it (aws dynamodb get-item) before removing anything",
         )
@@ -120,6 +121,7 @@ def release_lock(session, account, backend: Backend, lock: LockInfo) -> None:
             raise RunbookError(
                 f"The state lock of {backend.key} changed while you confirmed: it is no longer lock {lock.id}; "
                 "nothing was released",
+                id="unlock-refused",
                 fix="run the run's command again: it reports the lock that is held now",
             ) from None
         raise _lock_error("releasing", backend, exc) from None
@@ -146,5 +148,6 @@ def _lock_error(action: str, backend: Backend, exc) -> RunbookError:
     code = exc.response.get("Error", {}).get("Code", "Unknown")
     return RunbookError(
         f"AWS refused {action} the state lock of {backend.key} in table {backend.lock_table} ({code})",
+        id="aws-access-denied",
         fix="use an administrator identity for the account (the one the iam.* tasks use), then run again",
     )

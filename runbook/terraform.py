@@ -67,12 +67,14 @@ def find(required: str, *, path: str | None = None) -> tuple[str, str]:
     if binary is None:
         raise RunbookError(
             "terraform is not on PATH; the IAM steps run Terraform through deploy-app.sh",
+            id="terraform-missing",
             fix=INSTALL_HINT,
         )
     version = _version_of(binary)
     if not satisfies(version, required):
         raise RunbookError(
             f"Terraform {version} at {binary} does not satisfy the required version {required!r}",
+            id="terraform-version",
             where="config field terraform.required_version",
             fix=INSTALL_HINT,
         )
@@ -105,7 +107,7 @@ def _version_of(binary: str) -> str:
         version = json.loads(out.stdout)["terraform_version"]
     except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
         raise RunbookError(
-            f"{binary} did not report its version (`terraform version -json`)", fix=INSTALL_HINT
+            f"{binary} did not report its version (`terraform version -json`)", id="terraform-version", fix=INSTALL_HINT
         ) from None
     if key:
         cache.put("terraform-version", key, version)
@@ -128,6 +130,7 @@ def satisfies(version: str, constraints: str) -> bool:
         if not match:
             raise RunbookError(
                 f"Cannot read the Terraform version constraint {constraints!r}",
+                id="terraform-version",
                 where="config field terraform.required_version",
                 fix='write it as Terraform does, e.g. ">= 1.0.0" or "~> 1.0"',
             )
@@ -254,6 +257,7 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
     if not root.is_dir():
         raise RunbookError(
             f"The root module folder {root} does not exist",
+            id="root-module-missing",
             where="config field terraform.roots",
             fix="point terraform.roots at the root modules, or restore the folder with `git checkout -- iam/`",
         )
@@ -378,6 +382,8 @@ _DIGEST = re.compile(r"Digest value stored in the\s+DynamoDB table to the follow
 class StateLocked(RunbookError):
     """Another run holds the state lock; nothing was applied. Exit code 75 (``LOCKED_EXIT``)."""
 
+    default_id = "state-lock-held"
+
     def __init__(self, what: str, *, lock: LockInfo, fix: str):
         super().__init__(what, fix=fix, code=LOCKED_EXIT)
         self.lock = lock
@@ -416,6 +422,7 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
         return RunbookError(
             f"The {what} failed: the Terraform state in S3 does not match its digest in the lock table "
             "(a run stopped between writing the state and its digest); nothing was applied",
+            id="state-digest-mismatch",
             where=f"s3://{env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}, DynamoDB table "
             f"{env.get('TF_LOCK_TABLE')} item {env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}-md5",
             fix=digest_fix(root, env, digest.group(1) if digest else None),
@@ -427,6 +434,7 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
                    else "nothing was applied")
         return RunbookError(
             f"The {what} failed: terraform {step} exited {tf_code} ({partial}); Terraform's own message is above",
+            id="apply-failed" if step == "apply" else "plan-failed",
             where=str(root),
             fix="fix what Terraform reports, then run the same command again",
         )
@@ -438,6 +446,7 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
         return RunbookError(
             f"The {what} did not run: deploy-app.sh stopped before Terraform (exit {code}): "
             f"{console.mask(own[-1])}. This is not a Terraform failure",
+            id="deploy-script-failed",
             where=str(DEPLOY_SCRIPT),
             fix=hint,
         )
@@ -448,6 +457,7 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
         return RunbookError(
             f"The {what} did not run: bash stopped deploy-app.sh (exit {code}) because {shown} has Windows (CRLF) "
             "line endings. This is not a Terraform failure",
+            id="crlf-line-endings",
             where=shown,
             fix="check the scripts out again with LF endings (git stores them with LF): git config core.autocrlf "
             f"input && rm -f {names} && git checkout -- {names}",
@@ -455,6 +465,7 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
     return RunbookError(
         f"The {what} did not finish: deploy-app.sh itself failed (exit {code}) without a message of its own, "
         "so bash stopped it; this is not a Terraform failure",
+        id="deploy-script-failed",
         where=str(DEPLOY_SCRIPT),
         fix=f"run it by hand to see bash's message: cd {shlex.quote(str(root))} && DEPLOY_MODE="
         f"{shlex.quote(env.get('DEPLOY_MODE', 'plan'))} bash -x {shlex.quote(command(root)[1])}; restore the "
@@ -480,7 +491,7 @@ def digest_fix(root: Path, env: dict[str, str], digest: str | None) -> str:
         aws += f" --profile {shlex.quote(env['AWS_PROFILE'])}"
     if (root / "errored.tfstate").exists():
         return (f"{root / 'errored.tfstate'} was left too: make the digest match the state in S3 first, then push "
-                f"that file as TROUBLESHOOTING.md, \"errored.tfstate\" says: {aws}")
+                f"that file as TROUBLESHOOTING.md#errored-tfstate says: {aws}")
     return (f"the state in S3 is the newest (no errored.tfstate was left), so make the digest match it: {aws}; "
             "then run the same command again")
 
@@ -522,7 +533,8 @@ def leftovers(root: Path, *, command: str, profile: str | None = None) -> Runboo
             f"{where}/errored.tfstate is there: an earlier apply changed resources but could not save the "
             "state to S3, and this file is the only copy of the new state. Do not delete or stash it: push it "
             "to the backend, then run again (if the push says the state is locked, `inv iam.unlock` releases "
-            "the lock of the run that died; TROUBLESHOOTING.md, \"errored.tfstate\")",
+            "the lock of the run that died)",
+            id="errored-tfstate",
             where=str(root / "errored.tfstate"),
             fix=f"cd {shlex.quote(where)} && {aws_profile}terraform state push errored.tfstate && "
             f"rm errored.tfstate && cd - && {command}",
@@ -531,6 +543,7 @@ def leftovers(root: Path, *, command: str, profile: str | None = None) -> Runboo
         return RunbookError(
             f"{where}/crash.log is there: Terraform crashed during an earlier run, which may have left the "
             "state partly updated and its lock held",
+            id="terraform-crashed",
             where=str(root / "crash.log"),
             fix=f"read it (and report a Terraform panic upstream), then move it out of the root module and run "
             "again (it plans afresh from the saved state; a lock left held is reported with its unlock command): "
@@ -550,6 +563,7 @@ def read_plan(root: Path) -> PlanSummary:
     except (OSError, ValueError):
         raise RunbookError(
             f"The plan summary {path} is missing or unreadable",
+            id="plan-failed",
             fix="run the plan again (the same command); deploy-app.sh writes it in plan mode",
         ) from None
     add = change = destroy = 0

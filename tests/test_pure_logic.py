@@ -45,7 +45,7 @@ class Recorder(Step):
     def check(self, ctx):
         self.log.append(("check", self.title))
         if self.fail == "check":
-            raise RunbookError(f"{self.title} found a problem", fix="fix it")
+            raise RunbookError(f"{self.title} found a problem", id="config-invalid", fix="fix it")
         return Decision(self.needed, f"{self.title} reason")
 
     def run(self, ctx):
@@ -53,7 +53,7 @@ class Recorder(Step):
         if self.interrupt:
             raise KeyboardInterrupt
         if self.fail == "run":
-            raise RunbookError(f"{self.title} failed", fix="repair it")
+            raise RunbookError(f"{self.title} failed", id="plan-failed", fix="repair it")
         return f"{self.title} done"
 
 
@@ -98,7 +98,8 @@ def test_dry_run_collects_every_finding_and_runs_nothing(capsys):
 
 
 def test_error_message_is_what_where_fix():
-    error = RunbookError("Bad thing", where="config/environments.yml line 3, field project", fix="edit it")
+    error = RunbookError("Bad thing", id="config-invalid", where="config/environments.yml line 3, field project",
+                         fix="edit it")
     assert error.message == "Bad thing. Where: config/environments.yml line 3, field project. Fix: edit it"
 
 
@@ -117,7 +118,7 @@ def test_resume_command_is_named_once_with_the_flags_given(fix, expected):
         title = "s"
 
         def run(self, ctx):
-            raise RunbookError("it failed", fix=fix)
+            raise RunbookError("it failed", id="plan-failed", fix=fix)
 
     plan = Plan("test", [Failing()], resume="inv iam.env --name stg --skip-branch-check")
     with pytest.raises(RunbookError) as caught:

@@ -48,21 +48,22 @@ def user_errors(func):
                     raise RunbookError(
                         f"Invoke's --dry (-R, or run.dry in Invoke's configuration) asks for a dry run, and this "
                         f"task ({name}) has none: nothing was done",
+                        id="dry-not-supported",
                         fix="run it without --dry when you mean it (INVOKE_RUN_DRY must be unset too); the iam.* "
                         "tasks and release take --dry-run",
                     )
             return func(*args, **kwargs)
         except RunbookError as exc:
             code, said = _signal_exit(received, exc.code)
-            raise _exit(console.mask("ERROR: " + said + exc.message), code) from None
+            raise _exit(console.mask(exc.report(said)), code) from None
         except KeyboardInterrupt:
             code, said = _signal_exit(received, 130)
             raise _exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code) from None
         except Exception as exc:
-            message = _external_failure(exc)
-            if message is None:
+            error = _external_failure(exc)
+            if error is None:
                 raise  # a defect of the tool itself: the traceback is what a bug report needs
-            raise _exit(console.mask("ERROR: " + message), 1) from None
+            raise _exit(console.mask(error.report()), 1) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -153,20 +154,22 @@ def _signal_exit(received: list[int], code: int) -> tuple[int, str]:
     return 128 + signum, f"stopped by {signal.Signals(signum).name}: "
 
 
-def _external_failure(exc: Exception) -> str | None:
-    """A message for a failure of something outside the tool (AWS, the network, a file), else None.
+def _external_failure(exc: Exception) -> RunbookError | None:
+    """The error for a failure of something outside the tool (AWS, the network), else None.
 
     The library maps the failures it expects to RunbookError; this is the safety net for an
     AWS or HTTP answer that nothing expected, so that it still ends in one paragraph.
     """
     botocore = sys.modules.get("botocore.exceptions")
     if botocore and isinstance(exc, (botocore.BotoCoreError, botocore.ClientError)):
-        return (f"An AWS call failed in a way the runbook does not recognise ({type(exc).__name__}). Fix: check "
-                "the network, endpoint_url in the configuration and your credentials, then run the command again")
+        return RunbookError(f"An AWS call failed in a way the runbook does not recognise ({type(exc).__name__})",
+                            id="unrecognised-failure", fix="check the network, endpoint_url in the configuration "
+                            "and your credentials, then run the command again")
     requests = sys.modules.get("requests")
     if requests and isinstance(exc, requests.RequestException):
-        return (f"An HTTP call failed in a way the runbook does not recognise ({type(exc).__name__}). Fix: check "
-                "the network and CIRCLECI_HOST, then run the command again")
+        return RunbookError(f"An HTTP call failed in a way the runbook does not recognise ({type(exc).__name__})",
+                            id="unrecognised-failure",
+                            fix="check the network and CIRCLECI_HOST, then run the command again")
     return None
 
 
@@ -182,7 +185,7 @@ def required(value, flag: str, example: str) -> None:
     would take the next word, even ``--help``, as its value.
     """
     if value is None or value == "":
-        raise RunbookError(f"{flag} is required", fix=f"add it, for example {flag} {example}")
+        raise RunbookError(f"{flag} is required", id="flag-invalid", fix=f"add it, for example {flag} {example}")
 
 
 def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS) -> float:
@@ -201,6 +204,7 @@ def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: 
     if number is None or number != number or not minimum <= number <= maximum:
         raise RunbookError(
             f"{flag} takes a number of seconds from {minimum:g} to {maximum:g}, not {value!r}",
+            id="flag-invalid",
             fix=f"for example {flag} {default:g}",
         )
     return number

@@ -56,6 +56,7 @@ def _on_hold(result, environment, url):
     waiting = ", ".join(result.waiting) or "an approval job"
     return RunbookError(
         f"Stopped watching: the workflow is on hold, waiting at approval job {waiting}; a person must approve it",
+        id="on-hold",
         where=url,
         fix=f"{pipeline.approve_command(environment, result.waiting)} (or approve it in the CircleCI app)",
         code=pipeline.EXIT_ON_HOLD,
@@ -107,6 +108,7 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_
             raise RunbookError(
                 "Not rerunning: cannot tell whether the IAM for this commit is applied ("
                 + "; ".join(f"{st.scope.label}: {st.reason}" for st in unknown) + "). Nothing was changed",
+                id="iam-pending",
                 fix="get read access to the records (aws sso login, AWS_PROFILE), or add --force if you are sure",
             )
         blocked = [st for st in statuses if st.needed]
@@ -116,6 +118,7 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_
             raise RunbookError(
                 f"Not rerunning: the IAM for this commit is not applied ({lines}); a rerun would fail the same "
                 "way. Nothing was changed",
+                id="iam-pending",
                 fix=f"as an administrator on {environment.branch}: " + " && ".join(todo) + f", then "
                 f"`inv ci.rerun --env {environment.name}`",
             )
@@ -128,7 +131,7 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_
         if result.status == circleci.ON_HOLD:
             raise _on_hold(result, environment, url)
         if result.status != circleci.SUCCESS:
-            raise RunbookError(f"The rerun ended {result.status}", where=url,
+            raise RunbookError(f"The rerun ended {result.status}", id="workflow-failed", where=url,
                                fix=f"inv ci.diagnose --env {environment.name}")
         console.ok(f"The rerun succeeded ({result.seconds:.0f} s).")
 
@@ -154,7 +157,7 @@ def approve(c, env=None, job=None, yes=False):
     question = (f"Approve {choice.name} of workflow {target.workflow['name']} for {environment.name} "
                 f"(protected), pipeline #{target.pipeline.get('number')} at {target.commit[:12]}?")
     if environment.protected and not console.confirm(question, assume_yes=yes):
-        raise RunbookError(f"Not approved: {choice.name} still waits; nothing was changed",
+        raise RunbookError(f"Not approved: {choice.name} still waits; nothing was changed", id="not-confirmed",
                            fix=f"{pipeline.approve_command(environment, [choice.name])} and answer y (or add --yes)")
     done = client.approve(target.workflow["id"], choice.job)
     verb = "Approved" if done else "Already approved:"
@@ -167,7 +170,7 @@ def approve(c, env=None, job=None, yes=False):
 def diagnose(c, env=None, latest=False):
     """Say why the workflow of your commit failed: an IAM race, or something else, with the remedy."""
     from runbook import circleci, console, pipeline, status
-    from runbook.errors import RunbookError
+    from runbook.errors import TROUBLESHOOTING, RunbookError
     from runbook.scopes import for_environment
 
     cfg, environment, client, target = _target(env, latest)
@@ -211,8 +214,7 @@ def diagnose(c, env=None, latest=False):
         console.say("  (or all at once: inv release --env " + environment.name + ")")
     else:
         console.say()
-        console.warn(f"Not an IAM race. See {pipeline.TROUBLESHOOTING}, section \"Pipeline failures that are not "
-                     f"IAM\", and the job output: {target.url}")
+        console.warn(f"Not an IAM race. See {TROUBLESHOOTING}#workflow-failed and the job output: {target.url}")
 
 
 @task(help={
@@ -251,6 +253,7 @@ def deploy(c, env=None):
     if not environment.deploy_command:
         raise RunbookError(
             f"No deploy_command is configured for environment {env}; nothing was deployed",
+            id="deploy-command-missing",
             where=f"{cfg.path}, field environments.{env}.deploy_command",
             fix=f"add deploy_command (the command that deploys {env}, e.g. `npx serverless deploy --stage {env}`)",
         )
@@ -260,6 +263,7 @@ def deploy(c, env=None):
     if code != 0:
         raise RunbookError(
             f"The deploy command of {env} exited {code}" + (" (command not found)" if code == 127 else ""),
+            id="deploy-command-failed",
             where=f"{cfg.path}, field environments.{env}.deploy_command",
             fix="read its output above; fix the command or what it deploys",
             code=code,

@@ -139,7 +139,8 @@ def status(c, check=False):
                      "e.g. aws sso login or AWS_PROFILE for credentials, then run `inv iam.status` again.")
     if check and any(st.needed for st in statuses):
         raise RunbookError(
-            f"{sum(st.needed for st in statuses)} IAM step(s) are not current", fix="run the commands listed above",
+            f"{sum(st.needed for st in statuses)} IAM step(s) are not current",
+            id="not-current", fix="run the commands listed above",
             code=3,
         )
 
@@ -180,6 +181,7 @@ def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
         raise RunbookError(
             "No --lock-id given, so nothing was released: name the lock you mean to release, so that a lock taken "
             "meanwhile by another run is never released by mistake",
+            id="unlock-refused",
             where=where,
             fix=f"once you know the run that holds it has stopped: {again}",
         )
@@ -189,6 +191,7 @@ def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
         raise RunbookError(
             f"The lock held now has ID {held.id!r}, not {lock_id!r}: it is another run's lock, so nothing was "
             "released",
+            id="unlock-refused",
             where=where,
             fix=f"wait for that run; if it has died too, release its lock with {again}",
         )
@@ -199,7 +202,8 @@ def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
     console.warn("Release it only if that run has stopped (its Terraform process is gone): releasing the lock of "
                  "a run in progress lets two runs write the same state.")
     if not console.confirm(f"Release lock {held.id} of {scope.label}?", assume_yes=yes):
-        raise RunbookError(f"Not confirmed: lock {held.id} is still held", fix="run the same command again and "
+        raise RunbookError(f"Not confirmed: lock {held.id} is still held",
+                           id="not-confirmed", fix="run the same command again and "
                            "answer y once you know the run that holds it has stopped")
     statelock.release_lock(session, scope.account, backend, held)
     console.ok(f"Released lock {held.id} of {scope.label}. Run the step again: {scope.command(environment)}")

@@ -653,7 +653,10 @@ def _confirm_backend(ctx: IamRun) -> None:
             f"The Terraform backend has gone: {' and '.join(gone)} existed on an earlier run but not now{empty}; "
             "nothing was applied",
             id="backend-gone",
-            fix="find out who deleted it and restore it; to create it afresh deliberately, see what would be "
+            fix=(f"if the local AWS at {ctx.account.endpoint_url} was restarted, it is empty and this is expected: "
+                 "run the same command again (it finds a first deploy and creates the backend); otherwise "
+                 if ctx.account.endpoint_url else "")
+            + "find out who deleted it and restore it; to create it afresh deliberately, see what would be "
             f"created and why: {bootstrap_command(ctx)} --dry-run, then {bootstrap_command(ctx)}",
         )
     _refuse_wrong_lock_table(ctx, state)

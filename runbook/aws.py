@@ -22,10 +22,17 @@ from typing import Any
 from runbook.config import Account, Backend, shown_path
 from runbook.errors import RunbookError
 
-# STS error codes for credentials that exist but are not accepted. Source: AWS STS API
-# reference, "Common Errors" (ExpiredToken, InvalidClientTokenId, SignatureDoesNotMatch).
-EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"}
-REJECTED_CODES = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"}
+# The one table of AWS error codes the runbook tells apart (``ClientError.response["Error"]["Code"]``).
+# Credentials that exist but are not accepted: AWS STS API reference, "Common Errors"
+# (https://docs.aws.amazon.com/STS/latest/APIReference/CommonErrors.html).
+EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"})
+REJECTED_CODES = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
+                            "InvalidSignatureException"})
+CREDENTIAL_CODES = EXPIRED_CODES | REJECTED_CODES
+# Refusals: IAM denied the action (S3 answers a bare "403" to HeadBucket).
+DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "403"})
+# Throttling, which passes by itself: botocore's own list (botocore.retries.standard).
+THROTTLING_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"})
 # The AWS SSO (IAM Identity Center) portal's answer to an expired or revoked access token
 # (AWS SSO Portal API reference, GetRoleCredentials: UnauthorizedException), and the SSO OIDC
 # answers when the token cannot be refreshed (SSO OIDC API reference, CreateToken).
@@ -408,7 +415,7 @@ def _bucket_exists(s3: Any, backend: Backend) -> bool:
         code = _code(exc)
         if code in ("404", "NoSuchBucket", "NotFound"):
             return False
-        if code in ("403", "AccessDenied"):
+        if code in DENIED_CODES:
             raise RunbookError(
                 f"S3 bucket {backend.bucket} exists but this identity may not use it (403): the name may be "
                 "taken by another AWS account, or the identity lacks s3:ListBucket",
@@ -443,7 +450,7 @@ def _missing_protections(s3: Any, backend: Backend) -> list[str]:
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in absent:
                 missing.append(name)
-            elif _code(exc) in ("AccessDenied", "403"):
+            elif _code(exc) in DENIED_CODES:
                 raise RunbookError(
                     f"Cannot verify the {name} of the state bucket {backend.bucket}: this identity lacks "
                     f"{permission}; the runbook does not use a backend it cannot verify",
@@ -698,7 +705,7 @@ def forget_digests(sess: Any, account: Account, backend: Backend) -> list[str]:
 
 def _aws_error(action: str, resource: str, exc: Any) -> RunbookError:
     code = _code(exc) or "Unknown"
-    if code in ("AccessDenied", "AccessDeniedException", "403"):
+    if code in DENIED_CODES:
         return RunbookError(
             f"AWS denied {action} for {resource} ({code})",
             id="aws-access-denied",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runbook import console, records
+from runbook.aws import THROTTLING_CODES
 from runbook.config import Config, Environment
 from runbook.errors import RunbookError
 from runbook.scopes import for_environment
@@ -73,7 +74,7 @@ def transient(exc: BaseException | None) -> bool:
     """Whether an AWS failure may pass by itself: an HTTP 5xx, throttling, a timeout or a dropped connection.
 
     *exc* is a botocore ClientError or BotoCoreError, or a RunbookError raised while handling one
-    (then its ``__context__`` is looked at). Throttling codes: ``records.THROTTLING_CODES``; 5xx:
+    (then its ``__context__`` is looked at). Throttling codes: ``aws.THROTTLING_CODES``; 5xx:
     AWS's server-side errors (https://docs.aws.amazon.com/general/latest/gr/api-retries.html). An
     endpoint that refuses connections is not transient: it is a wrong endpoint_url or no network.
     """
@@ -83,7 +84,7 @@ def transient(exc: BaseException | None) -> bool:
         exc = exc.__context__
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return status >= 500 or exc.response.get("Error", {}).get("Code", "") in records.THROTTLING_CODES
+        return status >= 500 or exc.response.get("Error", {}).get("Code", "") in THROTTLING_CODES
     return isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, ConnectionClosedError))
 
 

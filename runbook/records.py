@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import runbook
+from runbook.aws import CREDENTIAL_CODES, DENIED_CODES, THROTTLING_CODES
 from runbook.errors import RunbookError
 
 ACCOUNT = "account"
@@ -58,10 +59,6 @@ MAX_VALUE_BYTES = 4096
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FIELDS = ("fingerprint", "commit", "branch", "applied_by", "applied_at", "tool_version", "scope")
-_CREDENTIAL_CODES = {
-    "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException",
-    "InvalidSignatureException", "SignatureDoesNotMatch",
-}
 
 
 @dataclass(frozen=True)
@@ -143,8 +140,6 @@ class Record:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-# Error codes AWS uses for throttling (botocore's own list: botocore.retries.standard).
-THROTTLING_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"})
 
 
 class Transient(RunbookError):
@@ -455,7 +450,7 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
         code = error.response.get("Error", {}).get("Code", "")
         if code == "ParameterNotFound":
             return None
-        if code in ("AccessDeniedException", "AccessDenied"):
+        if code in DENIED_CODES:
             raise RunbookError(
                 f"AWS refused {permission} on {name}",
                 id="aws-access-denied",
@@ -463,7 +458,7 @@ def _call(method, name: str, scope: str, permission: str, endpoint_url: str | No
                 fix=f"grant {permission} on arn:aws:ssm:<region>:<account>:parameter{name} to the role you"
                 " use, or switch to a role that has it (aws sts get-caller-identity shows the current one)",
             ) from None
-        if code in _CREDENTIAL_CODES:
+        if code in CREDENTIAL_CODES:
             raise RunbookError(
                 f"AWS rejected the credentials while reading or writing {name} ({code})",
                 id="aws-credentials-rejected",

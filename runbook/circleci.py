@@ -83,14 +83,10 @@ MOVING_WORKFLOW_STATUSES = frozenset({RUNNING, FAILING})
 #: A rerun from failed is offered for these only; ERROR and CANCELED are rerun from the start on request.
 RERUN_FROM_FAILED_STATUSES = frozenset({FAILED})
 RERUN_FROM_START_STATUSES = frozenset({FAILED, ERROR, CANCELED})
-JOB_STATUSES = WORKFLOW_STATUSES | frozenset(
-    {"queued", BLOCKED, "not_running", "infrastructure_fail", "timedout", "terminated-unknown", "retried"}
-)
 #: Job statuses that mean the job ran and did not succeed.
 FAILED_JOB_STATUSES = frozenset({FAILED, ERROR, "infrastructure_fail", "timedout", "terminated-unknown"})
 #: Job statuses of a job that has finished (a watcher counts them as done).
 DONE_JOB_STATUSES = FAILED_JOB_STATUSES | {SUCCESS}
-JOB_TYPE_BUILD = "build"
 JOB_TYPE_APPROVAL = "approval"
 
 #: v1.1 ``vcs-type`` for each OAuth slug prefix; ``circleci/...`` slugs have no v1.1 API.
@@ -364,7 +360,6 @@ class CircleCIClient:
     Attributes:
         host: API host, e.g. ``https://circleci.com``; ``host_source`` says where it came from.
         token_source: the variable the token came from (its name only), or ``"argument"``.
-        request_count: logical API calls made (one per call, retries not counted), for benchmarks.
 
     Raises RunbookError (from the constructor) when no token is set or the host is not http(s).
     """
@@ -393,7 +388,6 @@ class CircleCIClient:
         self.backoff_factor = float(backoff_factor)
         self.notify = notify
         self._sleep = sleep
-        self.request_count = 0
 
         common = dict(
             total=self.retries,
@@ -599,7 +593,6 @@ class CircleCIClient:
         shown = api + path
         url = self.host + shown
         session = self._post if method == "POST" else self._get
-        self.request_count += 1
         response = self._send(session, method, url, shown, params=params, json=body)
         status = response.status_code
         if status in ok:
@@ -801,7 +794,6 @@ class CircleCIClient:
     def _whoami(self) -> tuple[int, str | None]:
         """``GET /me``: (HTTP status, the user's login when 200 and printable). Used to explain a 404."""
         shown = "/api/v2/me"
-        self.request_count += 1
         response = self._send(self._get, "GET", self.host + shown, shown)
         login = None
         if response.status_code == 200:
@@ -994,13 +986,6 @@ class CircleCIClient:
         found = [j for j in self.jobs(workflow_id) if j.get("approval_request_id") == request_id]
         return found[0]["status"] if found else None
 
-    def job_details(self, slug: str, job_number: int) -> dict:
-        """Details of a job (``GET /project/{slug}/job/{job_number}``), including ``web_url``."""
-        path = f"/project/{self._slug_path(slug)}/job/{int(job_number)}"
-        data = self._call("GET", path, not_found=self._project_not_found(slug))
-        check_shape(data, {"web_url?": str}, f"GET /api/v2{path}", "the job", where=f"{self.host}/api/v2{path}")
-        return data
-
     # -- API v1.1 and step output --------------------------------------------------------
 
     def v1_job_steps(self, slug: str, job_number: int) -> list[dict]:
@@ -1049,7 +1034,6 @@ class CircleCIClient:
             raise RunbookError("The step's output_url is not an http(s) URL",
                                id="step-output-unavailable", fix="open the job in the CircleCI app")
         shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
-        self.request_count += 1
         response = self._send(self._plain, "GET", output_url, parts.path)
         if response.status_code in (401, 403):
             raise RunbookError(

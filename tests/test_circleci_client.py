@@ -136,9 +136,6 @@ def test_workflows_jobs_rerun_approve_and_job_details(ci, client):
     hold = {j["name"]: j for j in client.jobs(held.id)}["hold"]
     assert client.approve(held.id, hold) is True
     assert client.workflow(held.id)["status"] == "running"
-    details = client.job_details(SLUG, jobs["test"]["job_number"])
-    assert details["web_url"].endswith(f"/workflows/{failed.id}/jobs/{jobs['test']['job_number']}")
-    assert client.request_count == ci.request_count
 
 
 def test_rerun_refused_passes_circleci_message_through(ci, client):

@@ -97,11 +97,10 @@ class IamRun:
     terraform_bin: str | None = None
     head: str | None = None
     branch: str | None = None
-    fingerprint: str | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)  # scope kind -> fingerprint when planned
     backend_pending: Any = None
     backend_found: Any = None
-    summary: terraform.PlanSummary | None = None
-    created: list[str] = field(default_factory=list)
+    plans: dict[str, terraform.PlanSummary] = field(default_factory=dict)  # scope kind -> its plan
     needed: dict[str, tuple[bool, str]] | None = None
 
     @property
@@ -457,7 +456,6 @@ class BackendStep(Step):
         after = aws.backend_state(sess, ctx.account, b, ctx.state_keys())
         _refuse_unverified(ctx, after)
         ctx.backend_found = after
-        ctx.created = done
         return "; ".join(done)
 
 
@@ -957,7 +955,7 @@ class PlanStep(ScriptStep):
 
     def run(self, ctx: IamRun) -> str:
         sc = self.sc(ctx)
-        ctx.fingerprint = sc.fingerprint()
+        ctx.fingerprints[sc.kind] = sc.fingerprint()  # what this plan is of: the record says so
         ctx.prefetch_ssm()
         try:
             terraform.run_script(sc.root, self.env(ctx), what=f"plan of {sc.label}")
@@ -965,8 +963,8 @@ class PlanStep(ScriptStep):
             _confirm_backend(ctx)  # a vanished backend explains a failed plan better than Terraform does
             raise
         _confirm_backend(ctx)
-        ctx.summary = terraform.read_plan(sc.root)
-        return f"Plan: {ctx.summary}"
+        ctx.plans[sc.kind] = summary = terraform.read_plan(sc.root)
+        return f"Plan: {summary}"
 
 
 class ConfirmStep(ScopedStep):
@@ -976,8 +974,9 @@ class ConfirmStep(ScopedStep):
         why = []
         if ctx.environment.protected:
             why.append(f"environment {ctx.environment.name} is protected")
-        if ctx.summary is not None and ctx.summary.destroy:
-            why.append(f"the plan destroys {ctx.summary.destroy} resource(s)")
+        summary = ctx.plans.get(self.sc(ctx).kind)
+        if summary is not None and summary.destroy:
+            why.append(f"the plan destroys {summary.destroy} resource(s)")
         return why
 
     def check(self, ctx: IamRun) -> Decision:
@@ -995,7 +994,8 @@ class ConfirmStep(ScopedStep):
 
     def run(self, ctx: IamRun) -> str:
         sc = self.sc(ctx)
-        if not console.confirm(f"Apply this plan to {sc.label} ({ctx.summary})?", assume_yes=ctx.assume_yes):
+        if not console.confirm(f"Apply this plan to {sc.label} ({ctx.plans.get(sc.kind)})?",
+                               assume_yes=ctx.assume_yes):
             raise RunbookError(
                 f"Not confirmed: nothing was applied to {sc.label}",
                 id="not-confirmed",
@@ -1012,14 +1012,15 @@ class ApplyStep(ScriptStep):
         skipped = self.skip(ctx)
         if skipped:
             return skipped
-        if ctx.summary is not None and ctx.summary.empty:
+        summary = ctx.plans.get(self.sc(ctx).kind)
+        if summary is not None and summary.empty:
             return Decision(True, "the plan has no changes; applying it confirms the state matches this commit")
         return Decision(True, "apply exactly the plan file just shown (what was reviewed is what is applied)")
 
     def run(self, ctx: IamRun) -> str:
         sc = self.sc(ctx)
         terraform.run_script(sc.root, self.env(ctx), what=f"apply to {sc.label}")
-        return f"applied to {sc.label}: {ctx.summary}"
+        return f"applied to {sc.label}: {ctx.plans.get(sc.kind)}"
 
 
 class RecordStep(ScopedStep):
@@ -1042,7 +1043,7 @@ class RecordStep(ScopedStep):
         try:
             outputs = terraform.read_outputs(sc.root)
             record = records.Record.create(
-                fingerprint=ctx.fingerprint or sc.fingerprint(),
+                fingerprint=ctx.fingerprints.get(sc.kind) or sc.fingerprint(),
                 commit=ctx.head or git.head_commit(ctx.cwd),
                 branch=ctx.branch or ctx.environment.branch,
                 applied_by=ctx.identity.arn,  # the identity of the very keys Terraform ran with (ScriptStep.env)

@@ -341,7 +341,9 @@ def test_secrets_are_not_printed(repo_root, root, fake_tf):
 
 @pytest.fixture
 def e2e_env(aws_env: dict[str, str], tf_backend, terraform_bin: Path) -> dict[str, str]:
-    return {**aws_env, "TERRAFORM_BIN": str(terraform_bin)}
+    # the account root's ci_deployer has no default (a manual apply without it must stop); the
+    # environment root does not declare it, and Terraform ignores TF_VAR_ of undeclared variables
+    return {**aws_env, "TERRAFORM_BIN": str(terraform_bin), "TF_VAR_ci_deployer": "user"}
 
 
 def copy_root(repo_root: Path, tmp_path: Path, name: str) -> Path:

@@ -436,8 +436,9 @@ class BackendStep(Step):
             # Seen and verified on an earlier run: let Terraform start; PlanStep takes the look-up's answer after
             # the plan (_confirm_backend) and nothing is applied unless it verifies the backend and the state.
             ctx.backend_pending = ctx._futures.pop("backend")
-            return Decision(False, f"bucket {b.bucket} and table {b.lock_table} exist (seen {seen}; verified again "
-                                   "while Terraform plans, before any apply)")
+            return Decision(False, f"bucket {b.bucket} and table {b.lock_table} were verified on {seen}; they are "
+                                   "looked up again while Terraform plans, and nothing is applied unless they "
+                                   "still verify")
         state = ctx.fetched("backend", ctx._look_up_backend)
         if isinstance(state, RunbookError):
             raise state

@@ -401,7 +401,6 @@ class IdentityCheck(Step):
 
 def _warn_other_credentials(ctx: IamRun) -> None:
     """Say so when the shell exports credentials that the configured profile overrides."""
-    import os
 
     profile = ctx.account.profile
     if not profile:
@@ -830,12 +829,12 @@ class StateStep(ScopedStep):
 def _check_workspace(sc: Scope) -> None:
     """Refuse a Terraform workspace other than ``default`` selected in *sc*'s root module.
 
-    ``terraform workspace select NAME`` writes NAME to ``.terraform/environment`` (``$TF_DATA_DIR/environment``);
-    the S3 backend then keeps the state at ``env:/NAME/<key>`` (Terraform docs, "Backend Type: s3",
-    workspace_key_prefix: https://developer.hashicorp.com/terraform/language/settings/backends/s3).
+    ``terraform workspace select NAME`` writes NAME to ``.terraform/environment``; the S3 backend then
+    keeps the state at ``env:/NAME/<key>`` (Terraform docs, "Backend Type: s3", workspace_key_prefix:
+    https://developer.hashicorp.com/terraform/language/settings/backends/s3). Terraform runs without the
+    shell's ``TF_DATA_DIR`` (:func:`runbook.terraform.child_env`), so ``.terraform`` is the one to read.
     """
-    data_dir = Path(os.environ.get("TF_DATA_DIR") or ".terraform")
-    path = data_dir if data_dir.is_absolute() else sc.root / data_dir
+    path = sc.root / ".terraform"
     try:
         name = (path / "environment").read_text(encoding="utf-8", errors="replace").strip()
     except FileNotFoundError:

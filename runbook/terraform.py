@@ -102,7 +102,7 @@ def _version_of(binary: str) -> str:
     try:
         out = subprocess.run(
             [binary, "version", "-json"], capture_output=True, text=True, timeout=60,
-            env={**os.environ, "CHECKPOINT_DISABLE": "1"},
+            env=child_env({"CHECKPOINT_DISABLE": "1"}),  # the shell's TF_CLI_ARGS would break -json too
         )
         version = json.loads(out.stdout)["terraform_version"]
     except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
@@ -167,8 +167,17 @@ CHILD_REMOVED = (
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
-    "TF_WORKSPACE",
+    "TF_WORKSPACE", "TF_DATA_DIR",
+    # endpoints of the older SDK variables: the backend and provider go where the configuration says
+    "AWS_S3_ENDPOINT", "AWS_DYNAMODB_ENDPOINT", "AWS_STS_ENDPOINT", "AWS_IAM_ENDPOINT",
 )
+# Whole families the shell must not hand to Terraform: extra command-line arguments
+# (TF_CLI_ARGS, TF_CLI_ARGS_plan: -var, -target, -destroy, -lock=false, -backend-config=role_arn=...),
+# input variables (TF_VAR_*: the runbook sets its own from the configuration) and endpoints
+# (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>: deploy-app.sh sets AWS_ENDPOINT_URL from
+# endpoint_url when an account has one). Terraform docs, "Environment Variables":
+# https://developer.hashicorp.com/terraform/cli/config/environment-variables
+CHILD_REMOVED_PREFIXES = ("TF_CLI_ARGS", "TF_VAR_", "AWS_ENDPOINT_URL")
 # ...and the sources shut rather than removed: the shared files and the instance metadata service.
 CHILD_SHUT = {"AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
               "AWS_EC2_METADATA_DISABLED": "true"}
@@ -212,11 +221,15 @@ def script_env(
 
 def child_env(env: dict[str, str]) -> dict[str, str]:
     """The whole environment of ``deploy-app.sh``: ``os.environ`` without :data:`CHILD_REMOVED`
-    (the shell's credential sources and ``TF_WORKSPACE``, so state goes to the configured key in
-    the ``default`` workspace, never ``env:/<workspace>/...``), :data:`CHILD_SHUT` (no profile can
+    and :data:`CHILD_REMOVED_PREFIXES` (the shell's credential sources, endpoints, extra Terraform
+    arguments and input variables, ``TF_WORKSPACE`` and ``TF_DATA_DIR``, so state goes to the
+    configured key in the ``default`` workspace, never ``env:/<workspace>/...``, with exactly the
+    configuration's inputs), :data:`CHILD_SHUT` (no profile can
     be read, no instance role asked), then *env* from :func:`script_env`. Without credentials in
     *env* Terraform finds none and stops at ``init``: it never falls back to another identity."""
-    return {**{k: v for k, v in os.environ.items() if k not in CHILD_REMOVED}, **CHILD_SHUT, **env}
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in CHILD_REMOVED and not k.startswith(CHILD_REMOVED_PREFIXES)}
+    return {**inherited, **CHILD_SHUT, **env}
 
 
 def command(root: Path) -> list[str]:

@@ -756,8 +756,18 @@ def _name_problems(config: Config) -> list[str]:
             add(tuple(field.split(".")), text)
     built = [("account", account, None) for account in config.accounts.values()]
     built += [("environment", env.account, env.name) for env in config.environments.values()]
+    states: dict[tuple[str, str], str] = {}
     for kind, account, env_name in built:
         backend = config.backend(kind, account, env_name)
+        label = f"environment {env_name}" if env_name else f"the account scope of {account.name}"
+        other = states.setdefault((backend.bucket, backend.key), label)
+        if other != label and (env_name or not other.startswith("the account scope")):
+            # two root modules on one state object would overwrite each other's state on every apply
+            # (accounts that share one ID share their account scope: config.check warns about that)
+            add(template_field(f"{kind}_state_key"),
+                f"{label} would keep its state at s3://{backend.bucket}/{backend.key}, which is already the "
+                f"state of {other}: two root modules would replace each other's state; give each scope its own "
+                "key (keep {environment} in environment_state_key, and the account key apart from it)")
         for key, problem in (
             ("state_bucket", names.s3_bucket(backend.bucket)),
             ("lock_table", names.dynamodb_table(backend.lock_table)),

@@ -221,3 +221,21 @@ def test_iam_name_table_matches_the_root_modules():
     assert ("role", "{project}-{environment}-lambda-" + longest) in config.IAM_NAMES["environment"]
     assert ("user", "{project}-circleci-deployer") in config.IAM_NAMES["account"]
     assert ("policy", "{project}-circleci-deployer") in config.IAM_NAMES["account"]
+
+
+@pytest.mark.parametrize("backend", [
+    {"account_state_key": "{project}/iam/stg.tfstate", "environment_state_key": "{project}/iam/{environment}.tfstate"},
+    {"account_state_key": "{project}/iam/env/test.tfstate"},  # the default environment key of test
+])
+def test_two_scopes_on_one_state_object_are_refused(tmp_path, backend):
+    import yaml
+
+    from runbook import config as configuration
+
+    data = yaml.safe_load(configuration.DEFAULT_CONFIG.read_text())
+    data["terraform"]["backend"].update(backend)
+    path = tmp_path / "environments.yml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RunbookError) as caught:
+        configuration.load(path)
+    assert "two root modules would replace each other's state" in caught.value.message

@@ -61,6 +61,9 @@ class LockInfo:
 def parse_lock_error(output: str) -> LockInfo | None:
     """The lock info of Terraform's "Error acquiring the state lock" in *output*, or None when absent.
 
+    None too when the error carries no Lock Info with an ID: then no run holds the lock, and Terraform
+    could not use the lock table or lock file at all (AccessDenied, a missing table).
+
     Terraform prints it as a "Lock Info:" block of ``Name: value`` lines (ID, Path, Operation, Who,
     Version, Created, Info); see https://developer.hashicorp.com/terraform/language/state/locking.
     """
@@ -68,6 +71,8 @@ def parse_lock_error(output: str) -> LockInfo | None:
     if start < 0:
         return None
     fields = dict(re.findall(r"^\s*(ID|Path|Operation|Who|Version|Created):[ \t]*(.*?)\s*$", output[start:], re.M))
+    if not fields.get("ID"):
+        return None  # no Lock Info: nobody holds the lock, Terraform could not use the lock table or file at all
     return LockInfo(id=fields.get("ID", ""), path=fields.get("Path", ""), operation=fields.get("Operation", ""),
                     who=fields.get("Who", ""), version=fields.get("Version", ""), created=fields.get("Created", ""))
 

@@ -420,8 +420,17 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
     from runbook import console
 
     lock = parse_lock_error(output)
-    if code == LOCKED_EXIT or lock is not None:
-        lock = lock or LockInfo(id="")
+    if lock is None and (code == LOCKED_EXIT or "Error acquiring the state lock" in output):
+        return RunbookError(
+            f"The {what} could not take the Terraform state lock, and no other run holds it: Terraform could not "
+            "use the lock table (or lock file) at all; its own message above says why (AccessDenied, a missing "
+            "table); nothing was applied",
+            id="state-lock-failed",
+            where=f"DynamoDB table {env.get('TF_LOCK_TABLE')}, s3://{env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}",
+            fix="use an identity that may read and write the lock table (dynamodb:GetItem, PutItem, DeleteItem), "
+            "or restore the table",
+        )
+    if lock is not None:
         return StateLocked(
             f"The {what} could not start: the Terraform state is locked by another run, {lock.describe()}; "
             "nothing was applied",

@@ -137,3 +137,39 @@ def test_run_command_repeats_the_flags_the_user_gave():
     assert run.command == "inv iam.env --name stg --yes --skip-branch-check"
     account = iam.IamRun(cfg, Scope.of_account(cfg, stg.account), stg)
     assert account.command == "inv iam.account --env stg"
+
+
+# -- Terraform failures told apart ------------------------------------------------------------
+
+DENIED = """
+Error: Error acquiring the state lock
+
+Error message: 2 errors occurred:
+	* AccessDeniedException: User: arn:aws:iam::123456789012:user/ci is not authorized to perform: dynamodb:PutItem
+deploy-app.sh: error: terraform plan could not take the state lock
+"""
+HELD = DENIED.replace("Error message: 2 errors occurred:", """Lock Info:
+  ID:        4f2b9c1e-0000-4000-8000-000000000000
+  Path:      acme-api-tfstate-123456789012/acme-api/iam/env/stg.tfstate
+  Operation: OperationTypeApply
+  Who:       alice@laptop
+  Version:   1.0.3
+  Created:   2026-11-30 08:01:02.5 +0000 UTC""")
+ENV = {"TF_VAR_environment": "stg", "TF_LOCK_TABLE": "acme-api-tf-locks", "TF_STATE_BUCKET": "b", "TF_STATE_KEY": "k"}
+
+
+def test_a_lock_table_that_cannot_be_used_is_not_reported_as_held_by_another_run(tmp_path):
+    from runbook import terraform
+
+    error = terraform.failure(tmp_path, ENV, what="plan of environment stg", code=75, output=DENIED)
+    assert error.id == "state-lock-failed" and error.code == 1
+    assert "no other run holds it" in error.what and "unlock" not in (error.fix or "")
+
+
+def test_a_lock_held_by_another_run_names_who_and_how_to_release_it(tmp_path):
+    from runbook import terraform
+
+    error = terraform.failure(tmp_path, ENV, what="plan of environment stg", code=75, output=HELD)
+    assert error.id == "state-lock-held" and error.code == 75
+    assert "alice@laptop" in error.what
+    assert "inv iam.unlock --env stg --lock-id 4f2b9c1e-0000-4000-8000-000000000000" in error.fix

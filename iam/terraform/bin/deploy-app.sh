@@ -172,7 +172,9 @@ run_tf() {
     return "$rc"
 }
 
-locked() { grep -q 'Error acquiring the state lock' -- "$tf_errors"; }
+# Held by another run: Terraform's lock error with its Lock Info (an ID). The same error without Lock
+# Info means the lock table or file could not be used at all (AccessDenied, missing): not exit 75.
+locked() { grep -q 'Error acquiring the state lock' -- "$tf_errors" && grep -Eq '^[[:space:]]*ID:[[:space:]]*[^[:space:]]' -- "$tf_errors"; }
 
 die_tf() {
     local rc="$1" cmd="$2" consequence="$3"

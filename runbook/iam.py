@@ -272,8 +272,35 @@ class ConfigCheck(Step):
             # before anything changes: scripts bash can run, and nothing read from outside the repository
             fingerprint.check_line_endings(scope.scripts(), top=PROJECT_ROOT)
             scope.fingerprint()
+        note = _uncommitted_config(ctx)
         return Decision(True, f"{ctx.config.path} is valid; {ctx.label} uses account {ctx.account.id} "
-                              f"in {ctx.account.region}")
+                              f"in {ctx.account.region}{note}")
+
+
+def _uncommitted_config(ctx: IamRun) -> str:
+    """Refuse a configuration file that is not part of the commit (``RUNBOOK_CONFIG`` pointing outside the
+    repository, or at a file git does not track) for an apply to a real AWS account: the record claims the
+    commit, and the pipeline's gate reads the committed configuration (its roots, backend, inputs). A
+    rehearsal, where every account this run touches has ``endpoint_url`` (a local AWS), may use one: that is
+    how docs/RUNBOOK.md rehearses. Returns a note for the step's line; raises RunbookError otherwise."""
+    from runbook.config import PROJECT_ROOT
+
+    path = ctx.config.path.resolve()
+    if path.is_relative_to(PROJECT_ROOT) and path.name in git.tracked_files(path.parent):
+        return ""  # committed: the git check makes sure it is unchanged
+    real = sorted({scope.account.name for scope in ctx.scopes() if not scope.account.endpoint_url})
+    if not real:
+        return " (a configuration outside the commit, allowed for a rehearsal against a local AWS)"
+    raise RunbookError(
+        f"The configuration {ctx.config.path} is not part of this commit (RUNBOOK_CONFIG points outside the "
+        f"repository, or at a file git does not track), but this run applies to AWS account(s) "
+        f"{', '.join(real)}: the record would claim this commit while the pipeline's gate reads the committed "
+        "configuration; nothing was changed",
+        id="config-not-committed",
+        where=f"RUNBOOK_CONFIG={ctx.config.path}",
+        fix="unset RUNBOOK_CONFIG to use the committed config/environments.yml, or commit the change to it and "
+        "merge it into the environment's branch",
+    )
 
 
 

@@ -31,3 +31,28 @@ def test_the_shells_terraform_arguments_and_variables_do_not_reach_the_apply(pro
     roles = record["outputs"]["lambda_role_names"]
     assert roles and all(name.startswith("acme-api-stg-") for name in roles), roles
     assert not (project.path / "elsewhere").exists()
+
+
+def test_a_configuration_outside_the_commit_is_refused_for_a_real_account(project, tmp_path, moto_reset):
+    import yaml
+
+    config = yaml.safe_load((project.path / "config" / "environments.yml").read_text())
+    config["terraform"]["roots"]["environment"] = "roots/account"  # applied as stg's, never committed
+    for account in config["accounts"].values():
+        account.pop("endpoint_url")
+    elsewhere = tmp_path / "mine.yml"
+    elsewhere.write_text(yaml.safe_dump(config))
+    result = project.inv("iam.env", "--name", "stg", env={**project.env, "RUNBOOK_CONFIG": str(elsewhere)})
+    assert result.code == 1 and "Traceback" not in result.all
+    assert "ERROR [config-not-committed]" in result.err and "unset RUNBOOK_CONFIG" in result.err
+    assert "Terraform: plan" not in result.out
+
+
+def test_a_rehearsal_may_use_a_configuration_outside_the_commit(project, tmp_path):
+    import shutil
+
+    elsewhere = tmp_path / "rehearsal.yml"
+    shutil.copy(project.path / "config" / "environments.yml", elsewhere)  # every account has endpoint_url
+    result = project.inv("iam.env", "--name", "stg", env={**project.env, "RUNBOOK_CONFIG": str(elsewhere)})
+    assert result.code == 0, result.all
+    assert "allowed for a rehearsal" in result.out

@@ -245,7 +245,7 @@ def wait(
                 console.warn(message)
                 told = message
         elapsed = clock() - started
-        if elapsed + delay > timeout_s:
+        if elapsed >= timeout_s:  # the last look was at the deadline: poll right up to it, never stop early
             if told is None:
                 raise RunbookError(
                     f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s without reading the "
@@ -261,7 +261,7 @@ def wait(
                 fix=f"an administrator runs those commands from branch {environment.branch}, then "
                 f"`inv ci.rerun --env {environment.name}` (or simply `inv release --env {environment.name}`)",
             )
-        sleep(delay)
+        sleep(min(delay, timeout_s - elapsed))
 
 
 def _instructions(environment: Environment, statuses: list[ScopeStatus], problems: list[str]) -> str:

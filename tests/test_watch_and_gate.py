@@ -157,6 +157,22 @@ def test_gate_keeps_polling_through_an_ssm_5xx(tmp_path, moto_reset, aws_env, aw
     assert result.polls == 1
 
 
+def test_gate_polls_up_to_its_deadline_while_backing_off(tmp_path, moto_reset, aws_env, aws_credentials, monkeypatch):
+    import boto3
+    import botocore.endpoint
+
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", lambda _: None)
+    cfg = _gate_project(tmp_path, moto_reset, aws_env, monkeypatch)
+    session = boto3.Session(region_name="eu-west-1")
+    body = b'{"__type":"InternalServerError","message":"An internal error occurred"}'
+    session.events.register("before-send.ssm.GetParameter", _failing(10_000, 500, body, "application/x-amz-json-1.1"))
+    sleeps = []
+    with pytest.raises(RunbookError, match="timed out after 20 s"):
+        gate.wait(cfg, cfg.environments["stg"], timeout_s=20, poll_s=5, settle_s=0, session=session,
+                  sleep=sleeps.append, clock=lambda: sum(sleeps))
+    assert sum(sleeps) == 20, sleeps  # backed off (10 s), then the rest up to the deadline: not given up at 10 s
+
+
 TRUST = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
 

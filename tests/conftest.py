@@ -7,9 +7,11 @@ Terraform versions and lock modes
     release stories once more with 1.11.4 and ``terraform.backend.lock: s3`` (S3 lock files). A test takes its
     case through the ``terraform_release`` fixture (ids ``tf1.0.3-dynamodb``, ``tf1.11.4-dynamodb``,
     ``tf1.11.4-s3``): ``aws_env`` puts that Terraform first on PATH, ``terraform_bin`` is that binary and
-    ``tests.project.base_config`` writes that lock mode. When 1.11.4 is absent its cases are skipped with the
-    reason, and the summary line says so loudly (never a silent skip); the terminal summary lists the versions
-    and lock modes exercised (also written to $RUNBOOK_TF_REPORT when set: .ci/run prints it).
+    ``tests.project.base_config`` writes that lock mode. A test that needs one case names it with the marker
+    ``@pytest.mark.terraform_release("1.11", "s3")`` (tests/test_lock_modes.py). When 1.11.4 is absent its
+    cases are skipped with the reason, and the summary line says so loudly (never a silent skip); the terminal
+    summary lists the versions and lock modes exercised (also written to $RUNBOOK_TF_REPORT when set:
+    .ci/run prints it).
 
 Fixtures
     repo_root       Path of the repository (session).
@@ -81,8 +83,7 @@ def _pinned_tool(venv_bin: Path, name: str) -> Path:
 
 # The second Terraform the suite runs (see the module docstring), and the test modules that run on both.
 TERRAFORM_1_11 = Path("/usr/local/bin/terraform")
-MATRIX_MODULES = ("test_backend", "test_signals_and_locks", "test_release_stories", "test_deploy_script",
-                  "test_lock_modes")
+MATRIX_MODULES = ("test_backend", "test_signals_and_locks", "test_release_stories", "test_deploy_script")
 # Modules that also run with S3 lock files (the others set up or inspect DynamoDB lock items themselves).
 S3_LOCK_MODULES = ("test_release_stories",)
 
@@ -152,7 +153,8 @@ def terraform_release(request: pytest.FixtureRequest, venv_bin: Path) -> Iterato
     that ``tests.project.base_config`` writes for the duration of the test."""
     from tests import project
 
-    release = getattr(request, "param", PINNED)
+    marker = request.node.get_closest_marker("terraform_release")
+    release = getattr(request, "param", None) or (TerraformRelease(*marker.args) if marker else PINNED)
     path, found = _binary(release.line, venv_bin)
     if path is None:
         _missing.append(f"{request.node.nodeid}: {found}")

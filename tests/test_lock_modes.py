@@ -16,22 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.project import ACCOUNT_ID, Project, base_config
+from tests.project import Project, base_config
+from tests.test_signals_and_locks import BUCKET, STG_KEY, assert_user_error, aws
 
 pytestmark = pytest.mark.terraform
 
-BUCKET = f"acme-api-tfstate-{ACCOUNT_ID}"
-TABLE = "acme-api-tf-locks"
-STG_KEY = "acme-api/iam/env/stg.tfstate"
 LOCK_FILE = f"{STG_KEY}.tflock"
 LOCK_ID = "9a8b7c6d-1111-4222-8333-944455556666"
-
-
-def aws(endpoint: str, service: str):
-    import boto3
-
-    return boto3.client(service, endpoint_url=endpoint, region_name="eu-west-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")
 
 
 def keys(endpoint: str) -> list[str]:
@@ -40,13 +31,6 @@ def keys(endpoint: str) -> list[str]:
 
 def tables(endpoint: str) -> list[str]:
     return aws(endpoint, "dynamodb").list_tables()["TableNames"]
-
-
-def assert_user_error(result, *needles: str) -> None:
-    assert result.code != 0, result.all
-    assert "Traceback" not in result.all, result.all
-    for needle in needles:
-        assert needle in result.all, f"{needle!r} not in:\n{result.all}"
 
 
 @pytest.fixture

@@ -422,7 +422,9 @@ def _say(text: str) -> None:
 LOCKED_EXIT = 75
 _TF_FAILED = re.compile(r"^deploy-app\.sh: error: terraform (\w+)[^\n]* failed \(exit (\d+)\)", re.M)
 _SCRIPT_ERROR = re.compile(r"^deploy-app\.sh: error: (.*)$", re.M)
-_DIGEST = re.compile(r"Digest value stored in the\s+DynamoDB table to the following value:\s*([0-9a-f]{32})")
+# Terraform 1.0 and 1.11 wrap this sentence at different words: any run of whitespace between them.
+_DIGEST = re.compile(r"Digest\s+value\s+stored\s+in\s+the\s+DynamoDB\s+table\s+to\s+the\s+following\s+value:"
+                     r"\s*([0-9a-f]{32})")
 
 
 class StateLocked(RunbookError):

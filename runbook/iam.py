@@ -835,7 +835,7 @@ def _check_state(ctx: IamRun, sc: Scope, state, *, planned: bool = False) -> str
         written = state.versions.get(sc.backend.key)
         if ctx.terraform_version:
             terraform.check_state_version(ctx.terraform_version, written, where=where,
-                                          binary=ctx.terraform_bin or "terraform")
+                                          binary=ctx.terraform_bin or "terraform", planned=planned)
         reason = f"default workspace; state {where} exists" + (f" (written by Terraform {written})" if written else "")
     elif ctx.applied_record(sc) is None:
         reason = f"default workspace; no state at {where} yet and no applied record: the first apply of {sc.label}"

@@ -100,13 +100,14 @@ def check_lock_mode(version: str, backend: Backend, *, binary: str = "terraform"
     )
 
 
-def check_state_version(version: str, state_version: str | None, *, where: str, binary: str = "terraform") -> None:
+def check_state_version(version: str, state_version: str | None, *, where: str, binary: str = "terraform",
+                        planned: bool = False) -> None:
     """Refuse a Terraform older than the one that last wrote the state at *where* (``s3://bucket/key``).
 
     *state_version* is the state's ``terraform_version`` (None or "" when unknown or no state). A
     Terraform older than that would fail halfway through, or write the state back in an older form
     (https://developer.hashicorp.com/terraform/language/v1-compatibility-promises). Raises RunbookError
-    naming both versions and the one to install.
+    naming both versions and the one to install; *planned*: a plan already ran (the message says so).
     """
     if not state_version or not re.fullmatch(r"\d+\.\d+\.\d+(?:-[0-9A-Za-z.]+)?", state_version):
         return
@@ -114,7 +115,9 @@ def check_state_version(version: str, state_version: str | None, *, where: str, 
         return
     raise RunbookError(
         f"The state {where} was last written by Terraform {state_version}, but this run would use Terraform "
-        f"{version} ({binary}), which is older; nothing was planned or applied",
+        f"{version} ({binary}), which is older; "
+        + ("nothing was applied (the plan above started before this look-up answered)" if planned
+           else "nothing was planned or applied"),
         where="config field terraform.required_version",
         fix=f"install Terraform {state_version} or later (https://developer.hashicorp.com/terraform/install) and "
         f'put it first on PATH; pin it for the team: terraform.required_version ">= {state_version}"',

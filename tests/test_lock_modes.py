@@ -122,6 +122,27 @@ def test_state_written_by_a_newer_terraform_is_refused_naming_both_versions(proj
     assert aws(moto_reset, "s3").get_object(Bucket=BUCKET, Key=STG_KEY)["ETag"] == before
 
 
+@pytest.mark.terraform_release("1.11", "dynamodb")
+def test_state_written_by_a_newer_terraform_is_refused_before_the_apply_where_the_look_up_overlaps_the_plan(
+        project, moto_reset, aws_env):
+    """On a machine that verified the backend before, the look-up runs while Terraform plans: the same
+    refusal comes before any apply, in place of whatever Terraform said."""
+    older = {**project.env, "PATH": os.pathsep.join(project.env["PATH"].split(os.pathsep)[1:])}
+    assert project.inv("iam.env", "--name", "stg", env=older).code == 0  # seen by this machine, with 1.0.3
+    path = project.path / "roots" / "environment" / "main.tf"
+    path.write_text(path.read_text() + "\n# a change\n")
+    from tests.project import git
+
+    git(project.path, "commit", "-q", "-am", "change")
+    git(project.path, "push", "-q")
+    assert project.inv("iam.env", "--name", "stg").code == 0  # another administrator, with 1.11.4
+    before = aws(moto_reset, "s3").get_object(Bucket=BUCKET, Key=STG_KEY)["ETag"]
+    result = project.inv("iam.env", "--name", "stg", env=older)
+    assert_user_error(result, "last written by Terraform 1.11.4", "install Terraform 1.11.4", "nothing was applied")
+    assert "Terraform: apply" not in result.out
+    assert aws(moto_reset, "s3").get_object(Bucket=BUCKET, Key=STG_KEY)["ETag"] == before
+
+
 def test_lock_s3_with_a_required_version_before_1_10_is_a_configuration_error(tmp_path: Path):
     from runbook import config as configuration
     from runbook.errors import RunbookError

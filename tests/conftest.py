@@ -3,7 +3,8 @@
 Terraform versions and lock modes
     The tests that run Terraform run with the pinned 1.0.3 (the venv, requirements-dev.txt). Where the version
     matters (backend init and its arguments, state locks, signals, the release stories: the modules in
-    MATRIX_MODULES) they also run with Terraform 1.11.4 at /usr/local/bin/terraform (TERRAFORM_1_11), and the
+    MATRIX_MODULES) they also run with Terraform 1.11.4 at /usr/local/bin/terraform (TERRAFORM_1_11; another
+    path in $RUNBOOK_TERRAFORM_1_11), and the
     release stories once more with 1.11.4 and ``terraform.backend.lock: s3`` (S3 lock files). A test takes its
     case through the ``terraform_release`` fixture (ids ``tf1.0.3-dynamodb``, ``tf1.11.4-dynamodb``,
     ``tf1.11.4-s3``): ``aws_env`` puts that Terraform first on PATH, ``terraform_bin`` is that binary and
@@ -82,7 +83,7 @@ def _pinned_tool(venv_bin: Path, name: str) -> Path:
 
 
 # The second Terraform the suite runs (see the module docstring), and the test modules that run on both.
-TERRAFORM_1_11 = Path("/usr/local/bin/terraform")
+TERRAFORM_1_11 = Path(os.environ.get("RUNBOOK_TERRAFORM_1_11", "/usr/local/bin/terraform"))
 MATRIX_MODULES = ("test_backend", "test_signals_and_locks", "test_release_stories", "test_deploy_script")
 # Modules that also run with S3 lock files (the others set up or inspect DynamoDB lock items themselves).
 S3_LOCK_MODULES = ("test_release_stories",)
@@ -187,6 +188,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_sep("!", f"TERRAFORM 1.11.4 ABSENT: {len(_missing)} case(s) did not run on it",
                                    red=True, bold=True)
         terminalreporter.write_line(f"install Terraform 1.11.4 at {TERRAFORM_1_11} to run them")
+        # ...and in the final summary line itself, e.g. "120 passed, 40 skipped, 40 TERRAFORM 1.11.4 ABSENT"
+        terminalreporter.stats.setdefault("TERRAFORM 1.11.4 ABSENT", []).extend(_missing)
     report = os.environ.get("RUNBOOK_TF_REPORT")
     if report:
         text = "\n".join(lines) + ("\n" if lines else "")

@@ -52,6 +52,19 @@ def test_s3_lock_mode_creates_no_table_and_leaves_no_lock_behind(project, moto_r
 
 
 @pytest.mark.terraform_release("1.11", "s3")
+def test_bootstrap_in_s3_lock_mode_creates_the_bucket_and_no_table(project, moto_reset):
+    looked = project.inv("iam.bootstrap", "--env", "stg", "--dry-run")
+    assert looked.code == 0, looked.all
+    assert f"create S3 bucket {BUCKET}" in looked.out and "DynamoDB" not in looked.out, looked.out
+    made = project.inv("iam.bootstrap", "--env", "stg", "--yes")
+    assert made.code == 0, made.all
+    assert f"lock file s3://{BUCKET}/" in made.out, made.out
+    assert tables(moto_reset) == []
+    again = project.inv("iam.bootstrap", "--env", "stg", "--yes")
+    assert again.code == 0 and "Nothing to do" in again.out, again.all
+
+
+@pytest.mark.terraform_release("1.11", "s3")
 def test_a_lock_file_left_by_another_run_says_who_and_is_released_only_while_it_is_that_lock(project, moto_reset):
     assert project.inv("iam.env", "--name", "stg").code == 0
     info = {"ID": LOCK_ID, "Operation": "OperationTypeApply", "Info": "", "Who": "bob@laptop-9",

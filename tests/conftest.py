@@ -1,24 +1,26 @@
 """Shared pytest fixtures: the repository, pinned tools, a local AWS (moto) and safe environments.
 
 Terraform versions and lock modes
-    The tests that run Terraform run with the pinned 1.0.3 (the venv, requirements-dev.txt). Where the version
-    matters (backend init and its arguments, state locks, signals, the release stories: the modules in
-    MATRIX_MODULES) they also run with Terraform 1.11.4 at /usr/local/bin/terraform (TERRAFORM_1_11; another
-    path in $RUNBOOK_TERRAFORM_1_11), and the
-    release stories once more with 1.11.4 and ``terraform.backend.lock: s3`` (S3 lock files). A test takes its
-    case through the ``terraform_release`` fixture (ids ``tf1.0.3-dynamodb``, ``tf1.11.4-dynamodb``,
+    The tests that run Terraform run with the pinned 1.0.3 (the venv, requirements-dev.txt). Where the
+    version matters (backend init and its arguments, state locks, signals, the release stories: the tests
+    marked ``terraform`` in MATRIX_MODULES) they also run with Terraform 1.11.4 at /usr/local/bin/terraform
+    (TERRAFORM_1_11; another path in $RUNBOOK_TERRAFORM_1_11), and the release stories once more with
+    1.11.4 and ``terraform.backend.lock: s3`` (S3 lock files). The other Terraform tests (iam tasks,
+    identity, take-over, records...) run on 1.0.3 only, to keep the suite's time on two cores. A test takes
+    its case through the ``terraform_release`` fixture (ids ``tf1.0.3-dynamodb``, ``tf1.11.4-dynamodb``,
     ``tf1.11.4-s3``): ``aws_env`` puts that Terraform first on PATH, ``terraform_bin`` is that binary and
     ``tests.project.base_config`` writes that lock mode. A test that needs one case names it with the marker
     ``@pytest.mark.terraform_release("1.11", "s3")`` (tests/test_lock_modes.py). When 1.11.4 is absent its
-    cases are skipped with the reason, and the summary line says so loudly (never a silent skip); the terminal
-    summary lists the versions and lock modes exercised (also written to $RUNBOOK_TF_REPORT when set:
-    .ci/run prints it).
+    cases are skipped with the reason, and the summary line says so loudly (never a silent skip); the
+    terminal summary lists the versions and lock modes exercised (also written to $RUNBOOK_TF_REPORT when
+    set: .ci/run prints it).
 
 Fixtures
     repo_root       Path of the repository (session).
     venv_bin        Directory of the running interpreter; the pinned tools live there (session).
     terraform_release  The (version, lock mode) case of the test: a TerraformRelease (function).
     terraform_bin   Path of the test's Terraform: the pinned 1.0.x, or 1.11.4 in its matrix cases (function).
+    pinned_terraform_bin  Path of the pinned 1.0.x, for module- and session-scoped fixtures (session).
     shellcheck_bin  Path of the pinned shellcheck from requirements-dev.txt (session).
     moto_endpoint   "http://127.0.0.1:PORT" of a moto server on a free loopback port (session).
     moto_reset      Empties every moto backend before the test; returns the endpoint (function).
@@ -138,8 +140,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "terraform_release" not in metafunc.fixturenames:
         return
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
-    if module not in MATRIX_MODULES:
-        return
+    if module not in MATRIX_MODULES or metafunc.definition.get_closest_marker("terraform") is None:
+        return  # only the tests that run Terraform (marker "terraform") gain from a second version
     cases = [PINNED, TerraformRelease("1.11")]
     if module in S3_LOCK_MODULES:
         cases.append(TerraformRelease("1.11", "s3"))
@@ -166,6 +168,14 @@ def terraform_release(request: pytest.FixtureRequest, venv_bin: Path) -> Iterato
         yield release
     finally:
         project.LOCK_MODE = previous
+
+
+@pytest.fixture(scope="session")
+def pinned_terraform_bin(venv_bin: Path) -> Path:
+    """The pinned Terraform 1.0.x alone, for fixtures broader than one test (module, session)."""
+    path, _ = _binary(PINNED.line, venv_bin)
+    assert path is not None
+    return path
 
 
 @pytest.fixture

@@ -173,3 +173,24 @@ def test_lock_s3_with_a_required_version_before_1_10_is_a_configuration_error(tm
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with pytest.raises(RunbookError, match="terraform.backend.lock"):
         configuration.load(path)
+
+
+def test_in_migration_mode_unlock_releases_the_lock_file_and_the_table_item(tf_backend, aws_credentials):
+    from runbook import aws as runbook_aws
+    from runbook import statelock
+    from runbook.config import Account, Backend
+
+    account = Account(name="nonprod", id="123456789012", region=tf_backend.region, endpoint_url=tf_backend.endpoint)
+    backend = Backend(bucket=tf_backend.bucket, key=STG_KEY, lock_table=tf_backend.lock_table,
+                      region=tf_backend.region, endpoint_url=tf_backend.endpoint, lock="dynamodb+s3")
+    info = json.dumps({"ID": LOCK_ID, "Who": "bob@laptop-9", "Created": "2026-11-30T08:01:02Z"})
+    tf_backend.client("s3").put_object(Bucket=tf_backend.bucket, Key=LOCK_FILE, Body=info.encode())
+    tf_backend.client("dynamodb").put_item(TableName=tf_backend.lock_table, Item={
+        "LockID": {"S": f"{tf_backend.bucket}/{STG_KEY}"}, "Info": {"S": info}})
+    session = runbook_aws.session(account)
+    held = statelock.read_lock(session, account, backend)
+    assert held is not None and held.id == LOCK_ID and held.etag
+    statelock.release_lock(session, account, backend, held)
+    assert LOCK_FILE not in keys(tf_backend.endpoint)
+    assert f"{tf_backend.bucket}/{STG_KEY}" not in tf_backend.lock_items()
+    assert statelock.read_lock(session, account, backend) is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -321,7 +322,11 @@ class BackendState:
         table_key: the table's key schema as text, e.g. "LockID (S)" ("" when absent).
         missing: the bucket's protections that are off: "versioning", "default encryption",
             "public access block" (empty when the bucket is absent or complete).
-        states: state object key -> whether S3 HeadObject found it (only the keys asked for).
+        states: state object key -> whether the state object exists (only the keys asked for).
+        versions: state object key -> the ``terraform_version`` that last wrote it (keys whose object
+            exists and names one).
+        table_needed: the backend locks with the DynamoDB table (``lock: dynamodb``); False with S3 lock
+            files (``lock: s3``): the table is then not looked up and not required.
     """
 
     bucket_exists: bool
@@ -330,11 +335,13 @@ class BackendState:
     table_key: str = ""
     missing: tuple[str, ...] = ()
     states: Mapping[str, bool] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    table_needed: bool = True
 
     @property
     def complete(self) -> bool:
-        """Both the bucket and the lock table exist."""
-        return self.bucket_exists and self.table_exists
+        """The bucket exists, and so does the lock table where the backend locks with one."""
+        return self.bucket_exists and (self.table_exists or not self.table_needed)
 
     @property
     def key_schema_ok(self) -> bool:
@@ -348,8 +355,9 @@ class BackendState:
 
     @property
     def table_ready(self) -> bool:
-        """The lock table takes reads and writes: ACTIVE, or UPDATING (a settings change; DynamoDB keeps serving)."""
-        return self.table_status in USABLE_TABLE_STATUSES
+        """The lock table takes reads and writes: ACTIVE, or UPDATING (a settings change; DynamoDB keeps serving);
+        always True when the backend locks with S3 lock files."""
+        return not self.table_needed or self.table_status in USABLE_TABLE_STATUSES
 
 
 def aws_command(account: Account, *args: str) -> str:
@@ -371,8 +379,10 @@ def backend_state(sess: Any, account: Account, backend: Backend, keys: Iterable[
         backend: bucket, lock table (and region) to look at.
         keys: state object keys to look for in the bucket (one HeadObject each).
 
-    Calls: S3 HeadBucket, GetBucketVersioning, GetBucketEncryption, GetPublicAccessBlock,
-    HeadObject per key (when the bucket exists); DynamoDB DescribeTable.
+    Calls: S3 HeadBucket, GetBucketVersioning, GetBucketEncryption, GetPublicAccessBlock, one ranged
+    GetObject per key (its first KiB, when the bucket exists: whether the state exists and which Terraform
+    wrote it, in the one request that HeadObject would take); DynamoDB DescribeTable (only when
+    ``backend.lock`` is "dynamodb").
 
     Raises RunbookError when the bucket belongs to someone else or the identity may not read
     what must be verified (naming the permission), or on any other AWS error.
@@ -384,21 +394,27 @@ def backend_state(sess: Any, account: Account, backend: Backend, keys: Iterable[
     bucket = _bucket_exists(s3, backend)
     missing: list[str] = []
     states: dict[str, bool] = {}
+    versions: dict[str, str] = {}
     if bucket:
         missing = _missing_protections(s3, backend)
         for key in dict.fromkeys(keys):
-            states[key] = _object_exists(s3, backend.bucket, key)
+            states[key], version = _state_object(s3, backend.bucket, key)
+            if version:
+                versions[key] = version
+    if not backend.uses_table:
+        return BackendState(bucket, False, missing=tuple(missing), states=states, versions=versions,
+                            table_needed=False)
     try:
         table = ddb.describe_table(TableName=backend.lock_table)["Table"]
     except botocore.exceptions.ClientError as exc:
         if _code(exc) == "ResourceNotFoundException":
-            return BackendState(bucket, False, missing=tuple(missing), states=states)
+            return BackendState(bucket, False, missing=tuple(missing), states=states, versions=versions)
         raise _aws_error("DynamoDB DescribeTable", backend.lock_table, exc) from None
     types = {a.get("AttributeName"): a.get("AttributeType") for a in table.get("AttributeDefinitions", [])}
     key = ", ".join(f"{k.get('AttributeName')} ({types.get(k.get('AttributeName'), '?')})"
                     for k in table.get("KeySchema", []))
     return BackendState(bucket, True, table_status=str(table.get("TableStatus", "")), table_key=key,
-                        missing=tuple(missing), states=states)
+                        missing=tuple(missing), states=states, versions=versions)
 
 
 def _code(exc: Any) -> str:
@@ -462,16 +478,29 @@ def _missing_protections(s3: Any, backend: Backend) -> list[str]:
     return missing
 
 
-def _object_exists(s3: Any, bucket: str, key: str) -> bool:
+# Terraform writes "terraform_version" second in a state snapshot (after "version"), so the first KiB holds it
+# (https://developer.hashicorp.com/terraform/internals/json-format describes the same field names).
+_STATE_HEAD_BYTES = 1024
+_STATE_VERSION = re.compile(rb'"terraform_version"\s*:\s*"([0-9A-Za-z.+-]{1,40})"')
+
+
+def _state_object(s3: Any, bucket: str, key: str) -> tuple[bool, str | None]:
+    """Whether the state object *key* exists, and the ``terraform_version`` that wrote it (None when unknown).
+
+    One ranged S3 GetObject (the first KiB): the same single request as a HeadObject, and the version with it.
+    """
     import botocore.exceptions
 
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return True
+        body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{_STATE_HEAD_BYTES - 1}")["Body"].read()
     except botocore.exceptions.ClientError as exc:
         if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise _aws_error("S3 HeadObject", f"s3://{bucket}/{key}", exc) from None
+            return False, None
+        if _code(exc) == "InvalidRange":  # an empty object
+            return True, None
+        raise _aws_error("S3 GetObject", f"s3://{bucket}/{key}", exc) from None
+    found = _STATE_VERSION.search(body)
+    return True, found.group(1).decode("ascii") if found else None
 
 
 def repair_commands(account: Account, backend: Backend, missing: Iterable[str]) -> list[str]:
@@ -570,7 +599,7 @@ def create_backend(sess: Any, account: Account, backend: Backend, state: Backend
                 raise _aws_error("S3 CreateBucket", backend.bucket, exc) from None
         protections = repair_bucket(sess, account, backend, (VERSIONING, ENCRYPTION, PUBLIC_ACCESS_BLOCK))
         done.append(f"switched on {', '.join(protections)} of {backend.bucket}")
-    if not state.table_exists:
+    if state.table_needed and not state.table_exists:
         try:
             ddb.create_table(
                 TableName=backend.lock_table,

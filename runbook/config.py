@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "required_version": ">= 1.0.0",
     "state_bucket": "{project}-tfstate-{account_id}",
     "lock_table": "{project}-tf-locks",
+    "lock": "dynamodb",
     "account_state_key": "{project}/iam/account.tfstate",
     "environment_state_key": "{project}/iam/env/{environment}.tfstate",
     "account_root": "iam/terraform/account-specific/main",
@@ -68,15 +69,50 @@ class Environment:
     deploy_command: str | None = None
 
 
+# Terraform's S3 backend locks state in a DynamoDB table ("dynamodb") or, from Terraform 1.10, with an S3
+# object "<key>.tflock" beside the state ("s3": use_lockfile), or both at once ("dynamodb+s3": the step of a
+# migration between the two in which every run takes both locks). Source:
+# https://developer.hashicorp.com/terraform/language/backend/s3#state-locking
+LOCK_MODES = ("dynamodb", "s3", "dynamodb+s3")
+S3_LOCK_MIN_VERSION = "1.10.0"
+
+
 @dataclass(frozen=True)
 class Backend:
-    """Where one root module keeps its state: S3 bucket and key, DynamoDB lock table."""
+    """Where one root module keeps its state: S3 bucket and key, and how the state is locked.
+
+    ``lock`` is "dynamodb" (an item of ``lock_table``), "s3" (the object ``<key>.tflock``, Terraform
+    1.10+; ``lock_table`` is then neither created nor required) or "dynamodb+s3" (both: a migration step).
+    """
 
     bucket: str
     key: str
     lock_table: str
     region: str
     endpoint_url: str | None = None
+    lock: str = "dynamodb"
+
+    @property
+    def uses_table(self) -> bool:
+        """Whether Terraform locks this state with the DynamoDB table."""
+        return self.lock in ("dynamodb", "dynamodb+s3")
+
+    @property
+    def uses_lockfile(self) -> bool:
+        """Whether Terraform locks this state with an S3 lock file (``use_lockfile``, Terraform 1.10+)."""
+        return self.lock in ("s3", "dynamodb+s3")
+
+    @property
+    def lock_object(self) -> str:
+        """The key of the S3 lock file Terraform writes in "s3" mode: ``<key>.tflock``."""
+        return f"{self.key}.tflock"
+
+    @property
+    def lock_text(self) -> str:
+        """The lock in words: "lock table NAME" or "lock file s3://BUCKET/KEY.tflock"."""
+        parts = [f"lock table {self.lock_table}"] if self.uses_table else []
+        parts += [f"lock file s3://{self.bucket}/{self.lock_object}"] if self.uses_lockfile else []
+        return " and ".join(parts)
 
 
 # project_slug's VCS prefix -> the host CircleCI's OIDC token names in vcs-origin.
@@ -123,6 +159,7 @@ class Config:
     required_version: str
     backend_names: dict[str, str]
     roots: dict[str, Path]
+    lock_mode: str = "dynamodb"
     circleci: CircleCI | None = None
     git_remote: str | None = None  # the team's repository URL (field git.remote), see runbook.git.team_remote
     lines: dict[tuple, int] = field(default_factory=dict, repr=False, compare=False)
@@ -179,6 +216,7 @@ class Config:
             lock_table=self.backend_names["lock_table"].format(**values),
             region=account.region,
             endpoint_url=account.endpoint_url,
+            lock=self.lock_mode,
         )
 
 
@@ -661,6 +699,8 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> li
     backend = (data.get("terraform") or {}).get("backend") or {}
     sample = {"project": "p", "account_id": "123456789012", "region": "eu-west-1", "environment": "stg"}
     for key, template in backend.items():
+        if key == "lock":
+            continue
         try:
             template.format(**sample)
         except (KeyError, IndexError, ValueError) as exc:
@@ -691,6 +731,8 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: set[tuple]) -> li
             line = _line(lines, ("terraform", "required_version"))
             problems.append(f"line {line}, field terraform.required_version: {required!r} is not a Terraform "
                             'version constraint such as ">= 1.0.0" or "~> 1.0"')
+        else:
+            problems += _lock_mode_problems(backend, required, lines)
     for name in accounts:
         if ("accounts", name, "id") in plain:
             line = _line(lines, ("accounts", name, "id"))
@@ -784,6 +826,20 @@ def _name_problems(config: Config) -> list[str]:
     return list(problems)
 
 
+def _lock_mode_problems(backend: dict, required: str, lines: dict[tuple, int]) -> list[str]:
+    """``lock: s3`` needs Terraform 1.10 or later: refuse a required_version that no such release satisfies."""
+    from runbook.terraform import satisfies
+
+    if backend.get("lock") not in ("s3", "dynamodb+s3"):
+        return []
+    if any(satisfies(v, required) for v in (S3_LOCK_MIN_VERSION, "1.11.4", "1.12.0", "1.14.0", "2.0.0")):
+        return []
+    line = _line(lines, ("terraform", "backend", "lock"))
+    return [f"line {line}, field terraform.backend.lock: lock {backend.get('lock')} (S3 lock files, use_lockfile) "
+            f"needs Terraform {S3_LOCK_MIN_VERSION} or later, but terraform.required_version {required!r} admits no "
+            f'such release; set required_version: ">= {S3_LOCK_MIN_VERSION}", or lock: dynamodb']
+
+
 def _valid_url(url: str) -> bool:
     from urllib.parse import urlsplit
 
@@ -830,6 +886,7 @@ def _build(data: dict, lines: dict[tuple, int], path: Path) -> Config:
             key: backend.get(key, DEFAULTS[key])
             for key in ("state_bucket", "lock_table", "account_state_key", "environment_state_key")
         },
+        lock_mode=backend.get("lock", DEFAULTS["lock"]),
         roots={
             scope: _resolve_root(roots.get(scope, DEFAULTS[f"{scope}_root"]))
             for scope in ("account", "environment")

@@ -95,6 +95,7 @@ class IamRun:
     remote: Any = None  # git.TeamRemote the branch was compared with (GitCheck)
     take_over_text: str = ""  # what TakeOverCheck found, for its run()
     terraform_bin: str | None = None
+    terraform_version: str | None = None
     head: str | None = None
     branch: str | None = None
     fingerprints: dict[str, str] = field(default_factory=dict)  # scope kind -> fingerprint when planned
@@ -401,7 +402,11 @@ class TerraformCheck(Step):
                 raise RunbookError("terraform is not on PATH", id="terraform-missing", fix=terraform.INSTALL_HINT)
             return Decision(True, f"found {found}; its version is checked at run time")
         ctx.terraform_bin, version = ctx.fetched("terraform", lambda: terraform.find(ctx.config.required_version))
-        return Decision(True, f"Terraform {version} at {ctx.terraform_bin}")
+        ctx.terraform_version = version
+        for sc in ctx.scopes():
+            terraform.check_lock_mode(version, sc.backend, binary=ctx.terraform_bin)
+        lock = "; locks the state with S3 lock files (1.10+)" if ctx.backend.uses_lockfile else ""
+        return Decision(True, f"Terraform {version} at {ctx.terraform_bin}{lock}")
 
 
 
@@ -446,8 +451,9 @@ class BackendStep(Step):
 
     def describe(self, ctx: IamRun) -> list[str]:
         b = ctx.backend
-        return [f"S3 bucket {b.bucket} (versioned, encrypted, public access blocked), key {b.key}",
-                f"DynamoDB lock table {b.lock_table} (hash key LockID, string)"]
+        lock = (f"DynamoDB lock table {b.lock_table} (hash key LockID, string)" if b.uses_table else
+                f"state lock: S3 lock file s3://{b.bucket}/{b.lock_object} (use_lockfile; no DynamoDB table)")
+        return [f"S3 bucket {b.bucket} (versioned, encrypted, public access blocked), key {b.key}", lock]
 
     def check(self, ctx: IamRun) -> Decision:
         if ctx.dry_run:
@@ -462,9 +468,9 @@ class BackendStep(Step):
             # Seen and verified on an earlier run: let Terraform start; PlanStep takes the look-up's answer after
             # the plan (_confirm_backend) and nothing is applied unless it verifies the backend and the state.
             ctx.backend_pending = ctx._futures.pop("backend")
-            return Decision(False, f"bucket {b.bucket} and table {b.lock_table} were verified on {seen}; they are "
-                                   "looked up again while Terraform plans, and nothing is applied unless they "
-                                   "still verify")
+            parts = f"bucket {b.bucket} and table {b.lock_table}" if b.uses_table else f"bucket {b.bucket}"
+            return Decision(False, f"{parts} verified on {seen}; looked up again while Terraform plans, and nothing "
+                                   "is applied unless they still verify")
         state = ctx.fetched("backend", ctx._look_up_backend)
         if isinstance(state, RunbookError):
             raise state
@@ -484,6 +490,19 @@ class BackendStep(Step):
         _refuse_unverified(ctx, after)
         ctx.backend_found = after
         return "; ".join(done)
+
+
+def _backend_words(b) -> str:
+    """What the backend *b* is made of, as a sentence: "bucket B and table T exist" or "bucket B exists (...)"."""
+    if b.uses_table:
+        return f"bucket {b.bucket} and table {b.lock_table} exist"
+    return f"bucket {b.bucket} exists (state locked with S3 lock files, no lock table)"
+
+
+def _missing_parts(b, state, *, bucket: str = "bucket", table: str = "lock table") -> list[str]:
+    """The parts of backend *b* that *state* did not find: *bucket* and/or *table* (the table only where used)."""
+    return [n for n, ok in ((bucket, state.bucket_exists), (table, state.table_exists or not state.table_needed))
+            if not ok]
 
 
 def bootstrap_command(ctx: IamRun) -> str:
@@ -506,13 +525,13 @@ def _decide_backend(ctx: IamRun, state) -> Decision:
     ctx.backend_found = state
     _refuse_wrong_lock_table(ctx, state)
     if state.verified:
-        return Decision(False, f"bucket {b.bucket} and table {b.lock_table} exist (verified: versioned, encrypted, "
-                               "public access blocked; lock table keyed LockID)")
+        table = "; lock table keyed LockID" if b.uses_table else ""
+        return Decision(False, f"{_backend_words(b)} (verified: versioned, encrypted, public access blocked{table})")
     if not state.complete:
         evidence, digests = _earlier_deploys(ctx, state)
         if evidence:
             raise _not_a_first_deploy(ctx, state, evidence, digests)
-        missing = [n for n, ok in (("bucket", state.bucket_exists), ("lock table", state.table_exists)) if not ok]
+        missing = _missing_parts(b, state)
         return Decision(True, f"first deploy into account {ctx.account.id} (no applied record, no state digest, "
                               f"no state): the {' and '.join(missing)} must be created")
     todo = []
@@ -546,8 +565,8 @@ def _refuse_unverified(ctx: IamRun, state) -> None:
     _refuse_wrong_lock_table(ctx, state)
     if state.verified:
         return
-    gaps = [n for n, ok in ((f"S3 bucket {ctx.backend.bucket}", state.bucket_exists),
-                            (f"DynamoDB table {ctx.backend.lock_table}", state.table_exists)) if not ok]
+    gaps = _missing_parts(ctx.backend, state, bucket=f"S3 bucket {ctx.backend.bucket}",
+                          table=f"DynamoDB table {ctx.backend.lock_table}")
     gaps += [f"the bucket's {name}" for name in state.missing]
     if state.table_exists and not state.table_ready:
         gaps.append(f"the lock table is {state.table_status}")
@@ -592,8 +611,7 @@ def _printable(text: str) -> str:
 
 def _not_a_first_deploy(ctx: IamRun, state, evidence: list[str], digests: list[str]) -> RunbookError:
     b = ctx.backend
-    gone = [n for n, ok in ((f"the S3 bucket {b.bucket}", state.bucket_exists),
-                            (f"the DynamoDB lock table {b.lock_table}", state.table_exists)) if not ok]
+    gone = _missing_parts(b, state, bucket=f"the S3 bucket {b.bucket}", table=f"the DynamoDB lock table {b.lock_table}")
     elsewhere = sorted({d.split("/", 1)[0] for d in digests} - {b.bucket})
     if elsewhere and not state.bucket_exists:
         hint = (f"if terraform.backend.state_bucket was changed or mistyped (the lock table knows state in "
@@ -615,7 +633,8 @@ def _not_a_first_deploy(ctx: IamRun, state, evidence: list[str], digests: list[s
 
 def _backend_key(ctx: IamRun, key: str) -> str:
     b = ctx.backend
-    return "|".join([ctx.account.endpoint_url or "aws", ctx.account.id, b.region, b.bucket, b.lock_table, key])
+    return "|".join([ctx.account.endpoint_url or "aws", ctx.account.id, b.region, b.bucket,
+                     b.lock_table if b.lock == "dynamodb" else f"{b.lock_table}+{b.lock}", key])
 
 
 def _needed_keys(ctx: IamRun) -> list[str]:
@@ -671,8 +690,7 @@ def _confirm_backend(ctx: IamRun) -> None:
     if not state.verified:
         _forget_backend(ctx)
     if not state.complete:
-        gone = [n for n, ok in ((f"S3 bucket {b.bucket}", state.bucket_exists),
-                                (f"DynamoDB table {b.lock_table}", state.table_exists)) if not ok]
+        gone = _missing_parts(b, state, bucket=f"S3 bucket {b.bucket}", table=f"DynamoDB table {b.lock_table}")
         empty = " (the state lived in the bucket)" if not state.bucket_exists else ""
         raise RunbookError(
             f"The Terraform backend has gone: {' and '.join(gone)} existed on an earlier run but not now{empty}; "
@@ -845,7 +863,7 @@ class StateStep(ScopedStep):
             state = aws.backend_state(ctx.aws_session(), sc.account, sc.backend, [sc.backend.key])
             if not state.verified:
                 raise RunbookError(
-                    f"The Terraform backend of {sc.label} (bucket {sc.backend.bucket}, table {sc.backend.lock_table})"
+                    f"The Terraform backend of {sc.label} (bucket {sc.backend.bucket}, {sc.backend.lock_text})"
                     " is missing or incomplete; nothing was planned or applied",
                     id="backend-incomplete",
                     fix=f"see what is missing and why: {bootstrap_command(ctx)} --dry-run",
@@ -890,7 +908,11 @@ def _check_state(ctx: IamRun, sc: Scope, state, *, planned: bool = False) -> str
     *planned*: the check comes after a plan that started before it (the message says so)."""
     where = f"s3://{sc.backend.bucket}/{sc.backend.key}"
     if state.states.get(sc.backend.key):
-        reason = f"default workspace; state {where} exists"
+        written = state.versions.get(sc.backend.key)
+        if ctx.terraform_version:
+            terraform.check_state_version(ctx.terraform_version, written, where=where,
+                                          binary=ctx.terraform_bin or "terraform", planned=planned)
+        reason = f"default workspace; state {where} exists" + (f" (written by Terraform {written})" if written else "")
     elif ctx.applied_record(sc) is None:
         reason = f"default workspace; no state at {where} yet and no applied record: the first apply of {sc.label}"
     else:
@@ -955,7 +977,7 @@ class ScriptStep(ScopedStep):
                                id="aws-no-credentials",
                                fix="run the whole command again (its caller identity check freezes them)")
         env = terraform.script_env(sc.backend, mode=self.mode, tf_vars=sc.tf_vars(), terraform_bin=ctx.terraform_bin,
-                                   credentials=ctx.credentials)
+                                   credentials=ctx.credentials, terraform_version=ctx.terraform_version)
         if ctx.lock_timeout_s:
             env["TF_LOCK_TIMEOUT"] = f"{ctx.lock_timeout_s:.0f}s"
         return env
@@ -1199,15 +1221,16 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
     elif state.missing:
         actions.append((f"switch on {', '.join(state.missing)} of S3 bucket {b.bucket}",
                         "a state bucket must be versioned, encrypted and never public"))
-    if not state.table_exists:
+    if state.table_needed and not state.table_exists:
         actions.append((f"create DynamoDB table {b.lock_table} (hash key LockID, string; on-demand billing)",
                         "it does not exist; Terraform locks the state in it"))
     elif not state.table_ready:
         actions.append((f"wait for DynamoDB table {b.lock_table}", f"it is {state.table_status}: another run is "
                                                                     "creating it"))
     if not actions:
-        console.ok(f"Nothing to do: bucket {b.bucket} and table {b.lock_table} exist and are verified (versioned, "
-                   "encrypted, public access blocked; lock table keyed LockID).")
+        table = "; lock table keyed LockID" if b.uses_table else ""
+        console.ok(f"Nothing to do: {_backend_words(b)} and verified (versioned, encrypted, public access "
+                   f"blocked{table}).")
         return []
     evidence, _ = _earlier_deploys(ctx, state) if not state.complete else ([], [])
     console.say(f"Backend of account {account.name} ({account.id}), region {account.region}:")
@@ -1242,6 +1265,5 @@ def bootstrap(ctx: IamRun, *, dry_run: bool = False) -> list[str]:
         cache.put("backend-seen", _backend_key(ctx, key), None)
     for line in done:
         console.ok(line)
-    console.ok(f"The backend of account {account.name} ({account.id}) is ready: bucket {b.bucket}, table "
-               f"{b.lock_table}.")
+    console.ok(f"The backend of account {account.name} ({account.id}) is ready: bucket {b.bucket}, {b.lock_text}.")
     return done

@@ -2,9 +2,11 @@
 
 Terraform's S3 backend locks a state with an item of the DynamoDB lock table: LockID
 "<bucket>/<key>" (the default workspace), attribute Info holding the lock info as JSON. Terraform
-1.10+ can lock with an S3 object "<key>.tflock" instead (``use_lockfile``); a backend in that mode
-gets a branch of its own in :func:`read_lock` and :func:`release_lock` (read the object; delete it
-only if its ETag is unchanged), and their callers stay as they are.
+1.10+ can lock with an S3 object "<key>.tflock" instead (``use_lockfile``, configuration
+``terraform.backend.lock: s3``), whose body is the same lock info JSON (ID, Operation, Who, Version,
+Created, Path); Terraform writes it with a conditional PutObject (If-None-Match: *). In that mode
+:func:`read_lock` reads the object and :func:`release_lock` deletes it only if its ETag is unchanged
+(DeleteObject If-Match); with ``dynamodb+s3`` (a migration) both locks are read and released.
 Source: https://developer.hashicorp.com/terraform/language/backend/s3#state-locking
 """
 
@@ -33,6 +35,7 @@ class LockInfo:
     who: str = ""
     version: str = ""
     created: str = ""
+    etag: str = ""  # the S3 lock file's ETag when the lock is one ("" for a lock table item)
 
     def describe(self) -> str:
         """One line: who holds it, since when, doing what, and its ID (text from outside: control characters
@@ -83,11 +86,16 @@ def read_lock(session, account, backend: Backend) -> LockInfo | None:
     Args:
         session: boto3 Session for *account*.
         account: the configured account (region, endpoint_url).
-        backend: the root module's backend (bucket, key, lock table).
+        backend: the root module's backend (bucket, key, lock mode, lock table).
 
-    One DynamoDB GetItem (strongly consistent). Raises RunbookError when the table cannot be read,
-    or holds a lock item whose Info is not Terraform's lock info.
+    In "s3" mode one S3 GetObject of ``<key>.tflock``; in "dynamodb" mode one DynamoDB GetItem (strongly
+    consistent); in "dynamodb+s3" mode the lock file first, then the table. Raises RunbookError when the lock
+    cannot be read, or holds something that is not Terraform's lock info.
     """
+    if backend.uses_lockfile:
+        found = _lock_file(session, account, backend)
+        if found is not None or not backend.uses_table:
+            return found
     item = _lock_item(session, account, backend)
     if item is None:
         return None
@@ -106,13 +114,21 @@ def read_lock(session, account, backend: Backend) -> LockInfo | None:
 def release_lock(session, account, backend: Backend, lock: LockInfo) -> None:
     """Release the state lock *lock* (as read by :func:`read_lock`): what ``terraform force-unlock`` does.
 
-    The delete is conditional on the lock still being *lock* (same ID), so a lock taken again by
-    another run in the meantime is never released. Raises RunbookError when it changed or AWS refuses.
+    The delete is conditional on the lock still being *lock* (same ID; for an S3 lock file, the same
+    ETag), so a lock taken again by another run in the meantime is never released. Raises RunbookError
+    when it changed or AWS refuses.
     """
     from botocore.exceptions import ClientError
 
     from runbook import aws
 
+    if lock.etag:
+        _release_lock_file(session, account, backend, lock)
+        if not backend.uses_table:
+            return
+        item = _lock_item(session, account, backend)
+        if item is None or lock.id not in item.get("Info", {}).get("S", ""):
+            return
     ddb = aws.client(session, "dynamodb", account)
     try:
         ddb.delete_item(
@@ -132,6 +148,54 @@ def release_lock(session, account, backend: Backend, lock: LockInfo) -> None:
         raise _lock_error("releasing", backend, exc) from None
 
 
+def _lock_file(session, account, backend: Backend) -> LockInfo | None:
+    """The lock info in the S3 lock file ``<key>.tflock`` with its ETag, or None when there is no such object."""
+    from botocore.exceptions import ClientError
+
+    from runbook import aws
+
+    s3 = aws.client(session, "s3", account)
+    where = f"s3://{backend.bucket}/{backend.lock_object}"
+    try:
+        found = s3.get_object(Bucket=backend.bucket, Key=backend.lock_object)
+        body = found["Body"].read(65536)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise _lock_error("reading", backend, exc, where=where) from None
+    info = LockInfo.from_json(body.decode("utf-8", "replace"))
+    if info is None:
+        raise RunbookError(
+            f"The lock file {where} is not Terraform's lock info",
+            id="unlock-refused",
+            where=where,
+            fix="look at it before removing anything: "
+            + aws.aws_command(account, "s3", "cp", where, "-"),
+        )
+    return LockInfo(id=info.id, path=info.path, operation=info.operation, who=info.who, version=info.version,
+                    created=info.created, etag=str(found.get("ETag", "")))
+
+
+def _release_lock_file(session, account, backend: Backend, lock: LockInfo) -> None:
+    """Delete the S3 lock file only if its ETag is still *lock*'s (DeleteObject If-Match)."""
+    from botocore.exceptions import ClientError
+
+    from runbook import aws
+
+    s3 = aws.client(session, "s3", account)
+    try:
+        s3.delete_object(Bucket=backend.bucket, Key=backend.lock_object, IfMatch=lock.etag)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "NoSuchKey", "404", "412"):
+            raise RunbookError(
+                f"The state lock of {backend.key} changed while you confirmed: the lock file "
+                f"s3://{backend.bucket}/{backend.lock_object} is no longer lock {lock.id}; nothing was released",
+                id="unlock-refused",
+                fix="run the run's command again: it reports the lock that is held now",
+            ) from None
+        raise _lock_error("releasing", backend, exc, where=f"s3://{backend.bucket}/{backend.lock_object}") from None
+
+
 def _lock_id(backend: Backend) -> str:
     return f"{backend.bucket}/{backend.key}"
 
@@ -149,10 +213,10 @@ def _lock_item(session, account, backend: Backend) -> dict | None:
         raise _lock_error("reading", backend, exc) from None
 
 
-def _lock_error(action: str, backend: Backend, exc) -> RunbookError:
+def _lock_error(action: str, backend: Backend, exc, *, where: str | None = None) -> RunbookError:
     code = exc.response.get("Error", {}).get("Code", "Unknown")
     return RunbookError(
-        f"AWS refused {action} the state lock of {backend.key} in table {backend.lock_table} ({code})",
+        f"AWS refused {action} the state lock of {backend.key} in {where or 'table ' + backend.lock_table} ({code})",
         id="aws-access-denied",
         fix="use an administrator identity for the account (the one the iam.* tasks use), then run again",
     )

@@ -81,6 +81,53 @@ def find(required: str, *, path: str | None = None) -> tuple[str, str]:
     return binary, version
 
 
+def check_lock_mode(version: str, backend: Backend, *, binary: str = "terraform") -> None:
+    """Refuse a Terraform that cannot lock *backend*'s state the configured way.
+
+    ``lock: s3`` (S3 lock files, the backend's ``use_lockfile``) needs Terraform 1.10 or later
+    (https://developer.hashicorp.com/terraform/language/backend/s3#state-locking); an older one would
+    ignore it or fail at ``init``. Raises RunbookError naming the version needed.
+    """
+    from runbook.config import S3_LOCK_MIN_VERSION
+
+    if not backend.uses_lockfile or satisfies(version, f">= {S3_LOCK_MIN_VERSION}"):
+        return
+    raise RunbookError(
+        f"Terraform {version} at {binary} cannot lock the state with an S3 lock file: terraform.backend.lock is "
+        f"{backend.lock} "
+        f"(use_lockfile), which needs Terraform {S3_LOCK_MIN_VERSION} or later; nothing was changed",
+        id="terraform-version",
+        where="config field terraform.backend.lock",
+        fix=f"install Terraform {S3_LOCK_MIN_VERSION} or later (https://developer.hashicorp.com/terraform/install) "
+        "and put it first on PATH; or set terraform.backend.lock: dynamodb",
+    )
+
+
+def check_state_version(version: str, state_version: str | None, *, where: str, binary: str = "terraform",
+                        planned: bool = False) -> None:
+    """Refuse a Terraform older than the one that last wrote the state at *where* (``s3://bucket/key``).
+
+    *state_version* is the state's ``terraform_version`` (None or "" when unknown or no state). A
+    Terraform older than that would fail halfway through, or write the state back in an older form
+    (https://developer.hashicorp.com/terraform/language/v1-compatibility-promises). Raises RunbookError
+    naming both versions and the one to install; *planned*: a plan already ran (the message says so).
+    """
+    if not state_version or not re.fullmatch(r"\d+\.\d+\.\d+(?:-[0-9A-Za-z.]+)?", state_version):
+        return
+    if _parse(version) >= _parse(state_version):
+        return
+    raise RunbookError(
+        f"The state {where} was last written by Terraform {state_version}, but this run would use Terraform "
+        f"{version} ({binary}), which is older; "
+        + ("nothing was applied (the plan above started before this look-up answered)" if planned
+           else "nothing was planned or applied"),
+        id="terraform-version",
+        where="config field terraform.required_version",
+        fix=f"install Terraform {state_version} or later (https://developer.hashicorp.com/terraform/install) and "
+        f'put it first on PATH; pin it for the team: terraform.required_version ">= {state_version}"',
+    )
+
+
 def _version_of(binary: str) -> str:
     """``terraform version -json`` of *binary*, cached by the binary's real path, size and mtime.
 
@@ -185,7 +232,7 @@ CHILD_SHUT = {"AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.d
 
 def script_env(
     backend: Backend, *, mode: str, tf_vars: dict[str, str], terraform_bin: str | None = None,
-    credentials: Any = None,
+    credentials: Any = None, terraform_version: str | None = None,
 ) -> dict[str, str]:
     """The environment variables that ``deploy-app.sh`` reads (its header documents them), and the
     credentials Terraform must use.
@@ -196,19 +243,27 @@ def script_env(
     for key, the identity the runbook checked and records as ``applied_by``, whatever the user's
     shell exports (a configured ``profile:`` next to exported keys used to split the two). Without
     *credentials* (a dry run shows the command) the variables are left out.
+
+    The lock: ``TF_LOCK_MODE`` (``backend.lock``) and, in "dynamodb" mode only, ``TF_LOCK_TABLE``.
+    *terraform_version* (from :func:`find`, e.g. "1.11.4") becomes ``TERRAFORM_VERSION``, from which the
+    script chooses the backend arguments of that version (without it the script asks Terraform itself).
     """
     env = {
         "DEPLOY_MODE": mode,
         "TF_STATE_BUCKET": backend.bucket,
         "TF_STATE_KEY": backend.key,
-        "TF_LOCK_TABLE": backend.lock_table,
+        "TF_LOCK_MODE": backend.lock,
         "AWS_REGION": backend.region,
         "TF_PLAN_FILE": PLAN_FILE,
         "TF_IN_AUTOMATION": "1",
         "CHECKPOINT_DISABLE": "1",
     }
+    if backend.uses_table:
+        env["TF_LOCK_TABLE"] = backend.lock_table
     if backend.endpoint_url:
         env["AWS_ENDPOINT_URL"] = backend.endpoint_url
+    if terraform_version:
+        env["TERRAFORM_VERSION"] = terraform_version
     if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
         env["TF_CLI_ARGS"] = "-no-color"
     if terraform_bin:
@@ -389,7 +444,9 @@ def _say(text: str) -> None:
 LOCKED_EXIT = 75
 _TF_FAILED = re.compile(r"^deploy-app\.sh: error: terraform (\w+)[^\n]* failed \(exit (\d+)\)", re.M)
 _SCRIPT_ERROR = re.compile(r"^deploy-app\.sh: error: (.*)$", re.M)
-_DIGEST = re.compile(r"Digest value stored in the\s+DynamoDB table to the following value:\s*([0-9a-f]{32})")
+# Terraform 1.0 and 1.11 wrap this sentence at different words: any run of whitespace between them.
+_DIGEST = re.compile(r"Digest\s+value\s+stored\s+in\s+the\s+DynamoDB\s+table\s+to\s+the\s+following\s+value:"
+                     r"\s*([0-9a-f]{32})")
 
 
 class StateLocked(RunbookError):

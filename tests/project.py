@@ -20,6 +20,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_ROOTS = REPO / "tests" / "fixtures" / "roots"
 ACCOUNT_ID = "123456789012"
+# terraform.backend.lock that base_config writes: set per test by the terraform_release fixture (conftest.py).
+LOCK_MODE = "dynamodb"
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -45,6 +47,7 @@ def base_config(endpoint: str | None, *, account_id: str = ACCOUNT_ID) -> dict:
         "terraform": {
             "required_version": ">= 1.0.0",
             "roots": {"account": "roots/account", "environment": "roots/environment"},
+            **({"backend": {"lock": LOCK_MODE}} if LOCK_MODE != "dynamodb" else {}),
         },
         "circleci": {"project_slug": "gh/acme/acme-api", "workflow": "build-test-deploy"},
     }

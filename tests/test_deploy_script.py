@@ -50,6 +50,7 @@ case "$1" in
     init) mkdir -p .terraform ;;
     plan) for arg in "$@"; do [[ "$arg" == -out=* ]] && printf 'plan' >"${arg#-out=}"; done ;;
     show) printf '{"format_version":"0.2"}\n' ;;
+    version) printf '{\n  "terraform_version": "%s",\n  "platform": "linux_amd64"\n}\n' "${FAKE_TF_VERSION:-1.0.3}" ;;
 esac
 exit "${FAKE_TF_EXIT:-0}"
 """
@@ -247,7 +248,8 @@ def test_plan_mode_runs_init_plan_show_with_the_backend_config(repo_root, root, 
 
 def test_local_endpoint_adds_the_terraform_1_0_backend_options(repo_root, root, fake_tf):
     endpoint = "http://127.0.0.1:1"
-    env = {**fake_tf, "DEPLOY_MODE": "plan", "AWS_ENDPOINT_URL": endpoint, "TF_PLAN_FILE": "out/my.plan"}
+    env = {**fake_tf, "DEPLOY_MODE": "plan", "AWS_ENDPOINT_URL": endpoint, "TF_PLAN_FILE": "out/my.plan",
+           "TERRAFORM_VERSION": "1.0.3"}
     result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env=env)
     assert result.returncode == 0, result.stderr
     init = tf_calls(fake_tf)[0]
@@ -261,6 +263,48 @@ def test_local_endpoint_adds_the_terraform_1_0_backend_options(repo_root, root, 
     ):
         assert f"-backend-config={flag}=true" in init
     assert (root / "out/my.plan").exists() and (root / "out/my.plan.json").exists()
+
+
+@pytest.mark.parametrize("given", ["1.11.4", None], ids=["TERRAFORM_VERSION", "asked"])
+def test_local_endpoint_gives_terraform_1_6_and_later_the_endpoints_block(repo_root, root, fake_tf, given):
+    endpoint = "http://127.0.0.1:1"
+    env = {**fake_tf, "DEPLOY_MODE": "plan", "AWS_ENDPOINT_URL": endpoint}
+    env.update({"TERRAFORM_VERSION": given} if given else {"FAKE_TF_VERSION": "1.6.0"})
+    result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env=env)
+    assert result.returncode == 0, result.stderr
+    init = next(call for call in tf_calls(fake_tf) if call[0] == "init")
+    url = f'"{endpoint}"'
+    assert f"-backend-config=endpoints={{s3={url},sts={url},iam={url},dynamodb={url}}}" in init
+    assert "-backend-config=use_path_style=true" in init
+    assert not [arg for arg in init if arg.split("=")[0].endswith(("endpoint", "force_path_style"))], init
+
+
+def test_s3_lock_mode_uses_a_lock_file_and_needs_no_table(repo_root, root, fake_tf):
+    env = {k: v for k, v in fake_tf.items() if k != "TF_LOCK_TABLE"}
+    env.update({"DEPLOY_MODE": "plan", "TF_LOCK_MODE": "s3", "FAKE_TF_VERSION": "1.11.4"})
+    result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env=env)
+    assert result.returncode == 0, result.stderr
+    init = next(call for call in tf_calls(fake_tf) if call[0] == "init")
+    assert "-backend-config=use_lockfile=true" in init
+    assert not [arg for arg in init if "dynamodb" in arg], init
+    assert f"lock file s3://acme-api-tfstate-123456789012/{ENV_KEY}.tflock" in result.stderr
+
+
+def test_s3_lock_mode_refuses_terraform_before_1_10_before_init(repo_root, root, fake_tf):
+    env = {**fake_tf, "DEPLOY_MODE": "plan", "TF_LOCK_MODE": "s3", "FAKE_TF_VERSION": "1.9.8"}
+    result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env=env)
+    assert result.returncode == 2
+    assert "needs Terraform 1.10 or later" in result.stderr and "1.9.8" in result.stderr
+    assert [call[0] for call in tf_calls(fake_tf)] == ["version"], "nothing but `terraform version` may run"
+
+
+def test_migration_lock_mode_takes_both_locks(repo_root, root, fake_tf):
+    env = {**fake_tf, "DEPLOY_MODE": "plan", "TF_LOCK_MODE": "dynamodb+s3", "TERRAFORM_VERSION": "1.11.4"}
+    result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env=env)
+    assert result.returncode == 0, result.stderr
+    init = next(call for call in tf_calls(fake_tf) if call[0] == "init")
+    assert "-backend-config=use_lockfile=true" in init
+    assert "-backend-config=dynamodb_table=acme-api-tf-locks" in init
 
 
 def test_apply_mode_applies_exactly_the_saved_plan(repo_root, root, fake_tf):

@@ -520,8 +520,8 @@ def oidc_locals_of(repo_root: Path, terraform_bin: Path, work: Path, inputs: dic
 
 
 @pytest.fixture(scope="module")
-def oidc_locals(repo_root: Path, terraform_bin: Path, tmp_path_factory) -> dict:
-    return oidc_locals_of(repo_root, terraform_bin, tmp_path_factory.mktemp("locals") / "oidc")
+def oidc_locals(repo_root: Path, pinned_terraform_bin: Path, tmp_path_factory) -> dict:
+    return oidc_locals_of(repo_root, pinned_terraform_bin, tmp_path_factory.mktemp("locals") / "oidc")
 
 
 def policy_json(statements: list[dict]) -> str:
@@ -719,12 +719,12 @@ def test_deployer_cannot_make_a_bucket_or_an_object_public(deployer: list[dict])
 
 
 @pytest.fixture(scope="module")
-def short_project_locals(repo_root: Path, terraform_bin: Path, tmp_path_factory) -> dict:
+def short_project_locals(repo_root: Path, pinned_terraform_bin: Path, tmp_path_factory) -> dict:
     """The locals of project "acme": a name that "acme-api" starts with."""
     work = tmp_path_factory.mktemp("locals") / "acme"
-    done = evaluate_locals(repo_root, terraform_bin, work, {**OIDC_INPUTS, "project": "acme"})
+    done = evaluate_locals(repo_root, pinned_terraform_bin, work, {**OIDC_INPUTS, "project": "acme"})
     assert done.returncode == 0, done.stdout + done.stderr
-    return terraform_outputs(terraform_bin, work)
+    return terraform_outputs(pinned_terraform_bin, work)
 
 
 def project_resources(project: str) -> list[str]:

@@ -28,6 +28,34 @@ def test_version_constraints(version, constraint, expected):
     assert satisfies(version, constraint) is expected
 
 
+@pytest.mark.parametrize("ours, written, refused", [
+    ("1.0.3", "1.11.4", True), ("1.11.3", "1.11.4", True), ("1.11.4", "1.11.4", False), ("1.11.4", "1.0.3", False),
+    ("1.0.3", None, False), ("1.0.3", "not-a-version", False), ("1.10.0", "1.10.0-beta1", False)])
+def test_a_terraform_older_than_the_states_writer_is_refused(ours, written, refused):
+    from runbook.terraform import check_state_version
+
+    if refused:
+        with pytest.raises(RunbookError, match=f"last written by Terraform {written}.*install Terraform {written}"):
+            check_state_version(ours, written, where="s3://b/k")
+    else:
+        check_state_version(ours, written, where="s3://b/k")
+
+
+@pytest.mark.parametrize("lock, version, refused", [
+    ("dynamodb", "1.0.3", False), ("s3", "1.0.3", True), ("s3", "1.9.8", True), ("s3", "1.10.0", False),
+    ("dynamodb+s3", "1.9.8", True), ("dynamodb+s3", "1.11.4", False)])
+def test_a_lock_mode_needs_its_terraform(lock, version, refused):
+    from runbook.config import Backend
+    from runbook.terraform import check_lock_mode
+
+    backend = Backend(bucket="b", key="k", lock_table="t", region="eu-west-1", lock=lock)
+    if refused:
+        with pytest.raises(RunbookError, match="needs Terraform 1.10.0 or later"):
+            check_lock_mode(version, backend)
+    else:
+        check_lock_mode(version, backend)
+
+
 @pytest.mark.parametrize("constraint", ["latest", ">= one", "~>", "1.0.0.0.0 <"])
 def test_unreadable_constraint_is_a_user_error(constraint):
     with pytest.raises(RunbookError, match="Cannot read the Terraform version constraint"):

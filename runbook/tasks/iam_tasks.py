@@ -166,7 +166,7 @@ def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
     environment = iam.environment_for(cfg, env)
     scope = Scope.of_account(cfg, environment.account) if account else Scope.of_environment(cfg, environment)
     backend = scope.backend
-    where = f"s3://{backend.bucket}/{backend.key}, lock table {backend.lock_table}"
+    where = f"s3://{backend.bucket}/{backend.key}, {backend.lock_text}"
     session = aws.session(scope.account)
     identity = aws.caller_identity(session, scope.account, purpose=scope.label)
     console.say(f"{scope.label}: state {where}; you are {identity.arn}")
@@ -196,8 +196,9 @@ def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
             fix=f"wait for that run; if it has died too, release its lock with {again}",
         )
     if dry_run:
-        console.say(f"Dry run: would delete the lock item {backend.bucket}/{backend.key} of table "
-                    f"{backend.lock_table} if it still holds lock {held.id} (released nothing).")
+        item = (f"the lock file s3://{backend.bucket}/{backend.lock_object} (ETag {held.etag})"
+                if held.etag else f"the lock item {backend.bucket}/{backend.key} of table {backend.lock_table}")
+        console.say(f"Dry run: would delete {item} if it still holds lock {held.id} (released nothing).")
         return
     console.warn("Release it only if that run has stopped (its Terraform process is gone): releasing the lock of "
                  "a run in progress lets two runs write the same state.")

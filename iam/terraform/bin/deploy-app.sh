@@ -11,15 +11,25 @@
 # Required environment (each missing one is named; all are reported at once; exit 2):
 #   TF_STATE_BUCKET   S3 bucket that holds the Terraform state
 #   TF_STATE_KEY      object key of this root's state in that bucket
-#   TF_LOCK_TABLE     DynamoDB table for state locking (hash key LockID, string)
+#   TF_LOCK_TABLE     DynamoDB table for state locking (hash key LockID, string); only with
+#                     TF_LOCK_MODE=dynamodb (the default)
 #   AWS_REGION        region of the state bucket and lock table
 #
 # Optional environment:
-#   AWS_ENDPOINT_URL  a local AWS (moto, LocalStack). init then also passes endpoint,
-#                     dynamodb_endpoint, sts_endpoint, iam_endpoint, force_path_style=true,
+#   TF_LOCK_MODE      dynamodb (default): lock the state with an item of TF_LOCK_TABLE
+#                     (-backend-config=dynamodb_table); s3: lock it with the S3 object
+#                     <key>.tflock beside the state (-backend-config=use_lockfile=true), which
+#                     needs Terraform 1.10 or later (an older one is refused before init);
+#                     dynamodb+s3: both at once (a migration between the two; 1.10 or later)
+#   TERRAFORM_VERSION the version of TERRAFORM_BIN, e.g. 1.11.4 (the runner passes what
+#                     `terraform version -json` said); unset: the script asks Terraform itself
+#   AWS_ENDPOINT_URL  a local AWS (moto, LocalStack). init then also points the S3 backend
+#                     there: Terraform 1.6 and later get endpoints={s3,sts,iam,dynamodb} and
+#                     use_path_style=true, older ones endpoint, dynamodb_endpoint, sts_endpoint,
+#                     iam_endpoint and force_path_style=true; both get
 #                     skip_credentials_validation=true, skip_metadata_api_check=true and
-#                     skip_region_validation=true to the S3 backend, and TF_VAR_endpoint_url
-#                     is set to it unless already set (the real roots point the provider there).
+#                     skip_region_validation=true. TF_VAR_endpoint_url is set to it unless
+#                     already set (the real roots point the provider there).
 #   DEPLOY_MODE       plan  : init, plan to TF_PLAN_FILE, write TF_PLAN_FILE.json (terraform show -json)
 #                     apply : apply exactly TF_PLAN_FILE (init first only if .terraform is absent)
 #                     unset : plan, ask "Apply this plan? [y/N]" on stdin (the terminal when
@@ -126,7 +136,12 @@ require() {
 }
 require TF_STATE_BUCKET "the S3 bucket that holds the Terraform state" "<project>-tfstate-<account_id>"
 require TF_STATE_KEY "the object key of this root's state in that bucket" "$key_example"
-require TF_LOCK_TABLE "the DynamoDB table that locks the state" "<project>-tf-locks"
+lock_mode="${TF_LOCK_MODE:-dynamodb}"
+case "$lock_mode" in
+    dynamodb | dynamodb+s3) require TF_LOCK_TABLE "the DynamoDB table that locks the state" "<project>-tf-locks" ;;
+    s3) ;;
+    *) die 2 "unknown TF_LOCK_MODE '${lock_mode}'. Valid modes: dynamodb (a DynamoDB lock table), s3 (an S3 lock file, Terraform 1.10+), dynamodb+s3 (both, during a migration)." ;;
+esac
 require AWS_REGION "the AWS region of the state bucket and lock table" "eu-west-1"
 if ((missing > 0)); then
     die 2 "${missing} required environment variable(s) missing. '${inv_cmd}' sets them all from config/environments.yml; or export each one as shown above."
@@ -145,12 +160,41 @@ if ((${#tf_files[@]} == 0)); then
     die 2 "no *.tf files in $(pwd): run this from a root module directory, e.g. ${manual_cmd}"
 fi
 
+# The version decides the backend arguments (S3 lock files from 1.10, the endpoints block from 1.6); it is
+# asked only where it matters: at init, with a local endpoint or S3 lock files.
+tf_version="${TERRAFORM_VERSION:-}"
+tf_major=0
+tf_minor=0
+# tf_at_least MAJOR MINOR: whether this Terraform is MAJOR.MINOR or later.
+tf_at_least() { ((tf_major > $1 || (tf_major == $1 && tf_minor >= $2))); }
+tf_find_version() {
+    if [[ -z "$tf_version" ]]; then
+        tf_version="$(CHECKPOINT_DISABLE=1 "$tf_bin" version -json </dev/null 2>/dev/null |
+            sed -n 's/^ *"terraform_version": *"\([^"]*\)".*/\1/p' | head -n 1)" || true
+    fi
+    if [[ ! "$tf_version" =~ ^([0-9]+)\.([0-9]+)\. ]]; then
+        die 2 "cannot tell the version of ${tf_bin} ('${tf_version}' from 'terraform version -json'), which decides the backend arguments. Set TERRAFORM_VERSION=X.Y.Z to the version it is."
+    fi
+    tf_major="${BASH_REMATCH[1]}"
+    tf_minor="${BASH_REMATCH[2]}"
+    if [[ "$lock_mode" != dynamodb ]] && ! tf_at_least 1 10; then
+        die 2 "TF_LOCK_MODE=${lock_mode} (S3 lock files, use_lockfile) needs Terraform 1.10 or later; ${tf_bin} is ${tf_version}. Nothing was run. Install Terraform 1.10 or later (https://developer.hashicorp.com/terraform/install), or lock with a DynamoDB table (TF_LOCK_MODE=dynamodb, TF_LOCK_TABLE=<project>-tf-locks)."
+    fi
+    say "terraform: ${tf_bin} ${tf_version}"
+}
+
 plan_file="${TF_PLAN_FILE:-$DEFAULT_PLAN_FILE}"
 plan_json="${plan_file}.json"
 
 if [[ -n "${AWS_ENDPOINT_URL:-}" && -z "${TF_VAR_endpoint_url:-}" ]]; then
     export TF_VAR_endpoint_url="$AWS_ENDPOINT_URL"
 fi
+
+case "$lock_mode" in
+    s3) lock_text="lock file s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}.tflock" ;;
+    dynamodb+s3) lock_text="lock table ${TF_LOCK_TABLE} and lock file s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}.tflock" ;;
+    *) lock_text="lock table ${TF_LOCK_TABLE}" ;;
+esac
 
 lock_args=()
 if [[ -n "${TF_LOCK_TIMEOUT:-}" ]]; then
@@ -185,21 +229,39 @@ die_tf() {
 }
 
 tf_init() {
+    if [[ -n "${AWS_ENDPOINT_URL:-}" || "$lock_mode" != dynamodb ]]; then
+        tf_find_version
+    fi
     local -a args=(
         init -input=false -reconfigure
         "-backend-config=bucket=${TF_STATE_BUCKET}"
         "-backend-config=key=${TF_STATE_KEY}"
         "-backend-config=region=${AWS_REGION}"
-        "-backend-config=dynamodb_table=${TF_LOCK_TABLE}"
-        "-backend-config=encrypt=true"
     )
+    if [[ "$lock_mode" != s3 ]]; then
+        args+=("-backend-config=dynamodb_table=${TF_LOCK_TABLE}")
+    fi
+    if [[ "$lock_mode" != dynamodb ]]; then
+        args+=("-backend-config=use_lockfile=true")
+    fi
+    args+=("-backend-config=encrypt=true")
     if [[ -n "${AWS_ENDPOINT_URL:-}" ]]; then
+        local url="$AWS_ENDPOINT_URL"
+        if tf_at_least 1 6; then
+            args+=(
+                "-backend-config=endpoints={s3=\"${url}\",sts=\"${url}\",iam=\"${url}\",dynamodb=\"${url}\"}"
+                "-backend-config=use_path_style=true"
+            )
+        else
+            args+=(
+                "-backend-config=endpoint=${url}"
+                "-backend-config=dynamodb_endpoint=${url}"
+                "-backend-config=sts_endpoint=${url}"
+                "-backend-config=iam_endpoint=${url}"
+                "-backend-config=force_path_style=true"
+            )
+        fi
         args+=(
-            "-backend-config=endpoint=${AWS_ENDPOINT_URL}"
-            "-backend-config=dynamodb_endpoint=${AWS_ENDPOINT_URL}"
-            "-backend-config=sts_endpoint=${AWS_ENDPOINT_URL}"
-            "-backend-config=iam_endpoint=${AWS_ENDPOINT_URL}"
-            "-backend-config=force_path_style=true"
             "-backend-config=skip_credentials_validation=true"
             "-backend-config=skip_metadata_api_check=true"
             "-backend-config=skip_region_validation=true"
@@ -208,7 +270,7 @@ tf_init() {
     local rc=0
     run_tf "${args[@]}" || rc=$?
     if ((rc != 0)); then
-        die "$rc" "terraform init failed (exit ${rc}) for s3://${TF_STATE_BUCKET}/${TF_STATE_KEY} (lock table ${TF_LOCK_TABLE}, region ${AWS_REGION})."
+        die "$rc" "terraform init failed (exit ${rc}) for s3://${TF_STATE_BUCKET}/${TF_STATE_KEY} (${lock_text}, region ${AWS_REGION})."
     fi
 }
 
@@ -252,7 +314,7 @@ tf_apply() {
 }
 
 say "root module: $(pwd)${scope:+ (scope: ${scope})}"
-say "state: s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}, lock table ${TF_LOCK_TABLE}, region ${AWS_REGION}${AWS_ENDPOINT_URL:+, endpoint ${AWS_ENDPOINT_URL}}"
+say "state: s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}, ${lock_text}, region ${AWS_REGION}${AWS_ENDPOINT_URL:+, endpoint ${AWS_ENDPOINT_URL}}"
 
 case "$mode" in
     plan)

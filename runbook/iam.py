@@ -268,14 +268,18 @@ class ConfigCheck(Step):
     def check(self, ctx: IamRun) -> Decision:
         from runbook.config import PROJECT_ROOT, check_roots
 
+        done = ctx.__dict__.get("_config_checked")
+        if done is not None:
+            return done  # IamRun.prefetch ran it first, before any AWS or Terraform call: once per run
         check_roots(ctx.config)
         for scope in ctx.scopes():
             # before anything changes: scripts bash can run, and nothing read from outside the repository
             fingerprint.check_line_endings(scope.scripts(), top=PROJECT_ROOT)
             scope.fingerprint()
         note = _uncommitted_config(ctx)
-        return Decision(True, f"{ctx.config.path} is valid; {ctx.label} uses account {ctx.account.id} "
-                              f"in {ctx.account.region}{note}")
+        ctx._config_checked = Decision(True, f"{ctx.config.path} is valid; {ctx.label} uses account "
+                                             f"{ctx.account.id} in {ctx.account.region}{note}")
+        return ctx._config_checked
 
 
 def _uncommitted_config(ctx: IamRun) -> str:
@@ -284,7 +288,7 @@ def _uncommitted_config(ctx: IamRun) -> str:
     commit, and the pipeline's gate reads the committed configuration (its roots, backend, inputs). A
     rehearsal, where every account this run touches has ``endpoint_url`` (a local AWS), may use one: that is
     how docs/RUNBOOK.md rehearses. Returns a note for the step's line; raises RunbookError otherwise."""
-    from runbook.config import PROJECT_ROOT
+    from runbook.config import DEFAULT_CONFIG, PROJECT_ROOT
 
     path = ctx.config.path.resolve()
     if path.is_relative_to(PROJECT_ROOT) and path.name in git.tracked_files(path.parent):
@@ -299,8 +303,8 @@ def _uncommitted_config(ctx: IamRun) -> str:
         "configuration; nothing was changed",
         id="config-not-committed",
         where=f"RUNBOOK_CONFIG={ctx.config.path}",
-        fix="unset RUNBOOK_CONFIG to use the committed config/environments.yml, or commit the change to it and "
-        "merge it into the environment's branch",
+        fix=f"unset RUNBOOK_CONFIG to use the committed {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}, or commit the "
+        "change to it and merge it into the environment's branch",
     )
 
 

@@ -104,7 +104,7 @@ def test_second_run_leaves_backend_alone_and_applies_nothing_new(project, s3):
     s3.put_bucket_tagging(Bucket=BUCKET, Tagging={"TagSet": [{"Key": "owner", "Value": "platform"}]})
     again = project.inv("iam.env", "--name", "stg")
     assert again.code == 0, again.all
-    assert f"bucket {BUCKET} and table {TABLE} exist" in again.out
+    assert f"bucket {BUCKET} and table {TABLE} verified on" in again.out
     assert "the plan has no changes" in again.out
     assert "acme-api-tfstate" in again.out
     assert s3.get_bucket_tagging(Bucket=BUCKET)["TagSet"] == [{"Key": "owner", "Value": "platform"}]

@@ -99,7 +99,8 @@ def _checked_out_branch() -> str | None:
         return None
 
 
-@task(help={"check": "exit non-zero (3) when any step is pending, never applied or unknown (for scripts)"})
+@task(help={"check": "exit non-zero (3) when any step is pending, never applied or unknown (for scripts); "
+                     "without --check too, 1 when no record could be read at all"})
 @user_errors
 def status(c, check=False):
     """Show, per account and environment, whether the IAM for this commit is applied."""

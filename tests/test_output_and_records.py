@@ -152,6 +152,18 @@ def test_a_record_whose_answer_was_lost_is_read_back_and_counts_as_written(moto_
     assert _ssm(moto_reset).get_parameter(Name=STG_RECORD)["Parameter"]["Value"] == record.to_json()
 
 
+def test_an_apply_whose_record_answer_was_lost_says_it_is_applied_and_recorded(tmp_path, moto_reset, aws_env):
+    with AwsProxy(moto_reset) as proxy:
+        proxy.drop = lambda request: (request.target == "AmazonSSM.PutParameter"
+                                      and json.loads(request.body).get("Name") == STG_RECORD)
+        project = Project.create(tmp_path, aws_env, base_config(proxy.url))
+        result = project.inv("iam.env", "--name", "stg")
+    assert result.code == 0, result.all
+    assert "NOT written" not in result.all and "applied-not-recorded" not in result.all, result.all
+    value = json.loads(_ssm(moto_reset).get_parameter(Name=STG_RECORD)["Parameter"]["Value"])
+    assert value["commit"] == git(project.path, "rev-parse", "HEAD")
+
+
 def test_a_lost_answer_with_another_value_in_ssm_is_still_reported_as_not_written(moto_reset):
     ssm = _ssm(moto_reset)
     with AwsProxy(moto_reset) as proxy:

@@ -105,13 +105,20 @@ def session(account: Account, *, use_profile: bool = True, credentials: Credenti
         ) from None
 
 
-def client(sess: Any, service: str, account: Account, *, read_timeout_s: float = 30.0, attempts: int = 5,
+def client(sess: Any, service: str, account: Account, *, read_timeout_s: float = 10.0, attempts: int = 2,
            credentials: Credentials | None = None) -> Any:
     """A boto3 client for *service* in *account*'s region, at its ``endpoint_url`` when set.
 
-    Standard retry mode (botocore backs off on throttling by itself) with *attempts* retries;
-    connect timeout 10 s, read timeout *read_timeout_s* seconds. A poller with its own deadline
-    passes small values so that one call cannot outlast it. *credentials* (from
+    Standard retry mode (botocore backs off on throttling, 5xx, timeouts and dropped connections by
+    itself) with *attempts* retries, so ``attempts + 1`` attempts in all (botocore's ``max_attempts``
+    counts retries only); connect timeout ``min(5, read_timeout_s)`` seconds, read timeout
+    *read_timeout_s* seconds. Standard mode waits a random 0 to ``min(20, 2 ** n)`` seconds before
+    retry n (https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html), so with the
+    defaults one call against an endpoint that accepts connections but never answers gives up after
+    at most 3 x 10 s + (1 + 2) s = 33 s (3 x 5 s + 3 s = 18 s when it does not even connect), where the
+    former 30 s and 5 retries took up to 6 x 30 s + 15 s = 195 s, silent. An AWS API answers these
+    calls in well under a second; a read timeout of 10 s is generous. A poller with its own deadline
+    passes smaller values so that one call cannot outlast it. *credentials* (from
     :func:`frozen_credentials`) sign every call instead of the session's credential chain.
     """
     from botocore.config import Config
@@ -125,7 +132,7 @@ def client(sess: Any, service: str, account: Account, *, read_timeout_s: float =
         region_name=account.region,
         endpoint_url=account.endpoint_url,
         config=Config(retries={"mode": "standard", "max_attempts": attempts},
-                      connect_timeout=min(10.0, read_timeout_s), read_timeout=read_timeout_s),
+                      connect_timeout=min(5.0, read_timeout_s), read_timeout=read_timeout_s),
         **keys,
     )
 

@@ -66,12 +66,19 @@ def mask(text: str, extra: Iterable[str] = ()) -> str:
 
     Secrets are the values of :data:`SECRET_ENV_VARS` and of any variable whose
     name contains SECRET, TOKEN, PASSWORD or PRIVATE_KEY (at least :data:`MIN_SECRET_LEN`
-    characters long), plus *extra* values.
+    characters long), plus *extra* values, plus the user-info of every URL
+    (``https://x-access-token:TOKEN@github.com/...`` becomes ``https://****@github.com/...``).
     """
     for value in [*secret_values(), *extra]:
         if value:
             text = text.replace(value, MASK)
-    return text
+    return _URL_USERINFO.sub(rf"\1{MASK}@", text)
+
+
+# The user-info part of a URL (RFC 3986, section 3.2.1: ``scheme://user:password@host``) carries credentials
+# (a Git token in a remote, a password in an endpoint): it is never shown, whatever the variable or field.
+# https://www.rfc-editor.org/rfc/rfc3986#section-3.2.1
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]+@")
 
 
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
@@ -98,8 +105,10 @@ def scrub(line: str, *, limit: int = 300) -> str:
 
 
 def mask_env(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of *env* with the values of secret-looking variables replaced by ``****``."""
-    return {k: (MASK if (k in SECRET_ENV_VARS or _SECRET_NAME.search(k)) else v) for k, v in env.items()}
+    """A copy of *env* with the values of secret-looking variables replaced by ``****``, and the user-info of
+    any URL in the other values too (as :func:`mask` does)."""
+    return {k: (MASK if (k in SECRET_ENV_VARS or _SECRET_NAME.search(k)) else _URL_USERINFO.sub(rf"\1{MASK}@", v))
+            for k, v in env.items()}
 
 
 def safe(text: str) -> str:
@@ -115,13 +124,95 @@ def safe(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch in "\n\t" else _escape(ch) for ch in text)
 
 
+def one_line(text: str) -> str:
+    """*text* made :func:`safe` for a single line (a table cell, a field shown inside a sentence): line feeds
+    and tabs are shown as ``\\n`` and ``\\t`` too (carriage returns are ``\\x0d`` already),
+    so outside text cannot add lines of its own or shift columns."""
+    return safe(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _escape(ch: str) -> str:
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def write(stream, text: str) -> None:
+    """Write *text* to *stream* as it is (no newline added), :func:`mask`-ed, and flush it.
+
+    The stream is :func:`guard`-ed: when its reader has gone (``inv ... | head``: EPIPE, or a closed
+    terminal: EIO) this writes nothing and the run goes on; it never raises. Escaping outside text is the
+    caller's part (:func:`safe`, :func:`one_line`); ``"\\r\\033[K"`` for a live status line is allowed.
+    """
+    if stream is None:
+        return
+    out = guard(stream)
+    out.write(mask(text))
+    out.flush()
+
+
+def guard(stream):
+    """*stream* wrapped so that a failing write or flush (the reader went away) silences it instead of raising.
+
+    Once a write fails, the stream's file descriptor is pointed at ``/dev/null`` (``os.dup2``), so that
+    what is still buffered, later writes and the interpreter's flush at exit all succeed, quietly: the run
+    carries on (and writes its record) without a traceback. Only that stream is silenced; the other one keeps
+    its reader. Returns *stream* itself when it is guarded already (or None).
+    """
+    if stream is None or isinstance(stream, _Guarded):
+        return stream
+    return _Guarded(stream)
+
+
+def guard_std_streams() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` :func:`guard`-ed streams (idempotent), so that every print of the
+    run, Invoke's own included, survives a reader that has gone."""
+    sys.stdout = guard(sys.stdout)
+    sys.stderr = guard(sys.stderr)
+
+
+class _Guarded:
+    """A text stream whose write or flush failing (OSError such as EPIPE or EIO; ValueError on a closed file)
+    points its file descriptor at /dev/null, quietly. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            _silence(self._stream)
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            _silence(self._stream)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _silence(stream) -> None:
+    """Point *stream*'s file descriptor at /dev/null and drop what it still buffers (nobody reads it)."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return  # not a file (a closed one, or an in-memory stream): its writes keep failing, quietly
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    try:
+        stream.flush()  # what was buffered for the reader that left goes to /dev/null now
+    except (OSError, ValueError):
+        pass
+
+
 def _emit(text: str, stream) -> None:
-    print(mask(text), file=stream, flush=True)
+    write(stream, text + "\n")
 
 
 def say(text: str = "", *, err: bool = False) -> None:

@@ -235,8 +235,10 @@ def write(client: Any, project: str, scope: str, record: Record | Mapping[str, A
 
     One PutParameter call: Type String, Tier Standard, Overwrite True. When SSM answers
     TooManyUpdates (two releases finishing together) it is tried again after a jittered backoff,
-    :data:`WRITE_ATTEMPTS` attempts in all (at most about 16 seconds of waiting).
-    Returns the parameter name written.
+    :data:`WRITE_ATTEMPTS` attempts in all (at most about 16 seconds of waiting). When the call fails
+    in a way that may come after SSM applied it (the connection closed or the read timed out before the
+    answer, or a 5xx answer), the parameter is read back once (GetParameter): if it holds exactly the
+    value written, the record was written. Returns the parameter name written.
 
     Raises RunbookError when the record is malformed, belongs to another scope or its JSON is
     longer than 4096 bytes (the Standard tier limit), when the caller lacks ``ssm:PutParameter``,
@@ -286,7 +288,32 @@ def write(client: Any, project: str, scope: str, record: Record | Mapping[str, A
             _sleep(random.uniform(0, min(WRITE_BACKOFF_CAP_S, WRITE_BACKOFF_BASE_S * 2 ** (attempt - 1))))
         except _VersionLimit:
             raise _version_limit_error(client, name, scope, endpoint_url, profile) from None
+        except RunbookError as exc:
+            if _may_have_landed(exc) and _holds(client, name, value):
+                return name  # SSM applied it; only its answer was lost
+            raise
     raise AssertionError("unreachable")
+
+
+def _may_have_landed(exc: RunbookError) -> bool:
+    """Whether the failure behind *exc* (its ``__context__``, the botocore exception) can come after SSM applied
+    the request: the connection closed or the read timed out after the request was sent, or a 5xx answer
+    (https://docs.aws.amazon.com/general/latest/gr/api-retries.html). A refused or timed-out connection and
+    throttling never reached it."""
+    from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
+
+    cause = exc.__context__
+    if isinstance(cause, ClientError):
+        return (cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) >= 500
+    return isinstance(cause, (ConnectionClosedError, ReadTimeoutError))
+
+
+def _holds(client: Any, name: str, value: str) -> bool:
+    """Whether the parameter *name* holds exactly *value* now (one GetParameter; any failure: False)."""
+    try:
+        return client.get_parameter(Name=name)["Parameter"]["Value"] == value
+    except Exception:  # noqa: BLE001 - a failed check proves nothing: the write is reported as failed
+        return False
 
 
 WRITE_ATTEMPTS = 6
@@ -324,12 +351,7 @@ def _version_limit_error(client: Any, name: str, scope: str, endpoint_url: str |
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    options = [f"--region {shlex.quote(client.meta.region_name)}"] if getattr(client, "meta", None) else []
-    if endpoint_url:
-        options.append(f"--endpoint-url {shlex.quote(endpoint_url)}")
-    if profile:
-        options.append(f"--profile {shlex.quote(profile)}")
-    tail = (" " + " ".join(options)) if options else ""
+    tail = _cli_options(client, endpoint_url, profile)
     labelled: list[tuple[int, list[str]]] = []
     try:
         kwargs: dict[str, Any] = {"Name": name, "MaxResults": 50}
@@ -371,7 +393,26 @@ def _version_limit_error(client: Any, name: str, scope: str, endpoint_url: str |
     )
 
 
-def read(client: Any, project: str, scope: str, endpoint_url: str | None = None) -> dict[str, Any] | None:
+def _cli_options(client: Any, endpoint_url: str | None, profile: str | None) -> str:
+    """The AWS CLI options that aim a suggested ``aws ssm ...`` command where *client* calls: `` --region R``
+    (the client's region), plus ``--endpoint-url`` and ``--profile`` when set; each value quoted for the shell."""
+    options = [f"--region {shlex.quote(client.meta.region_name)}"] if getattr(client, "meta", None) else []
+    if endpoint_url:
+        options.append(f"--endpoint-url {shlex.quote(endpoint_url)}")
+    if profile:
+        options.append(f"--profile {shlex.quote(profile)}")
+    return (" " + " ".join(options)) if options else ""
+
+
+def _malformed_fix(client: Any, name: str, scope: str, endpoint_url: str | None, profile: str | None) -> str:
+    """The fix for a malformed record: delete the parameter (every step refuses to apply over a record it
+    cannot read, so applying again alone would refuse the same way), then apply, which writes a new one."""
+    return (f"aws ssm delete-parameter --name {shlex.quote(name)}{_cli_options(client, endpoint_url, profile)} && "
+            f"{rewrite_command(scope)}  (deletes the unreadable record, then applies again, which writes a new one)")
+
+
+def read(client: Any, project: str, scope: str, endpoint_url: str | None = None,
+         profile: str | None = None) -> dict[str, Any] | None:
     """*scope*'s applied record, or None if it was never applied.
 
     Args:
@@ -379,13 +420,15 @@ def read(client: Any, project: str, scope: str, endpoint_url: str | None = None)
         project: the ``project`` short name from config/environments.yml.
         scope: ``"account"`` or an environment name.
         endpoint_url: a local AWS endpoint, or None.
+        profile: the AWS profile in use, or None; only for the command a message suggests.
 
     One GetParameter call (throttling is retried by botocore, as the client is configured).
     Returns the record as a dict (``Record.to_dict()``: fingerprint, commit, branch, applied_by,
     applied_at, tool_version, scope, outputs); None when the parameter does not exist.
 
     Raises RunbookError when the caller lacks ``ssm:GetParameter``, when the value is not a valid
-    record (naming the parameter and the command that rewrites it), when credentials are missing
+    record (naming the parameter, and the ``aws ssm delete-parameter`` command and the apply that
+    replace it), when credentials are missing
     or expired, or on any other AWS error (named by its code).
     """
     name = parameter_name(project, scope)
@@ -408,14 +451,14 @@ def read(client: Any, project: str, scope: str, endpoint_url: str | None = None)
             f"The applied record for {scope} is malformed: {error}",
             id="record-malformed",
             where=f"SSM parameter {name}",
-            fix=f"{rewrite_command(scope)} (applies again and rewrites the record)",
+            fix=_malformed_fix(client, name, scope, endpoint_url, profile),
         ) from None
     if record.scope != scope:
         raise RunbookError(
             f"The applied record in {name} names scope {record.scope!r}, not {scope!r}",
             id="record-malformed",
             where=f"SSM parameter {name}",
-            fix=f"{rewrite_command(scope)} (applies again and rewrites the record)",
+            fix=_malformed_fix(client, name, scope, endpoint_url, profile),
         )
     return record.to_dict()
 

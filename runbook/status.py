@@ -73,7 +73,7 @@ def read_state(scope: Scope, fingerprint: str, client: Any) -> ScopeStatus:
     Raises RunbookError (including :class:`runbook.records.Throttled`) when the record cannot be read.
     """
     record = records.read(client, scope.config.project, scope.record_scope,
-                          endpoint_url=scope.account.endpoint_url)
+                          endpoint_url=scope.account.endpoint_url, profile=scope.account.profile)
     return ScopeStatus(scope, records.compare(record, fingerprint), fingerprint, record)
 
 
@@ -86,8 +86,11 @@ def examine(scopes: Iterable[Scope], *, session_for=None, use_profile: bool = Tr
     are shared where they can be); then the records of different accounts are
     read in parallel, one thread per account (boto3 clients are thread-safe,
     sessions are not). A scope whose record cannot be read is "unknown" with the
-    reason; this function itself raises only for a fingerprint that cannot be
-    computed (a missing root module).
+    reason; once an account's SSM does not answer (:class:`runbook.records.Transient`:
+    a timeout, a dropped connection), its remaining scopes are "unknown" with the
+    same reason without asking again, so an unresponsive endpoint costs one call's
+    time-out (:func:`runbook.aws.client`), not one per scope. This function itself
+    raises only for a fingerprint that cannot be computed (a missing root module).
 
     Args:
         scopes: the scopes to examine.
@@ -120,9 +123,16 @@ def examine(scopes: Iterable[Scope], *, session_for=None, use_profile: bool = Tr
         if name in failed:
             return [ScopeStatus(s, UNKNOWN, prints[id(s)], reason=failed[name]) for s in group]
         out = []
+        gone = ""  # the account's SSM did not answer: its other records are not asked for (each ask takes ~30 s)
         for scope in group:
+            if gone:
+                out.append(ScopeStatus(scope, UNKNOWN, prints[id(scope)], reason=gone))
+                continue
             try:
                 out.append(read_state(scope, prints[id(scope)], clients[name]))
+            except records.Transient as exc:
+                gone = f"not asked, the same SSM did not answer ({type(exc.__context__).__name__})"
+                out.append(ScopeStatus(scope, UNKNOWN, prints[id(scope)], reason=_short(exc)))
             except RunbookError as exc:
                 out.append(ScopeStatus(scope, UNKNOWN, prints[id(scope)], reason=_short(exc)))
         return out

@@ -51,6 +51,8 @@ class AwsProxy:
         hold_s: seconds a held request waits before it is forwarded.
         held: set as soon as a request is held (a test waits on it).
         before: None, or a function called with every Request before it is forwarded.
+        drop: None, or a function of a Request that says whether to close the connection, without an
+            answer, once the request has been forwarded and answered by moto (an answer lost on the way).
     """
 
     def __init__(self, upstream: str):
@@ -60,6 +62,7 @@ class AwsProxy:
         self.hold_s = 5.0
         self.held = threading.Event()
         self.before: Callable[[Request], None] | None = None
+        self.drop: Callable[[Request], bool] | None = None
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -83,6 +86,9 @@ class AwsProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     answer = conn.getresponse()
                     data = answer.read()
+                    if proxy.drop is not None and proxy.drop(request):
+                        self.close_connection = True  # applied upstream; the caller never hears back
+                        return
                     self.send_response(answer.status, answer.reason)
                     for key, value in answer.getheaders():
                         if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":

@@ -258,7 +258,7 @@ def test_persistent_throttling_ends_in_runbook_error(aws, ssm, monkeypatch):
     fail_calls(client, "GetParameter", "ThrottlingException", 100, calls)
     with pytest.raises(RunbookError, match="ThrottlingException"):
         records.read(client, PROJECT, "stg")
-    assert len(calls) == 6  # aws.client: 5 retries after the first attempt
+    assert len(calls) == 3  # aws.client: 2 retries after the first attempt
 
 
 def test_expired_credentials_say_how_to_log_in(aws, ssm):

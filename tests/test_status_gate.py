@@ -77,8 +77,9 @@ def test_status_shows_never_applied_then_current_then_pending(project):
 def test_status_without_access_says_unknown_and_why(project):
     env = {k: v for k, v in project.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     result = project.inv("iam.status", "--check", env=env)
-    assert result.code == 3, result.all
+    assert result.code == 1, result.all  # no record could be read at all: a failure, not a state (record-unreadable)
     assert "unknown: No AWS credentials" in result.out
+    assert "ERROR [record-unreadable]" in result.err
     assert "Traceback" not in result.all
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import signal
 import sys
 
@@ -38,6 +37,7 @@ def user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         received: list[int] = []
+        console.guard_std_streams()  # a reader that goes away (`| head`) silences output, never stops the run
         previous = _catch_stop_signals(received)
         try:
             if args and _dry(args[0]):
@@ -75,41 +75,11 @@ def _exit(message: str, code: int) -> Exit:
     """The Exit with *message* and *code*; Invoke prints the message on stderr, also when stderr is closed.
 
     A closed pipe (``inv ... | tee`` after Ctrl-C killed ``tee``) would otherwise turn Invoke's print
-    into a traceback and exit code 1: the code must stay the documented one.
+    into a traceback and exit code 1: the code must stay the documented one. The streams are guarded
+    by :func:`runbook.console.guard_std_streams` (the one mechanism for every output of a run).
     """
-    if not isinstance(sys.stderr, _Quiet):
-        sys.stderr = _Quiet(sys.stderr)
+    console.guard_std_streams()
     return Exit(message, code=code)
-
-
-class _Quiet:
-    """A stream whose write or flush failing (EPIPE, EIO) points stdout and stderr at /dev/null, quietly."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text):
-        try:
-            return self._stream.write(text)
-        except (OSError, ValueError):
-            _to_devnull()
-            return len(text)
-
-    def flush(self):
-        try:
-            self._stream.flush()
-        except (OSError, ValueError):
-            _to_devnull()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-def _to_devnull() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)  # what is still buffered goes nowhere at exit, not to a traceback
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
 
 
 def _dry(context) -> bool:

@@ -99,7 +99,8 @@ def _checked_out_branch() -> str | None:
         return None
 
 
-@task(help={"check": "exit non-zero (3) when any step is pending, never applied or unknown (for scripts)"})
+@task(help={"check": "exit non-zero (3) when any step is pending, never applied or unknown (for scripts); "
+                     "without --check too, 1 when no record could be read at all"})
 @user_errors
 def status(c, check=False):
     """Show, per account and environment, whether the IAM for this commit is applied."""
@@ -123,6 +124,7 @@ def status(c, check=False):
             (rec.get("applied_by") or "-").rsplit("/", 1)[-1],
             rec.get("applied_at") or "-",
         ))
+    rows = [tuple(console.one_line(cell) for cell in row) for row in rows]  # record fields are outside text
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         console.say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -137,6 +139,15 @@ def status(c, check=False):
         console.say()
         console.warn(f"{len(unknown)} scope(s) could not be read (the reason is in the state column): fix that, "
                      "e.g. aws sso login or AWS_PROFILE for credentials, then run `inv iam.status` again.")
+    if unknown and len(unknown) == len(statuses):
+        raise RunbookError(
+            f"No applied record could be read ({len(unknown)} scope(s); the first: {unknown[0].reason}): the state "
+            "of the IAM is not known",
+            id="record-unreadable",
+            where=f"SSM parameters /{cfg.project}/iam/*",
+            fix="fix what the state column says (the network or endpoint_url, or aws sso login / AWS_PROFILE for "
+            "credentials), then run inv iam.status again",
+        )
     if check and any(st.needed for st in statuses):
         raise RunbookError(
             f"{sum(st.needed for st in statuses)} IAM step(s) are not current",

@@ -573,8 +573,8 @@ def _check_pinned(ref: _Ref, at: str) -> None:
         fix = ("copy the module into the repository and call it by a local path, or publish it in a git "
                'repository and pin it: source = "git::https://<host>/<repository>.git?ref=<full commit SHA>"')
     else:
-        fix = (f'pin it to a commit: source = "{pinned}" (git ls-remote <repository> <tag or branch> shows the '
-               "SHA), or copy the module into the repository and call it by a local path")
+        fix = (f'pin it to a commit: source = "{pinned}" (git ls-remote {shlex.quote(_repository(address))} '
+               "<tag or branch> prints the SHA), or copy the module into the repository and call it by a local path")
     raise RunbookError(
         f"The module source {source!r} at {at} is not pinned (no ref=): a push to that repository, or another "
         "file at that address, would be applied under the same fingerprint, so the applied record could not "
@@ -583,6 +583,17 @@ def _check_pinned(ref: _Ref, at: str) -> None:
         where=at,
         fix=fix,
     )
+
+
+def _repository(address: str) -> str:
+    """The repository a git module address names, without ``//subdirectory`` and query
+    (``github.com/acme/x//roles?ref=v1`` -> ``https://github.com/acme/x``)."""
+    repository = address.split("?", 1)[0]
+    scheme, sep, rest = repository.partition("://")
+    repository = f"{scheme}{sep}{rest.split('//', 1)[0]}" if sep else repository.split("//", 1)[0]
+    if repository.startswith(("github.com/", "bitbucket.org/")):
+        repository = f"https://{repository}"
+    return repository
 
 
 def _leaves(what: str, at: str, how: str):

@@ -147,7 +147,7 @@ def test_unpinned_git_module_is_refused_with_file_and_line(project, aws, tmp_pat
     git(project.path, "commit", "-q", "-m", "ext")
     git(project.path, "push", "-q")
     result = project.inv("iam.env", "--name", "stg")
-    refused(result, "is not pinned (no ref=)", "roots/environment/ext.tf line 3", "?ref=")
+    refused(result, "is not pinned (no ref=)", "roots/environment/ext.tf line 3", "?ref=", f"git ls-remote file://{ext}")
     nothing_done(aws)
 
 

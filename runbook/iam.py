@@ -366,7 +366,9 @@ def refuse_files_unlike_head(ctx: IamRun) -> int:
     modules, files read by ``file()`` and the like, deploy scripts) is exactly HEAD's version, compared
     after the fingerprint's line-ending normalisation (a ``core.autocrlf=true`` checkout passes). Git's
     own view is not trusted: an ignored file, a skip-worktree or assume-unchanged entry and an edited
-    submodule are all invisible to ``git status``. One ``git ls-tree`` call, and one ``git cat-file
+    submodule are all invisible to ``git status``. A symbolic link on the way to a hashed file must be
+    HEAD's link too (an ignored link to a tracked file would add that file to the apply). One
+    ``git ls-tree`` call, and one ``git cat-file
     --batch`` call only when a file's bytes differ from HEAD's blob.
 
     Returns how many files were compared. Raises RunbookError (``untracked-files``: a file not in HEAD;
@@ -377,13 +379,25 @@ def refuse_files_unlike_head(ctx: IamRun) -> int:
 
     top = os.path.realpath(PROJECT_ROOT)
     paths: dict[str, str] = {}  # repository-relative POSIX path (links resolved) -> real path
+    links: dict[str, str] = {}  # repository-relative POSIX path of a symbolic link on the way -> its path
     for scope in ctx.scopes():
         for path in fingerprint.hashed_files(scope.root, scope.scripts(), top=PROJECT_ROOT):
             real = os.path.realpath(path)
             paths.setdefault(Path(os.path.relpath(real, top)).as_posix(), real)
-    entries = git.head_entries(sorted({rel.rpartition("/")[0] or "." for rel in paths}), top)
+            if real != path:  # the link itself must be HEAD's too, or an ignored link could add a file
+                parts = Path(os.path.relpath(path, top)).parts
+                for i in range(1, len(parts) + 1):
+                    if os.path.islink(os.path.join(top, *parts[:i])):
+                        links.setdefault("/".join(parts[:i]), os.path.join(top, *parts[:i]))
+    entries = git.head_entries(sorted({rel.rpartition("/")[0] or "." for rel in (*paths, *links)}), top)
     oid_length = len(next(iter(entries.values()))[2]) if entries else 40
     missing, nested, candidates = [], {}, {}
+    for rel, link in sorted(links.items()):
+        entry = entries.get(rel)
+        if entry is None or entry[0] != "120000":
+            missing.append(rel)
+        elif git.blob_id(os.fsencode(os.readlink(link)), oid_length) != entry[2]:
+            candidates[rel] = (entry[2], os.fsencode(os.readlink(link)))
     for rel, real in sorted(paths.items()):
         entry = entries.get(rel)
         if entry is None or entry[1] != "blob":

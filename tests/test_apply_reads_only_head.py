@@ -92,6 +92,25 @@ def test_skip_worktree_edit_is_refused(project, aws):
     nothing_done(aws)
 
 
+def test_ignored_link_to_a_tracked_file_is_refused(project, aws):
+    (project.path / ".git" / "info" / "exclude").write_text("zz_override.tf\n")
+    (project.path / "roots" / "environment" / "zz_override.tf").symlink_to("../account/main.tf")
+    git_status_is_clean(project)
+    result = project.inv("iam.env", "--name", "stg")
+    refused(result, "git does not track in HEAD (roots/environment/zz_override.tf)")
+    nothing_done(aws)
+
+
+def test_committed_link_to_a_module_passes(tmp_path, aws_env):
+    project = Project.create(tmp_path, aws_env, base_config(None))
+    (project.path / "roots" / "environment" / "linked.tf").symlink_to("../account/main.tf")
+    git(project.path, "add", "-A")
+    git(project.path, "commit", "-q", "-m", "a linked file")
+    git(project.path, "push", "-q")
+    result = project.inv("iam.env", "--name", "stg", "--dry-run")
+    assert "hashed files are HEAD's" in result.out, result.all
+
+
 def test_excluded_override_in_a_local_module_is_refused(modular, aws):
     (modular.path / ".git" / "info" / "exclude").write_text("names_override.tf\n")
     module = modular.path / "roots" / "modules" / "lambda-roles"

@@ -90,12 +90,6 @@ def inspect(cwd: str | os.PathLike | None = None) -> Checkout:
     return Checkout(branch=branch, head=head, changes=tuple(line for line in status.splitlines() if line))
 
 
-def tracked_files(folder: str | os.PathLike) -> set[str]:
-    """Paths (relative to *folder*, POSIX) of the files git tracks under *folder*."""
-    out = _git("ls-files", "-z", "--", ".", cwd=folder)
-    return {p for p in out.split("\0") if p}
-
-
 def head_entries(paths: list[str], cwd: str | os.PathLike) -> dict[str, tuple[str, str, str]]:
     """HEAD's tree entries under *paths*, with one ``git ls-tree -r -z HEAD`` call.
 

@@ -28,7 +28,8 @@ and is not parsed. Parse results are kept per process and in the runbook's
 on-disk cache (:mod:`runbook.cache`), keyed by the content's SHA-256. A local
 module source starts with ``./`` or ``../``
 (https://developer.hashicorp.com/terraform/language/modules/sources#local-paths);
-registry and git sources are pinned by their version or ref, which is hashed.
+a remote source must be pinned (a registry module by ``version``, any other by ``?ref=``), and
+that pin is hashed; an unpinned one is refused (:func:`_check_pinned`).
 A path given to a file function is resolved the way Terraform does:
 ``${path.module}`` is the calling module's directory, ``${path.root}`` and
 ``${path.cwd}`` and a plain relative path are the root module's directory (the
@@ -59,6 +60,8 @@ It is the same on every machine for the same commit and configuration:
   so hashing it would make a laptop and the pipeline's clean checkout disagree.
   The provider versions are still pinned by ``required_providers``, which is
   hashed. Once the lock files are committed, drop the name from IGNORED_NAMES.
+  A file Terraform loads (:func:`terraform_loads`: ``*.tf``, ``*.tf.json``, ``*.tfvars``,
+  ``*.tfvars.json``) is never skipped, whatever its name looks like (``terraform.tfstate.auto.tfvars``).
 - Symbolic links inside the repository are followed (a linked module directory
   is hashed under the link's path); a directory reached twice through links is
   hashed once.
@@ -81,8 +84,10 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shlex
 import unicodedata
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -297,6 +302,40 @@ def _under(rel: str, directory: str) -> bool:
 def _parts(root_dir, shared_files, inputs, top):
     """Yield ``(kind byte, name, normalised content)`` in hashing order."""
     canonical = canonical_inputs(inputs)  # type errors before any file is read
+    tree, contents = _gather(root_dir, top)
+    for rel, _path, content in contents:
+        yield b"F", rel, content
+    for name in sorted(tree.outside):
+        path = tree.outside[name]
+        if path is None:
+            yield b"A", name, b""
+        else:
+            yield b"M", name, normalise(_read(path))
+    for name, path in _scripts(shared_files):
+        yield b"S", name, normalise(_read(path))
+    yield b"I", "inputs", canonical
+
+
+def hashed_files(root_dir: str | os.PathLike[str], shared_files: Mapping[str, str | os.PathLike[str]], *,
+                 top: str | os.PathLike[str] | None = None) -> list[str]:
+    """Absolute paths of every file :func:`compute` hashes for these arguments, in hashing order:
+    the root module's files, the files outside it (local modules, files read by ``file()`` and the
+    like; an absent file is not listed), the deploy scripts. A path may pass through a symbolic
+    link inside the repository.
+
+    Same arguments (*inputs* aside) and errors as :func:`compute`; reads the ``.tf`` files it must
+    follow, as :func:`compute` does (parse results are cached).
+    """
+    tree, contents = _gather(root_dir, top)
+    paths = [os.path.abspath(path) for _rel, path, _content in contents]
+    paths += [os.path.abspath(tree.outside[name]) for name in sorted(tree.outside) if tree.outside[name] is not None]
+    paths += [os.path.abspath(path) for _name, path in _scripts(shared_files)]
+    return paths
+
+
+def _gather(root_dir, top) -> tuple[_Tree, list[tuple[str, str, bytes]]]:
+    """Walk the root module and follow what it reads: the tree (files outside the root in
+    ``tree.outside``) and ``(relative name, path, normalised content)`` of each root module file."""
     root = _check_root(root_dir)
     tree = _Tree(_top(root, top), root)
     if not inside(tree.top, root):
@@ -316,16 +355,14 @@ def _parts(root_dir, shared_files, inputs, top):
             where=f"{shown_path()}, field terraform.roots.*",
             fix="point terraform.roots.* at the directory that holds the module's main.tf",
         )
-    contents = [(rel, normalise(_read(path))) for rel, path in files]
-    _follow(tree, tree.root_rel, {rel: c for rel, c in contents if "/" not in rel})
-    for rel, content in contents:
-        yield b"F", rel, content
-    for name in sorted(tree.outside):
-        path = tree.outside[name]
-        if path is None:
-            yield b"A", name, b""
-        else:
-            yield b"M", name, normalise(_read(path))
+    contents = [(rel, path, normalise(_read(path))) for rel, path in files]
+    _follow(tree, tree.root_rel, {rel: c for rel, _path, c in contents if "/" not in rel})
+    return tree, contents
+
+
+def _scripts(shared_files) -> list[tuple[str, Path]]:
+    """``(logical name, path)`` of each deploy script in name order; raises RunbookError for a missing one."""
+    found = []
     for name in sorted(shared_files):
         path = Path(shared_files[name])
         if not path.is_file():
@@ -335,8 +372,8 @@ def _parts(root_dir, shared_files, inputs, top):
                 where=str(path),
                 fix="git checkout -- " + shlex.quote(str(path)),
             )
-        yield b"S", name, normalise(_read(path))
-    yield b"I", "inputs", canonical
+        found.append((name, path))
+    return found
 
 
 def _top(root: Path, top) -> Path:
@@ -439,7 +476,8 @@ class _Ref:
     ``kind`` is "module" or "file"; ``text`` the module source or the path as written; ``base``
     "module", "root" or "" (a literal path, relative to the root module's directory); ``known`` the
     literal path after the base; ``complete`` False when an expression follows ``known``;
-    ``problem`` set when the reference cannot be placed at all.
+    ``problem`` set when the reference cannot be placed at all; ``version`` a module call's
+    ``version`` argument as written ("" when it has none).
     """
 
     kind: str
@@ -450,6 +488,7 @@ class _Ref:
     known: str = ""
     complete: bool = True
     problem: str = ""
+    version: str = ""
 
 
 def _place(tree: _Tree, module_rel: str, ref: _Ref, where: str) -> str | None:
@@ -458,6 +497,7 @@ def _place(tree: _Tree, module_rel: str, ref: _Ref, where: str) -> str | None:
     at = f"{where} line {ref.line}" if ref.line else where
     if ref.kind == "module":
         if not (ref.text.startswith("./") or ref.text.startswith("../") or ref.text.startswith("/")):
+            _check_pinned(ref, at)
             return None
         if ref.text.startswith("/"):
             _leaves(f"The local module source {ref.text!r}", at, "an absolute path")
@@ -500,6 +540,62 @@ def _place(tree: _Tree, module_rel: str, ref: _Ref, where: str) -> str | None:
     return target
 
 
+#: A module registry address: ``[<HOSTNAME>/]<NAMESPACE>/<NAME>/<PROVIDER>[//<subdirectory>]``
+#: (https://developer.hashicorp.com/terraform/language/modules/sources#terraform-registry).
+_REGISTRY = re.compile(r"^(?:[A-Za-z0-9.-]+\.[A-Za-z0-9-]+(?::[0-9]+)?/)?"
+                       r"[A-Za-z0-9][A-Za-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9_-]*/[A-Za-z0-9]+(?://[^?]*)?$")
+
+
+def _check_pinned(ref: _Ref, at: str) -> None:
+    """Refuse a remote module source that may change under the same text (and so the same fingerprint):
+    a registry module without a ``version`` constraint, any other remote source (git, GitHub,
+    Bitbucket, Mercurial, HTTP, S3, GCS) without a ``ref=`` in its query
+    (https://developer.hashicorp.com/terraform/language/modules/sources)."""
+    source = ref.text
+    if not source.startswith(("github.com/", "bitbucket.org/")) and "::" not in source \
+            and _REGISTRY.match(source):
+        if ref.version:
+            return
+        raise RunbookError(
+            f"The registry module {source!r} called at {at} has no version constraint: a new release would be "
+            "applied under the same fingerprint, so the applied record could not prove what was applied",
+            id="module-source-unpinned",
+            where=at,
+            fix='add an exact version to the module block, e.g. version = "1.2.3", and commit it',
+        )
+    address = source.split("::", 1)[1] if "::" in source.split("/", 1)[0] else source
+    query = urllib.parse.urlsplit(address).query
+    if urllib.parse.parse_qs(query).get("ref", [""])[0]:
+        return
+    getter = source.split("::", 1)[0] if "::" in source.split("/", 1)[0] else ""
+    pinned = f"{getter + '::' if getter else ''}{address}{'&' if query else '?'}ref=<full commit SHA>"
+    if getter in ("s3", "gcs") or (not getter and source.startswith(("http://", "https://"))):
+        fix = ("copy the module into the repository and call it by a local path, or publish it in a git "
+               'repository and pin it: source = "git::https://<host>/<repository>.git?ref=<full commit SHA>"')
+    else:
+        fix = (f'pin it to a commit: source = "{pinned}" (git ls-remote {shlex.quote(_repository(address))} '
+               "<tag or branch> prints the SHA), or copy the module into the repository and call it by a local path")
+    raise RunbookError(
+        f"The module source {source!r} at {at} is not pinned (no ref=): a push to that repository, or another "
+        "file at that address, would be applied under the same fingerprint, so the applied record could not "
+        "prove what was applied",
+        id="module-source-unpinned",
+        where=at,
+        fix=fix,
+    )
+
+
+def _repository(address: str) -> str:
+    """The repository a git module address names, without ``//subdirectory`` and query
+    (``github.com/acme/x//roles?ref=v1`` -> ``https://github.com/acme/x``)."""
+    repository = address.split("?", 1)[0]
+    scheme, sep, rest = repository.partition("://")
+    repository = f"{scheme}{sep}{rest.split('//', 1)[0]}" if sep else repository.split("//", 1)[0]
+    if repository.startswith(("github.com/", "bitbucket.org/")):
+        repository = f"https://{repository}"
+    return repository
+
+
 def _leaves(what: str, at: str, how: str):
     raise RunbookError(
         f"{what} at {at} leaves the repository ({how}): the apply would read files this commit does not hold",
@@ -513,7 +609,7 @@ def _leaves(what: str, at: str, how: str):
 # -- reading .tf files -------------------------------------------------------------------------
 
 _REFERENCES: dict[tuple[str, str], list[_Ref]] = {}
-_REFERENCES_VERSION = 1  # bump when _parse_hcl or _parse_json find something else in the same bytes
+_REFERENCES_VERSION = 2  # bump when _parse_hcl or _parse_json find something else in the same bytes
 
 
 def _references(content: bytes, where: str) -> list[_Ref]:
@@ -575,8 +671,10 @@ def _parse_hcl(content: bytes, where: str, line_offset: int = 0) -> list[_Ref]:
             source = _attribute(block, "source")
             if source is not None:
                 text, complete = _literal(source)
+                version = _attribute(block, "version")
+                written = "" if version is None else (_literal(version)[0] or "an expression")
                 if complete:
-                    refs.append(_Ref("module", _line(source, line_offset), text))
+                    refs.append(_Ref("module", _line(source, line_offset), text, version=written))
     for call in tree.find_data("function_call"):
         names = [c for c in call.children if _is(c, "identifier")]
         if len(names) != 1 or _name(names[0]) not in FILE_FUNCTIONS:
@@ -607,7 +705,8 @@ def _parse_json(content: bytes, where: str) -> list[_Ref]:
     for body in (modules.values() if isinstance(modules, dict) else []):
         for one in (body if isinstance(body, list) else [body]):
             if isinstance(one, dict) and isinstance(one.get("source"), str):
-                refs.append(_Ref("module", 0, one["source"]))
+                version = one.get("version")
+                refs.append(_Ref("module", 0, one["source"], version=str(version) if version else ""))
     stack = [data]
     while stack:
         value = stack.pop()
@@ -751,7 +850,24 @@ def _check_root(root_dir) -> Path:
     return root
 
 
+#: Name endings of the files Terraform loads from a module directory: configuration and overrides
+#: (``*_override.tf``; Terraform skips only names starting with ``.``, and ``#...#``, ``...~``,
+#: https://developer.hashicorp.com/terraform/language/files) and variable definitions
+#: (``terraform.tfvars``, ``*.auto.tfvars``,
+#: https://developer.hashicorp.com/terraform/language/values/variables#variable-definitions-tfvars-files).
+#: Such a file is always hashed, whatever :data:`IGNORED_NAMES` (or a .gitignore) says.
+CONFIGURATION_SUFFIXES = (".tf", ".tf.json")
+VARIABLE_SUFFIXES = (".tfvars", ".tfvars.json")
+
+
+def terraform_loads(name: str) -> bool:
+    """Whether Terraform may load a file of this name (the name alone) from a module directory."""
+    return name.endswith(VARIABLE_SUFFIXES) or (name.endswith(CONFIGURATION_SUFFIXES) and not name.startswith("."))
+
+
 def _ignored_name(name: str) -> bool:
+    if terraform_loads(name):
+        return False  # "x.tfstate.y_override.tf" is loaded by Terraform, so it is hashed
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_NAMES)
 
 

@@ -75,6 +75,11 @@ class Checkout:
     def clean(self) -> bool:
         return not self.changes
 
+    @property
+    def detached(self) -> bool:
+        """HEAD names a commit, not a branch (``git rev-parse --abbrev-ref HEAD`` prints "HEAD")."""
+        return self.branch == "HEAD"
+
 
 def inspect(cwd: str | os.PathLike | None = None) -> Checkout:
     """Read branch, HEAD commit and uncommitted changes (untracked files included, ignored ones not)."""
@@ -85,10 +90,64 @@ def inspect(cwd: str | os.PathLike | None = None) -> Checkout:
     return Checkout(branch=branch, head=head, changes=tuple(line for line in status.splitlines() if line))
 
 
-def tracked_files(folder: str | os.PathLike) -> set[str]:
-    """Paths (relative to *folder*, POSIX) of the files git tracks under *folder*."""
-    out = _git("ls-files", "-z", "--", ".", cwd=folder)
-    return {p for p in out.split("\0") if p}
+def head_entries(paths: list[str], cwd: str | os.PathLike) -> dict[str, tuple[str, str, str]]:
+    """HEAD's tree entries under *paths*, with one ``git ls-tree -r -z HEAD`` call.
+
+    Args:
+        paths: POSIX paths relative to *cwd* (the top of the repository): files or directories,
+            taken literally (no pathspec magic or globs).
+        cwd: the top of the repository.
+
+    Returns repository-relative POSIX path -> ``(mode, type, object id)``, e.g.
+    ``{"iam/x.tf": ("100644", "blob", "<40 hex>")}``; a submodule shows as one ``"commit"`` entry.
+    Raises RunbookError when git fails.
+    """
+    if not paths:
+        return {}
+    out = _git("--literal-pathspecs", "ls-tree", "-r", "-z", "HEAD", "--", *paths, cwd=cwd, strip=False)
+    entries = {}
+    for record in out.split("\0"):
+        if record:
+            meta, _, path = record.partition("\t")
+            mode, kind, oid = meta.split(" ")
+            entries[path] = (mode, kind, oid)
+    return entries
+
+
+def blob_contents(oids: list[str], cwd: str | os.PathLike) -> dict[str, bytes]:
+    """The content of each blob in *oids* (object ids), with one ``git cat-file --batch`` call.
+    Raises RunbookError when git fails or an object is missing."""
+    if not oids:
+        return {}
+    try:
+        done = subprocess.run(["git", "cat-file", "--batch"], cwd=cwd, input="".join(f"{o}\n" for o in oids).encode(),
+                              capture_output=True, timeout=60, env={**os.environ, "LC_ALL": "C"})
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise RunbookError(f"`git cat-file --batch` failed: {error}", id="git-failed",
+                           fix="git fsck  (then run again)") from None
+    if done.returncode != 0:
+        raise GitCommandError(("cat-file", "--batch"), done.stderr.decode("utf-8", "replace").strip())
+    contents, out, at = {}, done.stdout, 0
+    for oid in oids:
+        end = out.index(b"\n", at)
+        header = out[at:end].decode("ascii", "replace").split(" ")
+        if len(header) != 3:
+            raise RunbookError(f"git has no object {oid} that HEAD names", id="git-failed", fix="git fsck")
+        size = int(header[2])
+        contents[oid] = out[end + 1:end + 1 + size]
+        at = end + 1 + size + 1
+    return contents
+
+
+def blob_id(content: bytes, oid_length: int = 40) -> str:
+    """The git object id *content* has as a blob: SHA-1 of ``blob <size>\\0<content>`` (SHA-256 in a
+    repository whose ids are 64 hex digits, https://git-scm.com/docs/hash-function-transition)."""
+    import hashlib
+
+    digest = hashlib.sha1() if oid_length == 40 else hashlib.sha256()
+    digest.update(b"blob %d\0" % len(content))
+    digest.update(content)
+    return digest.hexdigest()
 
 
 def head_commit(cwd: str | os.PathLike | None = None) -> str:

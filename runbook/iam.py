@@ -323,23 +323,34 @@ class GitCheck(Step):
     preflight = True
 
     def describe(self, ctx: IamRun) -> list[str]:
-        b = ctx.environment.branch
+        b = shlex.quote(ctx.environment.branch)
         fetch = "(dry run: compared with the last fetch, no network)" if ctx.dry_run else ""
-        name = ctx.remote.name if ctx.remote else "<the team's remote>"
-        return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch {name} {b} {fetch}".rstrip()]
+        name = shlex.quote(ctx.remote.name) if ctx.remote else "<the team's remote>"
+        return [f"$ git rev-parse --abbrev-ref HEAD; git status --porcelain; git fetch {name} {b} {fetch}".rstrip(),
+                "$ git ls-tree -r HEAD -- <every file the fingerprint hashes>   (each must be HEAD's version)"]
 
     def check(self, ctx: IamRun) -> Decision:
         refuse_leftovers(ctx)
         branch = ctx.environment.branch
         checkout = git.inspect(ctx.cwd)
         ctx.head, ctx.branch = checkout.head, checkout.branch
+        where = str(ctx.cwd or Path.cwd())
+        if checkout.detached:
+            skip = " (--skip-branch-check needs a branch: a detached HEAD has none to compare with the team's)"
+            raise RunbookError(
+                f"HEAD is detached at {checkout.head[:12]}, but {ctx.label} is deployed from branch {branch!r}: "
+                f"the IAM must be applied from the branch being deployed{skip if ctx.skip_branch_check else ''}",
+                id="wrong-branch",
+                where=where,
+                fix=f"git checkout {shlex.quote(branch)} && git pull --ff-only",
+            )
         if checkout.branch != branch:
             if not ctx.skip_branch_check:
                 raise RunbookError(
                     f"The checkout is on branch {checkout.branch!r}, but {ctx.label} is deployed from "
                     f"{branch!r}: the IAM must be applied from the branch being deployed",
                     id="wrong-branch",
-                    where=str(ctx.cwd or Path.cwd()),
+                    where=where,
                     fix=f"git checkout {shlex.quote(branch)} && git pull --ff-only",
                 )
             console.warn(f"BRANCH CHECK OVERRIDDEN (--skip-branch-check): applying from {checkout.branch!r}, "
@@ -351,19 +362,10 @@ class GitCheck(Step):
                 f"The working tree has uncommitted changes ({shown}{more}); what is applied must be "
                 "exactly what is committed",
                 id="uncommitted-changes",
-                where=str(ctx.cwd or Path.cwd()),
+                where=where,
                 fix="commit or stash them (git stash --include-untracked), then run again",
             )
-        for scope in ctx.scopes():
-            untracked = sorted(set(fingerprint.root_files(scope.root)) - git.tracked_files(scope.root))
-            if untracked:
-                raise RunbookError(
-                    f"The root module {_rel(scope.root)} holds files git does not track ({', '.join(untracked[:5])}): "
-                    "Terraform would apply them, but they are not in the commit the pipeline deploys",
-                    id="untracked-files",
-                    where=str(scope.root),
-                    fix="commit them, or move them out of the root module (git status --ignored shows them)",
-                )
+        hashed = refuse_files_unlike_head(ctx)
         target = checkout.branch if ctx.skip_branch_check else branch
         cfg = ctx.config
         origin = cfg.circleci.repository_origin if cfg.circleci else None  # "github.com/acme/acme-api"
@@ -387,8 +389,99 @@ class GitCheck(Step):
                 f"{team.name} first if you "
                 "are ahead)",
             )
-        return Decision(True, f"on {target} at {checkout.head[:12]}, clean, equal to {ours} (remote {team.name}: "
-                              f"{team.why})")
+        return Decision(True, f"on {target} at {checkout.head[:12]}, clean ({hashed} hashed files are HEAD's), "
+                              f"equal to {ours} (remote {team.name}: {team.why})")
+
+
+def refuse_files_unlike_head(ctx: IamRun) -> int:
+    """Refuse the run unless every file the fingerprint of each scope hashes (root module files, local
+    modules, files read by ``file()`` and the like, deploy scripts) is exactly HEAD's version, compared
+    after the fingerprint's line-ending normalisation (a ``core.autocrlf=true`` checkout passes). Git's
+    own view is not trusted: an ignored file, a skip-worktree or assume-unchanged entry and an edited
+    submodule are all invisible to ``git status``. A symbolic link on the way to a hashed file must be
+    HEAD's link too (an ignored link to a tracked file would add that file to the apply). One
+    ``git ls-tree`` call, and one ``git cat-file
+    --batch`` call only when a file's bytes differ from HEAD's blob.
+
+    Returns how many files were compared. Raises RunbookError (``untracked-files``: a file not in HEAD;
+    ``uncommitted-changes``: a file unlike HEAD's; ``reference-leaves-repository``: a file inside a git
+    submodule or another repository), naming up to 5 paths and the fix.
+    """
+    from runbook.config import PROJECT_ROOT
+
+    top = os.path.realpath(PROJECT_ROOT)
+    paths: dict[str, str] = {}  # repository-relative POSIX path (links resolved) -> real path
+    links: dict[str, str] = {}  # repository-relative POSIX path of a symbolic link on the way -> its path
+    for scope in ctx.scopes():
+        for path in fingerprint.hashed_files(scope.root, scope.scripts(), top=PROJECT_ROOT):
+            real = os.path.realpath(path)
+            paths.setdefault(Path(os.path.relpath(real, top)).as_posix(), real)
+            if real != path:  # the link itself must be HEAD's too, or an ignored link could add a file
+                parts = Path(os.path.relpath(path, top)).parts
+                for i in range(1, len(parts) + 1):
+                    if os.path.islink(os.path.join(top, *parts[:i])):
+                        links.setdefault("/".join(parts[:i]), os.path.join(top, *parts[:i]))
+    entries = git.head_entries(sorted({rel.rpartition("/")[0] or "." for rel in (*paths, *links)}), top)
+    oid_length = len(next(iter(entries.values()))[2]) if entries else 40
+    missing, nested, candidates = [], {}, {}
+    for rel, link in sorted(links.items()):
+        entry = entries.get(rel)
+        if entry is None or entry[0] != "120000":
+            missing.append(rel)
+        elif git.blob_id(os.fsencode(os.readlink(link)), oid_length) != entry[2]:
+            candidates[rel] = (entry[2], os.fsencode(os.readlink(link)))
+    for rel, real in sorted(paths.items()):
+        entry = entries.get(rel)
+        if entry is None or entry[1] != "blob":
+            parents = [rel[:i] for i in range(len(rel)) if rel[i] == "/"]
+            outer = next((p for p in parents if entries.get(p, ("", ""))[1] == "commit"
+                          or os.path.exists(os.path.join(top, p, ".git"))), None)
+            if outer:
+                nested.setdefault(outer, rel)
+            else:
+                missing.append(rel)
+            continue
+        with open(real, "rb") as handle:
+            content = handle.read()
+        if git.blob_id(content, oid_length) != entry[2]:
+            candidates[rel] = (entry[2], content)
+    if nested:
+        outer, rel = next(iter(nested.items()))
+        raise RunbookError(
+            f"{rel} lies in {outer}, a git submodule (or another repository): its files are not in this "
+            "repository's commit, so the applied record could not prove what is applied",
+            id="reference-leaves-repository",
+            where=outer,
+            fix=f"copy the module into this repository and commit it: git rm {shlex.quote(outer)} && "
+                f"git clone <its repository> {shlex.quote(outer)} && rm -rf {shlex.quote(outer + '/.git')} && "
+                f"git add {shlex.quote(outer)} && git commit",
+        )
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        quoted = " ".join(shlex.quote(r) for r in missing[:5])
+        raise RunbookError(
+            f"Terraform would read files git does not track in HEAD ({shown}): ignored (.gitignore, "
+            ".git/info/exclude, a global excludes file) or never added, so they are not in the commit the "
+            "record names and the pipeline deploys",
+            id="untracked-files",
+            where=missing[0],
+            fix=f"delete them (rm {quoted}), or commit them (git add -f {quoted} && git commit)",
+        )
+    blobs = git.blob_contents(sorted({oid for oid, _ in candidates.values()}), top)
+    differing = [rel for rel, (oid, content) in sorted(candidates.items())
+                 if fingerprint.normalise(blobs[oid]) != fingerprint.normalise(content)]
+    if differing:
+        shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+        quoted = " ".join(shlex.quote(r) for r in differing[:5])
+        raise RunbookError(
+            f"Files Terraform would read differ from HEAD's version ({shown}), although git status may not "
+            "show it (skip-worktree, assume-unchanged): what is applied must be exactly what is committed",
+            id="uncommitted-changes",
+            where=differing[0],
+            fix=f"git update-index --no-skip-worktree --no-assume-unchanged {quoted} && git status  (then commit "
+                f"or stash the change, or restore HEAD's version: git checkout -- {quoted})",
+        )
+    return len(paths)
 
 
 

@@ -214,7 +214,7 @@ def test_ignored_file_in_the_root_module_is_refused(project, s3):
     (project.path / ".git" / "info" / "exclude").write_text("override.tf\n")
     (project.path / "roots" / "environment" / "override.tf").write_text('locals {\n  extra = "not committed"\n}\n')
     result = project.inv("iam.env", "--name", "stg")
-    assert_user_error(result, "holds files git does not track (override.tf)", "commit them")
+    assert_user_error(result, "git does not track in HEAD (roots/environment/override.tf)", "git add -f")
     assert BUCKET not in bucket_names(s3)
 
 

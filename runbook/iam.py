@@ -291,8 +291,10 @@ def _uncommitted_config(ctx: IamRun) -> str:
     from runbook.config import DEFAULT_CONFIG, PROJECT_ROOT
 
     path = ctx.config.path.resolve()
-    if path.is_relative_to(PROJECT_ROOT) and path.name in git.tracked_files(path.parent):
-        return ""  # committed: the git check makes sure it is unchanged
+    if path.is_relative_to(PROJECT_ROOT):
+        rel = path.relative_to(PROJECT_ROOT).as_posix()
+        if rel in git.head_entries([rel], cwd=PROJECT_ROOT):
+            return ""  # committed: the git check makes sure it is unchanged
     real = sorted({scope.account.name for scope in ctx.scopes() if not scope.account.endpoint_url})
     if not real:
         return " (a configuration outside the commit, allowed for a rehearsal against a local AWS)"

@@ -131,8 +131,12 @@ def client(sess: Any, service: str, account: Account, *, read_timeout_s: float =
         service,
         region_name=account.region,
         endpoint_url=account.endpoint_url,
+        # Only endpoint_url from the configuration counts: AWS_ENDPOINT_URL(_<SERVICE>) in the shell or
+        # endpoint_url in ~/.aws/config would send the runbook's calls elsewhere than Terraform's
+        # (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html).
         config=Config(retries={"mode": "standard", "max_attempts": attempts},
-                      connect_timeout=min(5.0, read_timeout_s), read_timeout=read_timeout_s),
+                      connect_timeout=min(5.0, read_timeout_s), read_timeout=read_timeout_s,
+                      ignore_configured_endpoint_urls=True),
         **keys,
     )
 

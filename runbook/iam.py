@@ -253,7 +253,8 @@ class IamRun:
         known = self.__dict__.setdefault("_records", {})
         if scope.record_scope not in known:
             known[scope.record_scope] = records.read(self.ssm_client(), scope.config.project, scope.record_scope,
-                                                     endpoint_url=scope.account.endpoint_url)
+                                                     endpoint_url=scope.account.endpoint_url,
+                                                     profile=scope.account.profile)
         return known[scope.record_scope]
 
     def remember_record(self, scope: Scope, record: dict | None) -> None:

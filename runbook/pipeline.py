@@ -456,17 +456,15 @@ def watch(
             line = f"{name}: {status}  {_age(started, clock())}  jobs {done}/{len(jobs)} done"
             if status == circleci.ON_HOLD and waiting:
                 line += "  waiting for approval: " + ", ".join(waiting)
-            line = console.mask(console.safe(line))  # names come from the API
+            line = console.one_line(line)  # names come from the API; console.write masks
             if tty:
-                stream.write("\r\033[K" + line)
-                stream.flush()
+                console.write(stream, "\r\033[K" + line)
             elif line.split("  ")[0::2] != last.split("  ")[0::2]:
-                stream.write(line + "\n")
-                stream.flush()
+                console.write(stream, line + "\n")
             last = line
             if status in circleci.TERMINAL_WORKFLOW_STATUSES or (stop_on_hold and status == circleci.ON_HOLD):
                 if tty:
-                    stream.write("\n")
+                    console.write(stream, "\n")
                 return WatchResult(status, clock() - started, jobs, waiting)
             if clock() - started + poll_s > timeout_s:
                 raise RunbookError(
@@ -477,7 +475,7 @@ def watch(
             sleep(poll_s)
     except KeyboardInterrupt:
         if tty:
-            stream.write("\n")
+            console.write(stream, "\n")
         raise Interrupted("Stopped watching (Ctrl-C); the workflow goes on in CircleCI",
                           fix="`inv ci.status` shows where it is") from None
 

@@ -1089,8 +1089,9 @@ class ScriptStep(ScopedStep):
             f"$ cd {shlex.quote(_rel(root))} && {shlex.join(terraform.command(root))}",
             "  env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()),
             "  credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN = the keys that pass the "
-            f"caller identity check; {', '.join(terraform.CHILD_REMOVED[:2])}, TF_WORKSPACE and the other credential "
-            "sources of this shell are removed, " + " ".join(f"{k}={v}" for k, v in terraform.CHILD_SHUT.items()),
+            f"caller identity check; {', '.join(terraform.CHILD_REMOVED[:2])}, the other credential sources, "
+            f"TF_WORKSPACE, TF_DATA_DIR and {', '.join(p + '*' for p in terraform.CHILD_REMOVED_PREFIXES)} of this "
+            "shell are removed, " + " ".join(f"{k}={v}" for k, v in terraform.CHILD_SHUT.items()),
         ]
 
 

@@ -166,7 +166,10 @@ import json, sys
 import botocore.exceptions
 from runbook import aws, config
 
-account = config.load().environment("stg").account
+import dataclasses, os
+# moto stands in for AWS: the account gets its URL as endpoint_url (the runbook ignores AWS_ENDPOINT_URL
+# from the environment by design; the job's role chain comes through the web-identity variables)
+account = dataclasses.replace(config.load().environment("stg").account, endpoint_url=os.environ["AWS_ENDPOINT_URL"])
 session = aws.session(account, use_profile=False)
 out = {"identity": aws.caller_identity(session, account, purpose="probe").arn}
 s3, iam = aws.client(session, "s3", account), aws.client(session, "iam", account)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runbook import console
 from runbook.config import PROJECT_ROOT, Backend
 from runbook.errors import Interrupted, RunbookError
 from runbook.statelock import LockInfo, parse_lock_error
@@ -346,8 +347,8 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
             except KeyboardInterrupt:
                 interrupts += 1
                 if interrupts == 2:
-                    _say("\nTerraform is stopping cleanly and will release the state lock; press Ctrl-C once more "
-                         "to force it (that can leave the lock held).")
+                    console.say("\nTerraform is stopping cleanly and will release the state lock; press Ctrl-C once "
+                                "more to force it (that can leave the lock held).", err=True)
                     continue
                 try:
                     os.killpg(proc.pid, signal.SIGINT)
@@ -433,13 +434,6 @@ def _flush(stream) -> None:
         pass
 
 
-def _say(text: str) -> None:
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
-
-
 # deploy-app.sh's exit status when another run holds the state lock (see its header); inv exits with it too.
 LOCKED_EXIT = 75
 _TF_FAILED = re.compile(r"^deploy-app\.sh: error: terraform (\w+)[^\n]* failed \(exit (\d+)\)", re.M)
@@ -474,8 +468,6 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
     itself dying (no ``error:`` line at all, e.g. on CR line endings); recognises the state lock held by
     another run and the state digest mismatch that follows a state write cut short.
     """
-    from runbook import console
-
     lock = parse_lock_error(output)
     if lock is None and (code == LOCKED_EXIT or "Error acquiring the state lock" in output):
         return RunbookError(

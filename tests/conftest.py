@@ -41,6 +41,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -63,6 +64,20 @@ FAKE_CREDENTIALS = {
 # a real profile, real credentials or Terraform settings into a test.
 _SCRUBBED_PREFIXES = ("AWS_", "TF_")
 _SCRUBBED_NAMES = ("CHECKPOINT_DISABLE", "DEPLOY_MODE", "DEPLOY_SCOPE", "TERRAFORM_BIN")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let a Ctrl-C reach the commands the tests start, however pytest itself was started.
+
+    The signal tests play a terminal's foreground job: SIGINT must reach ``inv``. A shell runs a
+    background job (``bash .ci/run &`` in a script) with SIGINT and SIGQUIT ignored, every child
+    inherits that, and an ``inv`` started that way rightly ignores Ctrl-C and applies to the end.
+    Python's own handlers are reset to the default in a child, an ignored signal is not.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

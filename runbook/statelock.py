@@ -47,6 +47,20 @@ class LockInfo:
                 f"Terraform {self.version or '?'}), lock ID {self.id}")
         return console.mask("".join(ch if ch.isprintable() else "?" for ch in text)[:400])
 
+    def created_at(self) -> float | None:
+        """``created`` as seconds since the epoch, or None when it is not a time Terraform writes.
+
+        Terraform writes it in UTC, as Go prints a time ("2026-11-30 12:37:49.893271922 +0000 UTC" in its
+        lock error) or as RFC 3339 ("2026-11-30T12:37:49.893271922Z" in the lock table and lock file).
+        """
+        import calendar
+
+        found = re.match(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(\.\d+)?", self.created.strip())
+        if found is None:
+            return None
+        whole = calendar.timegm(tuple(int(part) for part in found.groups()[:6]) + (0, 0, 0))
+        return whole + float(found.group(7) or 0)
+
     @classmethod
     def from_json(cls, text: str) -> LockInfo | None:
         """From the JSON Terraform stores with a lock; None when it is not such JSON."""

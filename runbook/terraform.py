@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,7 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
         _planned_outputs[root.resolve()] = _outputs_in_plan(root)
     for stream in (sys.stdout, sys.stderr):
         _flush(stream)
+    started = time.time()
     proc = subprocess.Popen(command(root), cwd=root, env=child_env(env), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pumps = [_Pump(proc.stdout, sys.stdout), _Pump(proc.stderr, sys.stderr)]
@@ -377,7 +379,7 @@ def run_script(root: Path, env: dict[str, str], *, what: str) -> None:
     if code != 0:
         if mode == "plan":
             discard_plan(root)
-        raise failure(root, env, what=what, code=code, output=output)
+        raise failure(root, env, what=what, code=code, output=output, ran=(started, time.time()))
 
 
 class _Pump(threading.Thread):
@@ -453,6 +455,44 @@ class StateLocked(RunbookError):
         self.lock = lock
 
 
+def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] | None) -> float | None:
+    """Seconds from the start of the Terraform command to *lock*'s creation when *lock* looks taken by that
+    very command, else None.
+
+    Terraform locks with a conditional write (DynamoDB PutItem, or S3 PutObject If-None-Match). When
+    the write succeeds but its answer is lost (a connection reset), the AWS SDK sends it again, the
+    condition fails on Terraform's own lock, and Terraform reports the lock as held by another run.
+    Such a lock was created while the command ran (*ran*: its start and end, seconds since the epoch),
+    by this machine's user (``user@host``, as Terraform writes Who), with the Terraform version in
+    *env* (``TERRAFORM_VERSION``) and for the operation the script ran (``DEPLOY_MODE``: plan or apply).
+    Another run could match all of that only by starting the same operation, as the same user on a
+    machine of the same name, within those seconds: so the runbook says what it found and leaves the
+    release to the administrator. Sources: the Terraform S3 backend's locking,
+    https://developer.hashicorp.com/terraform/language/backend/s3#state-locking; the AWS SDKs' retry
+    behavior, https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html
+    """
+    import getpass
+    import socket
+
+    created = lock.created_at()
+    operation = {"plan": "OperationTypePlan", "apply": "OperationTypeApply"}.get(env.get("DEPLOY_MODE", ""))
+    if ran is None or created is None or operation is None or lock.operation != operation:
+        return None
+    if env.get("TERRAFORM_VERSION") and lock.version != env["TERRAFORM_VERSION"]:
+        return None
+    try:
+        users = {getpass.getuser()}
+    except (KeyError, OSError):
+        users = set()
+    users |= {os.environ[name] for name in ("USER", "LOGNAME") if os.environ.get(name)}
+    if lock.who not in {f"{user}@{socket.gethostname()}" for user in users}:
+        return None
+    started, ended = ran
+    if not started - 1.0 <= created <= ended + 1.0:  # a second for clocks read in two processes
+        return None
+    return max(0.0, created - started)
+
+
 def unlock_command(env: dict[str, str], lock_id: str) -> str:
     """The ``inv iam.unlock`` line that releases *lock_id* for the scope *env* (from :func:`script_env`) is for."""
     name = env.get("TF_VAR_environment")
@@ -460,13 +500,16 @@ def unlock_command(env: dict[str, str], lock_id: str) -> str:
     return f"inv iam.unlock {scope} --lock-id {shlex.quote(lock_id or 'ID')}"
 
 
-def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: str) -> RunbookError:
+def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: str,
+            ran: tuple[float, float] | None = None) -> RunbookError:
     """The error for a run of ``deploy-app.sh`` that exited *code* (non-zero) after printing *output*.
 
     Tells Terraform's failures (the script's ``error: terraform CMD failed (exit N)`` line) from the
     script's own (its other ``error:`` lines: usage, missing variables, no Terraform) and from bash
     itself dying (no ``error:`` line at all, e.g. on CR line endings); recognises the state lock held by
-    another run and the state digest mismatch that follows a state write cut short.
+    another run, the lock this very run's Terraform took (see :func:`own_lock_age`; *ran* is when the
+    script started and ended, seconds since the epoch), and the state digest mismatch that follows a
+    state write cut short.
     """
     lock = parse_lock_error(output)
     if lock is None and (code == LOCKED_EXIT or "Error acquiring the state lock" in output):
@@ -478,6 +521,18 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
             where=f"DynamoDB table {env.get('TF_LOCK_TABLE')}, s3://{env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}",
             fix="use an identity that may read and write the lock table (dynamodb:GetItem, PutItem, DeleteItem), "
             "or restore the table",
+        )
+    age = own_lock_age(lock, env, ran) if lock is not None else None
+    if lock is not None and age is not None:
+        return StateLocked(
+            f"The {what} could not start: the Terraform state lock is held, by every sign by this very run: "
+            f"{lock.describe()}, taken {age:.1f} s after this command started Terraform, by this machine's user, "
+            "with this Terraform version and for this operation. Terraform's lock write succeeded but its answer "
+            "was lost, the AWS SDK sent it again, and the second write found Terraform's own lock; nothing was "
+            "applied",
+            lock=lock,
+            fix="check that no other Terraform runs for this state (`pgrep -a terraform` here; ask your team), "
+            f"then release the lock: {unlock_command(env, lock.id)}",
         )
     if lock is not None:
         return StateLocked(

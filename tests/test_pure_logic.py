@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from runbook.errors import Interrupted, RunbookError
@@ -192,6 +195,38 @@ def test_a_lock_table_that_cannot_be_used_is_not_reported_as_held_by_another_run
     error = terraform.failure(tmp_path, ENV, what="plan of environment stg", code=75, output=DENIED)
     assert error.id == "state-lock-failed" and error.code == 1
     assert "no other run holds it" in error.what and "unlock" not in (error.fix or "")
+
+
+def _held_by_this_machine(created: float) -> str:
+    import getpass
+    import socket
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created)) + ".893271922 +0000 UTC"
+    return (HELD.replace("alice@laptop", f"{getpass.getuser()}@{socket.gethostname()}")
+            .replace("Version:   1.0.3", "Version:   1.11.4").replace("2026-11-30 08:01:02.5 +0000 UTC", stamp))
+
+
+def test_a_lock_this_very_run_took_is_named_as_such_not_as_another_runs():
+    """Terraform's lock write succeeded, its answer was lost, the SDK's retry found Terraform's own lock
+    (seen with Terraform 1.11.4 against a local AWS under load): the message must not send the administrator
+    looking for a colleague's run."""
+    from runbook import terraform
+
+    now = time.time()
+    env = {**ENV, "DEPLOY_MODE": "apply", "TERRAFORM_VERSION": "1.11.4"}
+    output = _held_by_this_machine(now - 1)
+    error = terraform.failure(Path("."), env, what="apply to environment stg", code=75, output=output,
+                              ran=(now - 3, now))
+    assert error.id == "state-lock-held" and error.code == 75
+    assert "by this very run" in error.what and "nothing was applied" in error.what
+    assert "pgrep -a terraform" in error.fix
+    assert "inv iam.unlock --env stg --lock-id 4f2b9c1e-0000-4000-8000-000000000000" in error.fix
+    # Taken before this command started Terraform, or by another operation or version: another run's.
+    for other_env, ran in ((env, (now + 5, now + 9)), ({**env, "DEPLOY_MODE": "plan"}, (now - 3, now)),
+                           ({**env, "TERRAFORM_VERSION": "1.0.3"}, (now - 3, now))):
+        error = terraform.failure(Path("."), other_env, what="apply to environment stg", code=75, output=output,
+                                  ran=ran)
+        assert "locked by another run" in error.what and "very run" not in error.what
 
 
 def test_a_lock_held_by_another_run_names_who_and_how_to_release_it(tmp_path):

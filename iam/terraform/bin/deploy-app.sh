@@ -223,7 +223,7 @@ locked() { grep -q 'Error acquiring the state lock' -- "$tf_errors" && grep -Eq 
 die_tf() {
     local rc="$1" cmd="$2" consequence="$3"
     if locked; then
-        die 75 "terraform ${cmd} could not take the state lock: another run holds it (Lock Info above); nothing was applied. Wait for that run, or set TF_LOCK_TIMEOUT=300s; if it has died, release the lock: ${unlock_cmd}, with the ID above."
+        die 75 "terraform ${cmd} could not take the state lock: it is held (Lock Info above); nothing was applied. If the run in Who is still going, wait for it, or set TF_LOCK_TIMEOUT=300s; if it has died, or Who and Created are this command's own (a lock write whose answer was lost and was sent again), release the lock: ${unlock_cmd}, with the ID above."
     fi
     die "$rc" "terraform ${cmd} failed (exit ${rc}); ${consequence}"
 }

@@ -216,11 +216,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(f"install Terraform 1.11.4 at {TERRAFORM_1_11} to run them")
         # ...and in the final summary line itself, e.g. "120 passed, 40 skipped, 40 TERRAFORM 1.11.4 ABSENT"
         terminalreporter.stats.setdefault("TERRAFORM 1.11.4 ABSENT", []).extend(_missing)
+    from tests.project import OWN_LOCKS_RELEASED
+
+    if OWN_LOCKS_RELEASED:
+        terminalreporter.write_sep("=", f"{len(OWN_LOCKS_RELEASED)} state lock(s) taken by the very Terraform "
+                                        "command that could not take it, released and the command run again")
+        for line in OWN_LOCKS_RELEASED:
+            terminalreporter.write_line(line)
     report = os.environ.get("RUNBOOK_TF_REPORT")
     if report:
         text = "\n".join(lines) + ("\n" if lines else "")
         if _missing:
             text += f"TERRAFORM 1.11.4 ABSENT: {len(_missing)} case(s) did not run on it\n"
+        text += f"State locks of the run's own Terraform released, command run again: {len(OWN_LOCKS_RELEASED)}\n"
         Path(report).write_text(text, encoding="utf-8")
 
 
@@ -231,17 +239,43 @@ def shellcheck_bin(venv_bin: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """Start one moto server on a free loopback port for the session; yield its URL."""
-    from moto.server import ThreadedMotoServer
+def moto_endpoint(venv_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start one moto server (``moto_server``) on a free loopback port for the session; yield its URL.
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    In a process of its own, like the AWS it stands for: it shares no interpreter lock with the
+    CircleCI stand-in and the test threads, and no child forked by a test holds a copy of its
+    sockets. Its request log goes to ``moto.log`` in the session's temporary folder instead of into
+    every failing test's captured output.
+    """
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    server = subprocess.Popen([str(venv_bin / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None, f"moto_server exited with code {server.returncode}; see {log.name}"
+                assert time.monotonic() < deadline, f"moto_server did not answer on {url} within 60 s"
+                time.sleep(0.1)
+        yield url
     finally:
-        server.stop()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ then run as a user runs them: ``inv ...`` in a subprocess, in that folder.
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,13 @@ FIXTURE_ROOTS = REPO / "tests" / "fixtures" / "roots"
 ACCOUNT_ID = "123456789012"
 # terraform.backend.lock that base_config writes: set per test by the terraform_release fixture (conftest.py).
 LOCK_MODE = "dynamodb"
+# The runbook's message for a state lock taken by the very Terraform command that then could not take it
+# (runbook.terraform.own_lock_age), and the release command it gives.
+_OWN_LOCK = re.compile(r"by every sign by this very run.*?release the lock: inv iam\.unlock (--account|--env \S+) "
+                       r"--lock-id ([0-9A-Za-z-]+)", re.S)
+#: Commands whose Terraform lock write was answered but the answer lost, so that the AWS SDK's second write
+#: found Terraform's own lock; Project.inv released it and ran the command again (the summary lists them).
+OWN_LOCKS_RELEASED: list[str] = []
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -102,7 +111,27 @@ class Project:
         return cls(path=path, remote=remote, env=env)
 
     def inv(self, *args: str, env: dict | None = None, input: str | None = None, timeout: float = 180) -> Result:
-        """Run ``inv ARGS`` in the clone as a user would; returns exit code and output."""
+        """Run ``inv ARGS`` in the clone as a user would; returns exit code and output.
+
+        Against moto, now and then Terraform's state lock write is answered but the answer never reaches
+        Terraform (seen with Terraform 1.11.4 under load: moto logs the 200, Terraform's debug log shows
+        the SDK writing again, and the second write finds Terraform's own lock). The runbook recognises
+        that lock and names the release command; this does what it says, as an administrator would:
+        ``inv iam.unlock --yes`` with that lock ID, then the same command once more. Each such release
+        is listed in the session's summary, never hidden.
+        """
+        result = self._run(args, env=env, input=input, timeout=timeout)
+        found = _OWN_LOCK.search(result.err) if result.code == 75 else None
+        if found is None:
+            return result
+        scope, lock_id = found.groups()
+        released = self._run(("iam.unlock", *shlex.split(scope), "--lock-id", lock_id, "--yes"), env=env,
+                             input=None, timeout=timeout)
+        assert released.code == 0, f"releasing the run's own lock failed: {released.all}"
+        OWN_LOCKS_RELEASED.append(f"inv {shlex.join(args)} (lock {lock_id})")
+        return self._run(args, env=env, input=input, timeout=timeout)
+
+    def _run(self, args: tuple[str, ...], *, env: dict | None, input: str | None, timeout: float) -> Result:
         inv = str(Path(sys.executable).parent / "inv")
         done = subprocess.run(
             [inv, *args],

@@ -471,7 +471,7 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
     https://developer.hashicorp.com/terraform/language/backend/s3#state-locking; the AWS SDKs' retry
     behavior, https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html
     """
-    import getpass
+    import pwd
     import socket
 
     created = lock.created_at()
@@ -480,9 +480,10 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
         return None
     if env.get("TERRAFORM_VERSION") and lock.version != env["TERRAFORM_VERSION"]:
         return None
+    # Terraform's Who is Go's user.Current(): the password entry of this uid, else $USER.
     try:
-        users = {getpass.getuser()}
-    except (KeyError, OSError):
+        users = {pwd.getpwuid(os.getuid()).pw_name}
+    except KeyError:
         users = set()
     users |= {os.environ[name] for name in ("USER", "LOGNAME") if os.environ.get(name)}
     if lock.who not in {f"{user}@{socket.gethostname()}" for user in users}:

@@ -239,43 +239,21 @@ def shellcheck_bin(venv_bin: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint(venv_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start one moto server (``moto_server``) on a free loopback port for the session; yield its URL.
+def moto_endpoint() -> Iterator[str]:
+    """Start one moto server on a free loopback port for the session; yield its URL.
 
-    In a process of its own, like the AWS it stands for: it shares no interpreter lock with the
-    CircleCI stand-in and the test threads, and no child forked by a test holds a copy of its
-    sockets. Its request log goes to ``moto.log`` in the session's temporary folder instead of into
-    every failing test's captured output.
+    In this process: tests switch moto's own settings on for a while (``moto.settings``, e.g.
+    checking access keys against its IAM), which a server in another process would not see.
     """
-    import socket
-    import time
+    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    server = subprocess.Popen([str(venv_bin / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=5):
-                    break
-            except OSError:
-                assert server.poll() is None, f"moto_server exited with code {server.returncode}; see {log.name}"
-                assert time.monotonic() < deadline, f"moto_server did not answer on {url} within 60 s"
-                time.sleep(0.1)
-        yield url
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture

@@ -455,7 +455,8 @@ class StateLocked(RunbookError):
         self.lock = lock
 
 
-def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] | None) -> float | None:
+def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] | None,
+                 root: Path | None = None) -> float | None:
     """Seconds from the start of the Terraform command to *lock*'s creation when *lock* looks taken by that
     very command, else None.
 
@@ -464,10 +465,11 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
     condition fails on Terraform's own lock, and Terraform reports the lock as held by another run.
     Such a lock was created while the command ran (*ran*: its start and end, seconds since the epoch),
     by this machine's user (``user@host``, as Terraform writes Who), with the Terraform version in
-    *env* (``TERRAFORM_VERSION``) and for the operation the script ran (``DEPLOY_MODE``: plan or apply).
+    *env* (``TERRAFORM_VERSION``) and for the operation the script ran (``DEPLOY_MODE``: plan or apply),
+    while no Terraform runs in the root module folder *root* any more (:func:`other_terraform_in`).
     Another run could match all of that only by starting the same operation, as the same user on a
-    machine of the same name, within those seconds: so the runbook says what it found and leaves the
-    release to the administrator. Sources: the Terraform S3 backend's locking,
+    machine of the same name (or from another folder of this one), within those seconds: so the
+    runbook says what it found and leaves the release to the administrator. Sources: the Terraform S3 backend's locking,
     https://developer.hashicorp.com/terraform/language/backend/s3#state-locking; the AWS SDKs' retry
     behavior, https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html
     """
@@ -491,7 +493,33 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
     started, ended = ran
     if not started - 1.0 <= created <= ended + 1.0:  # a second for clocks read in two processes
         return None
+    if root is not None and other_terraform_in(root):
+        return None  # this command's Terraform has exited: a Terraform still running here is another run's
     return max(0.0, created - started)
+
+
+def other_terraform_in(root: Path) -> list[int]:
+    """Process IDs of the Terraform processes of this user that run in the root module folder *root*.
+
+    Reads Linux's /proc (the process's name and working directory); elsewhere, or when /proc cannot
+    be read, it finds none and the message's ``pgrep -a terraform`` advice stays the check.
+    """
+    found = []
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return found
+    target = root.resolve()
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8") as comm:
+                if comm.read().strip() != "terraform":
+                    continue
+            if Path(os.readlink(f"/proc/{pid}/cwd")) == target:
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def unlock_command(env: dict[str, str], lock_id: str) -> str:
@@ -523,7 +551,7 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
             fix="use an identity that may read and write the lock table (dynamodb:GetItem, PutItem, DeleteItem), "
             "or restore the table",
         )
-    age = own_lock_age(lock, env, ran) if lock is not None else None
+    age = own_lock_age(lock, env, ran, root) if lock is not None else None
     if lock is not None and age is not None:
         return StateLocked(
             f"The {what} could not start: the Terraform state lock is held, by every sign by this very run: "

@@ -499,10 +499,11 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
 
 
 def other_terraform_in(root: Path) -> list[int]:
-    """Process IDs of the Terraform processes of this user that run in the root module folder *root*.
+    """Process IDs of the Terraform processes that run in the root module folder *root*.
 
-    Reads Linux's /proc (the process's name and working directory); elsewhere, or when /proc cannot
-    be read, it finds none and the message's ``pgrep -a terraform`` advice stays the check.
+    Reads Linux's /proc (each process's name and working directory; another user's working directory
+    cannot be read, so for anyone but root these are this user's processes). Elsewhere, or when /proc
+    cannot be read, it finds none and the message's ``pgrep -a terraform`` advice stays the check.
     """
     found = []
     try:

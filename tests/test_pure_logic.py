@@ -197,7 +197,7 @@ def test_a_lock_table_that_cannot_be_used_is_not_reported_as_held_by_another_run
     assert "no other run holds it" in error.what and "unlock" not in (error.fix or "")
 
 
-def _held_by_this_machine(created: float) -> str:
+def held_by_this_machine(created: float) -> str:
     import getpass
     import socket
 
@@ -214,7 +214,7 @@ def test_a_lock_this_very_run_took_is_named_as_such_not_as_another_runs():
 
     now = time.time()
     env = {**ENV, "DEPLOY_MODE": "apply", "TERRAFORM_VERSION": "1.11.4"}
-    output = _held_by_this_machine(now - 1)
+    output = held_by_this_machine(now - 1)
     error = terraform.failure(Path("."), env, what="apply to environment stg", code=75, output=output,
                               ran=(now - 3, now))
     assert error.id == "state-lock-held" and error.code == 75
@@ -227,39 +227,6 @@ def test_a_lock_this_very_run_took_is_named_as_such_not_as_another_runs():
         error = terraform.failure(Path("."), other_env, what="apply to environment stg", code=75, output=output,
                                   ran=ran)
         assert "locked by another run" in error.what and "very run" not in error.what
-
-
-@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="reads Linux's /proc")
-def test_a_lock_is_not_called_this_runs_own_while_a_terraform_still_runs_in_the_root(tmp_path):
-    """This command's Terraform has exited; a Terraform still running in the same root module is another
-    run (a second terminal), however much its lock looks like this run's."""
-    import shutil
-    import subprocess
-
-    from runbook import terraform
-
-    now = time.time()
-    env = {**ENV, "DEPLOY_MODE": "apply", "TERRAFORM_VERSION": "1.11.4"}
-    output = _held_by_this_machine(now - 1)
-    fake = tmp_path / "bin" / "terraform"  # a process named terraform, as the other run's is
-    fake.parent.mkdir()
-    shutil.copy(shutil.which("sleep"), fake)
-    root = tmp_path / "root"
-    root.mkdir()
-    other = subprocess.Popen([str(fake), "30"], cwd=root)
-    try:
-        deadline = time.monotonic() + 10
-        while not terraform.other_terraform_in(root) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert terraform.other_terraform_in(root) == [other.pid]
-        error = terraform.failure(root, env, what="apply to environment stg", code=75, output=output,
-                                  ran=(now - 3, now))
-        assert "locked by another run" in error.what and "very run" not in error.what
-    finally:
-        other.kill()
-        other.wait()
-    error = terraform.failure(root, env, what="apply to environment stg", code=75, output=output, ran=(now - 3, now))
-    assert "by this very run" in error.what
 
 
 def test_a_lock_held_by_another_run_names_who_and_how_to_release_it(tmp_path):

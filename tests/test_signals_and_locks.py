@@ -243,6 +243,39 @@ def test_a_lock_write_whose_answer_was_lost_is_named_as_this_runs_own_lock(proxi
     assert proxied.inv("iam.env", "--name", "stg").code == 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="reads Linux's /proc")
+def test_a_lock_is_not_called_this_runs_own_while_a_terraform_still_runs_in_the_root(tmp_path):
+    """This command's Terraform has exited; a Terraform still running in the same root module is another
+    run (a second terminal), however much its lock looks like this run's."""
+    import shutil
+
+    from runbook import terraform
+    from tests.test_pure_logic import ENV, held_by_this_machine
+
+    now = time.time()
+    env = {**ENV, "DEPLOY_MODE": "apply", "TERRAFORM_VERSION": "1.11.4"}
+    output = held_by_this_machine(now - 1)
+    fake = tmp_path / "bin" / "terraform"  # a process named terraform, as the other run's is
+    fake.parent.mkdir()
+    shutil.copy(shutil.which("sleep"), fake)
+    root = tmp_path / "root"
+    root.mkdir()
+    other = subprocess.Popen([str(fake), "30"], cwd=root)
+    try:
+        deadline = time.monotonic() + 10
+        while not terraform.other_terraform_in(root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert terraform.other_terraform_in(root) == [other.pid]
+        error = terraform.failure(root, env, what="apply to environment stg", code=75, output=output,
+                                  ran=(now - 3, now))
+        assert "locked by another run" in error.what and "very run" not in error.what
+    finally:
+        other.kill()
+        other.wait()
+    error = terraform.failure(root, env, what="apply to environment stg", code=75, output=output, ran=(now - 3, now))
+    assert "by this very run" in error.what
+
+
 @pytest.mark.terraform
 def test_the_account_roots_lock_has_its_own_unlock_form_and_a_dry_run(project, moto_reset):
     assert project.inv("iam.account").code == 0

@@ -273,6 +273,13 @@ class _Retry(Retry):
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
+class _PostRetry(_Retry):
+    """A POST's retry: only a 429 with ``Retry-After`` is resent. urllib3 also resends 413 and 503 when they carry
+    ``Retry-After``, but a POST answered 503 may have been processed (its outcome is unknown)."""
+
+    RETRY_AFTER_STATUS_CODES = frozenset({429})
+
+
 def backoff_seconds(attempt: int, factor: float, ceiling: float) -> float:
     """Seconds to wait before retry number *attempt* (1, 2, ...): random in [b, 2b], b = factor * 2**(attempt-1).
 
@@ -406,7 +413,7 @@ class CircleCIClient:
         get_retry = _Retry(
             read=self.retries, allowed_methods={"GET"}, status_forcelist={429, 500, 502, 503, 504}, **common
         )
-        post_retry = _Retry(read=0, allowed_methods={"POST"}, status_forcelist={429}, **common)
+        post_retry = _PostRetry(read=0, allowed_methods={"POST"}, status_forcelist={429}, **common)
         self._get = self._session(get_retry, with_token=True)
         self._post = self._session(post_retry, with_token=True)
         self._plain = self._session(get_retry, with_token=False)

@@ -984,7 +984,7 @@ class CircleCIClient:
                 if status is None or attempt > self.retries:
                     raise
             except RunbookError:
-                if self._approval_status(workflow_id, request_id) not in (ON_HOLD, None):
+                if self._approval_status(workflow_id, request_id) == SUCCESS:  # canceled is not approved
                     return False
                 raise
         raise AssertionError("unreachable")

@@ -146,6 +146,14 @@ def test_rerun_refused_passes_circleci_message_through(ci, client):
     assert "400" in str(caught.value)
 
 
+def test_approve_refused_for_a_canceled_job_is_not_already_approved(ci, client):
+    held = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "on_hold")
+    hold = {"name": "hold", "approval_request_id": held.job("hold").approval_request_id}
+    ci.set_job_status(held.id, "hold", "canceled")  # between the read of the jobs and the POST
+    with pytest.raises(RunbookError, match="400"):
+        client.approve(held.id, hold)
+
+
 def test_approve_twice_says_already_approved(ci, client):
     held = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "on_hold")
     hold = {"name": "hold", "approval_request_id": held.job("hold").approval_request_id}

@@ -80,14 +80,14 @@ def test_status_defaults_to_the_checked_out_environment(project, ci):
 # -- rerun -------------------------------------------------------------------------------------
 
 
-def test_rerun_from_failed_with_at_most_four_requests(project, ci, moto_reset):
+def test_rerun_from_failed_with_at_most_five_requests(project, ci, moto_reset):
     pipeline = pipeline_for(ci, project, jobs=gated_jobs())
     applied(project, moto_reset)
     ci.reset_log()
     result = project.inv("ci.rerun", "--env", "stg")
     assert result.code == 0, result.all
     assert ci.count("POST", RERUN) == 1
-    assert ci.request_count <= 4, [r.path for r in ci.requests]
+    assert ci.request_count <= 5, [r.path for r in ci.requests]  # pipelines, workflows, jobs (2 pages), POST
     rerun = ci.latest_workflow(pipeline, WORKFLOW)
     assert rerun.id != pipeline.workflows[0].id
     assert rerun.id in result.out
@@ -135,6 +135,19 @@ def test_rerun_refuses_for_a_changed_root(project, ci, moto_reset):
     assert ci.count("POST", RERUN) == 0
 
 
+def test_rerun_refuses_a_failure_outside_the_gate_and_the_deploy_unless_forced(project, ci, moto_reset):
+    pipeline_for(ci, project, jobs=[job("test", "failed"), job("iam-gate-stg", "blocked", requires=["test"]),
+                                    job("deploy-stg", "blocked", requires=["iam-gate-stg"])])
+    applied(project, moto_reset)
+    refused = project.inv("ci.rerun", "--env", "stg")  # `inv release` refuses this one too
+    assert_clean_failure(refused, "failed in test, which is not the IAM gate or the deploy", "Nothing was changed",
+                         "inv ci.diagnose --env stg", "--force")
+    assert ci.count("POST", RERUN) == 0
+    forced = project.inv("ci.rerun", "--env", "stg", "--force")
+    assert forced.code == 0, forced.all
+    assert ci.count("POST", RERUN) == 1
+
+
 def test_rerun_force_skips_the_records(project, ci):
     pipeline_for(ci, project, jobs=gated_jobs())
     result = project.inv("ci.rerun", "--env", "stg", "--force")
@@ -164,7 +177,7 @@ def test_rerun_wait_fails_when_the_new_workflow_fails(project, ci, moto_reset):
 
 
 def test_no_pipeline_for_head_names_both_commits(project, ci, moto_reset):
-    ci.add_pipeline(SLUG, "staging", "a" * 40, workflows=[(WORKFLOW, "failed")])
+    ci.add_pipeline(SLUG, "staging", "a" * 40, workflows=[(WORKFLOW, "failed", gated_jobs())])
     applied(project, moto_reset)
     result = project.inv("ci.rerun", "--env", "stg")
     assert_clean_failure(result, head(project)[:12], "a" * 12, "--latest")

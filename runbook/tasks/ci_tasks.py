@@ -99,6 +99,14 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_
     refusal = pipeline.rerun_refusal(target, environment, from_start=from_start, jobs=jobs)
     if refusal:
         raise refusal
+    others = [] if force else pipeline.non_iam_failures(jobs or client.jobs(target.workflow["id"]))
+    if others:
+        raise RunbookError(
+            f"Not rerunning: pipeline #{target.pipeline.get('number')} {target.status} in {', '.join(others)}, which "
+            "is not the IAM gate or the deploy: a rerun would fail the same way. Nothing was changed",
+            id="workflow-failed", where=target.url,
+            fix=f"inv ci.diagnose --env {environment.name}; fix it and push a new commit (or add --force to rerun "
+            "anyway)")
     if force:
         console.warn("--force: not checking the applied records")
     else:

@@ -57,8 +57,7 @@ class CircleCICheck(Step):
         ctx.client = ctx.client or pipeline.client_for(ctx.config)
         # One real call (the branch's newest pipelines, one page) proves the token, the host and the project
         # slug before anything changes, rather than after the IAM is applied.
-        next(iter(ctx.client.pipelines(ctx.config.circleci.project_slug, branch=ctx.environment.branch,
-                                       max_pages=1)), None)
+        next(iter(ctx.client.pipelines(ctx.environment.branch)), None)
         return Decision(True, f"token from {ctx.client.token_source} accepted by {ctx.client.host} for "
                               f"{ctx.config.circleci.project_slug}")
 
@@ -141,31 +140,23 @@ class PipelineStep(Step):
                                   "rerun from failed")
         ctx.target = self._find(ctx)
         ctx.urls = (ctx.target.url,)
-        status = ctx.target.status
-        number = ctx.target.pipeline.get("number")
-        if status in circleci.RERUN_FROM_FAILED_STATUSES:
-            others = pipeline.non_iam_failures(ctx.client.jobs(ctx.target.workflow["id"]))
-            if others:
-                raise RunbookError(
-                    f"Pipeline #{number} {status} in {', '.join(others)}, which is not the IAM gate or the deploy: "
-                    "a rerun would fail the same way, so nothing was rerun",
-                    id="workflow-failed",
-                    where=ctx.target.url,
-                    fix=f"inv ci.diagnose --env {ctx.environment.name}; fix it and push a new commit",
-                )
-            return Decision(True, f"pipeline #{number} {status}: rerun from failed now that the IAM is applied")
-        if status == circleci.SUCCESS:
+        workflow = ctx.target.workflow
+        decision = pipeline.decide_rerun(workflow, ctx.client.jobs(workflow.id), iam=None,
+                                         environment=ctx.environment, url=ctx.target.url)
+        number = workflow.pipeline_number
+        if decision.rerun:
+            return Decision(True, f"pipeline #{number} failed: rerun from failed now that the IAM is applied")
+        if decision.action == pipeline.NOTHING:
             return Decision(False, f"pipeline #{number} already succeeded")
-        if status in circleci.ACTIVE_WORKFLOW_STATUSES:
-            ctx.watch_id = ctx.target.workflow["id"]
-            return Decision(False, f"pipeline #{number} is {status}: the IAM gate opens by itself once the records "
-                                   "match; nothing to rerun")
-        refusal = pipeline.rerun_refusal(ctx.target, ctx.environment)
-        raise refusal
+        if decision.action == pipeline.WAIT:
+            ctx.watch_id = workflow.id
+            return Decision(False, f"pipeline #{number} is {workflow.status}: the IAM gate opens by itself once the "
+                                   "records match; nothing to rerun")
+        raise decision.error
 
     def run(self, ctx: ReleaseRun) -> str:
-        ctx.watch_id = pipeline.rerun(ctx.client, ctx.target)
-        url = ctx.client.web_url(ctx.config.circleci.project_slug, ctx.target.pipeline.get("number"), ctx.watch_id)
+        ctx.watch_id = ctx.client.rerun(ctx.target.workflow, known=ctx.target.known)
+        url = ctx.client.web_url(ctx.target.workflow.pipeline_number, ctx.watch_id)
         ctx.urls = (*ctx.urls, url)
         return f"rerunning from failed: {url}"
 
@@ -181,25 +172,10 @@ class WatchStep(Step):
         return Decision(True, "until it succeeds or fails (Ctrl-C stops watching, not the workflow)")
 
     def run(self, ctx: ReleaseRun) -> str:
-        result = pipeline.watch(ctx.client, ctx.watch_id, poll_s=ctx.poll_s, stop_on_hold=True)
-        if result.status == circleci.ON_HOLD:
-            waiting = ", ".join(result.waiting) or "an approval job"
-            raise RunbookError(
-                f"Stopped watching: the workflow is on hold, waiting at approval job {waiting}; a person must "
-                "approve it",
-                id="on-hold",
-                where=ctx.urls[-1] if ctx.urls else None,
-                fix=f"{pipeline.approve_command(ctx.environment, result.waiting)} (or approve it in the CircleCI "
-                f"app), then `inv ci.status --env {ctx.environment.name}`",
-                code=pipeline.EXIT_ON_HOLD,
-            )
-        if result.status != circleci.SUCCESS:
-            raise RunbookError(
-                f"The workflow ended {result.status}",
-                id="workflow-failed",
-                where=ctx.urls[-1] if ctx.urls else None,
-                fix=f"inv ci.diagnose --env {ctx.environment.name}",
-            )
+        result = pipeline.watch(ctx.client, ctx.watch_id, poll_s=ctx.poll_s)
+        error = pipeline.watch_error(result, ctx.environment, ctx.urls[-1] if ctx.urls else None)
+        if error:
+            raise error
         return f"succeeded after {result.seconds:.0f} s of watching"
 
 

@@ -1155,11 +1155,11 @@ def _web_slug(slug: str) -> str:
     return {"gh": "github", "bb": "bitbucket"}.get(head, head) + "/" + rest
 
 
-def fast_client(ci: CircleCIStandIn, **overrides: Any) -> Any:
-    """A ``runbook.circleci.CircleCIClient`` aimed at *ci* with test-sized timeouts and backoff.
+def fast_client(ci: CircleCIStandIn, slug: str = DEFAULT_SLUG, **overrides: Any) -> Any:
+    """A ``runbook.circleci.CircleCIClient`` for project *slug* aimed at *ci*, with test-sized timeouts and backoff.
 
-    Defaults: token and host from ``ci.env()``, connect 2 s, read 5 s, 3 retries, backoff factor
-    0.01 s, longest wait 2 s. *overrides* replace any constructor argument (``env=`` too).
+    Defaults: token and host from ``ci.env()``, connect 2 s, read 5 s, 3 retries, backoff factor 0.01 s, longest
+    wait 2 s. *overrides* replace any constructor argument (``env=`` too).
     """
     from runbook.circleci import CircleCIClient
 
@@ -1167,4 +1167,4 @@ def fast_client(ci: CircleCIStandIn, **overrides: Any) -> Any:
         env=ci.env(), connect_timeout=2.0, read_timeout=5.0, retries=3, backoff_factor=0.01, max_wait=2.0
     )
     kwargs.update(overrides)
-    return CircleCIClient(**kwargs)
+    return CircleCIClient(slug, **kwargs)

@@ -1,5 +1,5 @@
-"""CircleCI's edge cases, in process against the stand-in: paging, empty pipelines, 404 token vs slug,
-answers of the wrong shape, retries that wait (and say so), and watchers that stop at an approval."""
+"""Finding the workflow of a commit against the CircleCI stand-in (in process): paging and its limits, pipelines
+whose workflows are not listed yet, a 404 told apart (token or slug), an answer of the wrong shape, a watch."""
 
 from __future__ import annotations
 
@@ -8,31 +8,16 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import yaml
 
-from runbook import circleci, pipeline
-from runbook import config as configuration
+from runbook import pipeline
+from runbook.ci import Job
 from runbook.circleci import MalformedAnswer
 from runbook.errors import RunbookError
-from tests.circleci_standin import DEFAULT_SLUG, CircleCIStandIn, fast_client, job
-from tests.project import base_config
+from tests import ci_fixtures
+from tests.ci_fixtures import HEAD, SLUG, WORKFLOW
+from tests.circleci_standin import CircleCIStandIn, fast_client
 
-SLUG = DEFAULT_SLUG
-WORKFLOW = "build-test-deploy"
-HEAD = "c" * 40
-
-
-@pytest.fixture
-def ci():
-    with CircleCIStandIn(page_size=2) as standin:
-        yield standin
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    path = tmp_path / "environments.yml"
-    path.write_text(yaml.safe_dump(base_config(None)))
-    return configuration.load(path)
+ci, cfg = ci_fixtures.ci, ci_fixtures.cfg
 
 
 def find(ci, cfg, head=HEAD, **kwargs):
@@ -47,7 +32,7 @@ def recent(minutes: float) -> datetime:
     return datetime.now(timezone.utc) - timedelta(minutes=minutes)
 
 
-# -- paging ------------------------------------------------------------------------------------
+# -- paging ------------------------------------------------------------------------------------------------------
 
 
 def test_heads_pipeline_beyond_the_second_page_is_found(ci, cfg):
@@ -55,7 +40,9 @@ def test_heads_pipeline_beyond_the_second_page_is_found(ci, cfg):
     for n in range(5):  # five newer pipelines of other commits: HEAD's is on page 3
         ci.add_pipeline(SLUG, "staging", f"{n:040x}", workflows=[(WORKFLOW, "success")], created_at=recent(40 - n))
     target, _, _ = find(ci, cfg, head_time=time.time() - 3600)
-    assert target.pipeline["id"] == mine.id and target.matches_head
+    assert target.pipeline.id == mine.id and target.matches_head
+    assert target.workflow.id == mine.workflows[0].id and target.known == (mine.workflows[0].id,)
+    assert target.url.endswith(f"/pipelines/{SLUG}/{mine.number}/workflows/{mine.workflows[0].id}")
     assert ci.count("GET", "/api/v2/project/*/pipeline") == 3
 
 
@@ -65,9 +52,8 @@ def test_paging_stops_at_pipelines_older_than_heads_commit(ci, cfg):
     with pytest.raises(pipeline.NoPipelineYet) as caught:
         find(ci, cfg, head_time=time.time())
     assert ci.count("GET", "/api/v2/project/*/pipeline") == 1
+    assert "looked at 1 pipeline(s)" in caught.value.what and "git push origin staging" in caught.value.fix
     assert "git pull" not in str(caught.value)
-    assert "looked at 1 pipeline(s)" in caught.value.what
-    assert "git push origin staging" in caught.value.fix
 
 
 def test_paging_says_where_it_stopped(ci, cfg):
@@ -79,14 +65,14 @@ def test_paging_says_where_it_stopped(ci, cfg):
     assert f"stopped after {pipeline.PIPELINE_PAGES} page(s), the limit" in caught.value.what
 
 
-def test_head_older_than_the_newest_pipeline_is_not_told_to_git_pull(ci, cfg):
+def test_head_older_than_the_newest_pipeline_is_pointed_at_latest(ci, cfg):
     newest = ci.add_pipeline(SLUG, "staging", "d" * 40, workflows=[(WORKFLOW, "failed")], created_at=recent(5))
     with pytest.raises(pipeline.NoPipelineYet) as caught:
         find(ci, cfg, head_time=time.time() - 1800)  # committed before the newest pipeline started
-    text = str(caught.value)
-    assert "git pull" not in text
-    assert "older than the newest pipeline" in text and f"#{newest.number}" in text
-    assert "--latest" in caught.value.fix
+    assert "older than the newest pipeline" in str(caught.value) and f"#{newest.number}" in str(caught.value)
+    assert "--latest" in caught.value.fix and "git pull" not in str(caught.value)
+    target, _, _ = find(ci, cfg, head_time=time.time() - 1800, latest=True)
+    assert target.pipeline.id == newest.id and not target.matches_head
 
 
 def test_a_404_on_a_page_token_is_a_paging_failure(ci):
@@ -94,29 +80,27 @@ def test_a_404_on_a_page_token_is_a_paging_failure(ci):
         ci.add_pipeline(SLUG, "staging", f"{n:040x}")
     ci.fault("/api/v2/project/*/pipeline", 404, query="page-token")
     with pytest.raises(RunbookError) as caught:
-        list(fast_client(ci).pipelines(SLUG, "staging"))
-    text = str(caught.value)
-    assert "paging failure" in text and "page 2" in text
-    assert "not found" not in text.lower() and "circleci.project_slug" not in text
+        list(fast_client(ci).pipelines("staging", max_pages=5))
+    assert "paging failure" in str(caught.value) and "page 2" in str(caught.value)
+    assert "not found" not in str(caught.value).lower() and "circleci.project_slug" not in str(caught.value)
 
 
-# -- a pipeline whose workflows are not listed yet ------------------------------------------------
+# -- a pipeline whose workflows are not listed yet ---------------------------------------------------------------
 
 
 def test_workflows_not_listed_yet_are_waited_for_briefly(ci, cfg):
     mine = ci.add_pipeline(SLUG, "staging", HEAD, workflows=[(WORKFLOW, "failed")])
     ci.fault("/api/v2/pipeline/*/workflow", body={"items": [], "next_page_token": None}, count=2)
     target, sleeps, said = find(ci, cfg)
-    assert target.workflow["id"] == mine.workflows[0].id
-    assert sleeps == list(pipeline.WORKFLOWS_WAIT_S[:2])
-    assert "lists no workflows yet" in said[0]
+    assert target.workflow.id == mine.workflows[0].id
+    assert sleeps == list(pipeline.WORKFLOWS_WAIT_S[:2]) and "lists no workflows yet" in said[0]
 
 
 def test_no_workflows_yet_is_not_a_wrong_workflow_name(ci, cfg):
     ci.add_pipeline(SLUG, "staging", HEAD)
-    with pytest.raises(pipeline.NoWorkflowsYet) as caught:
+    with pytest.raises(RunbookError) as caught:
         find(ci, cfg)
-    assert "has no workflows yet" in caught.value.what
+    assert caught.value.id == "workflow-not-found" and "has no workflows yet" in caught.value.what
     assert "circleci.workflow" not in str(caught.value)
     assert ci.count("GET", "/api/v2/pipeline/*/workflow") == 1 + len(pipeline.WORKFLOWS_WAIT_S)
 
@@ -125,125 +109,46 @@ def test_no_workflow_named_x_lists_the_names_the_pipeline_has(ci, cfg):
     ci.add_pipeline(SLUG, "staging", HEAD, workflows=[("lint", "success"), ("nightly", "success")])
     with pytest.raises(RunbookError) as caught:
         find(ci, cfg)
-    assert f"no workflow named {WORKFLOW!r}" in caught.value.what
-    assert "'lint', 'nightly'" in caught.value.what
+    assert f"no workflow named {WORKFLOW!r}" in caught.value.what and "'lint', 'nightly'" in caught.value.what
     assert "circleci.workflow" in caught.value.where
     assert ci.count("GET", "/api/v2/pipeline/*/workflow") == 1  # no waiting when workflows are listed
 
 
-# -- 404: token or slug ------------------------------------------------------------------------
+# -- 404: token or slug ------------------------------------------------------------------------------------------
 
 
 def test_404_with_a_project_token_says_v2_needs_a_personal_token():
     with CircleCIStandIn(project_tokens={"project-token-1234"}) as ci:
-        client = fast_client(ci, env={"CIRCLECI_TOKEN": "project-token-1234", "CIRCLECI_HOST": ci.url})
         with pytest.raises(RunbookError) as caught:
-            list(client.pipelines(SLUG))
-    text = str(caught.value)
-    assert "not a personal API token" in text and "project API token gets 404" in text
-    assert "Personal API Tokens" in caught.value.fix
-    assert "project-token-1234" not in text
+            list(fast_client(ci, env={"CIRCLECI_TOKEN": "project-token-1234", "CIRCLECI_HOST": ci.url}).pipelines())
+    assert "not a personal API token" in str(caught.value) and "project API token gets 404" in str(caught.value)
+    assert "Personal API Tokens" in caught.value.fix and "project-token-1234" not in str(caught.value)
     assert [r.path for r in ci.requests] == [f"/api/v2/project/{SLUG}/pipeline", "/api/v2/me"]
 
 
 def test_404_with_a_personal_token_is_the_slug(ci):
     with pytest.raises(RunbookError) as caught:
-        list(fast_client(ci).pipelines("gh/acme/typo"))
+        list(fast_client(ci, "gh/acme/typo").pipelines())
     text = str(caught.value)
     assert "gh/acme/typo" in text and "valid personal token" in text and "acme-dev" in text
     assert "circleci/<org-id>/<project-id>" in caught.value.fix and "circleci.project_slug" in text
+    assert "config/environments.yml" in text
 
 
-# -- answers of the wrong shape ----------------------------------------------------------------
-
-SHAPES = [
-    ("/api/v2/project/*/pipeline", {"items": ["a", 1]}, "items[0] is a string, not an object"),
-    ("/api/v2/project/*/pipeline", {"items": [{"id": "p", "number": 1, "vcs": "x"}]}, "items[0].vcs is a string"),
-    ("/api/v2/pipeline/*/workflow", {"items": [{"name": WORKFLOW, "status": "failed"}]}, "items[0].id is missing"),
-    ("/api/v2/workflow/*/job", {"items": [{"name": None, "status": "failed"}]}, "items[0].name is null"),
-]
+# -- the shape of an answer, a watch ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pattern", "body", "problem"), SHAPES)
-def test_answers_of_the_wrong_shape_name_the_endpoint_and_the_field(ci, pattern, body, problem):
-    p = ci.add_pipeline(SLUG, "staging", HEAD, workflows=[(WORKFLOW, "failed")])
-    ci.fault(pattern, body=body)
-    client = fast_client(ci)
-    with pytest.raises(MalformedAnswer) as caught:
-        list(client.pipelines(SLUG))
-        client.workflows(p.id)
-        client.jobs(p.workflows[0].id)
-    assert problem in caught.value.what
-    assert pattern.split("*")[0] in caught.value.what and "wrong shape" in caught.value.what
-
-
-def test_v1_steps_of_the_wrong_shape(ci):
-    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
+def test_an_answer_of_the_wrong_shape_names_the_endpoint_and_the_field(ci):
+    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), WORKFLOW, "failed")
     ci.fault("/api/v1.1/*", body={"steps": ["x"]})
-    with pytest.raises(MalformedAnswer, match=r"steps\[0\] is a string, not an object") as caught:
-        fast_client(ci).v1_job_steps(SLUG, wf.job("test").job_number)
-    assert "/api/v1.1/project/github/acme/acme-api/" in caught.value.what
+    with pytest.raises(MalformedAnswer) as caught:
+        list(fast_client(ci).step_output(Job("test", "failed", job_number=wf.job("test").job_number)))
+    assert "/api/v1.1/project/github/acme/acme-api/" in caught.value.what and "$.steps[0]" in caught.value.what
 
 
-def test_one_workflow_of_the_wrong_shape(ci):
-    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), "w", "failed")
-    ci.fault("/api/v2/workflow/*", body={"id": wf.id, "name": "w", "status": 3})
-    with pytest.raises(MalformedAnswer, match="the workflow.status is a number, not a string"):
-        fast_client(ci).workflow(wf.id)
-
-
-# -- retries -----------------------------------------------------------------------------------
-
-
-def test_a_5xx_is_never_retried_at_once_and_the_wait_is_announced(ci):
-    ci.fault("*", 503, count=1)
-    notes: list[str] = []
-    client = fast_client(ci, backoff_factor=0.2, notify=notes.append)
-    started = time.monotonic()
-    assert list(client.pipelines(SLUG)) == []
-    assert time.monotonic() - started >= 0.2
-    assert len(notes) == 1 and "answered 503" in notes[0] and "retrying in 0." in notes[0]
-    assert ci.request_count == 2
-
-
-def test_backoff_is_jittered_and_never_zero():
-    waits = [circleci.backoff_seconds(1, 0.5, 60) for _ in range(50)]
-    assert all(0.5 <= w <= 1.0 for w in waits) and len(set(waits)) > 1
-    assert circleci.backoff_seconds(10, 0.5, 60) == 60
-
-
-# -- watching ----------------------------------------------------------------------------------
-
-
-def test_watch_stops_at_an_approval_and_names_the_job(ci):
+def test_a_watch_stops_at_an_approval_and_names_the_job(ci):
     wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), WORKFLOW, "on_hold")
     out = io.StringIO()
     result = pipeline.watch(fast_client(ci), wf.id, sleep=pytest.fail, stream=out)
     assert result.status == "on_hold" and result.waiting == ["hold"]
     assert "waiting for approval: hold" in out.getvalue()
-
-
-def test_watch_polls_no_faster_than_the_floor(ci):
-    wf = ci.add_workflow(ci.add_pipeline(SLUG, "main"), WORKFLOW, "running")
-    sleeps: list[float] = []
-
-    def sleep(seconds):
-        sleeps.append(seconds)
-        ci.finish_workflow(wf.id, "success")
-
-    pipeline.watch(fast_client(ci), wf.id, poll_s=0.05, sleep=sleep, stream=io.StringIO())
-    assert sleeps == [pipeline.MIN_POLL_S]
-    said: list[str] = []
-    assert pipeline.poll_interval(0.05, say=said.append) == pipeline.MIN_POLL_S and "floor" in said[0]
-
-
-def test_approval_choice_needs_a_name_when_several_wait(ci, cfg):
-    wf = ci.add_workflow(ci.add_pipeline(SLUG, "staging", HEAD), WORKFLOW, "on_hold", jobs=[
-        job("build"), job("hold-a", "on_hold", requires=["build"], type="approval"),
-        job("hold-b", "on_hold", requires=["build"], type="approval")])
-    target, _, _ = find(ci, cfg)
-    jobs = fast_client(ci).jobs(wf.id)
-    with pytest.raises(RunbookError, match="several approval jobs") as caught:
-        pipeline.approval_choice(target, cfg.environments["stg"], jobs)
-    assert "--job hold-a" in caught.value.fix
-    assert pipeline.approval_choice(target, cfg.environments["stg"], jobs, "hold-b").status == "on_hold"

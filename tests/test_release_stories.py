@@ -18,7 +18,7 @@ SLUG = "gh/acme/acme-api"
 WORKFLOW = "build-test-deploy"
 TRUST = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
-RELEASE = ("release", "--env", "stg", "--yes", "--poll-s", "0.1")
+RELEASE = ("release", "--env", "stg", "--yes", "--poll-s", "2")
 
 
 @pytest.fixture

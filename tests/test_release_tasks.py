@@ -77,7 +77,7 @@ def test_release_stops_watching_at_an_approval(project, ci, moto_reset):
     project.write_record("account", endpoint=moto_reset)
     project.write_record("environment", endpoint=moto_reset)
     ci.add_pipeline(SLUG, "staging", head(project), workflows=[(WORKFLOW, "on_hold")])
-    result = project.inv("release", "--env", "stg", "--yes", "--poll-s", "0.05")
+    result = project.inv("release", "--env", "stg", "--yes", "--poll-s", "2")
     assert result.code != 0
     assert "approval job" in result.all and "approve it in the CircleCI app" in result.all
     assert ci.count("POST") == 0

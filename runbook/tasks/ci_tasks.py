@@ -23,7 +23,7 @@ def _target(env, latest):
     target = pipeline.find_workflow(client, cfg, environment, git.head_commit(), latest=latest,
                                     head_time=git.commit_time())
     if not target.matches_head:
-        console.warn(f"--latest: pipeline #{target.pipeline.get('number')} is for {target.commit[:12]}, "
+        console.warn(f"--latest: pipeline #{target.pipeline.number} is for {target.pipeline.revision[:12]}, "
                      "not your HEAD")
     return cfg, environment, client, target
 
@@ -32,35 +32,19 @@ def _target(env, latest):
 @user_errors
 def status(c, env=None, latest=False):
     """Show the pipeline of your commit: workflow status, each job with status and duration, URL."""
-    from runbook import circleci, console, pipeline
+    from runbook import console, pipeline
 
     cfg, environment, client, target = _target(env, latest)
-    jobs = client.jobs(target.workflow["id"])
-    console.say(f"pipeline #{target.pipeline.get('number')}  {environment.branch} @ {target.commit[:12]}")
-    console.say(f"workflow {target.workflow['name']}: {target.status}")
-    width = max((len(j["name"]) for j in jobs), default=4)
+    jobs = client.jobs(target.workflow.id)
+    console.say(f"pipeline #{target.pipeline.number}  {environment.branch} @ {target.pipeline.revision[:12]}")
+    console.say(f"workflow {target.workflow.name}: {target.workflow.status}")
+    width = max((len(j.name) for j in jobs), default=4)
     for job in jobs:
-        kind = " (approval)" if job.get("type") == circleci.JOB_TYPE_APPROVAL else ""
-        took = pipeline.duration(job)
-        console.say(f"  {job['name']:<{width}}  {job['status']:<12} {took:>7}{kind}")
+        console.say(f"  {job.name:<{width}}  {job.status:<12} {job.duration:>7}{' (approval)' * job.approval}")
     waiting = pipeline.waiting_approvals(jobs)
     if waiting:
         console.say(f"waiting for approval: {', '.join(waiting)}: {pipeline.approve_command(environment, waiting)}")
     console.say(target.url)
-
-
-def _on_hold(result, environment, url):
-    from runbook import pipeline
-    from runbook.errors import RunbookError
-
-    waiting = ", ".join(result.waiting) or "an approval job"
-    return RunbookError(
-        f"Stopped watching: the workflow is on hold, waiting at approval job {waiting}; a person must approve it",
-        id="on-hold",
-        where=url,
-        fix=f"{pipeline.approve_command(environment, result.waiting)} (or approve it in the CircleCI app)",
-        code=pipeline.EXIT_ON_HOLD,
-    )
 
 
 @task(help={
@@ -68,79 +52,52 @@ def _on_hold(result, environment, url):
     "latest": LATEST_HELP,
     "wait": "wait for a running workflow to stop first; watch the new workflow to the end (exit 0 only if it "
             "succeeds; exit 5 when it stops at an approval)",
-    "force": "rerun even though the applied records say an IAM step is pending (or cannot be read)",
+    "force": "rerun although a job other than the IAM gate or the deploy failed, or the applied records say an IAM "
+             "step is pending (or cannot be read)",
     "poll_s": "with --wait: SECONDS between polls (default 10: at most 12 requests a minute; at least 2)",
     "from_start": "rerun the whole workflow from the start (the only rerun for status error or canceled)",
 })
 @user_errors
 def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_start=False):
     """Rerun the workflow of your commit from failed, once the IAM steps are applied."""
-    from runbook import circleci, console, pipeline, status
-    from runbook.errors import RunbookError
+    from dataclasses import replace
+
+    from runbook import console, pipeline, status
     from runbook.scopes import for_environment
 
-    watch_poll_s = pipeline.poll_interval(seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=0.01))
+    poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=pipeline.MIN_POLL_S)
     cfg, environment, client, target = _target(env, latest)
-    jobs = None
-    if wait and target.status in circleci.MOVING_WORKFLOW_STATUSES:
-        console.say(f"Workflow {target.workflow['name']} of pipeline #{target.pipeline.get('number')} is "
-                    f"{target.status}: waiting for it to stop (Ctrl-C stops waiting, not the workflow)")
-        result = pipeline.watch(client, target.workflow["id"], poll_s=watch_poll_s)
-        if result.status == circleci.SUCCESS:
-            console.ok(f"It succeeded ({result.seconds:.0f} s): nothing to rerun. {target.url}")
-            return
-        if result.status == circleci.ON_HOLD:
-            raise _on_hold(result, environment, target.url)
-        target = pipeline.Target(target.pipeline, {**target.workflow, "status": result.status}, target.url,
-                                 target.matches_head, target.known)
-        jobs = result.jobs
-    elif target.status == circleci.ON_HOLD:
-        jobs = client.jobs(target.workflow["id"])
-    refusal = pipeline.rerun_refusal(target, environment, from_start=from_start, jobs=jobs)
-    if refusal:
-        raise refusal
-    others = [] if force else pipeline.non_iam_failures(jobs or client.jobs(target.workflow["id"]))
-    if others:
-        raise RunbookError(
-            f"Not rerunning: pipeline #{target.pipeline.get('number')} {target.status} in {', '.join(others)}, which "
-            "is not the IAM gate or the deploy: a rerun would fail the same way. Nothing was changed",
-            id="workflow-failed", where=target.url,
-            fix=f"inv ci.diagnose --env {environment.name}; fix it and push a new commit (or add --force to rerun "
-            "anyway)")
+    workflow, jobs = target.workflow, client.jobs(target.workflow.id)
+    label = f"Workflow {workflow.name} of pipeline #{workflow.pipeline_number}"
+
+    def decide(iam=None):
+        return pipeline.decide_rerun(workflow, jobs, iam=iam, environment=environment, url=target.url, force=force,
+                                     from_start=from_start)
+
+    decision = decide()
+    if decision.action == pipeline.WAIT and wait:
+        console.say(f"{label} is {workflow.status}: waiting for it to stop (Ctrl-C stops waiting, not the workflow)")
+        result = pipeline.watch(client, workflow.id, poll_s=poll)
+        workflow, jobs = replace(workflow, status=result.status), result.jobs
+        decision = decide()
+    if decision.rerun and not force:  # only now are the records worth reading
+        decision = decide(status.examine(for_environment(cfg, environment)))
+    if decision.action == pipeline.NOTHING:
+        console.ok(f"{label} {decision.why}. {target.url}")
+        return
+    if decision.error:
+        raise decision.error
     if force:
-        console.warn("--force: not checking the applied records")
-    else:
-        statuses = status.examine(for_environment(cfg, environment))
-        unknown = [st for st in statuses if st.state == status.UNKNOWN]
-        if unknown:
-            raise RunbookError(
-                "Not rerunning: cannot tell whether the IAM for this commit is applied ("
-                + "; ".join(f"{st.scope.label}: {st.reason}" for st in unknown) + "). Nothing was changed",
-                id="iam-pending",
-                fix="get read access to the records (aws sso login, AWS_PROFILE), or add --force if you are sure",
-            )
-        blocked = [st for st in statuses if st.needed]
-        if blocked:
-            lines = "; ".join(f"{st.scope.label}: {st.text}" for st in blocked)
-            todo = status.commands(blocked, environment)
-            raise RunbookError(
-                f"Not rerunning: the IAM for this commit is not applied ({lines}); a rerun would fail the same "
-                "way. Nothing was changed",
-                id="iam-pending",
-                fix=f"as an administrator on {environment.branch}: " + " && ".join(todo) + f", then "
-                f"`inv ci.rerun --env {environment.name}`",
-            )
-    new_id = pipeline.rerun(client, target, from_start=from_start)
-    url = client.web_url(cfg.circleci.project_slug, target.pipeline.get("number"), new_id)
-    how = "from the start" if from_start else "from failed"
-    console.ok(f"Rerunning {target.workflow['name']} of pipeline #{target.pipeline.get('number')} {how}: {url}")
+        console.warn("--force: rerunning whatever the failed jobs and the applied records say")
+    new_id = client.rerun(workflow, from_failed=decision.action == pipeline.RERUN_FROM_FAILED, known=target.known)
+    url = client.web_url(workflow.pipeline_number, new_id)
+    how = "from failed" if decision.action == pipeline.RERUN_FROM_FAILED else "from the start"
+    console.ok(f"Rerunning {workflow.name} of pipeline #{workflow.pipeline_number} {how}: {url}")
     if wait:
-        result = pipeline.watch(client, new_id, poll_s=watch_poll_s)
-        if result.status == circleci.ON_HOLD:
-            raise _on_hold(result, environment, url)
-        if result.status != circleci.SUCCESS:
-            raise RunbookError(f"The rerun ended {result.status}", id="workflow-failed", where=url,
-                               fix=f"inv ci.diagnose --env {environment.name}")
+        result = pipeline.watch(client, new_id, poll_s=poll)
+        error = pipeline.watch_error(result, environment, url)
+        if error:
+            raise error
         console.ok(f"The rerun succeeded ({result.seconds:.0f} s).")
 
 
@@ -152,77 +109,56 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_
 @user_errors
 def approve(c, env=None, job=None, yes=False):
     """Approve the approval job that the workflow of your commit waits at (on hold)."""
-    from runbook import circleci, console, pipeline
+    from runbook import ci, console, pipeline
     from runbook.errors import RunbookError
 
     cfg, environment, client, target = _target(env, latest=False)
-    jobs = client.jobs(target.workflow["id"])
-    choice = pipeline.approval_choice(target, environment, jobs, job)
-    if choice.status != circleci.ON_HOLD:
-        console.ok(f"{choice.name} of workflow {target.workflow['name']} (pipeline #{target.pipeline.get('number')}) "
-                   f"is already approved. {target.url}")
+    workflow = target.workflow
+    chosen = pipeline.approval_choice(workflow, client.jobs(workflow.id), environment, job, url=target.url)
+    label = f"{chosen.name} of workflow {workflow.name} (pipeline #{workflow.pipeline_number})"
+    if chosen.status == ci.SUCCESS:
+        console.ok(f"{label} is already approved. {target.url}")
         return
-    question = (f"Approve {choice.name} of workflow {target.workflow['name']} for {environment.name} "
-                f"(protected), pipeline #{target.pipeline.get('number')} at {target.commit[:12]}?")
+    question = (f"Approve {chosen.name} of workflow {workflow.name} for {environment.name} (protected), pipeline "
+                f"#{workflow.pipeline_number} at {target.pipeline.revision[:12]}?")
     if environment.protected and not console.confirm(question, assume_yes=yes):
-        raise RunbookError(f"Not approved: {choice.name} still waits; nothing was changed", id="not-confirmed",
-                           fix=f"{pipeline.approve_command(environment, [choice.name])} and answer y (or add --yes)")
-    done = client.approve(target.workflow["id"], choice.job)
-    verb = "Approved" if done else "Already approved:"
-    console.ok(f"{verb} {choice.name} of workflow {target.workflow['name']} (pipeline "
-               f"#{target.pipeline.get('number')}); `inv ci.status --env {environment.name}` follows it. {target.url}")
+        raise RunbookError(f"Not approved: {chosen.name} still waits; nothing was changed", id="not-confirmed",
+                           fix=f"{pipeline.approve_command(environment, [chosen.name])} and answer y (or add --yes)")
+    verb = "Approved" if client.approve(workflow.id, chosen) else "Already approved:"
+    console.ok(f"{verb} {label}; `inv ci.status --env {environment.name}` follows it. {target.url}")
 
 
 @task(help={"env": ENV_HELP, "latest": LATEST_HELP})
 @user_errors
 def diagnose(c, env=None, latest=False):
     """Say why the workflow of your commit failed: an IAM race, or something else, with the remedy."""
-    from runbook import circleci, console, pipeline, status
-    from runbook.errors import TROUBLESHOOTING, RunbookError
+    from runbook import ci, console, diagnosis, pipeline, status
+    from runbook.errors import TROUBLESHOOTING
     from runbook.scopes import for_environment
 
     cfg, environment, client, target = _target(env, latest)
-    name = target.workflow["name"]
-    if target.status == circleci.UNAUTHORIZED:
-        console.say(f"{name}: unauthorized (not IAM): the user who triggered it lacks access "
-                    "to a restricted CircleCI context.")
-        console.warn("Ask a CircleCI organisation admin to grant the context, then rerun it in the app: "
-                     f"{target.url}")
+    workflow = target.workflow
+    if workflow.status in (ci.SUCCESS, ci.RUNNING, ci.NOT_RUN):
+        console.say(f"Workflow {workflow.name} is {workflow.status}: nothing to diagnose. {target.url}")
         return
-    if target.status == circleci.ON_HOLD:
-        waiting = pipeline.waiting_approvals(client.jobs(target.workflow["id"]))
-        console.say(f"{name}: on hold (not a failure): it waits at approval job {', '.join(waiting) or '?'} for a "
-                    "person to approve it; the jobs after it start once it is approved.")
-        console.warn(f"Approve it: {pipeline.approve_command(environment, waiting)} (or in the app: {target.url})")
-        return
-    if target.status not in (circleci.FAILED, circleci.ERROR, circleci.FAILING, circleci.CANCELED):
-        console.say(f"Workflow {name} is {target.status}: nothing to diagnose. {target.url}")
-        return
-    findings = pipeline.diagnose(client, cfg, target, client.jobs(target.workflow["id"]))
-    if not findings:
-        console.say(f"Workflow is {target.status} but no job failed (canceled?). {target.url}")
-        return
+    jobs = client.jobs(workflow.id)
+    failed = any(j.failed and not j.approval for j in jobs)
+    iam = status.examine(for_environment(cfg, environment)) if failed else None
+    findings = diagnosis.diagnose(client, jobs, iam)
     for f in findings:
-        step = f" step {f.step!r}" if f.step else ""
-        console.say(f"{f.job}{step}: {f.kind}")
-        if f.line:
-            console.say(f"    {f.line}")
-        if f.note:
-            console.say(f"    ({f.note})")
-    if any(f.kind.startswith("iam-race") for f in findings):
-        try:
-            pending = status.commands(status.examine(for_environment(cfg, environment)), environment)
-        except RunbookError:
-            pending = []
-        commands = pending or [s.command(environment) for s in for_environment(cfg, environment)]
+        console.say(f"{f.job}{f' step {f.step!r}' if f.step else ''}: {f.kind}")
+        for text in (f.line, f"({f.note})" if f.note else ""):
+            if text:
+                console.say(f"    {text}")
+    race = any(f.kind.startswith("iam-race") for f in findings)
+    if findings:
         console.say()
-        console.warn("An IAM race: the deploy ran before the IAM for this commit was applied. Remedy:")
-        for command in [*commands, f"inv ci.rerun --env {environment.name}"]:
-            console.say(f"    {command}")
-        console.say("  (or all at once: inv release --env " + environment.name + ")")
-    else:
-        console.say()
-        console.warn(f"Not an IAM race. See {TROUBLESHOOTING}#workflow-failed and the job output: {target.url}")
+        console.warn("An IAM race: the deploy ran before the IAM for this commit was applied." if race else
+                     f"Not an IAM race. See {TROUBLESHOOTING}#workflow-failed and the job output: {target.url}")
+    decision = pipeline.decide_rerun(workflow, jobs, iam=iam, environment=environment, url=target.url)
+    console.say(f"{workflow.name} {decision.why}")
+    console.say(f"Remedy: {decision.fix}" + (f" (or all at once: inv release --env {environment.name})" if race
+                                             else ""))
 
 
 @task(help={

@@ -25,7 +25,7 @@ def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=
     from runbook.errors import RunbookError
     from runbook.scopes import Scope
 
-    poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=0.01)
+    poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=pipeline.MIN_POLL_S)
     wait = seconds(pipeline_wait_s, "--pipeline-wait-s", 120)
     cfg = configuration.load()
     environment = iam.environment_for(cfg, env)

@@ -283,7 +283,7 @@ class CircleCIClient:
         try:
             data = response.json()
             problem = shape_problem(shape, data) if shape is not None else None
-        except ValueError:
+        except ValueError:  # not chained: the body may echo the request, its token header too
             problem = f"the body is not JSON (Content-Type {response.headers.get('Content-Type', 'none')!r})"
         if problem:
             raise MalformedAnswer(
@@ -408,7 +408,7 @@ class CircleCIClient:
                 if attempt > self.retries:
                     raise OutcomeUnknown(f"{exc.what}; after {attempt} attempt(s) pipeline #{workflow.pipeline_number} "
                                          f"has no new workflow {workflow.name}: nothing was rerun", where=exc.where,
-                                         fix="check https://status.circleci.com, then run the command again") from None
+                                         fix="check https://status.circleci.com, then run the command again") from exc
                 self.notify(f"pipeline #{workflow.pipeline_number} has no new workflow {workflow.name}: POSTing the "
                             "rerun again")
 

@@ -300,11 +300,11 @@ def watch(client: ci.Client, workflow_id: str, *, poll_s: float = WATCH_POLL_S, 
                 raise RunbookError(f"Stopped watching after {timeout_s:.0f} s; the workflow is still {workflow.status}",
                                    id="watch-timeout", fix="look again later with `inv ci.status`")
             sleep(poll_s)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if tty:
             console.write(stream, "\n")
         raise Interrupted("Stopped watching (Ctrl-C); the workflow goes on in CircleCI",
-                          fix="`inv ci.status` shows where it is") from None
+                          fix="`inv ci.status` shows where it is") from exc
 
 
 def watch_error(result: WatchResult, environment: Environment, url: str) -> RunbookError | None:

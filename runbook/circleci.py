@@ -89,7 +89,8 @@ def retry_policy(retries: int, backoff_factor: float, max_wait: float, notify: C
     read timeout, 429 and 5xx; a POST (not in ``allowed_methods``) only after a connection error, certainly not
     sent, never after a read timeout or an answer (a POST answered 5xx may have been processed). The n-th wait is
     urllib3's backoff, ``backoff_factor * 2**(n-1)`` seconds plus up to ``backoff_factor`` of jitter (none before
-    the first retry), or what ``Retry-After`` asks, *max_wait* seconds at most; *notify* hears of each first."""
+    the first retry), or what ``Retry-After`` asks, *max_wait* seconds at most; *notify* hears of each first.
+    https://urllib3.readthedocs.io/en/stable/reference/urllib3.util.html#urllib3.util.Retry"""
 
     class AnnouncedRetry(Retry):
         def sleep(self, response: Any = None) -> None:

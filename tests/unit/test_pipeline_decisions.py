@@ -201,6 +201,15 @@ def test_another_failure_is_other_with_its_step():
     assert (finding.kind, finding.step, finding.note) == ("other", "Tests", "no IAM error in the failed step's output")
 
 
+def test_without_step_output_a_pending_iam_record_still_makes_the_gate_an_iam_race(cfg, stg):
+    jobs = [Job("deploy-stg", "failed")]
+    iam = iam_states(cfg, stg, environment=status.NEVER_APPLIED)
+    (finding,) = diagnosis.diagnose(Adapter(jobs, unavailable=True), jobs, iam)
+    assert finding.kind == "iam-race"
+    assert finding.note == "step output not available; the IAM of this commit is not applied: environment stg: " \
+        "never applied"
+
+
 def test_without_step_output_the_job_s_name_decides():
     jobs = [Job("iam-gate-stg", "failed"), Job("deploy-stg", "failed"), Job("test", "timedout"),
             Job("hold", "failed", "approval"), Job("lint", "success")]

@@ -73,7 +73,7 @@ def test_release_looks_everything_up_once(tmp_path, aws_env, counter):
         assert first.code == 0, first.all
         counter.reset()
         env, log = noting_git(tmp_path, project.env)
-        result = project.inv("release", "--env", "stg", "--yes", "--poll-s", "2", env=env)
+        result = project.inv("release", "--env", "stg", "--yes", "--poll-s", "0.1", env=env)
         assert result.code == 0, result.all
         runbook_calls = counter.by("boto3")
         assert runbook_calls[("sts", "GetCallerIdentity")] == 1, (runbook_calls, result.all)

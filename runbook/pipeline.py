@@ -576,3 +576,31 @@ def duration(job: dict) -> str:
         return ""
     s = int((stop - start).total_seconds())
     return f"{s // 60}m{s % 60:02d}s"
+
+
+@dataclass(frozen=True)
+class RerunDecision:
+    """What to do with a workflow: "rerun", "wait", "none" or "refuse" (then ``error`` says why and what to do)."""
+
+    action: str
+    reason: str
+    error: RunbookError | None = None
+
+
+def decide_rerun(target: Target, jobs: list[dict], environment: Environment, *, iam=None, force: bool = False,
+                 from_start: bool = False) -> RerunDecision:
+    """The one rerun decision (temporary form until the CircleCI adapter lands)."""
+    status = target.status
+    if status == circleci.SUCCESS:
+        return RerunDecision("none", "already succeeded")
+    if status in circleci.ACTIVE_WORKFLOW_STATUSES:
+        return RerunDecision("wait", "the IAM gate opens by itself once the records match; nothing to rerun")
+    if status in circleci.RERUN_FROM_FAILED_STATUSES and not force:
+        others = non_iam_failures(jobs)
+        if others:
+            return RerunDecision("refuse", "", RunbookError(
+                f"Pipeline #{target.pipeline.get('number')} {status} in {', '.join(others)}, which is not the IAM gate "
+                "or the deploy: a rerun would fail the same way, so nothing was rerun", id="workflow-failed",
+                where=target.url, fix=f"inv ci.diagnose --env {environment.name}; fix it and push a new commit"))
+    refusal = rerun_refusal(target, environment, from_start=from_start, jobs=jobs)
+    return RerunDecision("refuse", "", refusal) if refusal else RerunDecision("rerun", "rerun from failed")

@@ -128,8 +128,8 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
                              fix=f"use credentials for {account.id}: "
                              + (f"AWS_PROFILE={account.profile}" if account.profile else "switch profile or role"))]
     state, b, found = facts.state, facts.backend, []
-    if state is None:
-        return found
+    if state is None or not any(needed(facts, s)[0] for s in facts.scopes):
+        return found  # no scope is applied: the backend is not used
     if not state.key_schema_ok:
         found.append(RunbookError(
             f"The DynamoDB table {b.lock_table} is keyed {state.table_key}, but Terraform's S3 backend locks state in "

@@ -194,6 +194,8 @@ def test_a_release_skips_a_scope_whose_record_is_current(cfg):
     todo = decide.actions(facts)
     assert not any(a.needed for a in todo)
     assert todo[0].reason == "no IAM step is needed, so the backend is not used"
+    gone = replace(facts, state=backend.BackendState(False, False), evidence=("a record",))
+    assert decide.aws_findings(gone) == []  # the backend is not used: its absence stops nothing
 
 
 def test_iam_env_applies_a_current_scope_too(cfg):

@@ -31,6 +31,10 @@ Fixtures
     tf_backend      A Terraform S3 backend in a freshly reset moto: state bucket and lock table
                     created, named as config/environments.yml would for project acme-api in
                     account 123456789012 (function). See TfBackend.
+    aws             aws("s3"): a boto3 client of a freshly reset moto, with the fake credentials (function).
+    ci              The CircleCI stand-in (tests/circleci_standin.py), stopped after the test (function).
+    project         A clone of this project on branch staging, its accounts at moto, the stand-in's
+                    CIRCLECI_TOKEN and CIRCLECI_HOST in its environment (function). See tests/project.py.
 
 Nothing here talks to anything but 127.0.0.1; the moto server is stopped at the end of the session.
 """
@@ -373,3 +377,26 @@ def tf_backend(moto_reset: str) -> TfBackend:
         BillingMode="PAY_PER_REQUEST",
     )
     return backend
+
+
+@pytest.fixture
+def aws(moto_reset: str, aws_credentials) -> Any:
+    """``aws("s3")``: a boto3 client of the freshly reset moto."""
+    return lambda service: _moto_client(moto_reset, REGION, service)
+
+
+@pytest.fixture
+def ci() -> Iterator[Any]:
+    """The CircleCI stand-in, on a free loopback port; stopped when the test ends."""
+    from tests.circleci_standin import CircleCIStandIn
+
+    with CircleCIStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def project(tmp_path: Path, moto_reset: str, aws_env: dict[str, str], ci) -> Any:
+    """A clone of this project on branch staging (tests/project.py), its accounts at moto, the stand-in's token."""
+    from tests.project import Project, base_config
+
+    return Project.create(tmp_path, {**aws_env, **ci.env()}, base_config(moto_reset))

@@ -105,9 +105,9 @@ def _pinned_tool(venv_bin: Path, name: str) -> Path:
 
 # The second Terraform the suite runs (see the module docstring), and the test modules that run on both.
 TERRAFORM_1_11 = Path(os.environ.get("RUNBOOK_TERRAFORM_1_11", "/usr/local/bin/terraform"))
-MATRIX_MODULES = ("test_backend", "test_signals_and_locks", "test_release_stories", "test_deploy_script")
+MATRIX_MODULES = ("test_signals_and_locks", "test_deploy_script")
 # Modules that also run with S3 lock files (the others set up or inspect DynamoDB lock items themselves).
-S3_LOCK_MODULES = ("test_release_stories",)
+S3_LOCK_MODULES: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,10 +159,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "terraform_release" not in metafunc.fixturenames:
         return
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
-    if module not in MATRIX_MODULES or metafunc.definition.get_closest_marker("terraform") is None:
+    everywhere = metafunc.definition.get_closest_marker("terraform_matrix") is not None
+    if not everywhere and (module not in MATRIX_MODULES or metafunc.definition.get_closest_marker("terraform") is None):
         return  # only the tests that run Terraform (marker "terraform") gain from a second version
     cases = [PINNED, TerraformRelease("1.11")]
-    if module in S3_LOCK_MODULES:
+    if module in S3_LOCK_MODULES or everywhere:
         cases.append(TerraformRelease("1.11", "s3"))
     metafunc.parametrize("terraform_release", cases, ids=[c.id for c in cases], indirect=True)
 

@@ -116,6 +116,7 @@ def test_c_no_iam_change_needs_no_administrator(project, ci, aws):
 
 
 @pytest.mark.terraform
+@pytest.mark.terraform_matrix  # backend init arguments and S3 lock files differ by version
 def test_d_first_deploy_into_a_new_environment(project, ci, aws):
     pipeline = start_pipeline(ci, project)
     with PipelineRunner(ci, project, ("--timeout-s", "120", "--poll-s", "0.2", "--settle-s", "0")) as runner:

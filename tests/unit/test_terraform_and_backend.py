@@ -17,7 +17,7 @@ from runbook.errors import RunbookError
 ENV = {"DEPLOY_MODE": "plan", "TF_STATE_BUCKET": "b", "TF_STATE_KEY": "k.tfstate", "TF_LOCK_TABLE": "t",
        "AWS_REGION": "eu-west-1", "TF_VAR_environment": "stg", "TERRAFORM_VERSION": "1.11.4"}
 ACCOUNT = Account("nonprod", "123456789012", "eu-west-1")
-BACKEND = Backend("b", "k.tfstate", "t", "eu-west-1")
+BACKEND = Backend("b", "k.tfstate", "locks", "eu-west-1")
 LOCK_BLOCK = """Error: Error acquiring the state lock
 Lock Info:
   ID:        7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e
@@ -121,7 +121,7 @@ def test_terraform_gets_the_checked_keys_and_nothing_else_from_the_shell(monkeyp
     assert env["AWS_ACCESS_KEY_ID"] == "AKIA1" and env["AWS_SESSION_TOKEN"] == "tok"
     assert env["TF_VAR_project"] == "acme-api" and env["AWS_CONFIG_FILE"] == os.devnull
     assert not {"AWS_PROFILE", "TF_CLI_ARGS_plan", "AWS_ENDPOINT_URL_S3", "TF_WORKSPACE"} & set(env)
-    assert env["HOME"] == "/home/a" and env["TF_LOCK_TABLE"] == "t"
+    assert env["HOME"] == "/home/a" and env["TF_LOCK_TABLE"] == "locks"
 
 
 def test_s3_lock_mode_passes_no_lock_table():
@@ -200,3 +200,34 @@ class FakeSession:
 
     def client(self, service, **kwargs):
         return self.clients[service]
+
+
+TABLE_ACTIVE = {"Table": {"TableStatus": "ACTIVE", "TableName": "locks"}}
+
+
+def test_a_backend_another_run_is_creating_is_waited_for_not_an_error(stub, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    s3, s3_stub = stub("s3")
+    ddb, ddb_stub = stub("dynamodb")
+    s3_stub.add_client_error("create_bucket", "BucketAlreadyOwnedByYou", http_status_code=409)
+    for op in ("put_bucket_versioning", "put_bucket_encryption", "put_public_access_block"):
+        s3_stub.add_response(op, {})
+    ddb_stub.add_client_error("create_table", "ResourceInUseException", http_status_code=400)
+    ddb_stub.add_response("describe_table", {"Table": {"TableStatus": "CREATING", "TableName": "locks"}})
+    ddb_stub.add_response("describe_table", TABLE_ACTIVE)
+    done = backend.create(FakeSession({"s3": s3, "dynamodb": ddb}), ACCOUNT, BACKEND,
+                          backend.BackendState(False, False, table_status=""))
+    assert "S3 bucket b was just created by another run" in done
+    assert "DynamoDB lock table locks is being created by another run" in done
+
+
+def test_a_lock_table_that_never_becomes_active_ends_the_wait_with_a_message(stub, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    monkeypatch.setattr(backend, "TABLE_WAIT_S", 4.0)
+    ddb, ddb_stub = stub("dynamodb")
+    for _ in range(2):
+        ddb_stub.add_response("describe_table", {"Table": {"TableStatus": "CREATING", "TableName": "locks"}})
+    with pytest.raises(RunbookError) as caught:
+        backend.create(FakeSession({"dynamodb": ddb, "s3": stub("s3")[0]}), ACCOUNT, BACKEND,
+                       backend.BackendState(True, True, "CREATING", "LockID (S)"))
+    assert caught.value.id == "lock-table-not-active" and "aws dynamodb describe-table --table-name locks" in caught.value.fix

@@ -100,20 +100,6 @@ def _terraform_findings(facts: Facts) -> list[RunbookError]:
                                   fix=f"install Terraform {dist.s3_lock_min} or later "
                                       "(https://developer.hashicorp.com/terraform/install) and put it first on PATH; "
                                       "or set terraform.backend.lock: dynamodb"))
-    for scope in facts.scopes:
-        for constraint in facts.required.get(scope.name, []):
-            try:
-                ok = versions.satisfies(tf.version, constraint)
-            except ValueError:
-                ok = True  # Terraform itself reports a constraint it cannot read, at init
-            if not ok:
-                found.append(RunbookError(
-                    f"Terraform {tf.version} at {tf.path} does not satisfy the root module's required_version "
-                    f"{constraint!r} ({scope.root}), although it satisfies the configuration's "
-                    f"{facts.config.required_version!r}: the two pins disagree; nothing was changed",
-                    id="terraform-version", where=f"{scope.root} and config field terraform.required_version",
-                    fix="make terraform.required_version agree with the root modules' required_version, and install a "
-                        f"Terraform both admit ({dist.install_hint})"))
     return found
 
 

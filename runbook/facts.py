@@ -48,8 +48,7 @@ class Facts:
         checkout: branch, HEAD and uncommitted paths; ``trees``: tree ids at HEAD of every scope's paths.
         remote, remote_head: the team's remote and its commit of the branch (None: no such branch).
         config_committed: the configuration file in use is HEAD's, unchanged.
-        snapshots: scope name -> its snapshot of HEAD; ``required``: scope name -> its root's required_version
-            constraints; ``unpinned``: remote module sources that are not pinned.
+        snapshots: scope name -> its snapshot of HEAD; ``unpinned``: remote module sources that are not pinned.
         blocked: what stopped a look-up (a team remote that cannot be told, what failed runs left in the working
             folders): findings, raised first.
         terraform: the binary found and its version (None in a dry run: only its presence is checked).
@@ -70,7 +69,6 @@ class Facts:
     remote_head: str | None = None
     config_committed: bool = True
     snapshots: Mapping[str, snapshot.Snapshot] = field(default_factory=dict)
-    required: Mapping[str, list[str]] = field(default_factory=dict)
     unpinned: tuple[str, ...] = ()
     blocked: tuple[RunbookError, ...] = ()
     terraform: versions.Found | None = None
@@ -115,6 +113,7 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
     run, one ``git fetch``), a snapshot of HEAD per scope (its ``.tf`` settings read), Terraform (in a real run
     its version). Raises RunbookError only for a failure to look (git missing, not a checkout); what the facts
     mean is for :mod:`runbook.decide`."""
+    probe = None if opts.dry_run else versions.Terraform().probe()  # its answer is taken at the end
     checkout = git.inspect()
     rel = _relative(config.path)
     trees = git.trees(checkout.head, [p for s in scopes for p in s.paths] + ([rel] if rel else []), PROJECT_ROOT)
@@ -143,13 +142,13 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
                 f"{' (as last fetched: no fetch in a dry run)' if opts.dry_run else ''}" if remote else "")
     on = f"branch {checkout.branch}" if checkout.branch else "detached HEAD"
     fact("git", f"{on} at {checkout.head[:12]}{compared}")
-    snapshots, required, unpinned = {}, {}, []
+    snapshots, unpinned = {}, []
     if not blocked and all(trees.get(s.root) for s in scopes):
         for scope in scopes:
             into = Path(tempfile.mkdtemp(prefix="runbook-dry-")) if opts.dry_run else None
             try:
                 taken = snapshot.take(scope, checkout.head, scope.trees(trees), into=into)
-                required[scope.name], problems = snapshot.terraform_settings(taken, scope)
+                problems = snapshot.unpinned_modules(taken, scope)
             finally:
                 if into is not None:
                     shutil.rmtree(into, ignore_errors=True)
@@ -165,10 +164,10 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
         binary = shutil.which(versions.Terraform.binary)
         fact("terraform", f"{binary or 'not on PATH'}{'; its version is checked at run time' if binary else ''}")
     else:
-        found = versions.Terraform().find(config.required_version)
+        found = probe.found(config.required_version)
         fact("terraform", f"{versions.Terraform.name} {found.version} at {found.path}")
-    return replace(facts, remote=remote, remote_head=remote_head, snapshots=snapshots, required=required,
-                   unpinned=tuple(unpinned), blocked=tuple(blocked), terraform=found)
+    return replace(facts, remote=remote, remote_head=remote_head, snapshots=snapshots, unpinned=tuple(unpinned),
+                   blocked=tuple(blocked), terraform=found)
 
 
 def _relative(path: Path) -> str | None:

@@ -12,15 +12,15 @@ dropped: the state is always the ``default`` workspace's). It is locked for the 
 runs on one machine cannot refresh it under each other's Terraform. What a failed run leaves there
 (``errored.tfstate``, ``crash.log``) stops the next run with the recovery.
 
-The one reason left to read HCL is here too: a remote module source must be pinned, and the root module's
-``required_version`` must admit the Terraform in use. The ``.tf`` files are read with python-hcl2
-(https://github.com/amplify-education/python-hcl2), never with regular expressions.
+The one reason left to read HCL is here too: a remote module source must be pinned. The ``.tf`` files that hold
+a module block are read with python-hcl2 (https://github.com/amplify-education/python-hcl2).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -131,37 +131,50 @@ def take(scope: Scope, commit: str, trees: dict[str, str | None], into: Path | N
     return Snapshot(path, path / scope.root, script)
 
 
-def terraform_settings(snapshot: Snapshot, scope: Scope) -> tuple[list[str], list[str]]:
-    """Read the ``.tf`` files of the snapshot's root module and shared modules: (every ``required_version``
-    constraint, every problem with a remote module source as a sentence naming the file).
+def unpinned_modules(snapshot: Snapshot, scope: Scope) -> list[str]:
+    """Every remote module source of the snapshot's root module and shared modules that is not pinned, as a
+    sentence naming the module and its file.
 
-    A remote source must not change under the same text (and so under the same fingerprint): a registry
-    module needs a ``version``, any other remote source (git, GitHub, Bitbucket, Mercurial, HTTP, S3, GCS) a
-    ``ref=`` in its query (https://developer.hashicorp.com/terraform/language/modules/sources). Raises
-    RunbookError (``tf-file-invalid``) for a file python-hcl2 cannot read.
+    A remote source must not change under the same text (and so under the same fingerprint): a registry module
+    needs a ``version``, any other remote source (git, GitHub, Bitbucket, Mercurial, HTTP, S3, GCS) a ``ref=`` in
+    its query (https://developer.hashicorp.com/terraform/language/modules/sources). Only a file with a module
+    block is parsed (python-hcl2 costs about 0.1 s a file). Raises RunbookError (``tf-file-invalid``) for a file
+    python-hcl2 cannot read.
     """
+    problems = []
+    folders = [snapshot.root, snapshot.path / scope.config.modules]
+    files = sorted(p for base in folders if base.is_dir() for p in base.rglob("*.tf*")
+                   if p.name.endswith((".tf", ".tf.json")) and ".terraform" not in p.parts)
+    for tf in files:
+        text, shown = tf.read_text(encoding="utf-8", errors="replace"), tf.relative_to(snapshot.path).as_posix()
+        if tf.name.endswith(".json") or (_MODULE_BLOCK.search(text) and _REMOTE_SOURCE.search(text)):
+            problems += [f"module {name} in {shown}: {problem}" for name, body in _modules(text, shown)
+                         if (problem := _unpinned(_text(body.get("source", "")), "version" in body))]
+    return problems
+
+
+# Only a file with a module block (`module "name" {`) and a source that is not a local path can call a remote module:
+# a module's source is a literal string (https://developer.hashicorp.com/terraform/language/modules/sources).
+_MODULE_BLOCK = re.compile(r'(?m)^[ \t]*module[ \t]+"')
+_REMOTE_SOURCE = re.compile(r'(?m)^[ \t]*source[ \t]*=[ \t]*"(?!\.\.?/)')
+
+
+def _modules(text: str, shown: str) -> list[tuple[str, dict]]:
+    """(name, body) of each module block of a ``.tf`` (python-hcl2) or ``.tf.json`` file."""
     import hcl2
 
-    versions, problems = [], []
-    folders = [snapshot.root, snapshot.path / scope.config.modules]
-    for tf in sorted(p for base in folders if base.is_dir() for p in base.rglob("*.tf") if ".terraform" not in p.parts):
-        shown = tf.relative_to(snapshot.path).as_posix()
-        text = tf.read_text(encoding="utf-8", errors="replace")
-        if "module" not in text and "required_version" not in text:
-            continue
-        try:
-            parsed = hcl2.loads(text)
-        except Exception as exc:  # noqa: BLE001 - python-hcl2 raises lark's many exception types
-            raise RunbookError(f"{shown} in this commit is not valid HCL ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200]})", id="tf-file-invalid", where=shown,
-                               fix=f"correct it (terraform fmt {shlex.quote(shown)} shows where), and commit") from exc
-        versions += [_text(b["required_version"]) for b in parsed.get("terraform", []) if "required_version" in b]
-        for block in parsed.get("module", []):
-            for name, body in block.items():
-                problem = _unpinned(_text(body.get("source", "")), "version" in body)
-                if problem:
-                    problems.append(f"module {_text(name)} in {shown}: {problem}")
-    return versions, problems
+    try:
+        if shown.endswith(".json"):
+            found = json.loads(text).get("module", {})
+            blocks = found if isinstance(found, list) else [found]
+        else:
+            blocks = hcl2.loads(text).get("module", [])
+    except Exception as exc:  # noqa: BLE001 - python-hcl2 raises lark's many exception types
+        raise RunbookError(f"{shown} in this commit is not valid HCL ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200]})", id="tf-file-invalid", where=shown,
+                           fix=f"correct it (terraform fmt {shlex.quote(shown)} shows where), and commit") from exc
+    return [(_text(name), body) for block in blocks if isinstance(block, dict) for name, body in block.items()
+            if isinstance(body, dict)]
 
 
 def _text(value: object) -> str:

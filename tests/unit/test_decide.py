@@ -78,10 +78,18 @@ def test_s3_lock_files_need_terraform_1_10(cfg):
     assert decide.local_findings(make_facts(s3)) == []
 
 
-def test_pins_that_disagree_are_found_before_anything_changes(cfg):
-    facts = make_facts(cfg, terraform=versions.Found("/bin/terraform", "2.0.0"), required={"stg": ["~> 1.0"]})
-    [found] = decide.local_findings(facts)
-    assert found.id == "terraform-version" and "the two pins disagree" in found.what and "~> 1.0" in found.what
+def test_the_shipped_pins_agree_so_no_terraform_passes_the_preflight_that_init_refuses(cfg):
+    """terraform.required_version of the configuration and each root's required_version must be one constraint
+    (Terraform's own init refuses a version its root does not admit: FAILURES names that too)."""
+    import re
+
+    from runbook import config
+
+    shipped = config.load(config.DEFAULT_CONFIG)
+    for kind, root in shipped.roots.items():
+        text = (config.PROJECT_ROOT / root / "versions.tf").read_text()
+        assert re.search(r'required_version\s*=\s*"([^"]+)"', text).group(1) == shipped.required_version, kind
+    assert config.DEFAULTS["required_version"] == shipped.required_version
 
 
 def test_an_unpinned_module_stops_the_run(cfg):

@@ -157,7 +157,8 @@ def test_looking_at_a_backend_reads_its_protections_and_state_objects(stub):
     ddb, ddb_stub = stub("dynamodb")
     s3_stub.add_response("head_bucket", {})
     s3_stub.add_response("get_bucket_versioning", {"Status": "Enabled"})
-    s3_stub.add_client_error("get_bucket_encryption", "ServerSideEncryptionConfigurationNotFoundError", http_status_code=404)
+    s3_stub.add_client_error("get_bucket_encryption", "ServerSideEncryptionConfigurationNotFoundError",
+                             http_status_code=404)
     s3_stub.add_response("get_public_access_block", {"PublicAccessBlockConfiguration": {k: True for k in (
         "BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")}})
     import io
@@ -230,4 +231,5 @@ def test_a_lock_table_that_never_becomes_active_ends_the_wait_with_a_message(stu
     with pytest.raises(RunbookError) as caught:
         backend.create(FakeSession({"dynamodb": ddb, "s3": stub("s3")[0]}), ACCOUNT, BACKEND,
                        backend.BackendState(True, True, "CREATING", "LockID (S)"))
-    assert caught.value.id == "lock-table-not-active" and "aws dynamodb describe-table --table-name locks" in caught.value.fix
+    assert caught.value.id == "lock-table-not-active"
+    assert "aws dynamodb describe-table --table-name locks" in caught.value.fix

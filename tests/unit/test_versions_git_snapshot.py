@@ -75,15 +75,14 @@ def test_a_registry_module_is_pinned_by_its_version():
     assert "git ls-remote https://github.com/acme/mods" in snapshot._unpinned("github.com/acme/mods//x", False)
 
 
-def test_the_tf_settings_of_a_snapshot_are_read_with_hcl(cfg, tmp_path):
+def test_only_files_with_a_module_block_are_parsed_and_unpinned_sources_named(cfg, tmp_path):
     scope = Scope.of_environment(cfg, cfg.environments["stg"])
     root = tmp_path / scope.root
     root.mkdir(parents=True)
-    (root / "versions.tf").write_text('terraform {\n  required_version = "~> 1.0"\n}\n')
-    (root / "main.tf").write_text('module "x" {\n  source = "git::https://example.com/m.git"\n}\n'
+    (root / "versions.tf").write_text('terraform {\n  required_version = "~> 1.0"\n}\n# not hcl: {{{ \n')
+    (root / "main.tf").write_text('locals {\n  p = path.module\n}\nmodule "x" {\n  source = "git::https://e.com/m.git"\n}\n'
                                   'module "y" {\n  source = "../modules/y"\n}\n')
-    required, problems = snapshot.terraform_settings(snapshot.Snapshot(tmp_path, root, tmp_path / "s"), scope)
-    assert required == ["~> 1.0"]
+    problems = snapshot.unpinned_modules(snapshot.Snapshot(tmp_path, root, tmp_path / "s"), scope)
     assert len(problems) == 1 and problems[0].startswith("module x in iam/terraform/environment-specific/main/main.tf")
 
 
@@ -91,9 +90,9 @@ def test_a_tf_file_that_is_not_hcl_is_named(cfg, tmp_path):
     scope = Scope.of_environment(cfg, cfg.environments["stg"])
     root = tmp_path / scope.root
     root.mkdir(parents=True)
-    (root / "main.tf").write_text('module "x" {\n  source = \n')
+    (root / "main.tf").write_text('module "x" {\n  source = "git::https://e.com/m.git"\n  = oops\n')
     with pytest.raises(RunbookError) as caught:
-        snapshot.terraform_settings(snapshot.Snapshot(tmp_path, root, tmp_path / "s"), scope)
+        snapshot.unpinned_modules(snapshot.Snapshot(tmp_path, root, tmp_path / "s"), scope)
     assert caught.value.id == "tf-file-invalid" and "main.tf" in caught.value.what
 
 
@@ -114,3 +113,12 @@ def test_each_account_and_environment_has_its_own_working_folder(cfg):
     folders = {snapshot.folder(Scope.of_account(cfg, a)) for a in cfg.accounts.values()}
     folders |= {snapshot.folder(Scope.of_environment(cfg, e)) for e in cfg.environments.values()}
     assert len(folders) == len(cfg.accounts) + len(cfg.environments)
+
+
+def test_an_unpinned_module_in_json_syntax_is_named_too(cfg, tmp_path):
+    scope = Scope.of_environment(cfg, cfg.environments["stg"])
+    root = tmp_path / scope.root
+    root.mkdir(parents=True)
+    (root / "main.tf.json").write_text('{"module": {"x": {"source": "terraform-aws-modules/iam/aws"}}}')
+    [problem] = snapshot.unpinned_modules(snapshot.Snapshot(tmp_path, root, tmp_path / "s"), scope)
+    assert problem.startswith("module x in iam/terraform/environment-specific/main/main.tf.json: the registry module")

@@ -1,14 +1,15 @@
-"""The one exception type a user ever sees.
+"""The one exception type a user ever sees, and the exit codes.
 
-Every failure a user can cause (bad configuration, wrong branch, wrong AWS
-account, expired credentials, a missing tool, an API error) is raised as a
-:class:`RunbookError`. The task layer turns it into a one-paragraph message
-and a non-zero exit code, never a traceback.
+Every failure a user can cause (bad configuration, wrong branch, wrong AWS account, expired
+credentials, a missing tool, an API error) is raised as a :class:`RunbookError`. The task layer
+turns it into a one-paragraph message and a non-zero exit code, never a traceback. Anything else
+that escapes is a defect of the runbook itself: the task layer exits :data:`EXIT_BUG` and says how
+to report it (the traceback with ``--debug`` or ``RUNBOOK_DEBUG=1``).
 
-Each error carries a stable *id*, one per kind of failure (several raise sites of one
-kind share it). The task layer prints it first (``ERROR [state-lock-held]: ...``) and
-names its section: TROUBLESHOOTING.md has exactly one section per id, headed by the id
-(``tests/test_error_ids.py`` checks both ways).
+Each error carries a stable *id*, one per kind of failure (several raise sites of one kind share
+it). The task layer prints it first (``ERROR [state-lock-held]: ...``) and names its section:
+TROUBLESHOOTING.md has exactly one section per id, headed by the id (``tests/test_error_ids.py``
+checks both ways).
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ import re
 TROUBLESHOOTING = "TROUBLESHOOTING.md"
 #: What an id looks like: short, lower-case, kebab-case ("state-lock-held", "wrong-account").
 ID_FORM = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+
+# The exit codes, in one place (docs/RUNBOOK.md, "Exit codes", explains them).
+EXIT_FAILED = 1  # refused or failed: the message says why and what to run
+EXIT_NOT_CURRENT = 3  # `inv iam.status --check`: something is not current
+EXIT_ON_HOLD = 5  # a watch stopped because the workflow waits at an approval job
+EXIT_BUG = 70  # a defect of the runbook (BSD sysexits EX_SOFTWARE): please report it
+EXIT_LOCKED = 75  # another run holds the Terraform state lock (BSD sysexits EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # Ctrl-C; SIGTERM gives 143 and SIGHUP 129 (128 + the signal's number)
 
 
 class RunbookError(Exception):
@@ -31,7 +40,7 @@ class RunbookError(Exception):
         where: where it is: "config/environments.yml line 12, field accounts.main.id",
             a command, a URL. Optional.
         fix: the command or edit that fixes it ("git pull --ff-only"). Optional.
-        code: the process exit code the task layer uses (default 1).
+        code: the process exit code the task layer uses (default :data:`EXIT_FAILED`).
 
     ``str(error)`` gives the whole paragraph (without the id: see :meth:`report`). Callers must
     never put a secret (token, AWS key) in any of the three texts.
@@ -42,7 +51,7 @@ class RunbookError(Exception):
     default_id: str | None = None
 
     def __init__(self, what: str, *, id: str | None = None, where: str | None = None, fix: str | None = None,
-                 code: int = 1):
+                 code: int = EXIT_FAILED):
         self.id = id or self.default_id
         if not self.id:
             raise TypeError(f"{type(self).__name__} needs an id (a section of {TROUBLESHOOTING})")
@@ -70,9 +79,17 @@ class RunbookError(Exception):
 
 
 class Interrupted(RunbookError):
-    """The user pressed Ctrl-C; ``what`` says what state was left behind. Exit code 130."""
+    """The user pressed Ctrl-C (or the run got SIGTERM or SIGHUP); ``what`` says what state was left
+    behind. Exit code :data:`EXIT_INTERRUPTED`."""
 
     default_id = "interrupted"
 
     def __init__(self, what: str, *, fix: str | None = None):
-        super().__init__(what, fix=fix, code=130)
+        super().__init__(what, fix=fix, code=EXIT_INTERRUPTED)
+
+
+class Transient(RunbookError):
+    """An outside service did not answer usefully for a reason that may pass (throttling, a 5xx, a
+    dropped connection, a timeout): pollers such as the pipeline's gate back off and try again."""
+
+    default_id = "aws-unreachable"

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from runbook import ci, circleci, console, status
 from runbook.config import Config, Environment
-from runbook.errors import Interrupted, RunbookError
+from runbook.errors import EXIT_ON_HOLD, Interrupted, RunbookError
 
 WATCH_POLL_S = 10.0  # seconds; two requests a poll (the workflow, its jobs): 12 a minute at most
 #: The shortest interval between polls (seconds), refused below: CircleCI publishes no rate limit and asks clients
@@ -24,7 +24,6 @@ MIN_POLL_S = 2.0
 PIPELINE_PAGES = 10  # pages of a branch's pipelines read at most when looking for HEAD's
 CLOCK_SKEW_S = 3600.0  # seconds; a pipeline created this long before HEAD's commit time is not HEAD's
 WORKFLOWS_WAIT_S = (1.0, 2.0, 4.0)  # seconds between looks at a new pipeline that lists no workflow yet
-EXIT_ON_HOLD = 5  # the exit code when the workflow waits at an approval job
 TIMEOUT_VAR = "RUNBOOK_HTTP_TIMEOUT_S"
 IAM_JOBS = ("iam-gate-", "deploy-")  # the jobs that fail while the IAM of their commit is not applied
 RERUN_FROM_FAILED, RERUN_FROM_START, WAIT, NOTHING, REFUSE = (

@@ -1,190 +1,104 @@
-"""``inv release``: the whole runbook in one plan, running only the steps that are needed.
+"""``inv release``: the whole runbook for one environment, running only what is needed.
 
-Order: preflight (configuration, git, Terraform, AWS caller identity, CircleCI
-token), the applied records (which decide the IAM steps), the shared account
-scope (another branch's account IAM is replaced only with --take-over), backend,
-the account step if its record does not match this commit, the environment step likewise,
-then the pipeline of this commit (waiting at the gate: nothing to do; failed:
-rerun from failed) and a watch to its end.
+Order: the CircleCI token is proved (one read) before anything changes; the IAM of the account and of the
+environment is examined, and only the scopes whose applied record does not match this commit are applied
+(:func:`runbook.iam.run`, with the account scope's take-over rule); then the pipeline of this commit is
+examined afresh and one decision (:func:`runbook.pipeline.decide_rerun`, shared with ``inv ci.rerun``)
+says what to do: nothing (it succeeded), watch it (it runs: the IAM gate opens by itself once the records
+match), rerun it from failed (it failed at the IAM gate or the deploy), or refuse (it failed elsewhere).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import replace
 
-from runbook import circleci, console, iam, pipeline
+from runbook import console, git, iam, pipeline, status
+from runbook.config import Config, Environment
 from runbook.errors import RunbookError
-from runbook.plan import Decision, Plan, Step
+from runbook.facts import Facts, Options
 from runbook.scopes import for_environment
 
 
-@dataclass
-class ReleaseRun(iam.IamRun):
-    """An :class:`~runbook.iam.IamRun` for the environment scope, plus the CircleCI side.
+def release(config: Config, environment: Environment, opts: Options, *, poll_s: float, pipeline_wait_s: float,
+            command: str) -> None:
+    """Apply what this commit's IAM needs for *environment*, then get its pipeline through.
 
-    Args (beyond IamRun's):
+    Args:
         poll_s: seconds between polls while watching the workflow.
-        pipeline_wait_s: how long to wait for the pipeline of this commit to appear (a merge
-            starts it within seconds; this covers a slow webhook).
+        pipeline_wait_s: seconds to wait for the pipeline of this commit to appear (a merge starts it within
+            seconds; this covers a slow webhook).
+        command: the command line that resumes the release.
+
+    Raises RunbookError for any finding or failure (exit 5 when the watched workflow waits at an approval job).
     """
+    client = pipeline.client_for(config)
+    urls: list[str] = []
 
-    poll_s: float = pipeline.WATCH_POLL_S
-    pipeline_wait_s: float = 120.0
-    client: Any = None
-    target: pipeline.Target | None = None
-    watch_id: str | None = None
-    urls: tuple[str, ...] = ()
+    def prove_token(facts: Facts) -> None:
+        # One real call proves the token, the host and the project slug before anything changes.
+        next(iter(client.pipelines(branch=environment.branch, max_pages=1)), None)
+        console.say(f"  {'circleci:':<11}token from {client.token_source} accepted by {client.host} for "
+                    f"{config.circleci.project_slug}")
 
-    @property
-    def command(self) -> str:
-        return " ".join([f"inv release --env {self.environment.name}", *self.flags()])
-
-    def scopes(self):
-        return for_environment(self.config, self.environment)
-
-
-class CircleCICheck(Step):
-    title = "Preflight: CircleCI token"
-    preflight = True
-
-    def describe(self, ctx: ReleaseRun) -> list[str]:
-        slug = ctx.config.circleci.project_slug if ctx.config.circleci else "?"
-        return [f"project {slug}, token from {' / '.join(circleci.TOKEN_VARIABLES)} (sent only to the API host)"]
-
-    def check(self, ctx: ReleaseRun) -> Decision:
-        ctx.client = ctx.client or pipeline.client_for(ctx.config)
-        # One real call (the branch's newest pipelines, one page) proves the token, the host and the project
-        # slug before anything changes, rather than after the IAM is applied.
-        next(iter(ctx.client.pipelines(ctx.environment.branch)), None)
-        return Decision(True, f"token from {ctx.client.token_source} accepted by {ctx.client.host} for "
-                              f"{ctx.config.circleci.project_slug}")
+    done = iam.run(config, environment, for_environment(config, environment), replace(opts, only_needed=True),
+                   command=command, before_aws=prove_token)
+    if done is None:
+        console.say("Then the pipeline of this commit (looked up at run time): a succeeded one needs nothing, a "
+                    "running one is watched, one that failed at the IAM gate or the deploy is rerun from failed.")
+        return
+    try:
+        _pipeline(client, config, environment, done, poll_s, pipeline_wait_s, urls)
+    finally:
+        console.say()
+        console.heading("Summary")
+        done.summary()
+        for url in urls:
+            console.say(f"  {url}")
+    console.ok(f"Release of {environment.name} complete.")
 
 
-
-class RecordsCheck(Step):
-    title = "Applied records: which IAM steps are needed"
-    preflight = True
-
-    def describe(self, ctx: ReleaseRun) -> list[str]:
-        return [f"SSM GetParameter {s.parameter}: compare with this commit's fingerprint"
-                for s in for_environment(ctx.config, ctx.environment)]
-
-    def check(self, ctx: ReleaseRun) -> Decision:
-        from runbook import status
-
-        if ctx.dry_run:
-            statuses = status.examine(for_environment(ctx.config, ctx.environment))
-        else:
-            statuses = status.examine(for_environment(ctx.config, ctx.environment),
-                                      session_for=lambda account: ctx.aws_session())
-        ctx.needed = {}
-        parts = []
-        unreadable = None
-        for st in statuses:
-            if st.state != status.UNKNOWN:
-                ctx.remember_record(st.scope, st.record)
-            if st.state == status.UNKNOWN:
-                unreadable = unreadable or RunbookError(
-                    f"Cannot read the applied record of {st.scope.label}: {st.reason}",
-                    id="record-unreadable",
-                    where=f"SSM parameter {st.scope.parameter}",
-                    fix="use administrator credentials for the account (aws sso login, or AWS_PROFILE)")
-                ctx.needed[st.scope.kind] = (True, f"decided at run time (record unreadable now: {st.reason})")
-            elif st.needed:
-                ctx.needed[st.scope.kind] = (True, f"{st.text}")
-            else:
-                rec = st.record or {}
-                ctx.needed[st.scope.kind] = (False, f"record current: applied at {rec.get('commit', '?')[:12]} by "
-                                                    f"{rec.get('applied_by', '?').rsplit('/', 1)[-1]}")
-            parts.append(f"{st.scope.label}: {st.text}")
-        if unreadable:
-            raise unreadable  # in a dry run a finding; ctx.needed already tells the later steps
-        return Decision(True, "; ".join(parts))
+def _find(client, config: Config, environment: Environment, head: str, wait_s: float) -> pipeline.Target:
+    """The workflow of this commit's pipeline, waiting up to *wait_s* seconds for CircleCI to start it."""
+    head_time, deadline = git.commit_time(head), time.monotonic() + wait_s
+    while True:
+        try:
+            return pipeline.find_workflow(client, config, environment, head, head_time=head_time)
+        except pipeline.NoPipelineYet as exc:  # only this is worth waiting out; other errors stop at once
+            if time.monotonic() + 10 > deadline:
+                raise RunbookError(f"{exc.what} (waited {wait_s:.0f} s)", id="no-pipeline",
+                                   fix="check in the CircleCI app that the push of this commit started a pipeline "
+                                       "(project settings, webhooks); once it has, resume") from exc
+            console.say(f"  no pipeline for {head[:12]} yet; looking again in 10 s")
+            time.sleep(10)
 
 
-
-class PipelineStep(Step):
-    title = "CircleCI: the pipeline of this commit"
-
-    def describe(self, ctx: ReleaseRun) -> list[str]:
-        return [f"GET pipelines of branch {ctx.environment.branch} (commit = HEAD), its workflow "
-                f"{ctx.config.circleci.workflow if ctx.config.circleci else '?'}; POST rerun from failed if it failed"]
-
-    def _find(self, ctx: ReleaseRun) -> pipeline.Target:
-        from runbook import git
-
-        head = ctx.head
-        head_time = git.commit_time(head)
-        deadline = time.monotonic() + (0 if ctx.dry_run else ctx.pipeline_wait_s)
-        while True:
-            try:
-                return pipeline.find_workflow(ctx.client, ctx.config, ctx.environment, head, head_time=head_time)
-            except pipeline.NoPipelineYet as exc:  # only this is worth waiting out; other errors stop at once
-                if time.monotonic() + 10 > deadline:
-                    if ctx.dry_run:
-                        raise
-                    raise RunbookError(
-                        f"{exc.what} (waited {ctx.pipeline_wait_s:.0f} s)",
-                        id="no-pipeline",
-                        fix="check in the CircleCI app that the push of this commit started a pipeline (project "
-                        "settings, webhooks); once it has, resume",
-                    ) from None
-                console.say(f"  no pipeline for {head[:12]} yet; looking again in 10 s")
-                time.sleep(10)
-
-    def check(self, ctx: ReleaseRun) -> Decision:
-        if ctx.dry_run and (ctx.client is None or ctx.head is None):
-            return Decision(True, "looked up at run time: waiting at the gate means nothing to do, failed means "
-                                  "rerun from failed")
-        ctx.target = self._find(ctx)
-        ctx.urls = (ctx.target.url,)
-        workflow = ctx.target.workflow
-        decision = pipeline.decide_rerun(workflow, ctx.client.jobs(workflow.id), iam=None,
-                                         environment=ctx.environment, url=ctx.target.url)
-        number = workflow.pipeline_number
-        if decision.rerun:
-            return Decision(True, f"pipeline #{number} failed: rerun from failed now that the IAM is applied")
-        if decision.action == pipeline.NOTHING:
-            return Decision(False, f"pipeline #{number} already succeeded")
-        if decision.action == pipeline.WAIT:
-            ctx.watch_id = workflow.id
-            return Decision(False, f"pipeline #{number} is {workflow.status}: the IAM gate opens by itself once the "
-                                   "records match; nothing to rerun")
+def _pipeline(client, config: Config, environment: Environment, done: iam.Run, poll_s: float, wait_s: float,
+              urls: list[str]) -> None:
+    """Examine the pipeline of this commit afresh (after the IAM steps), decide (the one rerun decision), act."""
+    console.heading("CircleCI: the pipeline of this commit")
+    target = _find(client, config, environment, done.facts.checkout.head, wait_s)
+    urls.append(target.url)
+    statuses = status.examine(for_environment(config, environment), trees=done.facts.trees,
+                              session_for=lambda account: done.facts.session)
+    decision = pipeline.decide_rerun(target.workflow, client.jobs(target.workflow.id), iam=statuses,
+                                     environment=environment, url=target.url)
+    number, watch_id = target.workflow.pipeline_number, target.workflow.id
+    if decision.action == pipeline.NOTHING:
+        console.ok(f"pipeline #{number}: {decision.why}")
+        return
+    if decision.action == pipeline.REFUSE:
         raise decision.error
-
-    def run(self, ctx: ReleaseRun) -> str:
-        ctx.watch_id = ctx.client.rerun(ctx.target.workflow, known=ctx.target.known)
-        url = ctx.client.web_url(ctx.target.workflow.pipeline_number, ctx.watch_id)
-        ctx.urls = (*ctx.urls, url)
-        return f"rerunning from failed: {url}"
-
-
-class WatchStep(Step):
-    title = "CircleCI: watch the workflow to the end"
-
-    def check(self, ctx: ReleaseRun) -> Decision:
-        if ctx.dry_run:
-            return Decision(True, "until it succeeds or fails (Ctrl-C stops watching, not the workflow)")
-        if ctx.watch_id is None:
-            return Decision(False, "nothing running")
-        return Decision(True, "until it succeeds or fails (Ctrl-C stops watching, not the workflow)")
-
-    def run(self, ctx: ReleaseRun) -> str:
-        result = pipeline.watch(ctx.client, ctx.watch_id, poll_s=ctx.poll_s)
-        error = pipeline.watch_error(result, ctx.environment, ctx.urls[-1] if ctx.urls else None)
-        if error:
-            raise error
-        return f"succeeded after {result.seconds:.0f} s of watching"
-
-
-def build(ctx: ReleaseRun) -> Plan:
-    """The release plan for ``ctx.environment`` (see the module docstring)."""
-    account, environment = for_environment(ctx.config, ctx.environment)
-    steps: list[Step] = [*iam.preflight_steps()[:4], CircleCICheck(), RecordsCheck(), iam.TakeOverCheck(account),
-                         iam.BackendStep(),
-                         *iam.scope_steps(account), *iam.scope_steps(environment), PipelineStep(), WatchStep()]
-    return Plan(name=f"release of {ctx.environment.name}", steps=steps, resume=ctx.command,
-                dry_note="Nothing is changed; Terraform is not called; the only AWS and CircleCI calls are "
-                "read-only look-ups (the applied records, the pipeline).")
+    if decision.rerun:
+        watch_id = client.rerun(target.workflow, from_failed=True, known=target.known)
+        urls.append(client.web_url(number, watch_id))
+        console.ok(f"pipeline #{number} {decision.why}: rerunning from failed now that the IAM is applied: {urls[-1]}")
+    else:
+        console.ok(f"pipeline #{number} is {target.workflow.status}: the IAM gate opens by itself once the records "
+                   "match; nothing to rerun")
+    console.heading("CircleCI: watch the workflow to the end")
+    result = pipeline.watch(client, watch_id, poll_s=poll_s)
+    failed = pipeline.watch_error(result, environment, urls[-1])
+    if failed is not None:
+        raise failed
+    console.ok(f"succeeded after {result.seconds:.0f} s of watching")

@@ -1,25 +1,35 @@
-"""The two IAM scopes: what each applies, where its state and its record live, how to apply it.
+"""The two IAM scopes: what each applies, what it may read, where its state and its record live.
 
-A :class:`Scope` is either the account scope of one AWS account (the
-account-specific root module) or the environment scope of one environment (the
-environment-specific root module). Everything that must agree between the
-administrator's laptop and the pipeline's gate (the root module, the resolved
-inputs, the fingerprint, the record's parameter, the command that applies it)
-is derived here, once.
+A :class:`Scope` is either the account scope of one AWS account (the account-specific root module)
+or the environment scope of one environment (the environment-specific root module). Everything that
+must agree between the administrator's laptop and the pipeline's gate (the paths the apply may read,
+the resolved inputs, the fingerprint, the record's parameter, the command that applies it) is
+derived here, once, from the configuration and the git tree ids of the commit.
+
+The fingerprint (format 3) is the SHA-256 of compact JSON with sorted keys::
+
+    {"format": 3, "inputs": {...}, "trees": {"<path>": "<tree id or null>", ...}}
+
+where ``trees`` holds, for each path of :attr:`Scope.paths`, what ``git rev-parse <commit>:<path>``
+prints (null when the commit has no such folder). Anyone can reproduce it with git alone, even in a
+shallow clone; the apply reads exactly those folders of that commit (:mod:`runbook.snapshot`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from runbook import fingerprint, records
-from runbook.config import PROJECT_ROOT, Account, Backend, Config, Environment
-from runbook.terraform import DEPLOY_SCRIPT
+from runbook.config import ACCOUNT, Account, Backend, Config, Environment
+from runbook.errors import RunbookError
 
-ACCOUNT = "account"
 ENVIRONMENT = "environment"
+SHARED_BIN = "iam/terraform/bin"
+DEPLOY_SCRIPT = f"{SHARED_BIN}/deploy-app.sh"
+FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,9 @@ class Scope:
         return cls(config, ENVIRONMENT, environment.account, environment)
 
     @property
-    def record_scope(self) -> str:
-        """"account" or the environment name, as :mod:`runbook.records` names scopes."""
-        return self.environment.name if self.environment else records.ACCOUNT
+    def name(self) -> str:
+        """"account" or the environment name: the scope as the applied record names it."""
+        return self.environment.name if self.environment else ACCOUNT
 
     @property
     def label(self) -> str:
@@ -58,8 +68,18 @@ class Scope:
         return f"account {self.account.name} ({self.account.id})"
 
     @property
-    def root(self) -> Path:
+    def root(self) -> str:
+        """The root module folder, relative to the top of the repository (POSIX)."""
         return self.config.roots[self.kind]
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The folders this scope's apply may read, relative to the top of the repository: its root module,
+        its documented entry point ``iam/terraform/<kind>-specific/bin``, the shared ``iam/terraform/bin``
+        (deploy-app.sh) and the shared modules folder (``terraform.modules``). A change to a shared folder
+        marks every scope pending; a change to one root only that root's scopes; anything else none."""
+        entry = f"iam/terraform/{self.kind}-specific/bin"
+        return tuple(dict.fromkeys((self.root, entry, SHARED_BIN, self.config.modules)))
 
     @property
     def backend(self) -> Backend:
@@ -68,7 +88,7 @@ class Scope:
     @property
     def parameter(self) -> str:
         """The SSM parameter of the applied record."""
-        return records.parameter_name(self.config.project, self.record_scope)
+        return self.config.record_parameter(self.name)
 
     def tf_vars(self) -> dict[str, str]:
         """The root module's input variables (passed as TF_VAR_*)."""
@@ -85,37 +105,63 @@ class Scope:
         return {**self.tf_vars(), "scope": self.kind, "state_bucket": b.bucket, "state_key": b.key,
                 "lock_table": b.lock_table}
 
-    def scripts(self) -> dict[str, Path]:
-        """The deploy scripts on this scope's apply path, by repository-relative POSIX name: the shared
-        ``iam/terraform/bin/deploy-app.sh`` and the scope's documented entry point
-        ``iam/terraform/<kind>-specific/bin/deploy-app.sh``."""
-        entry = DEPLOY_SCRIPT.parent.parent / f"{self.kind}-specific" / "bin" / DEPLOY_SCRIPT.name
-        return {path.relative_to(PROJECT_ROOT).as_posix(): path for path in (DEPLOY_SCRIPT, entry)}
+    def inputs_digest(self) -> str:
+        """SHA-256 (64 hex) of :meth:`inputs` as canonical JSON: what the record keeps of them."""
+        return _digest(self.inputs())
 
-    def fingerprint(self) -> str:
-        """SHA-256 of everything the apply reads (64 hex characters): the root module, the local modules
-        it calls and the files it reads outside its directory, :meth:`scripts` and :meth:`inputs`. The
-        one entry point for the status, the gate and the record. Raises RunbookError as
-        :func:`runbook.fingerprint.compute` does (a root, module, file or link outside the repository)."""
-        return fingerprint.compute(self.root, self.scripts(), self.inputs(), top=PROJECT_ROOT)
+    def trees(self, all_trees: Mapping[str, str | None]) -> dict[str, str | None]:
+        """This scope's part of *all_trees* (path -> tree id, from :func:`runbook.git.trees`)."""
+        return {path: all_trees.get(path) for path in self.paths}
 
-    def fingerprint_parts(self) -> list[fingerprint.Part]:
-        """What :meth:`fingerprint` hashes, part by part (compare two machines' listings)."""
-        return fingerprint.describe(self.root, self.scripts(), self.inputs(), top=PROJECT_ROOT)
+    def fingerprint(self, all_trees: Mapping[str, str | None]) -> str:
+        """The fingerprint (64 hex) of this scope at the commit whose tree ids are *all_trees* (see the module
+        docstring). Raises RunbookError (``root-module-missing``) when the commit has no root module folder."""
+        trees = self.trees(all_trees)
+        if not trees[self.root]:
+            raise RunbookError(
+                f"The {self.kind} root module folder {self.root} is not in this commit (no such folder in git)",
+                id="root-module-missing", where=self.config.where("terraform", "roots", self.kind),
+                fix="point the field at the root module folder, or restore it: git checkout -- iam/")
+        return _digest({"format": FORMAT, "inputs": self.inputs(), "trees": trees})
+
+    def changed(self, record: Mapping, all_trees: Mapping[str, str | None]) -> list[str]:
+        """What differs between *record* (an applied record of this scope) and this commit: the paths whose
+        tree id changed, and "inputs" when the configuration's inputs did. Empty when nothing can be told
+        (a record of an older format names no trees)."""
+        recorded = record.get("trees")
+        if not isinstance(recorded, Mapping):
+            return []
+        found = [path for path, tree in self.trees(all_trees).items() if recorded.get(path) != tree]
+        return found + (["inputs"] if record.get("inputs") != self.inputs_digest() else [])
 
     def command(self, via: Environment | None = None) -> str:
         """The command an administrator runs to apply this scope (from *via*'s branch for the account)."""
         if self.environment:
             return f"inv iam.env --name {self.environment.name}"
-        env = via or next((e for e in self.config.environments.values() if e.account == self.account), None)
+        env = via if via is not None and via.account == self.account else next(
+            (e for e in self.config.environments.values() if e.account == self.account), None)
         return f"inv iam.account --env {env.name}" if env else "inv iam.account"
+
+    def branch_command(self, branch: str | None, via: Environment | None = None) -> str:
+        """:meth:`command`, prefixed with the checkout of the environment's branch when *branch* (the one checked
+        out where it will be pasted) is another: the IAM steps apply only from the environment's branch."""
+        env = self.environment or (via if via is not None and via.account == self.account else None) or next(
+            (e for e in self.config.environments.values() if e.account == self.account and e.branch == branch),
+            None) or next((e for e in self.config.environments.values() if e.account == self.account), None)
+        command = self.command(env)
+        if branch is not None and env is not None and env.branch != branch:
+            return f"git checkout {shlex.quote(env.branch)} && git pull --ff-only && {command}"
+        return command
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def deployer_vars(config: Config, account: Account) -> dict[str, str]:
     """The account root's CI deployer inputs: ``ci_deployer`` ("oidc" or "user") and, for oidc, the
     CircleCI organization, project and repository and ``deploy_branches`` (a JSON list, as Terraform
-    reads a list from TF_VAR_*: the branches of the environments in *account*, sorted).
-    """
+    reads a list from TF_VAR_*: the branches of the environments in *account*, sorted)."""
     ci = config.circleci
     mode = ci.deployer if ci else "user"
     values = {"ci_deployer": mode}
@@ -129,3 +175,36 @@ def deployer_vars(config: Config, account: Account) -> dict[str, str]:
 def for_environment(config: Config, environment: Environment) -> list[Scope]:
     """The scopes a deploy of *environment* needs, in the order they must be applied: account, then environment."""
     return [Scope.of_account(config, environment.account), Scope.of_environment(config, environment)]
+
+
+def all_scopes(config: Config, only: Environment | None = None) -> list[Scope]:
+    """Every scope of the configuration (or of *only* and its account): each account an environment uses,
+    then each environment."""
+    envs = [only] if only else list(config.environments.values())
+    accounts = {e.account.name: e.account for e in envs}
+    return [Scope.of_account(config, a) for a in accounts.values()] + [Scope.of_environment(config, e) for e in envs]
+
+
+def account_scopes(config: Config, account: Account) -> list[Scope]:
+    """Every scope whose state and record live in *account*'s AWS account (same ID and endpoint)."""
+    same = [e for e in config.environments.values()
+            if e.account.id == account.id and e.account.endpoint_url == account.endpoint_url]
+    return [Scope.of_account(config, account)] + [Scope.of_environment(config, e) for e in same]
+
+
+def environment_for(config: Config, name: str | None, branch: str | None, *, flag: str = "--env") -> Environment:
+    """The environment *name*, or the one whose branch is *branch* (checked out) when *name* is None.
+
+    *flag* is the option that names it in the calling task. Raises RunbookError when neither gives one.
+    """
+    if name is not None:
+        return config.environment(name)
+    env = config.environment_for_branch(branch)
+    if env is None:
+        pairs = ", ".join(f"{e.name} ({e.branch})" for e in config.environments.values())
+        what = (f"The checked-out branch {branch!r} is not the branch of any environment" if branch else
+                "HEAD is detached (no branch is checked out), so it names no environment")
+        raise RunbookError(f"{what} ({pairs})", id="unknown-environment",
+                           fix=f"check out an environment's branch, or name it: {flag} "
+                               f"{next(iter(config.environments))}")
+    return env

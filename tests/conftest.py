@@ -31,6 +31,10 @@ Fixtures
     tf_backend      A Terraform S3 backend in a freshly reset moto: state bucket and lock table
                     created, named as config/environments.yml would for project acme-api in
                     account 123456789012 (function). See TfBackend.
+    aws             aws("s3"): a boto3 client of a freshly reset moto, with the fake credentials (function).
+    ci              The CircleCI stand-in (tests/circleci_standin.py), stopped after the test (function).
+    project         A clone of this project on branch staging, its accounts at moto, the stand-in's
+                    CIRCLECI_TOKEN and CIRCLECI_HOST in its environment (function). See tests/project.py.
 
 Nothing here talks to anything but 127.0.0.1; the moto server is stopped at the end of the session.
 """
@@ -101,9 +105,9 @@ def _pinned_tool(venv_bin: Path, name: str) -> Path:
 
 # The second Terraform the suite runs (see the module docstring), and the test modules that run on both.
 TERRAFORM_1_11 = Path(os.environ.get("RUNBOOK_TERRAFORM_1_11", "/usr/local/bin/terraform"))
-MATRIX_MODULES = ("test_backend", "test_signals_and_locks", "test_release_stories", "test_deploy_script")
+MATRIX_MODULES = ("test_signals_and_locks", "test_deploy_script")
 # Modules that also run with S3 lock files (the others set up or inspect DynamoDB lock items themselves).
-S3_LOCK_MODULES = ("test_release_stories",)
+S3_LOCK_MODULES: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,10 +159,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "terraform_release" not in metafunc.fixturenames:
         return
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
-    if module not in MATRIX_MODULES or metafunc.definition.get_closest_marker("terraform") is None:
+    everywhere = metafunc.definition.get_closest_marker("terraform_matrix") is not None
+    if not everywhere and (module not in MATRIX_MODULES or metafunc.definition.get_closest_marker("terraform") is None):
         return  # only the tests that run Terraform (marker "terraform") gain from a second version
     cases = [PINNED, TerraformRelease("1.11")]
-    if module in S3_LOCK_MODULES:
+    if module in S3_LOCK_MODULES or everywhere:
         cases.append(TerraformRelease("1.11", "s3"))
     metafunc.parametrize("terraform_release", cases, ids=[c.id for c in cases], indirect=True)
 
@@ -373,3 +378,26 @@ def tf_backend(moto_reset: str) -> TfBackend:
         BillingMode="PAY_PER_REQUEST",
     )
     return backend
+
+
+@pytest.fixture
+def aws(moto_reset: str, aws_credentials) -> Any:
+    """``aws("s3")``: a boto3 client of the freshly reset moto."""
+    return lambda service: _moto_client(moto_reset, REGION, service)
+
+
+@pytest.fixture
+def ci() -> Iterator[Any]:
+    """The CircleCI stand-in, on a free loopback port; stopped when the test ends."""
+    from tests.circleci_standin import CircleCIStandIn
+
+    with CircleCIStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def project(tmp_path: Path, moto_reset: str, aws_env: dict[str, str], ci) -> Any:
+    """A clone of this project on branch staging (tests/project.py), its accounts at moto, the stand-in's token."""
+    from tests.project import Project, base_config
+
+    return Project.create(tmp_path, {**aws_env, **ci.env()}, base_config(moto_reset))

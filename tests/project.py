@@ -9,6 +9,7 @@ then run as a user runs them: ``inv ...`` in a subprocess, in that folder.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -56,6 +57,7 @@ def base_config(endpoint: str | None, *, account_id: str = ACCOUNT_ID) -> dict:
         "terraform": {
             "required_version": ">= 1.0.0",
             "roots": {"account": "roots/account", "environment": "roots/environment"},
+            "modules": "roots/modules",
             **({"backend": {"lock": LOCK_MODE}} if LOCK_MODE != "dynamodb" else {}),
         },
         "circleci": {"project_slug": "gh/acme/acme-api", "workflow": "build-test-deploy"},
@@ -144,26 +146,28 @@ class Project:
         )
         return Result(done.returncode, done.stdout, done.stderr)
 
-    def fingerprint(self, kind: str, env_name: str = "stg") -> str:
-        """This clone's fingerprint of a scope ("account" or "environment", of *env_name*), computed by the
-        clone's own runbook (``Scope.fingerprint``, as ``inv iam.*`` and the gate compute it), in the clone."""
+    def fingerprint(self, kind: str, env_name: str = "stg", *, parts: bool = False):
+        """This clone's fingerprint of a scope ("account" or "environment", of *env_name*) at HEAD, computed by the
+        clone's own runbook (``Scope.fingerprint`` of HEAD's tree ids, as ``inv iam.*`` and the gate compute it);
+        with *parts*, ``[fingerprint, tree ids, inputs digest]``."""
         code = (
             "import sys\n"
-            "from runbook import config\n"
+            "from runbook import config, status\n"
             "from runbook.scopes import Scope\n"
             "cfg = config.load()\n"
             "env = cfg.environments[sys.argv[2]]\n"
             "scope = Scope.of_environment(cfg, env) if sys.argv[1] == 'environment' else "
             "Scope.of_account(cfg, env.account)\n"
-            "print(scope.fingerprint())\n"
+            "trees = scope.trees(status.head_trees([scope]))\n"
+            "print(json.dumps([scope.fingerprint(trees), trees, scope.inputs_digest()]))\n"
         )
-        done = subprocess.run([sys.executable, "-c", code, kind, env_name], cwd=self.path, env=self.env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", "import json\n" + code, kind, env_name], cwd=self.path,
+                              env=self.env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"fingerprint of {kind} {env_name} failed: {done.stderr}"
-        return done.stdout.strip()
+        return json.loads(done.stdout)[0] if not parts else json.loads(done.stdout)
 
     def write_record(self, kind: str, env_name: str = "stg", *, endpoint: str, fingerprint: str | None = None,
-                     outputs: dict | None = None) -> None:
+                     outputs: dict | None = None, branch: str | None = None) -> None:
         """Write an applied record into moto as a successful ``inv iam.*`` in this clone would.
 
         *kind* is "account" or "environment"; the fingerprint is this clone's own (:meth:`fingerprint`)
@@ -178,16 +182,16 @@ class Project:
         cfg = configuration.load(self.path / "config" / "environments.yml")
         env = cfg.environments[env_name]
         scope = Scope.of_environment(cfg, env) if kind == "environment" else Scope.of_account(cfg, env.account)
+        ours, trees, inputs = self.fingerprint(kind, env_name, parts=True)
         record = records.Record.create(
-            fingerprint=fingerprint or self.fingerprint(kind, env_name),
-            commit=git(self.path, "rev-parse", "HEAD"), branch=env.branch,
-            applied_by="arn:aws:iam::123456789012:user/admin", scope=scope.record_scope,
+            fingerprint=fingerprint or ours, commit=git(self.path, "rev-parse", "HEAD"), branch=branch or env.branch,
+            applied_by="arn:aws:iam::123456789012:user/admin", scope=scope.name, trees=trees, inputs=inputs,
             outputs=outputs if outputs is not None else (
                 {"lambda_role_names": [f"acme-api-{env_name}-lambda-api"]} if kind == "environment" else {}),
         )
         ssm = boto3.client("ssm", endpoint_url=endpoint, region_name=env.account.region,
                            aws_access_key_id="testing", aws_secret_access_key="testing")
-        records.write(ssm, cfg.project, scope.record_scope, record)
+        records.write(ssm, scope.parameter, record, env.account)
 
     def add_upstream(self, team: Path, name: str = "upstream") -> None:
         """Make *team* (a new bare repository) the team's repository, remote *name*, holding every

@@ -171,7 +171,7 @@ import dataclasses, os
 # from the environment by design; the job's role chain comes through the web-identity variables)
 account = dataclasses.replace(config.load().environment("stg").account, endpoint_url=os.environ["AWS_ENDPOINT_URL"])
 session = aws.session(account, use_profile=False)
-out = {"identity": aws.caller_identity(session, account, purpose="probe").arn}
+out = {"identity": aws.caller_identity(session, account).arn}
 s3, iam = aws.client(session, "s3", account), aws.client(session, "iam", account)
 own, theirs = "acme-api--stg-deploy-1a2b3c", "acme-api-admin--stg-deploy-1a2b3c"
 calls = {

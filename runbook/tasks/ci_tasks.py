@@ -15,10 +15,12 @@ LATEST_HELP = "use the branch's newest pipeline when none is for your HEAD"
 
 def _target(env, latest):
     from runbook import config as configuration
-    from runbook import console, git, iam, pipeline
+    from runbook import console, git, pipeline
+    from runbook.scopes import environment_for
+    from runbook.tasks._common import checkout_branch
 
     cfg = configuration.load()
-    environment = iam.environment_for(cfg, env)
+    environment = environment_for(cfg, env, checkout_branch())
     client = pipeline.client_for(cfg)
     target = pipeline.find_workflow(client, cfg, environment, git.head_commit(), latest=latest,
                                     head_time=git.commit_time())

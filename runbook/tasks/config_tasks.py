@@ -15,7 +15,6 @@ def check(c, path=None):
     from runbook import console
 
     cfg = configuration.load(path)
-    configuration.check_roots(cfg)
     console.ok(f"{cfg.path} is valid")
     for warning in configuration.warnings(cfg):
         console.warn(warning)

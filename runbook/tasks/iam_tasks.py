@@ -1,43 +1,43 @@
-"""``inv iam.account`` and ``inv iam.env``: the runbook's two manual IAM steps, made safe; ``inv iam.bootstrap``
-and ``inv iam.unlock``."""
+"""``inv iam.account`` and ``inv iam.env``: the runbook's two manual IAM steps, made safe; ``inv iam.status``,
+``inv iam.bootstrap`` and ``inv iam.unlock``. The library is imported inside each task, so that ``inv --list``
+loads only this file."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from invoke import task
 
-from runbook.tasks._common import seconds, user_errors
-
-if TYPE_CHECKING:
-    from runbook.iam import IamRun
-
-# The library is imported inside each task, so that `inv --list` loads only this file.
+from runbook.tasks._common import checkout_branch, seconds, user_errors
 
 COMMON_HELP = {
     "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
     "yes": "answer the confirmation (protected environment, or anything destroyed) with yes",
     "skip_branch_check": "LOUD override: apply from a branch other than the environment's",
-    "lock_timeout_s": "SECONDS Terraform waits for a state lock held by a run in progress (default 0: fail at once)",
+    "lock_timeout_s": "SECONDS (a number) Terraform waits for a state lock held by a run in progress (default 0: fail "
+                      "at once)",
 }
-
-
-def _run(ctx: IamRun) -> None:
-    from runbook import console, iam
-
-    plan = iam.build(ctx)
-    if ctx.dry_run:
-        plan.dry_run(ctx)
-        return
-    ctx.prefetch()
-    plan.run(ctx)
-    console.say()
-    console.ok(f"IAM for {ctx.label} is applied.")
-    plan.summary()
-
-
 TAKE_OVER_HELP = ("apply the shared account scope although another branch applied another fingerprint "
                   "(--yes does not answer this)")
+
+
+def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, skip_branch_check: bool,
+           take_over: bool = False, lock_timeout_s=None) -> None:
+    from runbook import config, console, iam
+    from runbook.facts import Options
+    from runbook.scopes import Scope, environment_for
+
+    cfg = config.load()
+    environment = environment_for(cfg, name, checkout_branch(), flag=flag)
+    scope = Scope.of_account(cfg, environment.account) if kind == "account" else Scope.of_environment(cfg, environment)
+    opts = Options(dry_run=dry_run, assume_yes=yes, skip_branch_check=skip_branch_check, take_over=take_over,
+                   lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0))
+    flags = [f for f, on in (("--yes", yes), ("--skip-branch-check", skip_branch_check), ("--take-over", take_over))
+             if on]
+    command = " ".join([scope.command(environment), *flags])
+    done = iam.run(cfg, environment, [scope], opts, command=command)
+    if done is not None:
+        console.say()
+        console.ok(f"IAM for {scope.label} is applied and recorded.")
+        done.summary()
 
 
 @task(help={"env": "environment whose account is meant (default: the one whose branch is checked out)",
@@ -45,31 +45,22 @@ TAKE_OVER_HELP = ("apply the shared account scope although another branch applie
 @user_errors
 def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False, take_over=False, lock_timeout_s=None):
     """Apply the account-specific IAM root module (CI deployer policy, shared roles)."""
-    from runbook import config as configuration
-    from runbook import iam
-    from runbook.scopes import Scope
-
-    cfg = configuration.load()
-    environment = iam.environment_for(cfg, env)
-    _run(iam.IamRun(cfg, Scope.of_account(cfg, environment.account), environment, dry_run=dry_run, assume_yes=yes,
-                    skip_branch_check=skip_branch_check, take_over=take_over,
-                    lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0)))
+    _apply("account", env, flag="--env", dry_run=dry_run, yes=yes, skip_branch_check=skip_branch_check,
+           take_over=take_over, lock_timeout_s=lock_timeout_s)
 
 
 @task(name="env", help={"name": "environment to apply, e.g. stg (default: the one whose branch is checked out)",
-                        **COMMON_HELP})
+                        "env": "the same as --name", **COMMON_HELP})
 @user_errors
-def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False, lock_timeout_s=None):
+def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=False, lock_timeout_s=None):
     """Apply the environment-specific IAM root module (the roles the environment's lambdas assume)."""
-    from runbook import config as configuration
-    from runbook import iam
-    from runbook.scopes import Scope
+    from runbook.errors import RunbookError
 
-    cfg = configuration.load()
-    environment = iam.environment_for(cfg, name, flag="--name")
-    _run(iam.IamRun(cfg, Scope.of_environment(cfg, environment), environment, dry_run=dry_run, assume_yes=yes,
-                    skip_branch_check=skip_branch_check,
-                    lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0)))
+    if name is not None and env is not None and name != env:
+        raise RunbookError(f"--name {name!r} and --env {env!r} name two environments", id="flag-invalid",
+                           fix=f"give one of them: inv iam.env --name {name}")
+    _apply("environment", name if name is not None else env, flag="--name", dry_run=dry_run, yes=yes,
+           skip_branch_check=skip_branch_check, lock_timeout_s=lock_timeout_s)
 
 
 @task(help={"env": "environment whose account's backend is meant (default: the one whose branch is checked out)",
@@ -78,82 +69,60 @@ def env_(c, name=None, dry_run=False, yes=False, skip_branch_check=False, lock_t
 @user_errors
 def bootstrap(c, env=None, dry_run=False, yes=False):
     """Create or repair the Terraform backend (state bucket, lock table) of an account, explicitly."""
-    from runbook import config as configuration
-    from runbook import iam
-    from runbook.scopes import Scope
+    from runbook import config, iam
+    from runbook.scopes import environment_for
 
-    cfg = configuration.load()
-    environment = iam.environment_for(cfg, env)
-    iam.bootstrap(iam.IamRun(cfg, Scope.of_account(cfg, environment.account), environment, assume_yes=yes),
-                  dry_run=dry_run)
+    cfg = config.load()
+    iam.bootstrap(cfg, environment_for(cfg, env, checkout_branch()), dry_run=dry_run, assume_yes=yes)
 
 
-def _checked_out_branch() -> str | None:
-    """The branch checked out here, or None outside a git checkout (the suggestions then name no checkout)."""
-    from runbook import git
-    from runbook.errors import RunbookError
-
-    try:
-        return git.inspect().branch
-    except RunbookError:
-        return None
-
-
-@task(help={"check": "exit non-zero (3) when any step is pending, never applied or unknown (for scripts); "
-                     "without --check too, 1 when no record could be read at all"})
+@task(help={"check": "exit 3 when any step is pending, never applied or unknown (for scripts); without --check "
+                     "too, exit 1 when no record could be read at all"})
 @user_errors
 def status(c, check=False):
     """Show, per account and environment, whether the IAM for this commit is applied."""
-    from runbook import config as configuration
-    from runbook import console
+    from runbook import config, console, git
     from runbook import status as state
-    from runbook.errors import RunbookError
+    from runbook.errors import EXIT_NOT_CURRENT, RunbookError
+    from runbook.scopes import all_scopes
 
-    cfg = configuration.load()
-    statuses = state.examine(state.all_scopes(cfg))
+    cfg = config.load()
+    branch = checkout_branch()
+    console.say(f"IAM status of commit {git.head_commit()[:12]} ({f'branch {branch}' if branch else 'detached HEAD'}):")
+    statuses = state.examine(all_scopes(cfg))
     rows = [("scope", "account", "state", "applied commit", "branch", "by", "when")]
     for st in statuses:
         rec = st.record or {}
-        rehearsal = " [rehearsal]" if st.scope.account.endpoint_url else ""
-        rows.append((
-            st.scope.label.split(" (")[0] + rehearsal,
-            st.scope.account.id,
-            st.text,
-            (rec.get("commit") or "-")[:12],
-            rec.get("branch") or "-",
-            (rec.get("applied_by") or "-").rsplit("/", 1)[-1],
-            rec.get("applied_at") or "-",
-        ))
+        rows.append((st.scope.label.split(" (")[0] + (" [rehearsal]" if st.scope.account.endpoint_url else ""),
+                     st.scope.account.id, st.text, str(rec.get("commit") or "-")[:12], str(rec.get("branch") or "-"),
+                     str(rec.get("applied_by") or "-").rsplit("/", 1)[-1], str(rec.get("applied_at") or "-")))
     rows = [tuple(console.one_line(cell) for cell in row) for row in rows]  # record fields are outside text
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         console.say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    todo = state.commands(statuses, branch=_checked_out_branch())
+    todo = state.commands(statuses, branch=branch)
     if todo:
         console.say()
         console.warn("To apply what is pending (as an administrator, from the environment's branch):")
-        for command in dict.fromkeys(todo):
+        for command in todo:
             console.say(f"    {command}")
     unknown = [st for st in statuses if st.state == state.UNKNOWN]
     if unknown:
         console.say()
-        console.warn(f"{len(unknown)} scope(s) could not be read (the reason is in the state column): fix that, "
-                     "e.g. aws sso login or AWS_PROFILE for credentials, then run `inv iam.status` again.")
+        console.warn(f"{len(unknown)} scope(s) could not be read (the reason is in the state column): fix that, e.g. "
+                     "aws sso login or AWS_PROFILE for credentials, then run `inv iam.status` again.")
     if unknown and len(unknown) == len(statuses):
-        raise RunbookError(
-            f"No applied record could be read ({len(unknown)} scope(s); the first: {unknown[0].reason}): the state "
-            "of the IAM is not known",
-            id="record-unreadable",
-            where=f"SSM parameters /{cfg.project}/iam/*",
-            fix="fix what the state column says (the network or endpoint_url, or aws sso login / AWS_PROFILE for "
-            "credentials), then run inv iam.status again",
-        )
-    if check and any(st.needed for st in statuses):
-        raise RunbookError(
-            f"{sum(st.needed for st in statuses)} IAM step(s) are not current",
-            id="not-current", fix="run the commands listed above",
-            code=3,
-        )
+        raise RunbookError(f"No applied record could be read ({len(unknown)} scope(s); the first: "
+                           f"{unknown[0].reason}): the state of the IAM is not known", id="record-unreadable",
+                           where=f"SSM parameters /{cfg.project}/iam/*",
+                           fix="fix what the state column says (the network or endpoint_url, or aws sso login / "
+                               "AWS_PROFILE for credentials), then run inv iam.status again")
+    pending = [st for st in statuses if st.needed and st.state != state.UNKNOWN]
+    if check and (pending or unknown):
+        parts = [f"{len(pending)} IAM step(s) not current"] if pending else []
+        parts += [f"{len(unknown)} scope(s) unreadable"] if unknown else []
+        raise RunbookError(" and ".join(parts), id="not-current", code=EXIT_NOT_CURRENT,
+                           fix="run the commands listed above" if todo else "fix what the state column says")
 
 
 @task(help={
@@ -168,54 +137,42 @@ def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
     """Release a Terraform state lock left by a run that died (after showing who holds it and asking)."""
     import shlex
 
-    from runbook import aws, console, iam, statelock
-    from runbook import config as configuration
+    from runbook import aws, backend, config, console
     from runbook.errors import RunbookError
-    from runbook.scopes import Scope
+    from runbook.scopes import Scope, environment_for
 
-    cfg = configuration.load()
-    environment = iam.environment_for(cfg, env)
+    cfg = config.load()
+    environment = environment_for(cfg, env, checkout_branch())
     scope = Scope.of_account(cfg, environment.account) if account else Scope.of_environment(cfg, environment)
-    backend = scope.backend
-    where = f"s3://{backend.bucket}/{backend.key}, {backend.lock_text}"
+    b = scope.backend
+    where = f"s3://{b.bucket}/{b.key}, {b.lock_text}"
     session = aws.session(scope.account)
-    identity = aws.caller_identity(session, scope.account, purpose=scope.label)
-    console.say(f"{scope.label}: state {where}; you are {identity.arn}")
-    held = statelock.read_lock(session, scope.account, backend)
+    console.say(f"{scope.label}: state {where}; you are {aws.caller_identity(session, scope.account).arn}")
+    held = backend.read_lock(session, scope.account, b)
     if held is None:
         console.ok(f"The state of {scope.label} is not locked: nothing to release.")
         return
     console.warn(f"The state of {scope.label} is locked: {held.describe()}.")
-    if lock_id is None:
-        again = shlex.join(["inv", "iam.unlock", *(["--account"] if account else []), "--env", environment.name,
-                            "--lock-id", held.id])
+    again = shlex.join(["inv", "iam.unlock", *(["--account"] if account else []), "--env", environment.name,
+                        "--lock-id", held.id])
+    if lock_id is None or held.id != lock_id:
         raise RunbookError(
             "No --lock-id given, so nothing was released: name the lock you mean to release, so that a lock taken "
-            "meanwhile by another run is never released by mistake",
-            id="unlock-refused",
-            where=where,
-            fix=f"once you know the run that holds it has stopped: {again}",
-        )
-    if held.id != lock_id:
-        again = shlex.join(["inv", "iam.unlock", *(["--account"] if account else []), "--env", environment.name,
-                            "--lock-id", held.id])
-        raise RunbookError(
-            f"The lock held now has ID {held.id!r}, not {lock_id!r}: it is another run's lock, so nothing was "
-            "released",
-            id="unlock-refused",
-            where=where,
-            fix=f"wait for that run; if it has died too, release its lock with {again}",
-        )
+            "meanwhile by another run is never released by mistake" if lock_id is None else
+            f"The lock held now has ID {held.id!r}, not {lock_id!r}: it is another run's lock, so nothing was released",
+            id="unlock-refused", where=where,
+            fix=f"once you know the run that holds it has stopped: {again}" if lock_id is None else
+            f"wait for that run; if it has died too, release its lock with {again}")
     if dry_run:
-        item = (f"the lock file s3://{backend.bucket}/{backend.lock_object} (ETag {held.etag})"
-                if held.etag else f"the lock item {backend.bucket}/{backend.key} of table {backend.lock_table}")
+        item = (f"the lock file s3://{b.bucket}/{b.lock_object} (ETag {held.etag})" if held.etag else
+                f"the lock item {b.bucket}/{b.key} of table {b.lock_table}")
         console.say(f"Dry run: would delete {item} if it still holds lock {held.id} (released nothing).")
         return
-    console.warn("Release it only if that run has stopped (its Terraform process is gone): releasing the lock of "
-                 "a run in progress lets two runs write the same state.")
+    console.warn("Release it only if that run has stopped (its Terraform process is gone): releasing the lock of a "
+                 "run in progress lets two runs write the same state.")
     if not console.confirm(f"Release lock {held.id} of {scope.label}?", assume_yes=yes):
-        raise RunbookError(f"Not confirmed: lock {held.id} is still held",
-                           id="not-confirmed", fix="run the same command again and "
-                           "answer y once you know the run that holds it has stopped")
-    statelock.release_lock(session, scope.account, backend, held)
+        raise RunbookError(f"Not confirmed: lock {held.id} is still held", id="not-confirmed",
+                           fix="run the same command again and answer y once you know the run that holds it has "
+                               "stopped")
+    backend.release_lock(session, scope.account, b, held)
     console.ok(f"Released lock {held.id} of {scope.label}. Run the step again: {scope.command(environment)}")

@@ -1,0 +1,425 @@
+"""The Terraform backend in AWS: the S3 state bucket, the DynamoDB lock table, the state lock.
+
+:func:`look` examines the backend without changing it (one :class:`BackendState`); :func:`create` and
+:func:`repair` change it, only when the runbook's decisions say so; :func:`read_lock` and
+:func:`release_lock` deal with a state lock left by a run that died (``inv iam.unlock``).
+
+Facts about the backend come from Terraform's S3 backend documentation
+(https://developer.hashicorp.com/terraform/language/backend/s3): the lock table's hash key is
+``LockID`` (string); a lock is an item ``<bucket>/<key>`` whose ``Info`` is Terraform's lock info as
+JSON, and the state's MD5 is kept in the item ``<bucket>/<key>-md5``; with ``use_lockfile`` (Terraform
+1.10+) the lock is the S3 object ``<key>.tflock`` holding the same JSON, written with If-None-Match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runbook import aws, console
+from runbook.config import Account, Backend
+from runbook.errors import RunbookError
+
+LOCK_KEY = "LockID"
+TABLE_WAIT_S = 120.0
+"""How long a run waits for a lock table that another run is creating (DynamoDB: usually seconds)."""
+VERSIONING, ENCRYPTION, PUBLIC_ACCESS_BLOCK = "versioning", "default encryption", "public access block"
+_PAB = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+_SSE = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+# Terraform writes "terraform_version" second in a state snapshot, so the first KiB holds it
+# (https://developer.hashicorp.com/terraform/internals/json-format uses the same field names).
+_STATE_VERSION = re.compile(rb'"terraform_version"\s*:\s*"([0-9A-Za-z.+-]{1,40})"')
+
+
+@dataclass(frozen=True)
+class BackendState:
+    """The Terraform backend as one look-up found it (nothing is changed by looking).
+
+    Attributes:
+        bucket_exists: S3 HeadBucket answered 200.
+        table_exists: DynamoDB DescribeTable found the lock table (always False when it is not used).
+        table_status: the table's status ("ACTIVE", "CREATING", ...; "" when absent).
+        table_key: the table's key schema as text, e.g. "LockID (S)" ("" when absent).
+        missing: the bucket's protections that are off: "versioning", "default encryption",
+            "public access block" (empty when the bucket is absent or complete).
+        states: state object key -> the ``terraform_version`` that last wrote it ("" when unknown), for the keys
+            asked for whose object exists.
+        table_needed: the backend locks with the DynamoDB table; False with S3 lock files only.
+    """
+
+    bucket_exists: bool
+    table_exists: bool
+    table_status: str = ""
+    table_key: str = ""
+    missing: tuple[str, ...] = ()
+    states: Mapping[str, str] = field(default_factory=dict)
+    table_needed: bool = True
+
+    @property
+    def complete(self) -> bool:
+        """The bucket exists, and so does the lock table where the backend locks with one."""
+        return self.bucket_exists and (self.table_exists or not self.table_needed)
+
+    @property
+    def key_schema_ok(self) -> bool:
+        """The lock table (if it exists) is keyed ``LockID`` (string), as Terraform requires."""
+        return not self.table_exists or self.table_key == f"{LOCK_KEY} (S)"
+
+    @property
+    def table_ready(self) -> bool:
+        """The lock table takes reads and writes: ACTIVE, or UPDATING (DynamoDB keeps serving); always True when
+        the backend locks with S3 lock files (DynamoDB API reference, TableDescription)."""
+        return not self.table_needed or self.table_status in ("ACTIVE", "UPDATING")
+
+    @property
+    def verified(self) -> bool:
+        """Bucket and table exist, the table is ready with the right key, and no protection is missing."""
+        return self.complete and self.key_schema_ok and self.table_ready and not self.missing
+
+
+def look(sess: Any, account: Account, backend: Backend, keys: Iterable[str] = ()) -> BackendState:
+    """Look at the backend without changing it: the bucket, its protections, the lock table, the state objects.
+
+    Calls: S3 HeadBucket, GetBucketVersioning, GetBucketEncryption, GetPublicAccessBlock, one ranged
+    GetObject per key in *keys* (its first KiB: whether the state exists and which Terraform wrote it),
+    DynamoDB DescribeTable (only when the backend locks with the table). Raises RunbookError when the
+    bucket belongs to someone else, the identity may not read what must be verified, or on any AWS error.
+    """
+    import botocore.exceptions as errors
+
+    s3, where = aws.client(sess, "s3", account), f"S3 bucket {backend.bucket}"
+    try:
+        s3.head_bucket(Bucket=backend.bucket)
+        bucket = True
+    except errors.ClientError as exc:
+        if aws.code_of(exc) in aws.DENIED_CODES:
+            raise RunbookError(f"S3 bucket {backend.bucket} exists but this identity may not use it (403): the name "
+                               "may be taken by another AWS account, or the identity lacks s3:ListBucket",
+                               id="state-bucket-taken", where="config field terraform.backend.state_bucket",
+                               fix="choose another state_bucket name, or use an administrator identity") from exc
+        if aws.code_of(exc) not in aws.NOT_FOUND_CODES:
+            raise aws.failure(exc, "S3 HeadBucket", where, account) from exc
+        bucket = False
+    except errors.BotoCoreError as exc:
+        raise aws.failure(exc, "S3 HeadBucket", where, account) from exc
+    missing, states = [], {}
+    if bucket:
+        missing = _missing_protections(s3, account, backend)
+        for key in dict.fromkeys(keys):
+            version = _state_version(s3, account, backend.bucket, key)
+            if version is not None:
+                states[key] = version
+    if not backend.uses_table:
+        return BackendState(bucket, False, missing=tuple(missing), states=states, table_needed=False)
+    try:
+        table = aws.client(sess, "dynamodb", account).describe_table(TableName=backend.lock_table)["Table"]
+    except aws.errors() as exc:
+        if aws.code_of(exc) == "ResourceNotFoundException":
+            return BackendState(bucket, False, missing=tuple(missing), states=states)
+        raise aws.failure(exc, "DynamoDB DescribeTable", f"lock table {backend.lock_table}", account) from exc
+    types = {a.get("AttributeName"): a.get("AttributeType") for a in table.get("AttributeDefinitions", [])}
+    key = ", ".join(f"{k.get('AttributeName')} ({types.get(k.get('AttributeName'), '?')})"
+                    for k in table.get("KeySchema", []))
+    return BackendState(bucket, True, str(table.get("TableStatus", "")), key, tuple(missing), states)
+
+
+def _missing_protections(s3: Any, account: Account, backend: Backend) -> list[str]:
+    """The protections of the state bucket that are off (S3 GetBucketVersioning, -Encryption, GetPublicAccessBlock)."""
+    b, missing = backend.bucket, []
+    checks = (
+        (VERSIONING, "s3:GetBucketVersioning", lambda: s3.get_bucket_versioning(Bucket=b).get("Status") == "Enabled",
+         ()),
+        (ENCRYPTION, "s3:GetEncryptionConfiguration", lambda: any(
+            r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for r in
+            s3.get_bucket_encryption(Bucket=b).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])),
+         ("ServerSideEncryptionConfigurationNotFoundError",)),
+        (PUBLIC_ACCESS_BLOCK, "s3:GetBucketPublicAccessBlock", lambda: all(map(
+            s3.get_public_access_block(Bucket=b).get("PublicAccessBlockConfiguration", {}).get, _PAB)),
+         ("NoSuchPublicAccessBlockConfiguration",)),
+    )
+    for name, permission, is_on, absent in checks:
+        try:
+            if not is_on():
+                missing.append(name)
+        except aws.errors() as exc:
+            if aws.code_of(exc) not in absent:
+                raise aws.failure(exc, f"reading the {name} of", f"S3 bucket {b}", account, permission=permission,
+                                  fix=f"use an identity with {permission} (an administrator's): the runbook does "
+                                      "not use a backend it cannot verify") from exc
+            missing.append(name)
+    return missing
+
+
+def _state_version(s3: Any, account: Account, bucket: str, key: str) -> str | None:
+    """None when the state object *key* does not exist, else the ``terraform_version`` that wrote it ("" unknown).
+    One ranged S3 GetObject of the first KiB: the same single request as a HeadObject, and the version with it."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-1023")["Body"].read()
+    except aws.errors() as exc:
+        if aws.code_of(exc) in aws.NOT_FOUND_CODES:
+            return None
+        if aws.code_of(exc) == "InvalidRange":  # an empty object
+            return ""
+        raise aws.failure(exc, "S3 GetObject", f"s3://{bucket}/{key}", account) from exc
+    found = _STATE_VERSION.search(body)
+    return found.group(1).decode("ascii") if found else ""
+
+
+def repair_commands(account: Account, backend: Backend, missing: Iterable[str]) -> list[str]:
+    """The AWS CLI commands that switch on each missing protection of the state bucket."""
+    b = backend.bucket
+    commands = {
+        VERSIONING: ("s3api", "put-bucket-versioning", "--bucket", b, "--versioning-configuration", "Status=Enabled"),
+        ENCRYPTION: ("s3api", "put-bucket-encryption", "--bucket", b, "--server-side-encryption-configuration",
+                     json.dumps(_SSE, separators=(",", ":"))),
+        PUBLIC_ACCESS_BLOCK: ("s3api", "put-public-access-block", "--bucket", b, "--public-access-block-configuration",
+                              ",".join(f"{k}=true" for k in _PAB)),
+    }
+    return [aws.aws_command(account, *commands[name]) for name in missing]
+
+
+def repair(sess: Any, account: Account, backend: Backend, missing: Iterable[str]) -> list[str]:
+    """Switch on the *missing* protections of the state bucket (versioning, SSE-S3, full public access block).
+
+    Returns what was switched on. Raises RunbookError when AWS refuses one: the message says which are still
+    missing, which were repaired, and the exact commands an administrator runs; another failure is named as
+    what it is (:func:`runbook.aws.failure`), never as a refusal.
+    """
+    s3, b = aws.client(sess, "s3", account), backend.bucket
+    puts = {
+        VERSIONING: lambda: s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"}),
+        ENCRYPTION: lambda: s3.put_bucket_encryption(Bucket=b, ServerSideEncryptionConfiguration=_SSE),
+        PUBLIC_ACCESS_BLOCK: lambda: s3.put_public_access_block(Bucket=b, PublicAccessBlockConfiguration=_PAB),
+    }
+    done, refused = [], []
+    for name in missing:
+        try:
+            puts[name]()
+            done.append(name)
+        except aws.errors() as exc:
+            if aws.code_of(exc) not in aws.DENIED_CODES:
+                raise aws.failure(exc, f"switching on the {name} of", f"S3 bucket {b}", account) from exc
+            refused.append((name, aws.code_of(exc)))
+    if refused:
+        names = [name for name, _ in refused]
+        raise RunbookError(
+            f"The state bucket {b} lacks {', '.join(names)} and this identity may not switch it on: "
+            + ", ".join(f"{n} ({c})" for n, c in refused) + (f"; repaired: {', '.join(done)}" if done else "")
+            + ". Terraform's state holds the IAM of the account and must be versioned, encrypted and never public; "
+            "nothing was applied", id="state-bucket-unprotected", where=f"S3 bucket {b}",
+            fix="an administrator runs: " + " && ".join(repair_commands(account, backend, names)))
+    return done
+
+
+def create(sess: Any, account: Account, backend: Backend, state: BackendState) -> list[str]:
+    """Create what *state* says is missing: the state bucket and/or the lock table; wait for the table.
+
+    The bucket gets versioning, default encryption (SSE-S3) and a full public access block; the table the
+    ``LockID`` string hash key, on-demand billing. Another run creating the same backend at the same time is
+    not an error (BucketAlreadyOwnedByYou, ResourceInUseException). The table is waited for with boto3's
+    ``table_exists`` waiter (DescribeTable every 2 seconds, at most :data:`TABLE_WAIT_S`). Callers decide
+    *whether* creating is allowed. Returns what was done. Raises RunbookError naming the resource.
+    """
+    import botocore.exceptions as errors
+
+    s3, ddb, done = aws.client(sess, "s3", account), aws.client(sess, "dynamodb", account), []
+    if not state.bucket_exists:
+        extra = {} if account.region == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": account.region}}
+        try:
+            s3.create_bucket(Bucket=backend.bucket, **extra)
+            done.append(f"created S3 bucket {backend.bucket}")
+        except aws.errors() as exc:
+            if aws.code_of(exc) == "BucketAlreadyExists":
+                raise RunbookError(f"The S3 bucket name {backend.bucket} is taken by another AWS account (bucket names "
+                                   "are global)", id="state-bucket-taken",
+                                   where="config field terraform.backend.state_bucket",
+                                   fix="choose another state_bucket name (the default has the account ID in it: "
+                                       "{project}-tfstate-{account_id})") from exc
+            if aws.code_of(exc) != "BucketAlreadyOwnedByYou":
+                raise aws.failure(exc, "S3 CreateBucket", backend.bucket, account) from exc
+            done.append(f"S3 bucket {backend.bucket} was just created by another run")
+        switched = repair(sess, account, backend, (VERSIONING, ENCRYPTION, PUBLIC_ACCESS_BLOCK))
+        done.append(f"switched on {', '.join(switched)} of {backend.bucket}")
+    if state.table_needed and not state.table_exists:
+        try:
+            ddb.create_table(TableName=backend.lock_table, BillingMode="PAY_PER_REQUEST",
+                             AttributeDefinitions=[{"AttributeName": LOCK_KEY, "AttributeType": "S"}],
+                             KeySchema=[{"AttributeName": LOCK_KEY, "KeyType": "HASH"}])
+            done.append(f"created DynamoDB lock table {backend.lock_table} (hash key {LOCK_KEY})")
+        except aws.errors() as exc:
+            if aws.code_of(exc) != "ResourceInUseException":
+                raise aws.failure(exc, "DynamoDB CreateTable", backend.lock_table, account) from exc
+            done.append(f"DynamoDB lock table {backend.lock_table} is being created by another run")
+    if not state.table_ready:
+        try:
+            ddb.get_waiter("table_exists").wait(TableName=backend.lock_table,
+                                                WaiterConfig={"Delay": 2, "MaxAttempts": int(TABLE_WAIT_S / 2)})
+        except errors.WaiterError as exc:
+            raise RunbookError(f"The DynamoDB lock table {backend.lock_table} did not become ACTIVE within "
+                               f"{TABLE_WAIT_S:.0f} s (another run or the console is creating or changing it, or its "
+                               "creation failed); nothing was applied", id="lock-table-not-active",
+                               fix="wait a minute and run the same command again; " + aws.aws_command(
+                                   account, "dynamodb", "describe-table", "--table-name", backend.lock_table)
+                               + " shows its status") from exc
+    return done
+
+
+def digests(sess: Any, account: Account, backend: Backend) -> list[str]:
+    """The state objects (``bucket/key``) whose MD5 Terraform keeps in the lock table (items ``<bucket>/<key>-md5``):
+    any means state was written before. One paginated DynamoDB Scan (keys only)."""
+    try:
+        pages = aws.client(sess, "dynamodb", account).get_paginator("scan").paginate(
+            TableName=backend.lock_table, ProjectionExpression=LOCK_KEY)
+        return sorted(item[LOCK_KEY]["S"][:-4] for page in pages for item in page.get("Items", [])
+                      if item.get(LOCK_KEY, {}).get("S", "").endswith("-md5"))
+    except aws.errors() as exc:
+        raise aws.failure(exc, "DynamoDB Scan", f"lock table {backend.lock_table}", account) from exc
+
+
+def objects(sess: Any, account: Account, backend: Backend, *, limit: int = 100) -> list[str]:
+    """Keys of up to *limit* objects in the state bucket (S3 ListObjectsV2, one page)."""
+    try:
+        page = aws.client(sess, "s3", account).list_objects_v2(Bucket=backend.bucket, MaxKeys=limit)
+    except aws.errors() as exc:
+        raise aws.failure(exc, "S3 ListObjectsV2", f"S3 bucket {backend.bucket}", account) from exc
+    return [item["Key"] for item in page.get("Contents", [])]
+
+
+def deleted_version(sess: Any, account: Account, backend: Backend, key: str) -> str | None:
+    """The version ID of the delete marker that hides a deleted state object at *key*, or None. Deleting that
+    marker (``aws s3api delete-object --version-id``) brings the last version back."""
+    try:
+        page = aws.client(sess, "s3", account).list_object_versions(Bucket=backend.bucket, Prefix=key)
+    except aws.errors():
+        return None  # only for a message's fix: without it the fix names the other ways back
+    markers = [m for m in page.get("DeleteMarkers", []) if m.get("Key") == key and m.get("IsLatest")]
+    return markers[0]["VersionId"] if markers and any(v.get("Key") == key for v in page.get("Versions", [])) else None
+
+
+def forget_digests(sess: Any, account: Account, backend: Backend, stale: Iterable[str]) -> None:
+    """Delete the lock table's digests *stale* (``bucket/key``): only for ``inv iam.bootstrap`` re-creating a bucket
+    that had gone, once confirmed (a new bucket holds no state, and Terraform refuses a state whose digest does
+    not match)."""
+    ddb = aws.client(sess, "dynamodb", account)
+    try:
+        for name in stale:
+            ddb.delete_item(TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{name}-md5"}})
+    except aws.errors() as exc:
+        raise aws.failure(exc, "DynamoDB DeleteItem", f"lock table {backend.lock_table}", account) from exc
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds a Terraform state lock: Terraform's own lock info (``terraform force-unlock`` takes ``id``).
+
+    Fields as Terraform writes them (the lock table's ``Info``, the lock file, and the "Lock Info:" block of
+    "Error acquiring the state lock"): id, path, operation (e.g. OperationTypeApply), who (user@host),
+    version (Terraform's), created (UTC); ``etag`` is the S3 lock file's ETag ("" for a table item).
+    """
+
+    id: str
+    path: str = ""
+    operation: str = ""
+    who: str = ""
+    version: str = ""
+    created: str = ""
+    etag: str = ""
+
+    def describe(self) -> str:
+        """One line: who holds it, since when, doing what, its ID (outside text: made safe, masked, <= 400 chars)."""
+        op = self.operation.removeprefix("OperationType").lower() or "?"
+        return console.mask(console.one_line(f"held by {self.who or '?'} since {self.created or '?'} (terraform {op}, "
+                                             f"Terraform {self.version or '?'}), lock ID {self.id}")[:400])
+
+    def created_at(self) -> float | None:
+        """``created`` in seconds since the epoch ("2026-11-30 12:37:49.89 +0000 UTC" or RFC 3339), or None."""
+        import calendar
+
+        found = re.match(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(\.\d+)?", self.created.strip())
+        if found is None:
+            return None
+        return calendar.timegm(tuple(int(p) for p in found.groups()[:6]) + (0, 0, 0)) + float(found.group(7) or 0)
+
+    @classmethod
+    def parse(cls, text: str, *, etag: str = "") -> LockInfo | None:
+        """From Terraform's lock info JSON, or from the "Lock Info:" block of its "Error acquiring the state lock"
+        (``Name: value`` lines, https://developer.hashicorp.com/terraform/language/state/locking); None when
+        *text* holds neither, or no lock ID (then no run holds the lock: Terraform could not use it at all)."""
+        try:
+            info = json.loads(text)
+        except ValueError:
+            start = text.rfind("Error acquiring the state lock")
+            info = {} if start < 0 else dict(re.findall(
+                r"^\s*(ID|Path|Operation|Who|Version|Created):[ \t]*(.*?)\s*$", text[start:], re.M))
+        if not isinstance(info, dict) or not isinstance(info.get("ID"), str) or not info["ID"]:
+            return None
+        return cls(info["ID"], *(str(info.get(k, "")) for k in ("Path", "Operation", "Who", "Version", "Created")),
+                   etag=etag)
+
+
+def read_lock(sess: Any, account: Account, backend: Backend) -> LockInfo | None:
+    """Who holds the state lock of *backend*, or None when nobody does: the S3 lock file (one GetObject) where
+    used, else (or then) the lock table's item (one strongly consistent GetItem). Raises RunbookError
+    (``unlock-refused``) when a lock holds something that is not Terraform's lock info, or on an AWS error."""
+    if backend.uses_lockfile:
+        where = f"s3://{backend.bucket}/{backend.lock_object}"
+        try:
+            found = aws.client(sess, "s3", account).get_object(Bucket=backend.bucket, Key=backend.lock_object)
+            info = LockInfo.parse(found["Body"].read(65536).decode("utf-8", "replace"), etag=str(found.get("ETag", "")))
+            if info is None:
+                raise RunbookError(f"The lock file {where} is not Terraform's lock info", id="unlock-refused",
+                                   where=where, fix="look at it before removing anything: "
+                                   + aws.aws_command(account, "s3", "cp", where, "-"))
+            return info
+        except aws.errors() as exc:
+            if aws.code_of(exc) not in aws.NOT_FOUND_CODES:
+                raise aws.failure(exc, "reading the state lock", where, account) from exc
+            if not backend.uses_table:
+                return None
+    item = _lock_item(sess, account, backend)
+    if item is None:
+        return None
+    info = LockInfo.parse(item.get("Info", {}).get("S", ""))
+    if info is None:
+        raise RunbookError(f"The lock table {backend.lock_table} holds an item for {backend.bucket}/{backend.key} that "
+                           "is not Terraform's lock info", id="unlock-refused",
+                           where=f"DynamoDB table {backend.lock_table}, LockID {backend.bucket}/{backend.key}",
+                           fix="look at it (aws dynamodb get-item) before removing anything")
+    return info
+
+
+def _lock_item(sess: Any, account: Account, backend: Backend) -> dict | None:
+    try:
+        return aws.client(sess, "dynamodb", account).get_item(
+            TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}},
+            ConsistentRead=True).get("Item")
+    except aws.errors() as exc:
+        raise aws.failure(exc, "reading the state lock", f"lock table {backend.lock_table}", account) from exc
+
+
+def release_lock(sess: Any, account: Account, backend: Backend, lock: LockInfo) -> None:
+    """Release *lock* (as :func:`read_lock` found it): what ``terraform force-unlock`` does. Each delete is
+    conditional on the lock still being *lock* (DynamoDB: its ID in ``Info``; S3: the same ETag, DeleteObject
+    If-Match), so a lock taken again by another run meanwhile is never released. Raises RunbookError
+    (``unlock-refused``) when it changed, or on an AWS error."""
+    changed = RunbookError(f"The state lock of {backend.key} changed while you confirmed: it is no longer lock "
+                           f"{lock.id}; nothing was released", id="unlock-refused",
+                           fix="run the run's command again: it reports the lock that is held now")
+    try:
+        if lock.etag:
+            aws.client(sess, "s3", account).delete_object(Bucket=backend.bucket, Key=backend.lock_object,
+                                                          IfMatch=lock.etag)
+            item = _lock_item(sess, account, backend) if backend.uses_table else None
+            if item is None or lock.id not in item.get("Info", {}).get("S", ""):
+                return
+        aws.client(sess, "dynamodb", account).delete_item(
+            TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}},
+            ConditionExpression="contains(Info, :id)", ExpressionAttributeValues={":id": {"S": json.dumps(lock.id)}})
+    except aws.errors() as exc:
+        if aws.code_of(exc) in ("ConditionalCheckFailedException", "PreconditionFailed", "412", "NoSuchKey"):
+            raise changed from exc
+        raise aws.failure(exc, "releasing the state lock", f"{backend.lock_text}", account) from exc

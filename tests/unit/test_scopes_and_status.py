@@ -1,0 +1,112 @@
+"""Scopes, their fingerprints from git tree ids, and the status of a commit against the applied records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import pytest
+
+from runbook import status
+from runbook.errors import RunbookError
+from runbook.scopes import Scope, all_scopes, environment_for, for_environment
+from tests.unit.conftest import TREES
+
+
+def scopes(cfg):
+    account, env = for_environment(cfg, cfg.environments["stg"])
+    return account, env
+
+
+def test_each_scope_reads_its_root_its_entry_point_and_the_shared_folders(cfg):
+    account, env = scopes(cfg)
+    assert env.paths == ("iam/terraform/environment-specific/main", "iam/terraform/environment-specific/bin",
+                         "iam/terraform/bin", "iam/terraform/modules")
+    assert account.paths[0] == "iam/terraform/account-specific/main"
+
+
+def test_the_fingerprint_is_reproducible_from_git_tree_ids_and_the_inputs(cfg):
+    _, env = scopes(cfg)
+    expected = hashlib.sha256(json.dumps({"format": 3, "inputs": env.inputs(), "trees": env.trees(TREES)},
+                                         sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert env.fingerprint(TREES) == expected
+
+
+@pytest.mark.parametrize("path, account_changes, env_changes", [
+    ("iam/terraform/bin", True, True),                          # the shared script: every scope
+    ("iam/terraform/modules", True, True),                      # a shared module: every scope that may read it
+    ("iam/terraform/environment-specific/main", False, True),   # the environment root: environment scopes only
+    ("iam/terraform/account-specific/main", True, False),
+    ("README.md", False, False),                                # anything else: no scope
+])
+def test_what_a_change_marks_pending(cfg, path, account_changes, env_changes):
+    account, env = scopes(cfg)
+    changed = {**TREES, path: "9" * 40}
+    assert (account.fingerprint(changed) != account.fingerprint(TREES)) is account_changes
+    assert (env.fingerprint(changed) != env.fingerprint(TREES)) is env_changes
+
+
+def test_the_inputs_make_environments_differ(cfg):
+    dev = Scope.of_environment(cfg, cfg.environments["dev"])
+    assert dev.fingerprint(TREES) != scopes(cfg)[1].fingerprint(TREES)
+
+
+def test_a_commit_without_the_root_module_cannot_be_fingerprinted(cfg):
+    with pytest.raises(RunbookError) as caught:
+        scopes(cfg)[1].fingerprint({**TREES, "iam/terraform/environment-specific/main": None})
+    assert caught.value.id == "root-module-missing"
+
+
+def test_changed_names_the_folders_and_the_inputs(cfg):
+    _, env = scopes(cfg)
+    record = {"trees": env.trees(TREES), "inputs": "0" * 64}
+    assert env.changed(record, {**TREES, "iam/terraform/bin": "9" * 40}) == ["iam/terraform/bin", "inputs"]
+    assert env.changed({"fingerprint": "x"}, TREES) == []  # a record of format 2 names no folders
+
+
+def test_status_compare(cfg):
+    _, env = scopes(cfg)
+    assert status.compare(env, TREES, None).state == status.NEVER_APPLIED
+    current = status.compare(env, TREES, {"fingerprint": env.fingerprint(TREES)})
+    assert current.state == status.CURRENT and not current.needed
+    record = {"fingerprint": "0" * 64, "trees": env.trees(TREES), "inputs": env.inputs_digest()}
+    pending = status.compare(env, {**TREES, "iam/terraform/environment-specific/main": "9" * 40}, record)
+    assert pending.state == status.PENDING
+    assert pending.text == "change pending (iam/terraform/environment-specific/main changed)"
+    assert status.compare(env, TREES, {"fingerprint": "0" * 64}).text == "change pending"
+
+
+def test_commands_for_what_is_pending_run_from_the_environments_branch(cfg):
+    account, env = scopes(cfg)
+    pending = [status.ScopeStatus(account, status.NEVER_APPLIED, ""), status.ScopeStatus(env, status.PENDING, ""),
+               status.ScopeStatus(Scope.of_environment(cfg, cfg.environments["dev"]), status.UNKNOWN, "")]
+    assert status.commands(pending, branch="staging") == ["inv iam.account --env stg", "inv iam.env --name stg"]
+    assert status.commands(pending, branch="main") == [
+        "git checkout develop && git pull --ff-only && inv iam.account --env dev",
+        "git checkout staging && git pull --ff-only && inv iam.env --name stg"]
+
+
+def test_all_scopes_lists_each_account_once_then_the_environments(cfg):
+    assert [s.label for s in all_scopes(cfg)] == ["account nonprod (123456789012)", "account prod (210987654321)",
+                                                 "environment dev", "environment stg", "environment prod"]
+    assert [s.name for s in all_scopes(cfg, cfg.environments["prod"])] == ["account", "prod"]
+
+
+def test_the_account_of_oidc_deployers_gets_its_branches(cfg):
+    from runbook.config import CircleCI
+
+    oidc = replace(cfg, circleci=CircleCI("gh/acme/acme-api", "w", deployer="oidc", org_id="o", project_id="p"))
+    values = Scope.of_account(oidc, oidc.accounts["nonprod"]).tf_vars()
+    assert json.loads(values["deploy_branches"]) == ["develop", "staging"]
+    assert values["circleci_vcs_origin"] == "github.com/acme/acme-api"
+
+
+def test_environment_for_a_branch_of_no_environment_or_a_detached_head(cfg):
+    assert environment_for(cfg, None, "staging").name == "stg"
+    with pytest.raises(RunbookError) as caught:
+        environment_for(cfg, None, "main", flag="--name")
+    assert "'main' is not the branch of any environment" in caught.value.what and "--name dev" in caught.value.fix
+    with pytest.raises(RunbookError) as detached:
+        environment_for(cfg, None, None)
+    assert "HEAD is detached" in detached.value.what and "'None'" not in detached.value.what

@@ -1,0 +1,235 @@
+"""Terraform's failures named from its output, the plan summary, the script's environment; the backend's facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from runbook import backend, terraform
+from runbook.config import Account, Backend
+from runbook.errors import RunbookError
+
+ENV = {"DEPLOY_MODE": "plan", "TF_STATE_BUCKET": "b", "TF_STATE_KEY": "k.tfstate", "TF_LOCK_TABLE": "t",
+       "AWS_REGION": "eu-west-1", "TF_VAR_environment": "stg", "TERRAFORM_VERSION": "1.11.4"}
+ACCOUNT = Account("nonprod", "123456789012", "eu-west-1")
+BACKEND = Backend("b", "k.tfstate", "locks", "eu-west-1")
+LOCK_BLOCK = """Error: Error acquiring the state lock
+Lock Info:
+  ID:        7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e
+  Path:      b/k.tfstate
+  Operation: OperationTypeApply
+  Who:       alice@laptop
+  Version:   1.11.4
+  Created:   2026-11-30 12:37:49.893271922 +0000 UTC
+"""
+
+
+def failure(output: str, code: int = 1, env=ENV, ran=None) -> RunbookError:
+    return terraform.failure(Path("/snap/root"), env, what="plan of environment stg", code=code, output=output,
+                             ran=ran)
+
+
+def test_a_lock_held_by_another_run_is_exit_75_with_who_and_the_release_command():
+    error = failure(LOCK_BLOCK, 75)
+    assert error.id == "state-lock-held" and error.code == 75
+    assert "held by alice@laptop since 2026-11-30 12:37:49" in error.what and "(terraform apply" in error.what
+    assert "inv iam.unlock --env stg --lock-id 7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e" in error.fix
+
+
+def test_a_lock_that_cannot_be_taken_at_all_is_not_blamed_on_another_run():
+    error = failure("Error: Error acquiring the state lock\n\nAccessDeniedException: not authorized", 1)
+    assert error.id == "state-lock-failed" and error.code == 1 and "no other run holds it" in error.what
+
+
+def test_a_lock_this_very_run_took_is_named_as_such(monkeypatch):
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    now = time.time()
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + " +0000 UTC"
+    block = LOCK_BLOCK.replace("alice@laptop", f"{user}@{socket.gethostname()}").replace(
+        "OperationTypeApply", "OperationTypePlan").replace("2026-11-30 12:37:49.893271922 +0000 UTC", created)
+    monkeypatch.setattr(terraform, "other_terraform_in", lambda root: [])
+    error = failure(block, 75, ran=(now - 1, now + 1))
+    assert error.id == "state-lock-held" and "by every sign by this very run" in error.what
+
+
+def test_the_digest_mismatch_gives_the_exact_put_item():
+    output = ("Error: state data in S3 does not have the expected content.\nThe Terraform state in S3 has a checksum"
+              " ... update the Digest value stored in the DynamoDB table to the following value: "
+              "0123456789abcdef0123456789abcdef\n")
+    error = failure(output)
+    assert error.id == "state-digest-mismatch"
+    item = json.dumps({"LockID": {"S": "b/k.tfstate-md5"}, "Digest": {"S": "0123456789abcdef0123456789abcdef"}})
+    assert f"--item '{item}'" in error.fix
+
+
+@pytest.mark.parametrize("output, expected, words", [
+    ("deploy-app.sh: error: terraform apply failed (exit 1); state may be partly updated", "apply-failed",
+     "terraform apply exited 1 (the state may be partly updated"),
+    ("deploy-app.sh: error: terraform plan failed (exit 1); nothing was applied.", "plan-failed",
+     "terraform plan exited 1 (nothing was applied)"),
+    ("deploy-app.sh: error: 2 required environment variable(s) missing.", "deploy-script-failed",
+     "stopped before Terraform: 2 required environment variable(s) missing"),
+    ("Error: Unsupported Terraform Core version\n", "terraform-version", "required_version does not admit"),
+    ("Error: Unreadable module directory\n", "module-missing", "not in the folders the apply may read"),
+    ("", "deploy-script-failed", "without a message of its own"),
+])
+def test_the_failure_table_names_what_happened(output, expected, words):
+    error = failure(output)
+    assert error.id == expected and words in error.what
+
+
+def test_a_secret_in_the_scripts_message_is_masked(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    error = failure("deploy-app.sh: error: bad key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    assert "wJalrXUtnFEMI" not in error.what
+
+
+def test_the_plan_summary_counts_actions_and_keeps_non_sensitive_outputs(tmp_path):
+    (tmp_path / ".terraform").mkdir()
+    plan = {"resource_changes": [{"change": {"actions": a}} for a in (["create"], ["update"], ["delete", "create"],
+                                                                      ["no-op"])],
+            "output_changes": {"a": {"actions": ["update"]}, "b": {"actions": ["no-op"]}},
+            "planned_values": {"outputs": {"lambda_role_names": {"value": ["r"]}, "s": {"value": "x",
+                                                                                       "sensitive": True}}}}
+    (tmp_path / (terraform.PLAN_FILE + ".json")).write_text(json.dumps(plan))
+    summary = terraform.read_plan(tmp_path)
+    assert (summary.add, summary.change, summary.destroy, summary.outputs_changed) == (2, 1, 1, 1)
+    assert summary.outputs == {"lambda_role_names": ["r"]} and str(summary).startswith("2 to add, 1 to change")
+
+
+def test_a_missing_plan_summary_is_a_plan_failure(tmp_path):
+    with pytest.raises(RunbookError) as caught:
+        terraform.read_plan(tmp_path)
+    assert caught.value.id == "plan-failed"
+
+
+def test_terraform_gets_the_checked_keys_and_nothing_else_from_the_shell(monkeypatch):
+    from runbook.aws import Credentials
+
+    for name, value in {"AWS_PROFILE": "admin", "TF_CLI_ARGS_plan": "-destroy", "TF_VAR_project": "evil",
+                        "AWS_ENDPOINT_URL_S3": "http://elsewhere", "TF_WORKSPACE": "x", "HOME": "/home/a"}.items():
+        monkeypatch.setenv(name, value)
+    env = terraform.child_env(terraform.script_env(BACKEND, mode="plan", tf_vars={"project": "acme-api"},
+                                                   credentials=Credentials("AKIA1", "s3cret", "tok")))
+    assert env["AWS_ACCESS_KEY_ID"] == "AKIA1" and env["AWS_SESSION_TOKEN"] == "tok"
+    assert env["TF_VAR_project"] == "acme-api" and env["AWS_CONFIG_FILE"] == os.devnull
+    assert not {"AWS_PROFILE", "TF_CLI_ARGS_plan", "AWS_ENDPOINT_URL_S3", "TF_WORKSPACE"} & set(env)
+    assert env["HOME"] == "/home/a" and env["TF_LOCK_TABLE"] == "locks"
+
+
+def test_s3_lock_mode_passes_no_lock_table():
+    env = terraform.script_env(Backend("b", "k", "t", "eu-west-1", lock="s3"), mode="plan", tf_vars={},
+                               lock_timeout_s=300)
+    assert "TF_LOCK_TABLE" not in env and env["TF_LOCK_MODE"] == "s3" and env["TF_LOCK_TIMEOUT"] == "300s"
+
+
+def test_lock_info_from_the_table_and_from_terraforms_message():
+    stored = backend.LockInfo.parse(json.dumps({"ID": "x-1", "Who": "a@b", "Operation": "OperationTypePlan",
+                                                "Created": "2026-11-30T12:37:49.5Z"}))
+    assert stored.id == "x-1" and stored.created_at() == pytest.approx(1796042269.5)
+    said = backend.LockInfo.parse(LOCK_BLOCK)
+    assert said.who == "alice@laptop" and said.version == "1.11.4"
+    assert backend.LockInfo.parse("Error: Error acquiring the state lock\nno info") is None
+    assert backend.LockInfo.parse('{"ID": ""}') is None
+
+
+def test_a_lock_holder_from_outside_is_printed_safely():
+    text = backend.LockInfo("id", who="\x1b[2Jevil\nline").describe()
+    assert "\x1b" not in text and "\n" not in text
+
+
+def test_backend_state_says_what_is_missing():
+    assert backend.BackendState(True, True, "ACTIVE", "LockID (S)").verified
+    assert not backend.BackendState(True, True, "CREATING", "LockID (S)").table_ready
+    assert not backend.BackendState(True, True, "ACTIVE", "ID (S)").key_schema_ok
+    assert backend.BackendState(True, False, table_needed=False).complete
+
+
+def test_looking_at_a_backend_reads_its_protections_and_state_objects(stub):
+    s3, s3_stub = stub("s3")
+    ddb, ddb_stub = stub("dynamodb")
+    s3_stub.add_response("head_bucket", {})
+    s3_stub.add_response("get_bucket_versioning", {"Status": "Enabled"})
+    s3_stub.add_client_error("get_bucket_encryption", "ServerSideEncryptionConfigurationNotFoundError",
+                             http_status_code=404)
+    s3_stub.add_response("get_public_access_block", {"PublicAccessBlockConfiguration": {k: True for k in (
+        "BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")}})
+    import io
+
+    from botocore.response import StreamingBody
+
+    body = b'{"version": 4, "terraform_version": "1.11.4", "serial": 3}'
+    s3_stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(body), len(body))})
+    ddb_stub.add_response("describe_table", {"Table": {"TableStatus": "ACTIVE", "KeySchema": [
+        {"AttributeName": "LockID", "KeyType": "HASH"}], "AttributeDefinitions": [
+        {"AttributeName": "LockID", "AttributeType": "S"}]}})
+    sess = FakeSession({"s3": s3, "dynamodb": ddb})
+    state = backend.look(sess, ACCOUNT, BACKEND, ["k.tfstate"])
+    assert state.missing == ("default encryption",) and state.states == {"k.tfstate": "1.11.4"}
+    assert state.table_key == "LockID (S)" and not state.verified
+
+
+def test_a_refused_repair_names_the_commands_an_administrator_runs(stub):
+    s3, s3_stub = stub("s3")
+    s3_stub.add_client_error("put_bucket_versioning", "AccessDenied", http_status_code=403)
+    with pytest.raises(RunbookError) as caught:
+        backend.repair(FakeSession({"s3": s3}), ACCOUNT, BACKEND, ["versioning"])
+    assert caught.value.id == "state-bucket-unprotected"
+    assert "aws s3api put-bucket-versioning --bucket b --versioning-configuration Status=Enabled" in caught.value.fix
+
+
+def test_a_503_on_a_repair_is_not_called_a_refusal(stub):
+    s3, s3_stub = stub("s3")
+    s3_stub.add_client_error("put_bucket_encryption", "ServiceUnavailable", http_status_code=503)
+    with pytest.raises(RunbookError) as caught:
+        backend.repair(FakeSession({"s3": s3}), ACCOUNT, BACKEND, ["default encryption"])
+    assert caught.value.id == "aws-unreachable" and "may not" not in caught.value.what
+
+
+class FakeSession:
+    """A boto3 Session stand-in whose clients are the stubbed ones (``runbook.aws.client`` asks ``sess.client``)."""
+
+    def __init__(self, clients):
+        self.clients = clients
+
+    def client(self, service, **kwargs):
+        return self.clients[service]
+
+
+TABLE_ACTIVE = {"Table": {"TableStatus": "ACTIVE", "TableName": "locks"}}
+
+
+def test_a_backend_another_run_is_creating_is_waited_for_not_an_error(stub, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    s3, s3_stub = stub("s3")
+    ddb, ddb_stub = stub("dynamodb")
+    s3_stub.add_client_error("create_bucket", "BucketAlreadyOwnedByYou", http_status_code=409)
+    for op in ("put_bucket_versioning", "put_bucket_encryption", "put_public_access_block"):
+        s3_stub.add_response(op, {})
+    ddb_stub.add_client_error("create_table", "ResourceInUseException", http_status_code=400)
+    ddb_stub.add_response("describe_table", {"Table": {"TableStatus": "CREATING", "TableName": "locks"}})
+    ddb_stub.add_response("describe_table", TABLE_ACTIVE)
+    done = backend.create(FakeSession({"s3": s3, "dynamodb": ddb}), ACCOUNT, BACKEND,
+                          backend.BackendState(False, False, table_status=""))
+    assert "S3 bucket b was just created by another run" in done
+    assert "DynamoDB lock table locks is being created by another run" in done
+
+
+def test_a_lock_table_that_never_becomes_active_ends_the_wait_with_a_message(stub, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    monkeypatch.setattr(backend, "TABLE_WAIT_S", 4.0)
+    ddb, ddb_stub = stub("dynamodb")
+    for _ in range(2):
+        ddb_stub.add_response("describe_table", {"Table": {"TableStatus": "CREATING", "TableName": "locks"}})
+    with pytest.raises(RunbookError) as caught:
+        backend.create(FakeSession({"dynamodb": ddb, "s3": stub("s3")[0]}), ACCOUNT, BACKEND,
+                       backend.BackendState(True, True, "CREATING", "LockID (S)"))
+    assert caught.value.id == "lock-table-not-active"
+    assert "aws dynamodb describe-table --table-name locks" in caught.value.fix

@@ -18,15 +18,14 @@ import difflib
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
-from runbook import names, versions
+from runbook import names, versions, yamlfile
 from runbook.errors import RunbookError
+from runbook.yamlfile import dotted as _dotted
+from runbook.yamlfile import line as _line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "environments.yml"
@@ -224,8 +223,17 @@ def load(path: str | os.PathLike | None = None) -> Config:
     Raises RunbookError when the file is missing, is not YAML, or breaks a rule; the message lists
     every problem with its line and field.
     """
-    path = config_path(path)
-    data, lines, plain = _parse_yaml(_read(path), path)
+    explicit, path = path, config_path(path)
+    try:
+        restore = f", or restore it: git checkout -- {Path(path).resolve().relative_to(PROJECT_ROOT)}"
+    except ValueError:
+        restore = ""
+    source = (f"--path {explicit}" if explicit else f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR)
+              else None)
+    data, lines, plain = yamlfile.load(
+        path, source=source, restore=restore, missing=f"create it from {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}"
+        + ("" if explicit else f", or unset {ENV_VAR}"), other=f"point {'--path' if explicit else ENV_VAR} at the "
+        f"YAML configuration file, or use the default {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}")
     problems = _schema_problems(data, lines, plain) or _rule_problems(data, lines, plain)
     config = None if problems else _build(data, lines, path)
     if config is not None:
@@ -276,200 +284,6 @@ def _known_regions() -> set[str]:
         return {name for partition in data["partitions"] for name in partition.get("regions", {})}
     except (AttributeError, OSError, TypeError, ValueError, KeyError):
         return set()
-
-
-MAX_BYTES = 256 * 1024
-"""Largest configuration file read, in bytes (the shipped one is under 3 KB)."""
-MAX_DEPTH = 16
-"""Deepest nesting of YAML collections accepted (the schema needs 4)."""
-MAX_ALIASES = 50
-"""Most YAML aliases (``*name``) accepted in the file."""
-MAX_NODES = 10_000
-"""Most YAML nodes accepted once aliases are expanded (an "alias bomb" of 1 KB expands to billions)."""
-
-
-def _read(path: Path) -> str:
-    """The text of the configuration file *path*; refuses anything but a regular UTF-8 file of at most
-    :data:`MAX_BYTES` (a FIFO would block the read forever, ``/dev/urandom`` never ends). The file is
-    opened without blocking and checked with fstat before one byte is read."""
-    where = f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR) else None
-    other = f"point {ENV_VAR} at the YAML configuration file, or unset it to use the default " \
-            f"{DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}"
-
-    def refuse(what: str, fix: str = other) -> RunbookError:
-        return RunbookError(what, id="config-unreadable", where=where, fix=fix)
-
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise refuse(f"The configuration file {path} does not exist",
-                     f"create it from {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}, or unset {ENV_VAR}") from None
-    except OSError as exc:
-        raise refuse(f"Cannot read the configuration file {path}: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK:
-                    "a block device", stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode))
-            raise refuse(f"The configuration file {path} is {kind or 'not a regular file'}, not a regular file")
-        data = os.read(fd, MAX_BYTES + 1)
-        while data and len(data) <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - len(data))):
-            data += chunk
-    except OSError as exc:
-        raise refuse(f"Cannot read the configuration file {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_BYTES:
-        raise refuse(f"The configuration file {path} is larger than {MAX_BYTES // 1024} KB; a configuration is a "
-                     "few KB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise RunbookError(f"The configuration file {path} is not UTF-8 text (byte {exc.start})",
-                           id="config-unreadable", where=f"{path} line {line}",
-                           fix=f"save it as UTF-8{_restore(path)}") from None
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with limits: nesting at most :data:`MAX_DEPTH`, at most :data:`MAX_ALIASES`
-    aliases (the composer's recursion and an alias bomb both stop with a ComposerError at a line)."""
-
-    def compose_node(self, parent, index):
-        depth, event = getattr(self, "_depth", 0) + 1, self.peek_event()
-        if depth > MAX_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
-        if isinstance(event, yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > MAX_ALIASES:
-                raise yaml.composer.ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)",
-                                                  event.start_mark)
-        self._depth = depth
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth = depth - 1
-
-
-def _restore(path: Path) -> str:
-    """", or restore it: git checkout -- PATH" when *path* is a file of this repository, else ""."""
-    try:
-        return f", or restore it: git checkout -- {Path(path).resolve().relative_to(PROJECT_ROOT)}"
-    except ValueError:
-        return ""
-
-
-def _yaml_error(path: Path, mark: Any, problem: str, fix: str) -> RunbookError:
-    where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
-    return RunbookError(f"The configuration is not valid YAML: {problem}", id="config-not-yaml", where=where, fix=fix)
-
-
-def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int], dict[tuple, str]]:
-    """Return (data, line of each path, the text as written of each unquoted scalar by path).
-
-    Raises RunbookError at a file line for every YAML error: syntax, nesting deeper than
-    :data:`MAX_DEPTH`, too many aliases or nodes, a tag (``!Ref``), a merge key (``<<``), a duplicate key.
-    """
-    restore = "correct it there" + _restore(path)
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-    except yaml.reader.ReaderError as exc:
-        raise RunbookError(f"The configuration is not valid YAML: the character #x{exc.character:04x} is not "
-                           "allowed in YAML", id="config-not-yaml",
-                           where=f"{path} line {text[:exc.position].count(chr(10)) + 1}", fix=restore) from None
-    except yaml.YAMLError as exc:
-        problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
-        limit = "deeper" in problem or "aliases" in problem
-        raise _yaml_error(path, getattr(exc, "problem_mark", None), problem, restore if limit else
-                          "correct the indentation or quoting there (a value with ':' or '#' needs quotes)") from None
-    except RecursionError:
-        raise RunbookError("The configuration is nested too deeply to be a configuration", id="config-not-yaml",
-                           where=str(path), fix=restore) from None
-    if root is None:
-        raise RunbookError("The configuration file is empty", id="config-unreadable", where=str(path),
-                           fix=f"copy {DEFAULT_CONFIG.name} and edit it")
-    lines: dict[tuple, int] = {}
-    plain: dict[tuple, str] = {}
-    dupes: list[str] = []
-    constructor, inside, count = yaml.SafeLoader(""), set(), [0]
-
-    def scalar(node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            raise _yaml_error(path, node.start_mark, "a key must be plain text, not a list or mapping",
-                              "write the key as text")
-        if node.tag == "tag:yaml.org,2002:merge":
-            raise _yaml_error(path, node.start_mark, "merge keys (<<: *name) are not supported here",
-                              "write the keys out in full where the merge key stands")
-        if not node.tag.startswith("tag:yaml.org,2002:"):
-            raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here: the configuration "
-                              "is plain YAML (no CloudFormation tags such as !Ref)",
-                              "remove the tag and write the value")
-        try:
-            return constructor.construct_object(node, deep=True)
-        except (ValueError, TypeError, OverflowError):
-            raise _yaml_error(path, node.start_mark, f"{node.value!r} cannot be read as "
-                              f"{node.tag.rsplit(':', 1)[-1]}", "quote the value, or correct it") from None
-
-    def walk(node: yaml.Node, at: tuple) -> Any:
-        if id(node) in inside:
-            raise _yaml_error(path, node.start_mark, "an alias refers to the collection that contains it",
-                              "remove the alias there")
-        count[0] += 1
-        if count[0] > MAX_NODES:
-            raise _yaml_error(path, node.start_mark, f"more than {MAX_NODES} values once aliases are expanded "
-                              "(an alias bomb?)", restore)
-        lines[at] = node.start_mark.line + 1
-        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
-            if node.tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
-                raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here", "remove the tag")
-            inside.add(id(node))
-            if isinstance(node, yaml.SequenceNode):
-                out: Any = [walk(item, at + (i,)) for i, item in enumerate(node.value)]
-            else:
-                out = {}
-                for key_node, value_node in node.value:
-                    key = scalar(key_node)
-                    key_line = key_node.start_mark.line + 1
-                    if not isinstance(key, str):
-                        raise RunbookError(f"Key {key_node.value} is not a string (YAML reads yes/no/on/off/~ and "
-                                           "numbers as other types)", id="config-invalid",
-                                           where=f"{path} line {key_line}, field {_dotted(at)}",
-                                           fix='quote the key, e.g. "on": ..., or rename it')
-                    if key in out:
-                        dupes.append(f"line {key_line}, field {_dotted(at + (key,))}: duplicate key (first on line "
-                                     f"{lines[at + (key,)]}); YAML would silently keep only the last one")
-                        continue
-                    out[key] = walk(value_node, at + (key,))
-                    lines[at + (key,)] = key_line
-            inside.discard(id(node))
-            return out
-        if node.style is None:
-            plain[at] = node.value
-        return scalar(node)
-
-    try:
-        data = walk(root, ())
-    except yaml.YAMLError as exc:
-        raise _yaml_error(path, getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or str(exc),
-                          "quote the value there, or write it another way") from None
-    except RecursionError:
-        raise RunbookError("The configuration is nested too deeply to be a configuration", id="config-not-yaml",
-                           where=str(path), fix=restore) from None
-    if dupes:
-        raise RunbookError(f"The configuration in {path} has duplicate keys:\n" + "\n".join(f"  - {d}" for d in dupes)
-                           + "\n", id="config-invalid",
-                           fix=f"keep one of each in {path}, then check it with `inv config.check`")
-    return data, lines, plain
-
-
-def _dotted(at: tuple) -> str:
-    return ".".join(str(p) for p in at) or "(top level)"
-
-
-def _line(lines: dict[tuple, int], at: tuple) -> int:
-    while at not in lines and at:
-        at = at[:-1]
-    return lines.get(at, 1)
 
 
 def _schema_problems(data: Any, lines: dict[tuple, int], plain: dict[tuple, str]) -> list[str]:

@@ -235,3 +235,11 @@ def test_two_scopes_on_one_state_object_are_refused(tmp_path, backend):
     with pytest.raises(RunbookError) as caught:
         configuration.load(path)
     assert "two root modules would replace each other's state" in caught.value.message
+
+
+def test_an_explicit_path_is_named_as_such_never_as_runbook_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNBOOK_CONFIG", str(tmp_path / "elsewhere.yml"))
+    with pytest.raises(RunbookError) as caught:
+        config.load(tmp_path / "missing.yml")
+    assert f"Where: --path {tmp_path / 'missing.yml'}" in caught.value.message
+    assert "RUNBOOK_CONFIG" not in caught.value.message

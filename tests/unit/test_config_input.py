@@ -25,11 +25,15 @@ SECONDS = 10.0
 def check(tmp_path: Path, target: Path | str) -> tuple[int, str, float]:
     """What ``inv config.check`` does with *target*, in-process: (exit code, all output, seconds)."""
     started = time.monotonic()
+    before = os.environ.get("RUNBOOK_CONFIG")
+    os.environ["RUNBOOK_CONFIG"] = str(target)  # as a user points inv at it
     try:
-        cfg = config.load(target)
+        cfg = config.load()
         code, out = 0, "\n".join([f"{cfg.path} is valid", *config.warnings(cfg)])
     except RunbookError as exc:
         code, out = 1, exc.report()
+    finally:
+        os.environ.pop("RUNBOOK_CONFIG") if before is None else os.environ.update(RUNBOOK_CONFIG=before)
     return code, out, time.monotonic() - started
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,18 @@ def errors() -> tuple[type[BaseException], ...]:
     from botocore.parsers import ResponseParserError
 
     return BotoCoreError, ClientError, ResponseParserError
+
+
+def call(action: str, resource: str, account: Account | None, fn: Callable[[], Any], *,
+         absent: Collection[str] = (), **failure_kwargs: Any) -> Any:
+    """``fn()``, one AWS call; None when AWS answers one of the codes *absent* ("no such thing"); any other
+    failure raised as :func:`failure` names it (*action* on *resource*, *failure_kwargs* passed on)."""
+    try:
+        return fn()
+    except errors() as exc:
+        if code_of(exc) in absent:
+            return None
+        raise failure(exc, action, resource, account, **failure_kwargs) from exc
 
 
 def code_of(exc: BaseException) -> str:

@@ -88,23 +88,17 @@ def look(sess: Any, account: Account, backend: Backend, keys: Iterable[str] = ()
     DynamoDB DescribeTable (only when the backend locks with the table). Raises RunbookError when the
     bucket belongs to someone else, the identity may not read what must be verified, or on any AWS error.
     """
-    import botocore.exceptions as errors
-
-    s3, where = aws.client(sess, "s3", account), f"S3 bucket {backend.bucket}"
+    s3 = aws.client(sess, "s3", account)
     try:
-        s3.head_bucket(Bucket=backend.bucket)
-        bucket = True
-    except errors.ClientError as exc:
-        if aws.code_of(exc) in aws.DENIED_CODES:
-            raise RunbookError(f"S3 bucket {backend.bucket} exists but this identity may not use it (403): the name "
-                               "may be taken by another AWS account, or the identity lacks s3:ListBucket",
-                               id="state-bucket-taken", where="config field terraform.backend.state_bucket",
-                               fix="choose another state_bucket name, or use an administrator identity") from exc
-        if aws.code_of(exc) not in aws.NOT_FOUND_CODES:
-            raise aws.failure(exc, "S3 HeadBucket", where, account) from exc
-        bucket = False
-    except errors.BotoCoreError as exc:
-        raise aws.failure(exc, "S3 HeadBucket", where, account) from exc
+        bucket = aws.call("S3 HeadBucket", f"S3 bucket {backend.bucket}", account,
+                          lambda: s3.head_bucket(Bucket=backend.bucket), absent=aws.NOT_FOUND_CODES) is not None
+    except RunbookError as exc:
+        if exc.id != "aws-access-denied":
+            raise
+        raise RunbookError(f"S3 bucket {backend.bucket} exists but this identity may not use it (403): the name may be "
+                           "taken by another AWS account, or the identity lacks s3:ListBucket",
+                           id="state-bucket-taken", where="config field terraform.backend.state_bucket",
+                           fix="choose another state_bucket name, or use an administrator identity") from exc
     missing, states = [], {}
     if bucket:
         missing = _missing_protections(s3, account, backend)
@@ -114,12 +108,11 @@ def look(sess: Any, account: Account, backend: Backend, keys: Iterable[str] = ()
                 states[key] = version
     if not backend.uses_table:
         return BackendState(bucket, False, missing=tuple(missing), states=states, table_needed=False)
-    try:
-        table = aws.client(sess, "dynamodb", account).describe_table(TableName=backend.lock_table)["Table"]
-    except aws.errors() as exc:
-        if aws.code_of(exc) == "ResourceNotFoundException":
-            return BackendState(bucket, False, missing=tuple(missing), states=states)
-        raise aws.failure(exc, "DynamoDB DescribeTable", f"lock table {backend.lock_table}", account) from exc
+    found = aws.call("DynamoDB DescribeTable", f"lock table {backend.lock_table}", account, lambda: aws.client(
+        sess, "dynamodb", account).describe_table(TableName=backend.lock_table), absent=("ResourceNotFoundException",))
+    if found is None:
+        return BackendState(bucket, False, missing=tuple(missing), states=states)
+    table = found["Table"]
     types = {a.get("AttributeName"): a.get("AttributeType") for a in table.get("AttributeDefinitions", [])}
     key = ", ".join(f"{k.get('AttributeName')} ({types.get(k.get('AttributeName'), '?')})"
                     for k in table.get("KeySchema", []))
@@ -159,10 +152,10 @@ def _state_version(s3: Any, account: Account, bucket: str, key: str) -> str | No
     try:
         body = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-1023")["Body"].read()
     except aws.errors() as exc:
-        if aws.code_of(exc) in aws.NOT_FOUND_CODES:
-            return None
         if aws.code_of(exc) == "InvalidRange":  # an empty object
             return ""
+        if aws.code_of(exc) in aws.NOT_FOUND_CODES:
+            return None
         raise aws.failure(exc, "S3 GetObject", f"s3://{bucket}/{key}", account) from exc
     found = _STATE_VERSION.search(body)
     return found.group(1).decode("ascii") if found else ""
@@ -271,21 +264,17 @@ def create(sess: Any, account: Account, backend: Backend, state: BackendState) -
 def digests(sess: Any, account: Account, backend: Backend) -> list[str]:
     """The state objects (``bucket/key``) whose MD5 Terraform keeps in the lock table (items ``<bucket>/<key>-md5``):
     any means state was written before. One paginated DynamoDB Scan (keys only)."""
-    try:
-        pages = aws.client(sess, "dynamodb", account).get_paginator("scan").paginate(
-            TableName=backend.lock_table, ProjectionExpression=LOCK_KEY)
-        return sorted(item[LOCK_KEY]["S"][:-4] for page in pages for item in page.get("Items", [])
-                      if item.get(LOCK_KEY, {}).get("S", "").endswith("-md5"))
-    except aws.errors() as exc:
-        raise aws.failure(exc, "DynamoDB Scan", f"lock table {backend.lock_table}", account) from exc
+    pages = aws.client(sess, "dynamodb", account).get_paginator("scan").paginate(
+        TableName=backend.lock_table, ProjectionExpression=LOCK_KEY)
+    return sorted(aws.call("DynamoDB Scan", f"lock table {backend.lock_table}", account, lambda: [
+        item[LOCK_KEY]["S"][:-4] for page in pages for item in page.get("Items", [])
+        if item.get(LOCK_KEY, {}).get("S", "").endswith("-md5")]))
 
 
 def objects(sess: Any, account: Account, backend: Backend, *, limit: int = 100) -> list[str]:
     """Keys of up to *limit* objects in the state bucket (S3 ListObjectsV2, one page)."""
-    try:
-        page = aws.client(sess, "s3", account).list_objects_v2(Bucket=backend.bucket, MaxKeys=limit)
-    except aws.errors() as exc:
-        raise aws.failure(exc, "S3 ListObjectsV2", f"S3 bucket {backend.bucket}", account) from exc
+    page = aws.call("S3 ListObjectsV2", f"S3 bucket {backend.bucket}", account, lambda: aws.client(
+        sess, "s3", account).list_objects_v2(Bucket=backend.bucket, MaxKeys=limit))
     return [item["Key"] for item in page.get("Contents", [])]
 
 
@@ -305,11 +294,9 @@ def forget_digests(sess: Any, account: Account, backend: Backend, stale: Iterabl
     that had gone, once confirmed (a new bucket holds no state, and Terraform refuses a state whose digest does
     not match)."""
     ddb = aws.client(sess, "dynamodb", account)
-    try:
-        for name in stale:
-            ddb.delete_item(TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{name}-md5"}})
-    except aws.errors() as exc:
-        raise aws.failure(exc, "DynamoDB DeleteItem", f"lock table {backend.lock_table}", account) from exc
+    for name in stale:
+        aws.call("DynamoDB DeleteItem", f"lock table {backend.lock_table}", account,
+                 lambda name=name: ddb.delete_item(TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{name}-md5"}}))
 
 
 @dataclass(frozen=True)
@@ -393,12 +380,9 @@ def read_lock(sess: Any, account: Account, backend: Backend) -> LockInfo | None:
 
 
 def _lock_item(sess: Any, account: Account, backend: Backend) -> dict | None:
-    try:
-        return aws.client(sess, "dynamodb", account).get_item(
-            TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}},
-            ConsistentRead=True).get("Item")
-    except aws.errors() as exc:
-        raise aws.failure(exc, "reading the state lock", f"lock table {backend.lock_table}", account) from exc
+    return aws.call("reading the state lock", f"lock table {backend.lock_table}", account, lambda: aws.client(
+        sess, "dynamodb", account).get_item(TableName=backend.lock_table, ConsistentRead=True,
+                                            Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}})).get("Item")
 
 
 def release_lock(sess: Any, account: Account, backend: Backend, lock: LockInfo) -> None:

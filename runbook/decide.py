@@ -154,7 +154,7 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
                 where=f"config fields terraform.backend.{scope.kind}_state_key and terraform.backend.state_bucket",
                 fix=facts.hints.get(scope.name, "restore the state object")))
         written = state.states.get(key)
-        if written and facts.terraform and _older(facts.terraform.version, written):
+        if written and facts.terraform and versions.older(facts.terraform.version, written):
             found.append(RunbookError(
                 f"The state {where} was last written by Terraform {written}, but this run would use Terraform "
                 f"{facts.terraform.version} ({facts.terraform.path}), which is older; nothing was planned or applied",
@@ -170,13 +170,6 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
             fix=f"agree with whoever applied from {console.one_line(str(facts.records[ACCOUNT].get('branch')))!r} "
                 f"first (or merge it into {facts.checkout.branch!r}), then run the same command with --take-over"))
     return found
-
-
-def _older(version: str, than: str) -> bool:
-    try:
-        return versions.Version.parse(version) < versions.Version.parse(than)
-    except ValueError:
-        return False
 
 
 def _interactive() -> bool:

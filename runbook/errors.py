@@ -1,25 +1,20 @@
 """The one exception type a user ever sees, and the exit codes.
 
-Every failure a user can cause (bad configuration, wrong branch, wrong AWS account, expired
-credentials, a missing tool, an API error) is raised as a :class:`RunbookError`. The task layer
-turns it into a one-paragraph message and a non-zero exit code, never a traceback. Anything else
-that escapes is a defect of the runbook itself: the task layer exits :data:`EXIT_BUG` and says how
-to report it (the traceback with ``--debug`` or ``RUNBOOK_DEBUG=1``).
-
-Each error carries a stable *id*, one per kind of failure (several raise sites of one kind share
-it). The task layer prints it first (``ERROR [state-lock-held]: ...``) and names its section:
-TROUBLESHOOTING.md has exactly one section per id, headed by the id (``tests/test_error_ids.py``
-checks both ways).
+Every failure a user can cause (bad configuration, wrong branch, wrong AWS account, expired credentials, a
+missing tool, an API error) is raised as a :class:`RunbookError`; the task layer prints its one paragraph and
+exits with its code, never a traceback. Anything else that escapes is a defect of the runbook: the task layer
+exits :data:`EXIT_BUG` and says how to report it (the traceback with ``--debug`` or ``RUNBOOK_DEBUG=1``).
+Each error has a stable *id*, one per kind of failure, printed first (``ERROR [state-lock-held]: ...``);
+TROUBLESHOOTING.md has exactly one section per id (``tests/unit/test_error_ids.py`` checks both ways).
 """
 
 from __future__ import annotations
 
 import re
 
-#: The file whose sections explain each id; a section's anchor is its id.
 TROUBLESHOOTING = "TROUBLESHOOTING.md"
-#: What an id looks like: short, lower-case, kebab-case ("state-lock-held", "wrong-account").
 ID_FORM = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+"""What an id looks like: short, lower-case, kebab-case ("state-lock-held")."""
 
 # The exit codes, in one place (docs/RUNBOOK.md, "Exit codes", explains them).
 EXIT_FAILED = 1  # refused or failed: the message says why and what to run
@@ -36,18 +31,15 @@ class RunbookError(Exception):
     Args:
         what: what is wrong, one or two sentences ("HEAD is 1a2b3c4, origin/staging is 9f8e7d6").
         id: the stable id of this kind of failure ("wrong-branch"), the heading of its section in
-            TROUBLESHOOTING.md. Required, except for subclasses that set ``default_id``.
-        where: where it is: "config/environments.yml line 12, field accounts.main.id",
-            a command, a URL. Optional.
-        fix: the command or edit that fixes it ("git pull --ff-only"). Optional.
-        code: the process exit code the task layer uses (default :data:`EXIT_FAILED`).
+            TROUBLESHOOTING.md; required, except for subclasses that set ``default_id``.
+        where: where it is: "config/environments.yml line 12, field accounts.main.id", a command, a URL.
+        fix: the command or edit that fixes it ("git pull --ff-only").
+        code: the process exit code (default :data:`EXIT_FAILED`).
 
-    ``str(error)`` gives the whole paragraph (without the id: see :meth:`report`). Callers must
-    never put a secret (token, AWS key) in any of the three texts.
-    Raises TypeError when no id is given (a defect, caught by ``tests/test_error_ids.py``).
+    ``str(error)`` is the paragraph (:attr:`message`); :meth:`report` adds the id and its section. Callers never
+    put a secret in the texts. Raises TypeError without an id (a defect).
     """
 
-    #: The id of a subclass that stands for one kind of failure (``Interrupted``: "interrupted").
     default_id: str | None = None
 
     def __init__(self, what: str, *, id: str | None = None, where: str | None = None, fix: str | None = None,
@@ -55,10 +47,7 @@ class RunbookError(Exception):
         self.id = id or self.default_id
         if not self.id:
             raise TypeError(f"{type(self).__name__} needs an id (a section of {TROUBLESHOOTING})")
-        self.what = what.rstrip()
-        self.where = where
-        self.fix = fix
-        self.code = code
+        self.what, self.where, self.fix, self.code = what.rstrip(), where, fix, code
         super().__init__(self.message)
 
     @property
@@ -66,21 +55,18 @@ class RunbookError(Exception):
         """The paragraph shown to the user: what, where, then the fix."""
         multiline = "\n" in self.what
         parts = [self.what if multiline or self.what.endswith((".", "?", "!", ":")) else self.what + "."]
-        if self.where:
-            parts.append(f"Where: {self.where}.")
-        if self.fix:
-            parts.append(f"Fix: {self.fix}")
+        parts += [f"Where: {self.where}."] if self.where else []
+        parts += [f"Fix: {self.fix}"] if self.fix else []
         return ("\n" if multiline else " ").join(parts)
 
     def report(self, prefix: str = "") -> str:
-        """What the task layer prints: ``ERROR [id]: `` + *prefix* + the paragraph, then a line naming
-        the id's section (on a line of its own, so that the Fix line can be pasted as it is)."""
+        """``ERROR [id]: `` + *prefix* + the paragraph, then the line naming the id's section (on a line of its own,
+        so that the Fix line can be pasted as it is)."""
         return f"ERROR [{self.id}]: {prefix}{self.message}\nSee {TROUBLESHOOTING}#{self.id}"
 
 
 class Interrupted(RunbookError):
-    """The user pressed Ctrl-C (or the run got SIGTERM or SIGHUP); ``what`` says what state was left
-    behind. Exit code :data:`EXIT_INTERRUPTED`."""
+    """Ctrl-C (or SIGTERM, SIGHUP); ``what`` says what state was left behind. Exit code :data:`EXIT_INTERRUPTED`."""
 
     default_id = "interrupted"
 
@@ -89,7 +75,7 @@ class Interrupted(RunbookError):
 
 
 class Transient(RunbookError):
-    """An outside service did not answer usefully for a reason that may pass (throttling, a 5xx, a
-    dropped connection, a timeout): pollers such as the pipeline's gate back off and try again."""
+    """An outside service did not answer usefully for a reason that may pass (throttling, a 5xx, a dropped
+    connection, a timeout): pollers such as the pipeline's gate back off and try again."""
 
     default_id = "aws-unreachable"

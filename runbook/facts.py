@@ -164,7 +164,7 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
         binary = shutil.which(versions.Terraform.binary)
         fact("terraform", f"{binary or 'not on PATH'}{'; its version is checked at run time' if binary else ''}")
     else:
-        found = probe.found(config.required_version)
+        found = probe(config.required_version)
         fact("terraform", f"{versions.Terraform.name} {found.version} at {found.path}")
     return replace(facts, remote=remote, remote_head=remote_head, snapshots=snapshots, unpinned=tuple(unpinned),
                    blocked=tuple(blocked), terraform=found)

@@ -17,6 +17,7 @@ from runbook.scopes import Scope
     ("1.10.0-alpha20240606", ">= 1.9", False),
     ("1.10.0-alpha20240606", "= 1.10.0-alpha20240606", True),
     ("1.10.0", "> 1.10.0-beta1", True),
+    ("1.0.0", "= 1.0", True), ("1.0.0", "!= 1.0", False),  # "1.0" is 1.0.0, however many numbers were written
 ])
 def test_terraforms_version_constraints(version, constraint, expected):
     assert versions.satisfies(version, constraint) is expected

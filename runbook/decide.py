@@ -12,7 +12,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from runbook import console, status, terraform, versions
+from runbook import console, records, terraform, versions
 from runbook.errors import RunbookError
 from runbook.facts import Facts
 from runbook.scopes import ACCOUNT, DEPLOY_SCRIPT, Scope
@@ -181,8 +181,8 @@ def needed(facts: Facts, scope: Scope) -> tuple[bool, str]:
     current; ``inv iam.*`` always applies (an apply of an unchanged commit confirms the state matches it)."""
     if scope.name not in facts.records:
         return True, "decided by the applied record at run time" if facts.opts.only_needed else "requested"
-    st = status.compare(scope, facts.trees, facts.records[scope.name])
-    if st.state == status.CURRENT:
+    st = records.compare(scope, facts.trees, facts.records[scope.name])
+    if st.state == records.CURRENT:
         rec = st.record or {}
         reason = (f"record current: applied at {str(rec.get('commit', '?'))[:12]} by "
                   f"{console.one_line(str(rec.get('applied_by', '?'))).rsplit('/', 1)[-1]}")

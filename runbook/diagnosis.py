@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runbook import ci, console, status
+from runbook import ci, console, records
 from runbook.pipeline import IAM_JOBS
 
 IAM_RACE = re.compile(  # a line of a failed step that shows an IAM race
@@ -31,12 +31,12 @@ class Finding:
     note: str = ""
 
 
-def diagnose(client: ci.Client, jobs: Sequence[ci.Job], iam: Sequence[status.ScopeStatus] | None) -> list[Finding]:
+def diagnose(client: ci.Client, jobs: Sequence[ci.Job], iam: Sequence[records.ScopeStatus] | None) -> list[Finding]:
     """What each failed build job says. A line of its failed steps' output that matches :data:`IAM_RACE` makes it
     ``iam-race`` (one request for the steps, one per output read, until such a line); so does the IAM gate or the
     deploy failing while an IAM scope of *iam* (statuses, or None) is pending, whatever the output says. Without
     output (:class:`runbook.ci.StepOutputUnavailable`) the gate is ``iam-race``, the deploy ``iam-race?``."""
-    pending = "; ".join(f"{s.scope.label}: {s.text}" for s in iam or () if s.needed and s.state != status.UNKNOWN)
+    pending = "; ".join(f"{s.scope.label}: {s.text}" for s in iam or () if s.needed and s.state != records.UNKNOWN)
     findings = []
     for job in (j for j in jobs if j.failed and not j.approval):
         step, line, read = "", None, True

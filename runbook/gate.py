@@ -2,7 +2,7 @@
 
 Run by the ``iam-gate`` job with the CI deployer's read-only rights (``ssm:GetParameter`` on
 ``/<project>/iam/*`` and ``iam:GetRole`` on the project's lambda roles, granted by the account root
-module). The fingerprints come from git alone (:func:`runbook.status.head_trees`), so a shallow clone
+module). The fingerprints come from git alone (:func:`runbook.records.head_trees`), so a shallow clone
 will do.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runbook import aws, console, records, status
+from runbook import aws, console, records
 from runbook.config import Config, Environment
 from runbook.errors import RunbookError, Transient
 from runbook.scopes import for_environment
@@ -28,7 +28,7 @@ DEFAULT_SETTLE_S = 10.0
 class GateResult:
     """How the gate ended: the statuses it passed on, seconds waited, record polls made."""
 
-    statuses: list[status.ScopeStatus]
+    statuses: list[records.ScopeStatus]
     waited_s: float
     polls: int
 
@@ -121,17 +121,17 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
                            "settle time is part of the gate's time, so the gate could never open", id="flag-invalid",
                            fix=f"for example --timeout-s {max(timeout_s, 1800):g} --settle-s {DEFAULT_SETTLE_S:g}")
     scopes, account = for_environment(config, environment), environment.account
-    trees = status.head_trees(scopes) if trees is None else trees
+    trees = records.head_trees(scopes) if trees is None else trees
     session = session or aws.session(account, use_profile=False)
     # Each poll must end well within the gate's own deadline: short timeouts, one retry.
     ssm = aws.client(session, "ssm", account, read_timeout_s=min(10.0, max(1.0, poll_s)), attempts=1)
     started, delay, polls, told, last_error = clock(), poll_s, 0, None, None
     while True:
         try:
-            statuses = [status.compare(s, trees, records.read(ssm, s.parameter, s.name, account)) for s in scopes]
+            statuses = [records.compare(s, trees, records.read(ssm, s.parameter, s.name, account)) for s in scopes]
             polls, delay = polls + 1, poll_s
             problems: list[str] = []
-            if all(st.state == status.CURRENT for st in statuses):
+            if all(st.state == records.CURRENT for st in statuses):
                 names, wrong = recorded_roles(statuses[-1].record)
                 problems = [wrong] if wrong else role_problems(aws.client(session, "iam", account), names, account)
                 if not problems:
@@ -172,8 +172,8 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
         sleep(min(delay, timeout_s - elapsed))
 
 
-def _instructions(environment: Environment, statuses: list[status.ScopeStatus], problems: list[str]) -> str:
-    if problems and all(st.state == status.CURRENT for st in statuses):
+def _instructions(environment: Environment, statuses: list[records.ScopeStatus], problems: list[str]) -> str:
+    if problems and all(st.state == records.CURRENT for st in statuses):
         lines = [f"Waiting: the records match this commit, but the lambda roles of {environment.name} are not right."]
     else:
         lines = [f"Waiting: the IAM for this commit is not applied yet for {environment.name}."]

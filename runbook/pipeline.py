@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from runbook import ci, circleci, console, status
+from runbook import ci, circleci, console, records
 from runbook.config import Config, Environment
 from runbook.errors import EXIT_ON_HOLD, Interrupted, RunbookError
 
@@ -162,11 +162,11 @@ class RerunDecision:
         return self.action in (RERUN_FROM_FAILED, RERUN_FROM_START)
 
 
-def decide_rerun(workflow: ci.Workflow, jobs: Sequence[ci.Job], *, iam: Sequence[status.ScopeStatus] | None,
+def decide_rerun(workflow: ci.Workflow, jobs: Sequence[ci.Job], *, iam: Sequence[records.ScopeStatus] | None,
                  environment: Environment, url: str = "", force: bool = False, from_start: bool = False
                  ) -> RerunDecision:
     """The one rerun decision of ``inv ci.rerun``, ``inv release`` and ``inv ci.diagnose`` (no I/O): *workflow* as
-    it is now, its *jobs*, the IAM scopes' statuses *iam* (:func:`runbook.status.examine`; None: not read, not
+    it is now, its *jobs*, the IAM scopes' statuses *iam* (:func:`runbook.records.examine`; None: not read, not
     checked), the *environment* its advice names, the *url* a refusal points at. ``success``: NOTHING; ``running``,
     ``failing``: WAIT; ``on_hold``: refused (exit 5), naming the approval job; ``failed``: a rerun from failed (or
     *from_start*), refused unless *force* while a job other than ``iam-gate-*`` and ``deploy-*`` failed (a test
@@ -207,8 +207,8 @@ def decide_rerun(workflow: ci.Workflow, jobs: Sequence[ci.Job], *, iam: Sequence
         return refused(f"failed in {', '.join(others)}, which is not the IAM gate or the deploy: a rerun would fail "
                        "the same way", f"fix it and push a new commit; `inv ci.diagnose --env {env}` says why it "
                        "failed (--force reruns it anyway)", "workflow-failed")
-    unknown = "; ".join(f"{s.scope.label}: {s.reason}" for s in iam or () if s.state == status.UNKNOWN)
-    pending = [s for s in iam or () if s.needed and s.state != status.UNKNOWN]
+    unknown = "; ".join(f"{s.scope.label}: {s.reason}" for s in iam or () if s.state == records.UNKNOWN)
+    pending = [s for s in iam or () if s.needed and s.state != records.UNKNOWN]
     if unknown and not force:
         return refused(f"{st}, but whether the IAM for this commit is applied cannot be told ({unknown})",
                        "get read access to the records (aws sso login, AWS_PROFILE), or add --force if you are sure",
@@ -216,7 +216,7 @@ def decide_rerun(workflow: ci.Workflow, jobs: Sequence[ci.Job], *, iam: Sequence
     if pending and not force:
         return refused(f"{st}, but the IAM for this commit is not applied (" + "; ".join(
             f"{s.scope.label}: {s.text}" for s in pending) + "): a rerun would fail the same way",
-            f"as an administrator on {environment.branch}: " + " && ".join(status.commands(pending, environment))
+            f"as an administrator on {environment.branch}: " + " && ".join(records.commands(pending, environment))
             + f", then `inv ci.rerun --env {env}`", "iam-pending")
     how = RERUN_FROM_START if from_start else RERUN_FROM_FAILED
     return RerunDecision(how, f"{st}: {how}", f"inv ci.rerun --env {env}" + (" --from-start" if from_start else ""))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from runbook import console, git, iam, pipeline, status
+from runbook import console, git, iam, pipeline, records
 from runbook.config import Config, Environment
 from runbook.errors import RunbookError
 from runbook.facts import Facts, Options
@@ -79,7 +79,7 @@ def _pipeline(client, config: Config, environment: Environment, done: iam.Run, p
     console.heading("CircleCI: the pipeline of this commit")
     target = _find(client, config, environment, done.facts.checkout.head, wait_s)
     urls.append(target.url)
-    statuses = status.examine(for_environment(config, environment), trees=done.facts.trees,
+    statuses = records.examine(for_environment(config, environment), trees=done.facts.trees,
                               session_for=lambda account: done.facts.session)
     decision = pipeline.decide_rerun(target.workflow, client.jobs(target.workflow.id), iam=statuses,
                                      environment=environment, url=target.url)

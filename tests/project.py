@@ -152,13 +152,13 @@ class Project:
         with *parts*, ``[fingerprint, tree ids, inputs digest]``."""
         code = (
             "import sys\n"
-            "from runbook import config, status\n"
+            "from runbook import config, records\n"
             "from runbook.scopes import Scope\n"
             "cfg = config.load()\n"
             "env = cfg.environments[sys.argv[2]]\n"
             "scope = Scope.of_environment(cfg, env) if sys.argv[1] == 'environment' else "
             "Scope.of_account(cfg, env.account)\n"
-            "trees = scope.trees(status.head_trees([scope]))\n"
+            "trees = scope.trees(records.head_trees([scope]))\n"
             "print(json.dumps([scope.fingerprint(trees), trees, scope.inputs_digest()]))\n"
         )
         done = subprocess.run([sys.executable, "-c", "import json\n" + code, kind, env_name], cwd=self.path,

@@ -64,7 +64,7 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_
     """Rerun the workflow of your commit from failed, once the IAM steps are applied."""
     from dataclasses import replace
 
-    from runbook import console, pipeline, status
+    from runbook import console, pipeline, records
     from runbook.scopes import for_environment
 
     poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=pipeline.MIN_POLL_S)
@@ -83,7 +83,7 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_
         workflow, jobs = replace(workflow, status=result.status), result.jobs
         decision = decide()
     if decision.rerun and not force:  # only now are the records worth reading
-        decision = decide(status.examine(for_environment(cfg, environment)))
+        decision = decide(records.examine(for_environment(cfg, environment)))
     if decision.action == pipeline.NOTHING:
         console.ok(f"{label} {decision.why}. {target.url}")
         return
@@ -134,7 +134,7 @@ def approve(c, env=None, job=None, yes=False):
 @user_errors
 def diagnose(c, env=None, latest=False):
     """Say why the workflow of your commit failed: an IAM race, or something else, with the remedy."""
-    from runbook import ci, console, diagnosis, pipeline, status
+    from runbook import ci, console, diagnosis, pipeline, records
     from runbook.errors import TROUBLESHOOTING
     from runbook.scopes import for_environment
 
@@ -145,7 +145,7 @@ def diagnose(c, env=None, latest=False):
         return
     jobs = client.jobs(workflow.id)
     failed = any(j.failed and not j.approval for j in jobs)
-    iam = status.examine(for_environment(cfg, environment)) if failed else None
+    iam = records.examine(for_environment(cfg, environment)) if failed else None
     findings = diagnosis.diagnose(client, jobs, iam)
     for f in findings:
         console.say(f"{f.job}{f' step {f.step!r}' if f.step else ''}: {f.kind}")

@@ -82,7 +82,7 @@ def bootstrap(c, env=None, dry_run=False, yes=False):
 def status(c, check=False):
     """Show, per account and environment, whether the IAM for this commit is applied."""
     from runbook import config, console, git
-    from runbook import status as state
+    from runbook import records as state
     from runbook.errors import EXIT_NOT_CURRENT, RunbookError
     from runbook.scopes import all_scopes
 

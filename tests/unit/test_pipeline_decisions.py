@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from runbook import config as configuration
-from runbook import diagnosis, pipeline, status
+from runbook import diagnosis, pipeline, records
 from runbook.ci import Job, StepOutputUnavailable, Workflow
 from runbook.errors import Interrupted, RunbookError
 from runbook.pipeline import NOTHING, REFUSE, RERUN_FROM_FAILED, RERUN_FROM_START, WAIT, decide_rerun
@@ -40,10 +40,10 @@ def gated(deploy: str = "failed", test: str = "success") -> list[Job]:
             Job("deploy-stg", deploy, job_number=3)]
 
 
-def iam_states(cfg, stg, account: str = status.CURRENT, environment: str = status.CURRENT, reason: str = ""):
+def iam_states(cfg, stg, account: str = records.CURRENT, environment: str = records.CURRENT, reason: str = ""):
     account_scope, env_scope = for_environment(cfg, stg)
-    return [status.ScopeStatus(account_scope, account, "0" * 64, reason=reason),
-            status.ScopeStatus(env_scope, environment, "0" * 64, reason=reason)]
+    return [records.ScopeStatus(account_scope, account, "0" * 64, reason=reason),
+            records.ScopeStatus(env_scope, environment, "0" * 64, reason=reason)]
 
 
 def decide(stg, state="failed", jobs=None, iam=None, **flags):
@@ -101,17 +101,17 @@ def test_a_failure_outside_the_gate_and_the_deploy_is_named_and_rerun_only_with_
 
 
 def test_a_pending_iam_step_refuses_with_the_commands_that_apply_it(cfg, stg):
-    refused = decide(stg, iam=iam_states(cfg, stg, environment=status.NEVER_APPLIED))
+    refused = decide(stg, iam=iam_states(cfg, stg, environment=records.NEVER_APPLIED))
     assert refused.action == REFUSE and refused.error.id == "iam-pending"
     assert "environment stg: never applied" in refused.why and "a rerun would fail the same way" in refused.why
     assert "inv iam.env --name stg" in refused.fix and "`inv ci.rerun --env stg`" in refused.fix
     assert "inv iam.account" not in refused.fix  # the account is current
-    assert decide(stg, iam=iam_states(cfg, stg, environment=status.PENDING), force=True).action == RERUN_FROM_FAILED
+    assert decide(stg, iam=iam_states(cfg, stg, environment=records.PENDING), force=True).action == RERUN_FROM_FAILED
     assert decide(stg, iam=iam_states(cfg, stg)).action == RERUN_FROM_FAILED
 
 
 def test_unreadable_records_refuse_saying_why_unless_forced(cfg, stg):
-    iam = iam_states(cfg, stg, account=status.UNKNOWN, environment=status.UNKNOWN, reason="No AWS credentials")
+    iam = iam_states(cfg, stg, account=records.UNKNOWN, environment=records.UNKNOWN, reason="No AWS credentials")
     refused = decide(stg, iam=iam)
     assert refused.error.id == "iam-pending" and "cannot be told" in refused.why
     assert "No AWS credentials" in refused.why and "--force" in refused.fix
@@ -119,7 +119,7 @@ def test_unreadable_records_refuse_saying_why_unless_forced(cfg, stg):
 
 
 def test_a_failed_test_is_named_before_a_pending_iam_step(cfg, stg):
-    decision = decide(stg, jobs=gated(test="failed"), iam=iam_states(cfg, stg, environment=status.PENDING))
+    decision = decide(stg, jobs=gated(test="failed"), iam=iam_states(cfg, stg, environment=records.PENDING))
     assert decision.error.id == "workflow-failed"
 
 
@@ -189,7 +189,7 @@ def test_a_line_that_shows_an_iam_race_decides_and_its_secrets_are_masked():
 
 def test_the_gate_or_the_deploy_failing_while_an_iam_record_is_pending_is_an_iam_race(cfg, stg):
     adapter = Adapter(gated(), {"deploy-stg": [("Deploy", "Error: something else went wrong")]})
-    iam = iam_states(cfg, stg, environment=status.PENDING)
+    iam = iam_states(cfg, stg, environment=records.PENDING)
     (finding,) = diagnosis.diagnose(adapter, adapter.jobs("w1"), iam)
     assert finding.kind == "iam-race" and "environment stg: change pending" in finding.note
     assert diagnosis.diagnose(adapter, adapter.jobs("w1"), iam_states(cfg, stg))[0].kind == "other"
@@ -203,7 +203,7 @@ def test_another_failure_is_other_with_its_step():
 
 def test_without_step_output_a_pending_iam_record_still_makes_the_gate_an_iam_race(cfg, stg):
     jobs = [Job("deploy-stg", "failed")]
-    iam = iam_states(cfg, stg, environment=status.NEVER_APPLIED)
+    iam = iam_states(cfg, stg, environment=records.NEVER_APPLIED)
     (finding,) = diagnosis.diagnose(Adapter(jobs, unavailable=True), jobs, iam)
     assert finding.kind == "iam-race"
     assert finding.note == "step output not available; the IAM of this commit is not applied: environment stg: " \

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from runbook import status
+from runbook import records
 from runbook.errors import RunbookError
 from runbook.scopes import Scope, all_scopes, environment_for, for_environment
 from tests.unit.conftest import TREES
@@ -67,22 +67,22 @@ def test_changed_names_the_folders_and_the_inputs(cfg):
 
 def test_status_compare(cfg):
     _, env = scopes(cfg)
-    assert status.compare(env, TREES, None).state == status.NEVER_APPLIED
-    current = status.compare(env, TREES, {"fingerprint": env.fingerprint(TREES)})
-    assert current.state == status.CURRENT and not current.needed
+    assert records.compare(env, TREES, None).state == records.NEVER_APPLIED
+    current = records.compare(env, TREES, {"fingerprint": env.fingerprint(TREES)})
+    assert current.state == records.CURRENT and not current.needed
     record = {"fingerprint": "0" * 64, "trees": env.trees(TREES), "inputs": env.inputs_digest()}
-    pending = status.compare(env, {**TREES, "iam/terraform/environment-specific/main": "9" * 40}, record)
-    assert pending.state == status.PENDING
+    pending = records.compare(env, {**TREES, "iam/terraform/environment-specific/main": "9" * 40}, record)
+    assert pending.state == records.PENDING
     assert pending.text == "change pending (iam/terraform/environment-specific/main changed)"
-    assert status.compare(env, TREES, {"fingerprint": "0" * 64}).text == "change pending"
+    assert records.compare(env, TREES, {"fingerprint": "0" * 64}).text == "change pending"
 
 
 def test_commands_for_what_is_pending_run_from_the_environments_branch(cfg):
     account, env = scopes(cfg)
-    pending = [status.ScopeStatus(account, status.NEVER_APPLIED, ""), status.ScopeStatus(env, status.PENDING, ""),
-               status.ScopeStatus(Scope.of_environment(cfg, cfg.environments["dev"]), status.UNKNOWN, "")]
-    assert status.commands(pending, branch="staging") == ["inv iam.account --env stg", "inv iam.env --name stg"]
-    assert status.commands(pending, branch="main") == [
+    pending = [records.ScopeStatus(account, records.NEVER_APPLIED, ""), records.ScopeStatus(env, records.PENDING, ""),
+               records.ScopeStatus(Scope.of_environment(cfg, cfg.environments["dev"]), records.UNKNOWN, "")]
+    assert records.commands(pending, branch="staging") == ["inv iam.account --env stg", "inv iam.env --name stg"]
+    assert records.commands(pending, branch="main") == [
         "git checkout develop && git pull --ff-only && inv iam.account --env dev",
         "git checkout staging && git pull --ff-only && inv iam.env --name stg"]
 

@@ -179,7 +179,7 @@ def _interactive() -> bool:
 def needed(facts: Facts, scope: Scope) -> tuple[bool, str]:
     """Whether the run applies *scope*, and why. ``inv release`` (``only_needed``) skips a scope whose record is
     current; ``inv iam.*`` always applies (an apply of an unchanged commit confirms the state matches it)."""
-    if scope.name not in facts.records:
+    if scope.name not in facts.records or not facts.trees:  # a dry run reads no record; iam.bootstrap no commit
         return True, "decided by the applied record at run time" if facts.opts.only_needed else "requested"
     st = records.compare(scope, facts.trees, facts.records[scope.name])
     if st.state == records.CURRENT:

@@ -15,11 +15,11 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 
-from runbook import aws, backend, console, decide, records, terraform
+from runbook import aws, backend, console, decide, git, records, terraform
 from runbook.config import Config, Environment
 from runbook.decide import Action
 from runbook.errors import Interrupted, RunbookError
-from runbook.facts import Facts, Options, earlier_deploys, examine_aws, examine_local
+from runbook.facts import Facts, Options, examine_aws, examine_local
 from runbook.scopes import Scope, account_scopes
 
 
@@ -146,12 +146,8 @@ def with_resume(fix: str | None, resume: str, *, interrupted: bool = False) -> s
     return f"{fix}; {then}"
 
 
-def _session(state: Run):
-    return state.facts.session
-
-
 def _act_backend(state: Run, action: Action) -> str:
-    facts, sess = state.facts, _session(state)
+    facts, sess = state.facts, state.facts.session
     account, b, found = facts.account, facts.backend, facts.state
     done = []
     if not found.complete or not found.table_ready:
@@ -194,10 +190,6 @@ def _act_take_over(state: Run, action: Action) -> str:
 
 def _script(state: Run, scope: Scope, mode: str) -> None:
     facts = state.facts
-    if facts.credentials is None:
-        raise RunbookError(f"No checked credentials to run Terraform with for {scope.label}; nothing was run",
-                           id="aws-no-credentials", fix="run the whole command again (its caller identity check "
-                                                        "freezes them)")
     env = terraform.script_env(scope.backend, mode=mode, tf_vars=scope.tf_vars(), terraform_bin=facts.terraform.path,
                                terraform_version=facts.terraform.version, credentials=facts.credentials,
                                lock_timeout_s=facts.opts.lock_timeout_s)
@@ -260,7 +252,7 @@ def _act_record(state: Run, action: Action) -> str:
     finds no change, applies the empty plan and writes the record."""
     scope = action.scope
     record = _record(state, scope, state.plans[scope.name])
-    ssm = aws.client(_session(state), "ssm", scope.account)
+    ssm = aws.client(state.facts.session, "ssm", scope.account)
     try:
         records.write(ssm, scope.parameter, record, scope.account)
         back = records.read(ssm, scope.parameter, scope.name, scope.account)
@@ -299,41 +291,31 @@ def bootstrap(config: Config, environment: Environment, *, dry_run: bool = False
               assume_yes: bool = False) -> list[str]:
     """``inv iam.bootstrap``: create or repair the Terraform backend of *environment*'s account explicitly.
 
-    Examine (caller identity, the bucket and its protections, the lock table, the records of every scope in the
-    account, the lock table's state digests), show each action and why, warn when this is not a first deploy,
-    ask (*assume_yes* answers), act, then look again to prove the backend is complete and verified. With
-    *dry_run* only the read-only look-ups are made. Returns what was done, one line each.
+    Examine as a run does (the caller identity, the backend, the records of every scope in the account and, when
+    the backend is incomplete, the signs of an earlier deploy), show each action and why, warn when this is not a
+    first deploy, ask (*assume_yes* answers), act, then look again to prove the backend is complete and verified.
+    With *dry_run* only the read-only look-ups are made. Returns what was done, one line each. Raises RunbookError
+    for credentials of another account, a lock table with the wrong key, a refused confirmation, an AWS error.
     """
     account = environment.account
-    scopes = account_scopes(config, account)
-    b = scopes[0].backend
-    sess = aws.session(account)
-    credentials = aws.frozen_credentials(sess, account, purpose=f"the backend of account {account.name}")
-    sess = aws.session(account, credentials=credentials)
-    identity = aws.caller_identity(sess, account)
-    console.ok(f"caller identity: {identity.arn} in {identity.account_id}")
-    facts = Facts(config, environment, tuple(scopes), Options(), None, {}, identity=identity)
-    wrong = decide.aws_findings(facts)
-    if wrong:
-        raise wrong[0]
-    found = backend.look(sess, account, b, [s.backend.key for s in scopes if s.backend.bucket == b.bucket])
-    facts = replace(earlier_deploys(facts, sess, found, {}), state=found)
-    key = [f for f in decide.aws_findings(facts) if f.id == "lock-table-wrong-key"]
-    if key:
-        raise key[0]
-    stale = [d for d in facts.digests if d.startswith(f"{b.bucket}/")] if not found.bucket_exists else []
-    todo = [decide.backend_action(facts)] if not found.verified else []
-    if stale:
-        todo.append(Action("digests", f"remove {len(stale)} state digest(s) of {b.bucket} from {b.lock_table} (" +
-                           ", ".join(f"s3://{console.one_line(d)}" for d in stale[:5]) + ")",
-                           "the new bucket holds no state, and Terraform refuses a state whose digest does not match"))
+    facts = examine_aws(Facts(config, environment, tuple(account_scopes(config, account)), Options(),
+                              git.Checkout(None, "", ()), {}), aws.session(account))
+    for found in decide.aws_findings(facts):
+        if found.id in ("wrong-account", "lock-table-wrong-key"):
+            raise found
+    b, state = facts.backend, facts.state
+    stale = [d for d in facts.digests if d.startswith(f"{b.bucket}/")] if not state.bucket_exists else []
+    todo = ([decide.backend_action(facts).reason] if not state.verified else []) + (
+        [f"remove {len(stale)} state digest(s) of {b.bucket} from {b.lock_table} ("
+         + ", ".join(f"s3://{console.one_line(d)}" for d in stale[:5]) + "): the new bucket holds no state, and "
+         "Terraform refuses a state whose digest does not match"] if stale else [])
     if not todo:
         console.ok(f"Nothing to do: the backend of account {account.name} is complete and verified (versioned, "
                    f"encrypted, public access blocked{'; lock table keyed LockID' if b.uses_table else ''}).")
         return []
     console.say(f"Backend of account {account.name} ({account.id}), region {account.region}:")
-    for action in todo:
-        console.say(f"  - {action.title if action.kind == 'digests' else action.reason}")
+    for line in todo:
+        console.say(f"  - {line}")
     if facts.evidence:
         console.warn("This is NOT a first deploy into the account: " + "; ".join(facts.evidence) + ".")
         console.warn("State that lived in a deleted bucket does not come back: afterwards each scope that has a record "
@@ -346,16 +328,10 @@ def bootstrap(config: Config, environment: Environment, *, dry_run: bool = False
                            assume_yes=assume_yes):
         raise RunbookError("Not confirmed: nothing was created or changed", id="not-confirmed",
                            fix=f"run `{command}` again and answer y, after reading the list")
-    done = backend.create(sess, account, b, found) if not found.complete or not found.table_ready else []
-    if found.bucket_exists and found.missing:
-        done.append("switched on " + ", ".join(backend.repair(sess, account, b, found.missing)))
+    run = Run(facts, command)
+    done = [line for line in _act_backend(run, None).split("; ") if line]
     if stale:
-        backend.forget_digests(sess, account, b, stale)
+        backend.forget_digests(facts.session, account, b, stale)
         console.warn(f"Removed {len(stale)} state digest(s) of the re-created bucket {b.bucket} from {b.lock_table}")
-        done.append(f"removed {len(stale)} stale state digest(s)")
-    verify_backend(facts, backend.look(sess, account, b))
-    for line in done:
-        console.ok(line)
     console.ok(f"The backend of account {account.name} ({account.id}) is ready: bucket {b.bucket}, {b.lock_text}.")
     return done
-

@@ -1,11 +1,9 @@
-"""The Terraform runner: runs ``deploy-app.sh`` in a snapshot of the commit, names its failures, reads the plan.
+"""The Terraform runner: runs ``deploy-app.sh`` in a scope's snapshot, names its failures, reads the plan.
 
-Terraform itself only ever runs inside ``iam/terraform/bin/deploy-app.sh`` (the same script an
-administrator can run by hand); this module prepares its environment, streams its output live (reading
-it to the end even when our own output has gone), forwards Ctrl-C to it exactly once, tells Terraform's
-failures from the script's own through one table (:data:`FAILURES`), and reads the plan summary from the
-JSON that the script's ``plan`` mode writes beside the plan file (``terraform show -json``; format:
-https://developer.hashicorp.com/terraform/internals/json-format, ``resource_changes[].change.actions``).
+Terraform only ever runs inside ``iam/terraform/bin/deploy-app.sh`` (the script an administrator can run by
+hand); this module gives it its environment, streams its output, forwards Ctrl-C to it once, names its failures
+through one table (:data:`FAILURES`) and reads the plan's JSON (``terraform show -json``,
+https://developer.hashicorp.com/terraform/internals/json-format).
 """
 
 from __future__ import annotations
@@ -61,18 +59,18 @@ def read_plan(root: Path) -> PlanSummary:
         raise RunbookError(f"The plan summary {path} is missing or unreadable", id="plan-failed",
                            fix="run the same command again; deploy-app.sh writes it in plan mode") from exc
     actions = [rc.get("change", {}).get("actions", []) for rc in plan.get("resource_changes", [])]
-    outputs = plan.get("planned_values", {}).get("outputs", {})
-    return PlanSummary(add=sum("create" in a for a in actions), change=sum(a == ["update"] for a in actions),
-                       destroy=sum("delete" in a for a in actions),
-                       outputs_changed=sum(o.get("actions") != ["no-op"]
-                                           for o in plan.get("output_changes", {}).values()),
-                       outputs={k: o.get("value") for k, o in outputs.items() if not o.get("sensitive")})
+    return PlanSummary(sum("create" in a for a in actions), sum(a == ["update"] for a in actions),
+                       sum("delete" in a for a in actions),
+                       sum(o.get("actions") != ["no-op"] for o in plan.get("output_changes", {}).values()),
+                       {k: o.get("value") for k, o in plan.get("planned_values", {}).get("outputs", {}).items()
+                        if not o.get("sensitive")})
 
 
-# Every variable through which the AWS SDK in Terraform could pick credentials other than the ones handed
-# over, or Terraform a workspace, data folder or arguments other than the runbook's. Sources:
-# https://docs.aws.amazon.com/sdkref/latest/guide/settings-reference.html#EVarSettings and
-# https://developer.hashicorp.com/terraform/cli/config/environment-variables
+# Every variable through which the AWS SDK in Terraform could pick credentials other than the ones handed over, or
+# Terraform a workspace, data folder, arguments or inputs other than the runbook's
+# (https://docs.aws.amazon.com/sdkref/latest/guide/settings-reference.html#EVarSettings,
+# https://developer.hashicorp.com/terraform/cli/config/environment-variables); the shared files and the instance
+# metadata service are shut.
 CHILD_REMOVED = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME", "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -88,37 +86,25 @@ CHILD_SHUT = {"AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.d
 def script_env(backend: Backend, *, mode: str, tf_vars: dict[str, str], terraform_bin: str | None = None,
                terraform_version: str | None = None, credentials: Any = None,
                lock_timeout_s: float = 0.0) -> dict[str, str]:
-    """The variables ``deploy-app.sh`` reads (its header documents them) and the credentials Terraform must use.
-
+    """The variables ``deploy-app.sh`` reads (its header documents them) and the credentials Terraform must use:
     *credentials* (``runbook.aws.Credentials``, the frozen keys that passed the caller identity check) become
-    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN``; :func:`child_env` shuts every
-    other credential source, so Terraform runs as exactly the identity that was checked and recorded.
-    """
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN``; *lock_timeout_s* is in seconds."""
     env = {"DEPLOY_MODE": mode, "TF_STATE_BUCKET": backend.bucket, "TF_STATE_KEY": backend.key,
            "TF_LOCK_MODE": backend.lock, "AWS_REGION": backend.region, "TF_PLAN_FILE": PLAN_FILE,
            "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
-    if backend.uses_table:
-        env["TF_LOCK_TABLE"] = backend.lock_table
-    if backend.endpoint_url:
-        env["AWS_ENDPOINT_URL"] = backend.endpoint_url
-    if terraform_version:
-        env["TERRAFORM_VERSION"] = terraform_version
-    if terraform_bin:
-        env["TERRAFORM_BIN"] = terraform_bin
-    if lock_timeout_s:
-        env["TF_LOCK_TIMEOUT"] = f"{lock_timeout_s:.0f}s"
-    if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
-        env["TF_CLI_ARGS"] = "-no-color"
-    if credentials is not None:
-        env.update(credentials.env())
-    env.update({f"TF_VAR_{k}": v for k, v in tf_vars.items()})
-    return env
+    optional = {"TF_LOCK_TABLE": backend.lock_table if backend.uses_table else None,
+                "AWS_ENDPOINT_URL": backend.endpoint_url, "TERRAFORM_VERSION": terraform_version,
+                "TERRAFORM_BIN": terraform_bin, "TF_LOCK_TIMEOUT": f"{lock_timeout_s:.0f}s" if lock_timeout_s else None,
+                "TF_CLI_ARGS": "-no-color" if not sys.stdout.isatty() or os.environ.get("NO_COLOR") else None}
+    env.update({k: v for k, v in optional.items() if v})
+    env.update(credentials.env() if credentials is not None else {})
+    return {**env, **{f"TF_VAR_{k}": v for k, v in tf_vars.items()}}
 
 
 def child_env(env: dict[str, str]) -> dict[str, str]:
     """The whole environment of ``deploy-app.sh``: ``os.environ`` without :data:`CHILD_REMOVED` and
-    :data:`CHILD_REMOVED_PREFIXES`, with :data:`CHILD_SHUT`, then *env*. Without credentials in *env*
-    Terraform finds none and stops at ``init``: it never falls back to another identity."""
+    :data:`CHILD_REMOVED_PREFIXES`, with :data:`CHILD_SHUT`, then *env*. Without credentials in *env* Terraform
+    finds none and stops at ``init``: it never falls back to another identity."""
     inherited = {k: v for k, v in os.environ.items()
                  if k not in CHILD_REMOVED and not k.startswith(CHILD_REMOVED_PREFIXES)}
     return {**inherited, **CHILD_SHUT, **env}
@@ -127,22 +113,17 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
 def run_script(root: Path, script: Path, env: dict[str, str], *, what: str) -> None:
     """Run *script* (``deploy-app.sh``) in the root module folder *root* with *env*, streaming its output.
 
-    The script runs in its own session (process group), so a Ctrl-C at the terminal reaches only this
-    process, which forwards one SIGINT to Terraform: Terraform then stops cleanly and releases its state lock.
-    A second Ctrl-C only prints a warning (a second SIGINT makes Terraform exit at once and can leave the lock
-    held); a third is forwarded. The task layer turns SIGTERM and SIGHUP into the same KeyboardInterrupt.
-    Output is copied through pipes read to the end even when our own output has gone (a Go program writing
-    to a closed pipe dies of SIGPIPE, lock held). The saved plan, which holds sensitive values in clear, is
-    deleted after an apply and after a failed or interrupted plan.
+    The script runs in its own process group, so a Ctrl-C at the terminal reaches only this process, which
+    forwards one SIGINT: Terraform stops cleanly and releases its state lock. A second Ctrl-C only warns (a second
+    SIGINT makes Terraform exit at once, lock held); a third is forwarded. The task layer turns SIGTERM and SIGHUP
+    into the same KeyboardInterrupt. The output is read to the end even when our own output has gone (a Go program
+    writing to a closed pipe dies of SIGPIPE, lock held). The saved plan (sensitive values in clear) is deleted
+    after an apply and after a failed or interrupted plan.
 
     Raises Interrupted on Ctrl-C, and the error of :func:`failure` when the script exits non-zero.
     """
     mode = env.get("DEPLOY_MODE")
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    console.write(sys.stdout, "")
     started = time.time()
     proc = subprocess.Popen(["bash", os.path.relpath(script, root)], cwd=root, env=child_env(env),
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -168,7 +149,6 @@ def run_script(root: Path, script: Path, env: dict[str, str], *, what: str) -> N
     finally:
         if mode == "apply" or (mode == "plan" and (interrupts or proc.returncode)):
             discard_plan(root)
-    output = pumps[0].text() + "\n" + pumps[1].text()
     if interrupts:
         state = {"plan": "Nothing was applied." if code else "Nothing was applied: the plan had finished, but it is "
                                                              "not applied after an interrupt."}.get(mode) or (
@@ -177,34 +157,28 @@ def run_script(root: Path, script: Path, env: dict[str, str], *, what: str) -> N
         raise Interrupted(f"Interrupted during the {what}; Terraform was asked to stop and exited with code {code}. "
                           f"{state}", fix="run the same command again: it plans afresh from the saved state")
     if code != 0:
-        raise failure(root, env, what=what, code=code, output=output, ran=(started, time.time()))
+        raise failure(root, env, what=what, code=code, output="\n".join(p.text() for p in pumps),
+                      ran=(started, time.time()))
 
 
 class _Pump(threading.Thread):
     """Copy a child's pipe to *sink* as it comes, keep its tail, and never stop reading: a write to *sink* that
     fails (a closed pipe, a terminal that went away) stops the copying, not the reading."""
 
-    TAIL_BYTES = 256 * 1024
-
     def __init__(self, pipe, sink):
         super().__init__(daemon=True, name="deploy-app-output")
-        self.pipe, self.sink, self.tail = pipe, sink, bytearray()
+        self.pipe, self.sink, self.tail = pipe, getattr(sink, "buffer", None), bytearray()
         self.start()
 
     def run(self) -> None:
-        target = getattr(self.sink, "buffer", None)
         while chunk := self._read():
-            self.tail += chunk
-            del self.tail[: max(0, len(self.tail) - self.TAIL_BYTES)]
+            self.tail = (self.tail + chunk)[-256 * 1024:]
             try:
-                if target is not None:
-                    target.write(chunk)
-                    target.flush()
-                elif self.sink is not None:
-                    self.sink.write(chunk.decode("utf-8", "replace"))
+                if self.sink is not None:
+                    self.sink.write(chunk)
                     self.sink.flush()
             except (OSError, ValueError):
-                self.sink = target = None  # our own output is gone: keep draining the child's
+                self.sink = None  # our own output is gone: keep draining the child's
         self.pipe.close()
 
     def _read(self) -> bytes:
@@ -235,25 +209,18 @@ class StateLocked(RunbookError):
 
 @dataclass(frozen=True)
 class Failure:
-    """One row of :data:`FAILURES`: Terraform's (or the script's) words, the error id, its text and its fix.
-
-    ``what`` and ``fix`` are ``str.format`` templates over ``what`` (e.g. "plan of environment stg"), ``step``,
-    ``code`` and ``said`` (the first group of *pattern*), ``root`` and ``unlock`` (the unlock command).
-    """
+    """One row of :data:`FAILURES`: Terraform's (or the script's) words, the error id, its text and its fix
+    (``str.format`` templates over ``what``, ``step``, ``code`` and ``said``: the first group of *pattern*)."""
 
     pattern: str
     id: str
     what: str
     fix: str
 
-    def match(self, output: str) -> re.Match | None:
-        found = list(re.finditer(self.pattern, output, re.M))
-        return found[-1] if found else None
-
 
 # Terraform's failures as data (as terragrunt keeps its retryable errors): the first row whose pattern is in the
-# output names the failure. The state lock and the digest are told apart before this table (they need the lock
-# info and the digest). Terraform 1.0 and 1.11 wrap some sentences at different words: \s+ between them.
+# output names the failure. A held lock and the digest mismatch are told apart before (they need the lock info
+# and the digest).
 FAILURES = (
     Failure(r"Error acquiring the state lock", "state-lock-failed",
             "The {what} could not take the Terraform state lock, and no other run holds it: Terraform could not use "
@@ -287,14 +254,11 @@ FAILURES = (
 
 def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: str,
             ran: tuple[float, float] | None = None) -> RunbookError:
-    """The error for a run of ``deploy-app.sh`` in *root* that exited *code* (non-zero) after printing *output*.
-
-    A state lock held by another run (with Terraform's Lock Info) is :class:`StateLocked` (exit 75), naming the
-    release command; a lock this very run took (see :func:`own_lock_age`) is named as such; the digest
-    mismatch gets the exact ``put-item``; everything else is the first row of :data:`FAILURES` that matches,
-    or bash itself dying without a message.
-    """
-    unlock = unlock_command(env, "ID")
+    """The error for a run of ``deploy-app.sh`` in *root* that exited *code* after printing *output*: a state lock
+    held by another run is :class:`StateLocked` (exit 75) naming the release command, a lock this very run took
+    (:func:`own_lock_age`; *ran*: start and end, seconds since the epoch) is named as such, the digest mismatch
+    gets the exact ``put-item``, anything else is the first row of :data:`FAILURES` that matches, or bash dying
+    without a message."""
     lock = LockInfo.parse(output) if "Error acquiring the state lock" in output else None
     if lock is not None:
         unlock = unlock_command(env, lock.id)
@@ -312,21 +276,20 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
             "was applied", lock=lock,
             fix="if that run is still going, wait for it (add --lock-timeout-s 300 to the command to wait up to 5 "
                 f"minutes); if it has died (its Terraform process is gone), release the lock after checking: {unlock}")
-    state = f"s3://{env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}"
     if "does not have the expected content" in output:
+        state = f"{env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}"
         digest = re.search(r"Digest\s+value\s+stored\s+in\s+the\s+DynamoDB\s+table\s+to\s+the\s+following\s+value:"
                            r"\s*([0-9a-f]{32})", output)
         return RunbookError(f"The {what} failed: the Terraform state in S3 does not match its digest in the lock "
                             "table (a run stopped between writing the state and its digest); nothing was applied",
-                            id="state-digest-mismatch", where=f"{state}, DynamoDB table {env.get('TF_LOCK_TABLE')} "
-                                                              f"item {state[5:]}-md5",
+                            id="state-digest-mismatch",
+                            where=f"s3://{state}, DynamoDB table {env.get('TF_LOCK_TABLE')} item {state}-md5",
                             fix=digest_fix(root, env, digest.group(1) if digest else None))
     for row in FAILURES:
-        found = row.match(output)
+        found = list(re.finditer(row.pattern, output, re.M))
         if found:
-            groups = found.groups() + ("", "")
-            values = {"what": what, "step": groups[0], "code": groups[1] or code, "said": console.mask(groups[0]),
-                      "root": root, "unlock": unlock}
+            groups = found[-1].groups() + ("", "")
+            values = {"what": what, "step": groups[0], "code": groups[1] or code, "said": console.mask(groups[0])}
             return RunbookError(row.what.format(**values), id=row.id, where=str(root), fix=row.fix.format(**values))
     return RunbookError(
         f"The {what} did not finish: deploy-app.sh itself failed (exit {code}) without a message of its own, so bash "
@@ -346,12 +309,11 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
     """Seconds from the start of the Terraform command to *lock*'s creation when *lock* looks taken by that very
     command, else None.
 
-    Terraform locks with a conditional write. When the write succeeds but its answer is lost, the AWS SDK
-    sends it again, the condition fails on Terraform's own lock, and Terraform reports the lock as held. Such
-    a lock was created while the command ran (*ran*: start and end, seconds since the epoch), by this
-    machine's user (``user@host``, as Terraform's Who: Go's user.Current), with the Terraform version in *env*
-    and for the operation the script ran, while no Terraform runs in *root* any more (Linux /proc). The
-    runbook says what it found and leaves the release to the administrator. Sources:
+    Terraform locks with a conditional write; when the write succeeds but its answer is lost, the AWS SDK sends it
+    again, the condition fails on Terraform's own lock, and Terraform reports the lock as held. Such a lock was
+    created while the command ran (*ran*: start and end, seconds since the epoch), by this machine's user
+    (``user@host``, Terraform's Who: Go's user.Current), with the Terraform version and the operation in *env*,
+    while no Terraform runs in *root* any more (Linux /proc). Sources:
     https://developer.hashicorp.com/terraform/language/backend/s3#state-locking and
     https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html
     """
@@ -380,11 +342,7 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
 def other_terraform_in(root: Path) -> list[int]:
     """Process IDs of the Terraform processes whose working folder is *root* (Linux /proc; none elsewhere)."""
     found = []
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return found
-    for pid in pids:
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
         try:
             with open(f"/proc/{pid}/comm", encoding="utf-8") as comm:
                 if comm.read().strip() == "terraform" and Path(os.readlink(f"/proc/{pid}/cwd")) == root.resolve():
@@ -400,10 +358,9 @@ def digest_fix(root: Path, env: dict[str, str], digest: str | None) -> str:
     ``errored.tfstate`` left, the state in S3 is the newest, so the digest is set to the value Terraform computed."""
     item = {"LockID": {"S": f"{env.get('TF_STATE_BUCKET')}/{env.get('TF_STATE_KEY')}-md5"},
             "Digest": {"S": digest or "DIGEST-FROM-TERRAFORMS-MESSAGE"}}
-    command = (f"aws dynamodb put-item --region {shlex.quote(env.get('AWS_REGION', ''))} --table-name "
-               f"{shlex.quote(env.get('TF_LOCK_TABLE', ''))} --item {shlex.quote(json.dumps(item))}")
-    if env.get("AWS_ENDPOINT_URL"):
-        command += f" --endpoint-url {shlex.quote(env['AWS_ENDPOINT_URL'])}"
+    command = shlex.join(["aws", "dynamodb", "put-item", "--region", env.get("AWS_REGION", ""), "--table-name",
+                          env.get("TF_LOCK_TABLE", ""), "--item", json.dumps(item)]
+                         + (["--endpoint-url", env["AWS_ENDPOINT_URL"]] if env.get("AWS_ENDPOINT_URL") else []))
     if (root / "errored.tfstate").exists():
         return (f"{root / 'errored.tfstate'} was left too: make the digest match the state in S3 first, then push that "
                 f"file as TROUBLESHOOTING.md#errored-tfstate says: {command}")

@@ -1,15 +1,8 @@
 """Configuration: environments, AWS accounts, backend naming, the CircleCI project.
 
-Read from ``config/environments.yml`` (or the file named by ``RUNBOOK_CONFIG``), checked against
-``config/environments.schema.json`` with ``jsonschema``, then against the rules a schema cannot
-express (an environment naming an unknown account, two environments on one branch) and the naming
-rules AWS applies to every name built from it (:mod:`runbook.names`). Every error names the file,
-the line and the field, and says how to fix it; all errors are reported at once.
-
-The YAML is read node by node so that line numbers survive, duplicate keys are caught (PyYAML
-would silently keep the last one) and an unquoted account ID is caught even when YAML turned it
-into a number (``012345678901`` loses its leading zero). This is the bottom layer of the runbook:
-it imports nothing above it.
+Read from ``config/environments.yml`` (or ``$RUNBOOK_CONFIG``) by :mod:`runbook.yamlfile`, checked against
+``config/environments.schema.json``, the rules a schema cannot express and AWS's naming rules (:mod:`runbook.names`).
+Every error names the file, the line, the field and the fix; all are reported at once.
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from runbook import names, versions, yamlfile
 from runbook.errors import RunbookError
@@ -46,10 +40,6 @@ DEFAULTS: dict[str, Any] = {
     "environment_root": "iam/terraform/environment-specific/main",
     "modules": "iam/terraform/modules",
 }
-# Terraform's S3 backend locks state in a DynamoDB table ("dynamodb") or, from Terraform 1.10, with an S3
-# object "<key>.tflock" beside the state ("s3": use_lockfile), or both at once ("dynamodb+s3": the step of a
-# migration between the two). https://developer.hashicorp.com/terraform/language/backend/s3#state-locking
-LOCK_MODES = ("dynamodb", "s3", "dynamodb+s3")
 
 
 @dataclass(frozen=True)
@@ -76,10 +66,9 @@ class Environment:
 
 @dataclass(frozen=True)
 class Backend:
-    """Where one root module keeps its state: S3 bucket and key, and how the state is locked.
-
-    ``lock`` is "dynamodb" (an item of ``lock_table``), "s3" (the object ``<key>.tflock``, Terraform
-    1.10+; ``lock_table`` is then neither created nor required) or "dynamodb+s3" (both: a migration step).
+    """Where one root module keeps its state (S3 bucket and key) and how it is locked: ``lock`` is "dynamodb" (an
+    item of ``lock_table``), "s3" (the object ``<key>.tflock``, Terraform 1.10+; no table) or "dynamodb+s3" (both: a
+    migration step). https://developer.hashicorp.com/terraform/language/backend/s3#state-locking
     """
 
     bucket: str
@@ -112,17 +101,11 @@ class Backend:
         return " and ".join(parts)
 
 
-# project_slug's VCS prefix -> the host CircleCI's OIDC token names in vcs-origin.
-VCS_ORIGIN_HOSTS = {"gh": "github.com", "github": "github.com", "bb": "bitbucket.org", "bitbucket": "bitbucket.org"}
-
-
 @dataclass(frozen=True)
 class CircleCI:
-    """The CircleCI project: ``project_slug`` is opaque (``gh/org/repo`` or ``circleci/<id>/<id>``).
-
-    ``deployer`` is "oidc" (the pipeline assumes a role with its OpenID Connect token; needs
-    ``org_id`` and ``project_id``, UUIDs) or "user" (legacy: an IAM user's access key).
-    """
+    """The CircleCI project: ``project_slug`` is opaque (``gh/org/repo`` or ``circleci/<id>/<id>``); ``deployer`` is
+    "oidc" (the pipeline assumes a role with its OpenID Connect token; needs the UUIDs ``org_id`` and ``project_id``)
+    or "user" (legacy: an IAM user's access key)."""
 
     project_slug: str
     workflow: str
@@ -141,17 +124,14 @@ class CircleCI:
         if self.vcs_origin:
             return self.vcs_origin
         vcs, _, rest = self.project_slug.partition("/")
-        host = VCS_ORIGIN_HOSTS.get(vcs)
-        return f"{host}/{rest}" if host else None
+        hosts = {"gh": "github.com", "github": "github.com", "bb": "bitbucket.org", "bitbucket": "bitbucket.org"}
+        return f"{hosts[vcs]}/{rest}" if vcs in hosts else None
 
 
 @dataclass(frozen=True)
 class Config:
-    """The validated configuration. Build it with :func:`load`.
-
-    ``roots`` maps "account" and "environment" to the root module folders and ``modules`` is the shared
-    modules folder, all POSIX paths relative to the top of the repository.
-    """
+    """The validated configuration, built by :func:`load`. ``roots`` maps "account" and "environment" to the root
+    module folders, ``modules`` is the shared modules folder: POSIX paths relative to the top of the repository."""
 
     path: Path
     project: str
@@ -168,7 +148,7 @@ class Config:
 
     def where(self, *at: str) -> str:
         """"<file> line N, field a.b.c" for the configuration field *at* (the nearest line known)."""
-        return f"{self.path} line {_line(self.lines, at)}, field {_dotted(at)}"
+        return f"{self.path} {_field(self.lines, at)}"
 
     def environment(self, name: str) -> Environment:
         """Return the environment called *name*. Raises RunbookError listing the valid names when there is none."""
@@ -215,15 +195,9 @@ def shown_path() -> str:
 
 
 def load(path: str | os.PathLike | None = None) -> Config:
-    """Read, validate and resolve the configuration.
-
-    Args:
-        path: YAML file; default from :func:`config_path`.
-
-    Raises RunbookError when the file is missing, is not YAML, or breaks a rule; the message lists
-    every problem with its line and field.
-    """
-    explicit, path = path, config_path(path)
+    """Read, validate and resolve the YAML file *path* (default :func:`config_path`). Raises RunbookError when the
+    file is missing, is not YAML, or breaks a rule; the message lists every problem with its line and field."""
+    explicit, path, default = path, config_path(path), DEFAULT_CONFIG.relative_to(PROJECT_ROOT)
     try:
         restore = f", or restore it: git checkout -- {Path(path).resolve().relative_to(PROJECT_ROOT)}"
     except ValueError:
@@ -231,13 +205,12 @@ def load(path: str | os.PathLike | None = None) -> Config:
     source = (f"--path {explicit}" if explicit else f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR)
               else None)
     data, lines, plain = yamlfile.load(
-        path, source=source, restore=restore, missing=f"create it from {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}"
-        + ("" if explicit else f", or unset {ENV_VAR}"), other=f"point {'--path' if explicit else ENV_VAR} at the "
-        f"YAML configuration file, or use the default {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)}")
+        path, source=source, restore=restore, missing=f"create it from {default}" + ("" if explicit else
+        f", or unset {ENV_VAR}"), other=f"point {'--path' if explicit else ENV_VAR} at the YAML configuration file, "
+        f"or use the default {default}")
     problems = _schema_problems(data, lines, plain) or _rule_problems(data, lines, plain)
     config = None if problems else _build(data, lines, path)
-    if config is not None:
-        problems = _name_problems(config)
+    problems = problems or _name_problems(config)
     if problems:
         listing = "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
         raise RunbookError(f"The configuration in {path} is not valid:\n{listing}\n", id="config-invalid",
@@ -246,12 +219,8 @@ def load(path: str | os.PathLike | None = None) -> Config:
 
 
 def warnings(config: Config) -> list[str]:
-    """What is valid but probably not meant, one sentence each (``inv config.check`` prints them).
-
-    Two accounts with one ID: they are one AWS account, so their account scopes share one state
-    object and one applied record. A region the installed botocore does not list (a typo such as
-    ``eu-wset-1`` passes the schema's pattern; a region newer than botocore would be listed too).
-    """
+    """What is valid but probably not meant, one sentence each (``inv config.check`` prints them): two accounts
+    with one ID (one account scope: one state, one record), a region the installed botocore does not list."""
     found, by_id = [], {}
     for account in config.accounts.values():
         by_id.setdefault(account.id, []).append(account)
@@ -267,15 +236,15 @@ def warnings(config: Config) -> list[str]:
         if known and account.region not in known:
             close = difflib.get_close_matches(account.region, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            found.append(f"line {_line(config.lines, ('accounts', account.name, 'region'))}, field "
-                         f"accounts.{account.name}.region: {account.region!r} is not a region the installed botocore "
-                         f"knows{hint} (a region newer than the pinned botocore would show here too)")
+            found.append(f"{_field(config.lines, ('accounts', account.name, 'region'))}: {account.region!r} is not "
+                         f"a region the installed botocore knows{hint} (a region newer than the pinned botocore would "
+                         "show here too)")
     return found
 
 
 def _known_regions() -> set[str]:
-    """The region names of every AWS partition, from botocore's own ``data/partitions.json`` (read as a
-    file: building a botocore session to ask costs about half a second). Empty when it cannot be read."""
+    """Every AWS partition's regions from botocore's ``data/partitions.json``, read as a file (a botocore session
+    or loader costs about half a second); empty when it cannot be read."""
     import importlib.util
 
     try:
@@ -296,68 +265,61 @@ def _schema_problems(data: Any, lines: dict[tuple, int], plain: dict[tuple, str]
 
 
 def _explain(error: Any, at: tuple, lines: dict[tuple, int], plain: dict[tuple, str]) -> tuple[int, str]:
-    line, name, value = _line(lines, at), _dotted(at), error.instance
+    line, field, value, leaf = _line(lines, at), _field(lines, at), error.instance, str(at[-1]) if at else _dotted(at)
     schema = error.schema if isinstance(error.schema, dict) else {}
+    known = schema.get("properties") or {}
     if len(at) == 3 and at[0] == "accounts" and at[2] == "id":
         if at in plain or not isinstance(value, str):
-            return line, (f"line {line}, field {name}: the account ID must be quoted, e.g. id: \"012345678901\" "
-                          f"(unquoted, YAML reads {value!r} as a number and drops any leading zero)")
-        return line, f"line {line}, field {name}: {value!r} is not a 12-digit AWS account ID"
+            return line, (f"{field}: the account ID must be quoted, e.g. id: \"012345678901\" (unquoted, YAML reads "
+                          f"{value!r} as a number and drops any leading zero)")
+        return line, f"{field}: {value!r} is not a 12-digit AWS account ID"
     if error.validator == "additionalProperties":
-        allowed = sorted((schema.get("properties") or {}).keys())
-        texts = []
-        for extra in sorted(set(value) - set(allowed), key=str):
-            close = difflib.get_close_matches(str(extra), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
-            texts.append(f"line {_line(lines, at + (extra,))}, field {_dotted(at + (extra,))}: unknown key{hint}")
-        return _line(lines, at + (sorted(set(value) - set(allowed), key=str)[0],)), "\n  - ".join(texts)
+        extras, texts = sorted(set(value) - set(known), key=str), []
+        for extra in extras:
+            close = difflib.get_close_matches(str(extra), sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+            texts.append(f"{_field(lines, at + (extra,))}: unknown key; {hint}")
+        return _line(lines, at + (extras[0],)), "\n  - ".join(texts)
     if "propertyNames" in error.relative_schema_path:
         return _line(lines, at + (value,)), (
-            f"line {_line(lines, at + (value,))}, field {_dotted(at + (value,))}: {value!r} is not a valid name: "
-            "use lower-case letters, digits and '-', starting with a letter (it ends up in IAM role names and shell "
-            "commands)")
+            f"{_field(lines, at + (value,))}: {value!r} is not a valid name: use lower-case letters, digits and '-', "
+            "starting with a letter (it ends up in IAM role names and shell commands)")
     if error.validator == "required":
-        missing = [key for key in error.validator_value if key not in (value or {})]
-        return line, "\n  - ".join(f"line {line}, field {name}: the key {key!r} is missing"
-                                   + _example(key, (schema.get("properties") or {}).get(key) or {}) for key in missing)
-    leaf = str(at[-1]) if at else name
-    if at in plain and not isinstance(value, str) and error.validator in ("type", "pattern", "minLength") \
-            and "string" in _as_list(schema.get("type")):
-        return line, (f"line {line}, field {name}: {leaf}: {plain[at]} was read as {_read_as(value)}; "
-                      f'write {leaf}: "{plain[at]}"')
-    if error.validator == "type":
-        kinds = " or ".join("true or false" if k == "boolean" else f"a {k}" for k in _as_list(error.validator_value))
+        return line, "\n  - ".join(f"{field}: the key {key!r} is missing" + _example(key, known.get(key) or {})
+                                   for key in error.validator_value if key not in value)
+    if error.validator == "type":  # jsonschema's pattern and minLength pass any value that is not a string
+        kinds = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if at in plain and "string" in kinds:
+            return line, f'{field}: {leaf}: {plain[at]} was read as {_read_as(value)}; write {leaf}: "{plain[at]}"'
         written = f"{plain[at]} (read as {_read_as(value)})" if at in plain else repr(value)
-        return line, f"line {line}, field {name}: {written} should be {kinds}" + _example(leaf, schema)
+        kinds = " or ".join("true or false" if k == "boolean" else f"a {k}" for k in kinds)
+        return line, f"{field}: {written} should be {kinds}" + _example(leaf, schema)
     if error.validator in ("pattern", "minLength", "maxLength") and schema.get("description"):
-        return line, f"line {line}, field {name}: {value!r} is not {schema['description']}" + _example(leaf, schema)
+        return line, f"{field}: {value!r} is not {schema['description']}" + _example(leaf, schema)
     if error.validator == "minProperties":
-        return line, f"line {line}, field {name}: needs at least {error.validator_value} entry"
-    return line, f"line {line}, field {name}: {error.message}"
-
-
-def _as_list(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
+        return line, f"{field}: needs at least {error.validator_value} entry"
+    return line, f"{field}: {error.message}"
 
 
 def _example(key: str, schema: dict) -> str:
     """'; for example key: value' from the schema's ``examples``, or ''."""
-    examples = schema.get("examples") or []
-    if not examples:
+    if not schema.get("examples"):
         return ""
-    shown = examples[0] if isinstance(examples[0], str) and NAME_PATTERN.match(examples[0]) else json.dumps(examples[0])
-    return f"; for example {key}: {shown}"
+    shown = schema["examples"][0]
+    plain = isinstance(shown, str) and NAME_PATTERN.match(shown)
+    return f"; for example {key}: {shown if plain else json.dumps(shown)}"
 
 
 def _read_as(value: Any) -> str:
     """What YAML made of an unquoted value: "the number 1.1", "the boolean True", "null (no value)"."""
     if value is None:
         return "null (no value)"
-    if isinstance(value, bool):
-        return f"the boolean {value}"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return f"a {type(value).__name__} ({value})"
+    kind = "boolean" if isinstance(value, bool) else "number" if isinstance(value, (int, float)) else None
+    return f"the {kind} {value!r}" if kind else f"a {type(value).__name__} ({value})"
+
+
+def _field(lines: dict[tuple, int], at: tuple) -> str:
+    return f"line {_line(lines, at)}, field {_dotted(at)}"
 
 
 def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str]) -> list[str]:
@@ -365,7 +327,7 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
     problems = []
 
     def add(at: tuple, text: str) -> None:
-        problems.append(f"line {_line(lines, at)}, field {_dotted(at)}: {text}")
+        problems.append(f"{_field(lines, at)}: {text}")
 
     accounts, environments = data.get("accounts", {}), data.get("environments", {})
     terraform = data.get("terraform") or {}
@@ -406,12 +368,11 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
                                               f"terraform.required_version {required!r} admits no such release; set "
                                               f'required_version: ">= {versions.Terraform.s3_lock_min}", or lock: '
                                               "dynamodb")
-    for key in ("account", "environment"):
-        root = (terraform.get("roots") or {}).get(key)
-        if root and _path_problem(root):
-            add(("terraform", "roots", key), _path_problem(root))
-    if terraform.get("modules") and _path_problem(terraform["modules"]):
-        add(("terraform", "modules"), _path_problem(terraform["modules"]))
+    roots = terraform.get("roots") or {}
+    for at, value in [*((("terraform", "roots", k), roots.get(k)) for k in ("account", "environment")),
+                      (("terraform", "modules"), terraform.get("modules"))]:
+        if value and (problem := _path_problem(value)):
+            add(at, problem)
     branches: dict[str, str] = {}
     for name, env in environments.items():
         if env.get("account") not in accounts:
@@ -438,18 +399,14 @@ IAM_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "environment": (("role", "{project}-{environment}-lambda-worker"),
                     ("inline policy", "{project}-{environment}-lambda-worker-inline")),
 }
-"""The longest IAM names the shipped root modules build from project and environment
-(iam/terraform/account-specific/main/main.tf: the deployer user and policy
-``${var.project}-circleci-deployer``; iam/terraform/environment-specific/main/main.tf: the roles
-``${var.project}-${var.environment}-lambda-<api|worker>`` and their inline policies ``<role>-inline``).
-A test reads the .tf files and fails when this table no longer matches them."""
+"""The longest IAM names the shipped root modules build (the account root's deployer user and policy, the environment
+root's ``${var.project}-${var.environment}-lambda-<api|worker>`` roles and their ``<role>-inline`` policies); a test
+reads the .tf files and fails when this table no longer matches them."""
 
 
 def _name_problems(config: Config) -> list[str]:
-    """The names the runbook and the root modules build, checked against AWS's rules (:mod:`runbook.names`)
-    before anything is created: the applied records' SSM parameters, the state bucket, its keys and the
-    lock table of every account and environment, and the IAM names of :data:`IAM_NAMES`; also two scopes
-    whose state would be one object. Each problem names the line and the field that produced the name."""
+    """Every name the runbook and the root modules build (records' SSM parameters, state buckets, keys, lock tables,
+    :data:`IAM_NAMES`) against AWS's rules, and two scopes sharing one state object; each at its line and field."""
     problems: list[str] = []
 
     def add(at: tuple, text: str) -> None:
@@ -488,23 +445,19 @@ def _name_problems(config: Config) -> list[str]:
 
 
 def _valid_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    try:
+    try:  # .port raises ValueError outside 0-65535
         parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in url and (
-            parts.port is None or 0 < parts.port < 65536)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in url and parts.port != 0
     except ValueError:
         return False
 
 
 def _build(data: dict, lines: dict[tuple, int], path: Path) -> Config:
-    accounts = {name: Account(name, a["id"], a["region"], a.get("profile"), a.get("endpoint_url"))
-                for name, a in data["accounts"].items()}
-    environments = {name: Environment(name, e["branch"], accounts[e["account"]], bool(e.get("protected", False)),
-                                      e.get("deploy_command"))
+    # The schema's keys of an account, an environment and circleci are the fields of their dataclasses.
+    accounts = {name: Account(name, **a) for name, a in data["accounts"].items()}
+    environments = {name: Environment(name, **{**e, "account": accounts[e["account"]]})
                     for name, e in data["environments"].items()}
-    tf, ci = data.get("terraform", {}), data.get("circleci")
+    tf = data.get("terraform", {})
     backend, roots = tf.get("backend", {}), tf.get("roots", {})
     return Config(
         path=path, project=data["project"], accounts=accounts, environments=environments,
@@ -515,6 +468,5 @@ def _build(data: dict, lines: dict[tuple, int], path: Path) -> Config:
                for scope in ("account", "environment")},
         modules=PurePosixPath(tf.get("modules", DEFAULTS["modules"])).as_posix(),
         lock_mode=backend.get("lock", DEFAULTS["lock"]),
-        circleci=CircleCI(ci["project_slug"], ci["workflow"], ci.get("host"), ci.get("deployer", "user"),
-                          ci.get("org_id"), ci.get("project_id"), ci.get("vcs_origin")) if ci else None,
+        circleci=CircleCI(**data["circleci"]) if data.get("circleci") else None,
         git_remote=data.get("git", {}).get("remote"), lines=lines)

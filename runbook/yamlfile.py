@@ -1,10 +1,8 @@
 """A YAML file read safely, with the line of every value: what the configuration check needs to name a line.
 
-:func:`load` refuses anything but a regular UTF-8 file of a few KB (a FIFO would block the read, ``/dev/urandom``
-never ends), reads it node by node with PyYAML's safe loader (https://pyyaml.org/wiki/PyYAMLDocumentation) under
-limits of depth, aliases and nodes, refuses tags, merge keys, duplicate keys and keys that are not strings, and
-keeps the text as written of each unquoted scalar (``012345678901`` read as a number lost its leading zero; the
-message shows what was written). Every error names the file, the line and the column.
+Only a regular UTF-8 file of a few KB is read, node by node with PyYAML's safe loader
+(https://pyyaml.org/wiki/PyYAMLDocumentation) under limits of depth, aliases and nodes. Every error names the file
+and the line.
 """
 
 from __future__ import annotations
@@ -18,37 +16,35 @@ import yaml
 
 from runbook.errors import RunbookError
 
-MAX_BYTES = 256 * 1024
-"""Largest configuration file read, in bytes (the shipped one is under 3 KB)."""
-MAX_DEPTH = 16
-"""Deepest nesting of YAML collections accepted (the schema needs 4)."""
-MAX_ALIASES = 50
-"""Most YAML aliases (``*name``) accepted in the file."""
-MAX_NODES = 10_000
-"""Most YAML nodes accepted once aliases are expanded (an "alias bomb" of 1 KB expands to billions)."""
-
-
-def load(path: Path, *, source: str | None, other: str, missing: str, restore: str = "") -> tuple[Any, Lines, Plain]:
-    """Read the YAML file *path*: (data, the line of each value by its path of keys, the text as written of each
-    unquoted scalar by its path).
-
-    Args:
-        source: what named the file ("RUNBOOK_CONFIG=/tmp/x.yml", "--path /tmp/x.yml"), or None for the default.
-        other: the fix for a file that cannot be read; *missing*: the fix for one that does not exist.
-        restore: ", or restore it: git checkout -- PATH" when the file is one of the repository's.
-
-    Raises RunbookError: ``config-unreadable`` (missing, not a regular file, too large, not UTF-8, empty),
-    ``config-not-yaml`` (at a line), ``config-invalid`` (duplicate keys, a key that is not a string).
-    """
-    return _parse(_read(path, source, other, missing, restore), path, restore, missing)
-
-
+MAX_BYTES = 256 * 1024  # the largest file read (the shipped configuration is under 3 KB)
+MAX_DEPTH = 16  # the deepest nesting of collections (the schema needs 4)
+MAX_ALIASES = 50  # the most aliases (*name)
+MAX_NODES = 10_000  # the most values once aliases are expanded (an "alias bomb" of 1 KB expands to billions)
 Lines = dict[tuple, int]
 Plain = dict[tuple, str]
 
 
+def load(path: Path, *, source: str | None, other: str, missing: str, restore: str = "") -> tuple[Any, Lines, Plain]:
+    """Read the YAML file *path*: (data, the line of each value by its path of keys, the text as written of each
+    unquoted scalar by its path: ``012345678901`` read as a number lost its leading zero).
+
+    *source* says what named the file ("--path /tmp/x.yml", "RUNBOOK_CONFIG=/tmp/x.yml", None: the default);
+    *other* and *missing* are the fixes for a file that cannot be read and one that does not exist; *restore* is
+    ", or restore it: git checkout -- PATH" for a file of the repository. Raises RunbookError: ``config-unreadable``
+    (missing, not a regular file, too large, not UTF-8, empty), ``config-not-yaml`` (at a line: also tags, merge
+    keys, too deep), ``config-invalid`` (duplicate keys, a key that is not a string).
+    """
+    text = _read(path, source, other, missing, restore)
+    try:
+        return _parse(text, path, restore, missing)
+    except RecursionError:
+        raise RunbookError("The configuration is nested too deeply to be a configuration", id="config-not-yaml",
+                           where=str(path), fix="correct it there" + restore) from None
+
+
 def _read(path: Path, where: str | None, other: str, missing: str, restore: str) -> str:
-    """The text of *path*, opened without blocking and checked with fstat before one byte is read."""
+    """The text of *path*, opened without blocking (a FIFO would block the read, ``/dev/urandom`` never ends) and
+    checked with fstat before one byte is read."""
 
     def refuse(what: str, fix: str = other) -> RunbookError:
         return RunbookError(what, id="config-unreadable", where=where, fix=fix)
@@ -65,9 +61,8 @@ def _read(path: Path, where: str | None, other: str, missing: str, restore: str)
             kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK:
                     "a block device", stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode))
             raise refuse(f"The configuration file {path} is {kind or 'not a regular file'}, not a regular file")
-        data = os.read(fd, MAX_BYTES + 1)
-        while data and len(data) <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - len(data))):
-            data += chunk
+        with open(fd, "rb", closefd=False) as stream:  # buffered: reads until MAX_BYTES + 1 or the end
+            data = stream.read(MAX_BYTES + 1)
     except OSError as exc:
         raise refuse(f"Cannot read the configuration file {path}: {exc.strerror}") from None
     finally:
@@ -121,15 +116,9 @@ def _parse(text: str, path: Path, restore: str, missing: str) -> tuple[Any, Line
         limit = "deeper" in problem or "aliases" in problem
         raise _yaml_error(path, getattr(exc, "problem_mark", None), problem, restore if limit else
                           "correct the indentation or quoting there (a value with ':' or '#' needs quotes)") from None
-    except RecursionError:
-        raise RunbookError("The configuration is nested too deeply to be a configuration", id="config-not-yaml",
-                           where=str(path), fix=restore) from None
     if root is None:
-        raise RunbookError("The configuration file is empty", id="config-unreadable", where=str(path),
-                           fix=missing)
-    lines: Lines = {}
-    plain: Plain = {}
-    dupes: list[str] = []
+        raise RunbookError("The configuration file is empty", id="config-unreadable", where=str(path), fix=missing)
+    lines, plain, dupes = {}, {}, []
     constructor, inside, count = yaml.SafeLoader(""), set(), [0]
 
     def scalar(node: yaml.Node) -> Any:
@@ -191,9 +180,6 @@ def _parse(text: str, path: Path, restore: str, missing: str) -> tuple[Any, Line
     except yaml.YAMLError as exc:
         raise _yaml_error(path, getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or str(exc),
                           "quote the value there, or write it another way") from None
-    except RecursionError:
-        raise RunbookError("The configuration is nested too deeply to be a configuration", id="config-not-yaml",
-                           where=str(path), fix=restore) from None
     if dupes:
         raise RunbookError(f"The configuration in {path} has duplicate keys:\n" + "\n".join(f"  - {d}" for d in dupes)
                            + "\n", id="config-invalid",

@@ -66,9 +66,11 @@ class Environment:
 
 @dataclass(frozen=True)
 class Backend:
-    """Where one root module keeps its state (S3 bucket and key) and how it is locked: ``lock`` is "dynamodb" (an
-    item of ``lock_table``), "s3" (the object ``<key>.tflock``, Terraform 1.10+; no table) or "dynamodb+s3" (both: a
-    migration step). https://developer.hashicorp.com/terraform/language/backend/s3#state-locking
+    """Where one root module keeps its state: S3 bucket and key, and how the state is locked.
+
+    ``lock`` is "dynamodb" (an item of ``lock_table``), "s3" (the object ``<key>.tflock``, Terraform
+    1.10+; ``lock_table`` is then neither created nor required) or "dynamodb+s3" (both: a migration step).
+    https://developer.hashicorp.com/terraform/language/backend/s3#state-locking
     """
 
     bucket: str
@@ -103,9 +105,11 @@ class Backend:
 
 @dataclass(frozen=True)
 class CircleCI:
-    """The CircleCI project: ``project_slug`` is opaque (``gh/org/repo`` or ``circleci/<id>/<id>``); ``deployer`` is
-    "oidc" (the pipeline assumes a role with its OpenID Connect token; needs the UUIDs ``org_id`` and ``project_id``)
-    or "user" (legacy: an IAM user's access key)."""
+    """The CircleCI project: ``project_slug`` is opaque (``gh/org/repo`` or ``circleci/<id>/<id>``).
+
+    ``deployer`` is "oidc" (the pipeline assumes a role with its OpenID Connect token; needs
+    ``org_id`` and ``project_id``, UUIDs) or "user" (legacy: an IAM user's access key).
+    """
 
     project_slug: str
     workflow: str
@@ -130,8 +134,11 @@ class CircleCI:
 
 @dataclass(frozen=True)
 class Config:
-    """The validated configuration, built by :func:`load`. ``roots`` maps "account" and "environment" to the root
-    module folders, ``modules`` is the shared modules folder: POSIX paths relative to the top of the repository."""
+    """The validated configuration. Build it with :func:`load`.
+
+    ``roots`` maps "account" and "environment" to the root module folders and ``modules`` is the shared
+    modules folder, all POSIX paths relative to the top of the repository.
+    """
 
     path: Path
     project: str
@@ -184,20 +191,22 @@ class Config:
         return f"/{self.project}/iam/account" if scope == ACCOUNT else f"/{self.project}/iam/env/{scope}"
 
 
-def config_path(explicit: str | os.PathLike | None = None) -> Path:
-    """The configuration file to read: *explicit*, else ``$RUNBOOK_CONFIG``, else the default."""
-    return Path(explicit or os.environ.get(ENV_VAR) or DEFAULT_CONFIG)
-
-
 def shown_path() -> str:
     """The configuration file in use, as messages outside this module name it (never a hard-coded default)."""
-    return str(config_path())
+    return str(os.environ.get(ENV_VAR) or DEFAULT_CONFIG)
 
 
 def load(path: str | os.PathLike | None = None) -> Config:
-    """Read, validate and resolve the YAML file *path* (default :func:`config_path`). Raises RunbookError when the
-    file is missing, is not YAML, or breaks a rule; the message lists every problem with its line and field."""
-    explicit, path, default = path, config_path(path), DEFAULT_CONFIG.relative_to(PROJECT_ROOT)
+    """Read, validate and resolve the configuration.
+
+    Args:
+        path: YAML file; default ``$RUNBOOK_CONFIG``, else :data:`DEFAULT_CONFIG`.
+
+    Raises RunbookError when the file is missing, is not YAML, or breaks a rule; the message lists
+    every problem with its line and field.
+    """
+    explicit, path = path, Path(path or os.environ.get(ENV_VAR) or DEFAULT_CONFIG)
+    default = DEFAULT_CONFIG.relative_to(PROJECT_ROOT)
     try:
         restore = f", or restore it: git checkout -- {Path(path).resolve().relative_to(PROJECT_ROOT)}"
     except ValueError:
@@ -219,8 +228,12 @@ def load(path: str | os.PathLike | None = None) -> Config:
 
 
 def warnings(config: Config) -> list[str]:
-    """What is valid but probably not meant, one sentence each (``inv config.check`` prints them): two accounts
-    with one ID (one account scope: one state, one record), a region the installed botocore does not list."""
+    """What is valid but probably not meant, one sentence each (``inv config.check`` prints them).
+
+    Two accounts with one ID: they are one AWS account, so their account scopes share one state
+    object and one applied record. A region the installed botocore does not list (a typo such as
+    ``eu-wset-1`` passes the schema's pattern; a region newer than botocore would be listed too).
+    """
     found, by_id = [], {}
     for account in config.accounts.values():
         by_id.setdefault(account.id, []).append(account)
@@ -243,8 +256,8 @@ def warnings(config: Config) -> list[str]:
 
 
 def _known_regions() -> set[str]:
-    """Every AWS partition's regions from botocore's ``data/partitions.json``, read as a file (a botocore session
-    or loader costs about half a second); empty when it cannot be read."""
+    """The region names of every AWS partition, from botocore's own ``data/partitions.json`` (read as a
+    file: building a botocore session to ask costs about half a second). Empty when it cannot be read."""
     import importlib.util
 
     try:
@@ -326,61 +339,58 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
     """The rules a schema cannot express, each as 'line N, field F: what is wrong'."""
     problems = []
 
-    def add(at: tuple, text: str) -> None:
+    def add(*at: str, text: str) -> None:
         problems.append(f"{_field(lines, at)}: {text}")
 
     accounts, environments = data.get("accounts", {}), data.get("environments", {})
     terraform = data.get("terraform") or {}
     backend, circleci = terraform.get("backend") or {}, data.get("circleci") or {}
     if ACCOUNT in environments:
-        add(("environments", ACCOUNT), "'account' is reserved (its applied record would be the account scope's); "
-                                       "choose another name")
+        add("environments", ACCOUNT, text="'account' is reserved (its applied record would be the account scope's); "
+            "choose another name")
     sample = {"project": "p", "account_id": "123456789012", "region": "eu-west-1", "environment": "stg"}
     for key, template in backend.items():
         try:
             if key != "lock":
                 template.format(**sample)
         except (KeyError, IndexError, ValueError) as exc:
-            add(("terraform", "backend", key), f"{template!r} is not a valid name template ({type(exc).__name__}: "
-                                               f"{exc}); placeholders are {{project}}, {{account_id}}, {{region}}, "
-                                               "{environment}")
+            add("terraform", "backend", key, text=f"{template!r} is not a valid name template ({type(exc).__name__}: "
+                f"{exc}); placeholders are {{project}}, {{account_id}}, {{region}}, {{environment}}")
+    slug = circleci.get("project_slug")
     if circleci.get("deployer") == "oidc" and not circleci.get("vcs_origin") \
-            and CircleCI(str(circleci.get("project_slug", "")), "").repository_origin is None:
-        add(("circleci", "vcs_origin"), f"deployer oidc needs the repository as CircleCI's token names it (e.g. "
-                                        f"github.com/acme/acme-api); it cannot be derived from project_slug "
-                                        f"{circleci.get('project_slug')!r}")
+            and CircleCI(str(slug or ""), "").repository_origin is None:
+        add("circleci", "vcs_origin", text="deployer oidc needs the repository as CircleCI's token names it (e.g. "
+            f"github.com/acme/acme-api); it cannot be derived from project_slug {slug!r}")
     for name, account in accounts.items():
         if account.get("endpoint_url") and not _valid_url(account["endpoint_url"]):
-            add(("accounts", name, "endpoint_url"), f"{account['endpoint_url']!r} is not a URL like "
-                                                    "http://127.0.0.1:5000")
+            add("accounts", name, "endpoint_url", text=f"{account['endpoint_url']!r} is not a URL like "
+                "http://127.0.0.1:5000")
         if ("accounts", name, "id") in plain:
-            add(("accounts", name, "id"), f'quote the account ID, e.g. id: "{account["id"]}" (unquoted, YAML may '
-                                          "read it as a number and drop a leading zero)")
-    required = terraform.get("required_version")
+            add("accounts", name, "id", text=f'quote the account ID, e.g. id: "{account["id"]}" (unquoted, YAML may '
+                "read it as a number and drop a leading zero)")
+    required, minimum = terraform.get("required_version"), versions.Terraform.s3_lock_min
     problem = versions.constraint_problem(required) if required else None
     if problem:
-        add(("terraform", "required_version"), problem)
+        add("terraform", "required_version", text=problem)
     elif backend.get("lock", "dynamodb") != "dynamodb" and not any(
             versions.satisfies(v, required or DEFAULTS["required_version"])
-            for v in (versions.Terraform.s3_lock_min, "1.11.4", "1.12.0", "1.14.0", "2.0.0")):
-        add(("terraform", "backend", "lock"), f"lock {backend['lock']} (S3 lock files, use_lockfile) needs Terraform "
-                                              f"{versions.Terraform.s3_lock_min} or later, but "
-                                              f"terraform.required_version {required!r} admits no such release; set "
-                                              f'required_version: ">= {versions.Terraform.s3_lock_min}", or lock: '
-                                              "dynamodb")
+            for v in (minimum, "1.11.4", "1.12.0", "1.14.0", "2.0.0")):
+        add("terraform", "backend", "lock", text=f"lock {backend['lock']} (S3 lock files, use_lockfile) needs "
+            f"Terraform {minimum} or later, but terraform.required_version {required!r} admits no such release; set "
+            f'required_version: ">= {minimum}", or lock: dynamodb')
     roots = terraform.get("roots") or {}
     for at, value in [*((("terraform", "roots", k), roots.get(k)) for k in ("account", "environment")),
                       (("terraform", "modules"), terraform.get("modules"))]:
         if value and (problem := _path_problem(value)):
-            add(at, problem)
+            add(*at, text=problem)
     branches: dict[str, str] = {}
     for name, env in environments.items():
         if env.get("account") not in accounts:
-            add(("environments", name, "account"), f"no account {env.get('account')!r} under accounts (known: "
-                                                   f"{', '.join(accounts)})")
+            add("environments", name, "account", text=f"no account {env.get('account')!r} under accounts (known: "
+                f"{', '.join(accounts)})")
         if env.get("branch") in branches:
-            add(("environments", name, "branch"), f"branch {env['branch']!r} is already the branch of environment "
-                                                  f"{branches[env['branch']]!r}; each environment needs its own branch")
+            add("environments", name, "branch", text=f"branch {env['branch']!r} is already the branch of environment "
+                f"{branches[env['branch']]!r}; each environment needs its own branch")
         branches.setdefault(env.get("branch"), name)
     return problems
 
@@ -399,14 +409,18 @@ IAM_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "environment": (("role", "{project}-{environment}-lambda-worker"),
                     ("inline policy", "{project}-{environment}-lambda-worker-inline")),
 }
-"""The longest IAM names the shipped root modules build (the account root's deployer user and policy, the environment
-root's ``${var.project}-${var.environment}-lambda-<api|worker>`` roles and their ``<role>-inline`` policies); a test
-reads the .tf files and fails when this table no longer matches them."""
+"""The longest IAM names the shipped root modules build from project and environment
+(iam/terraform/account-specific/main/main.tf: the deployer user and policy
+``${var.project}-circleci-deployer``; iam/terraform/environment-specific/main/main.tf: the roles
+``${var.project}-${var.environment}-lambda-<api|worker>`` and their inline policies ``<role>-inline``).
+A test reads the .tf files and fails when this table no longer matches them."""
 
 
 def _name_problems(config: Config) -> list[str]:
-    """Every name the runbook and the root modules build (records' SSM parameters, state buckets, keys, lock tables,
-    :data:`IAM_NAMES`) against AWS's rules, and two scopes sharing one state object; each at its line and field."""
+    """The names the runbook and the root modules build, checked against AWS's rules (:mod:`runbook.names`)
+    before anything is created: the applied records' SSM parameters, the state bucket, its keys and the
+    lock table of every account and environment, and the IAM names of :data:`IAM_NAMES`; also two scopes
+    whose state would be one object. Each problem names the line and the field that produced the name."""
     problems: list[str] = []
 
     def add(at: tuple, text: str) -> None:

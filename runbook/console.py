@@ -19,10 +19,12 @@ MASK = "****"
 # Variables whose values are secrets (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, CIRCLECI_TOKEN, ...).
 _SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PRIVATE_KEY)", re.IGNORECASE)
 MIN_SECRET_LEN = 8
-"""Shorter values of secret-named variables are not masked: no AWS or CircleCI credential is that short (an AWS secret
-access key has 40 characters, https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_access-keys.html),
-while a local AWS's placeholders (``test``, ``testing``) are words that would vanish from names."""
-# A URL's user-info (scheme://user:password@host) carries credentials: https://www.rfc-editor.org/rfc/rfc3986#section-3.2.1
+"""Shorter values of secret-named variables are not masked in text. No credential that AWS or CircleCI issues is
+that short (an AWS secret access key has 40 characters,
+https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_access-keys.html), while the placeholder values
+used with a local AWS (``test``, ``testing``) are ordinary words that would otherwise vanish from names."""
+# The user-info part of a URL (``scheme://user:password@host``, RFC 3986 section 3.2.1,
+# https://www.rfc-editor.org/rfc/rfc3986#section-3.2.1) carries credentials: it is never shown.
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]+@")
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 # "secret_access_key=...", "token: ...", "password=..." in someone else's output: keep the name, hide the value
@@ -33,8 +35,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 def mask(text: str, extra: Iterable[str] = ()) -> str:
-    """*text* with ``****`` for the values of variables named SECRET, TOKEN, PASSWORD or PRIVATE_KEY (at least
-    :data:`MIN_SECRET_LEN` long), *extra* values, and every URL's user-info (``https://****@github.com/``)."""
+    """*text* with every known secret replaced by ``****``: the values of the variables whose name contains
+    SECRET, TOKEN, PASSWORD or PRIVATE_KEY (at least :data:`MIN_SECRET_LEN` characters long), *extra* values,
+    and the user-info of every URL (``https://x-access-token:T@github.com/`` becomes ``https://****@github.com/``)."""
     found = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LEN}
     for value in sorted(found | set(extra), key=len, reverse=True):
         if value:
@@ -43,22 +46,26 @@ def mask(text: str, extra: Iterable[str] = ()) -> str:
 
 
 def mask_env(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of *env* with ``****`` for the values of secret-named variables and the user-info of any URL."""
+    """A copy of *env* with the values of secret-named variables replaced by ``****``, and the user-info of any URL
+    in the other values too."""
     return {k: MASK if _SECRET_NAME.search(k) else _URL_USERINFO.sub(rf"\1{MASK}@", v) for k, v in env.items()}
 
 
 def scrub(line: str, *, limit: int = 300) -> str:
-    """One line of someone else's output (a CI log), at most *limit* characters, made safe to print: terminal
-    sequences dropped, controls escaped (:func:`safe`), secrets masked (:func:`mask`, the value of a ``name=value``
-    whose name says secret, token, password, private key or credential, anything shaped like an AWS access key ID or
-    secret key: https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_access-keys.html)."""
+    """One line of someone else's output (a CI log) made safe to print: terminal sequences dropped, control
+    characters escaped (:func:`safe`), secrets masked: this machine's (:func:`mask`), anything shaped like an AWS
+    access key ID or secret access key (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_access-keys
+    .html), and the value of any ``name=value`` whose name says secret, token, password, private key or
+    credential. At most *limit* characters are kept."""
     line = _ASSIGNED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", mask(safe(_ANSI.sub("", line)).strip()))
     return _AWS_SECRET_VALUE.sub(MASK, _AWS_KEY_ID.sub(MASK, line))[:limit]
 
 
 def safe(text: str) -> str:
-    """*text* with every non-printable character but line feed and tab (ESC, C0/C1 controls, DEL, bidirectional
-    overrides) shown as ``\\xNN`` or ``\\uNNNN``: outside text cannot recolour, move the cursor or reorder lines."""
+    """*text* with every character that could drive a terminal shown as an escape instead: line feeds and tabs
+    stay; every other non-printable character (ESC and the C0/C1 controls, DEL, Unicode format characters such as
+    the bidirectional overrides) becomes ``\\xNN`` or ``\\uNNNN``, so a record or an API answer cannot recolour
+    the screen, move the cursor, rewrite a line already shown or reorder what is read."""
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() or ch in "\n\t" else
@@ -66,13 +73,14 @@ def safe(text: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """*text* made :func:`safe` for one line (a table cell): line feeds and tabs shown as ``\\n`` and ``\\t`` too."""
+    """*text* made :func:`safe` for a single line (a table cell, a field inside a sentence): line feeds and tabs
+    shown as ``\\n`` and ``\\t`` too, so outside text cannot add lines or shift columns."""
     return safe(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
 def write(stream, text: str) -> None:
-    """Write *text* (:func:`mask`-ed, no newline added, not escaped: ``"\\r\\033[K"`` is allowed) to *stream* and
-    flush it; never raises (the stream is :func:`guard`-ed)."""
+    """Write *text* to *stream* as it is (no newline added), :func:`mask`-ed, and flush it; never raises (the
+    stream is :func:`guard`-ed). Escaping outside text is the caller's part; ``"\\r\\033[K"`` is allowed."""
     if stream is not None:
         out = guard(stream)
         out.write(mask(text))
@@ -80,14 +88,16 @@ def write(stream, text: str) -> None:
 
 
 def guard(stream):
-    """*stream* wrapped so that a failing write or flush (EPIPE, EIO, a closed file) points its descriptor at
-    ``/dev/null`` instead of raising: later writes and the flush at exit succeed quietly and the run carries on.
-    Returns *stream* itself when it is guarded already (or None)."""
+    """*stream* wrapped so that a failing write or flush (the reader went away: EPIPE, EIO, a closed file) points
+    its file descriptor at ``/dev/null`` (``os.dup2``) instead of raising: what is still buffered, later writes and
+    the interpreter's flush at exit all succeed, quietly, and the run carries on (and writes its record). Only that
+    stream is silenced. Returns *stream* itself when it is guarded already (or None)."""
     return stream if stream is None or isinstance(stream, _Guarded) else _Guarded(stream)
 
 
 def guard_std_streams() -> None:
-    """:func:`guard` ``sys.stdout`` and ``sys.stderr`` (idempotent): every print, Invoke's too, survives."""
+    """Make ``sys.stdout`` and ``sys.stderr`` :func:`guard`-ed (idempotent): every print of the run, Invoke's own
+    included, survives a reader that has gone."""
     sys.stdout, sys.stderr = guard(sys.stdout), guard(sys.stderr)
 
 
@@ -153,8 +163,9 @@ def warn(text: str) -> None:
 
 
 def confirm(question: str, *, assume_yes: bool = False) -> bool:
-    """Ask ``question [y/N] `` on the terminal: only "y" or "yes" is a yes; *assume_yes* (``--yes``) answers yes.
-    Raises RunbookError (``no-terminal``) when stdin is not a terminal and *assume_yes* is false."""
+    """Ask *question* (shown as ``question [y/N] ``) on the terminal; only "y" or "yes" is a yes. *assume_yes*
+    (``--yes``, for automation) answers yes without asking. Raises RunbookError (``no-terminal``) when stdin is
+    not a terminal and *assume_yes* is false: nobody is there to answer."""
     if assume_yes:
         say(f"{question} [y/N] yes (--yes)")
         return True

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 
 TROUBLESHOOTING = "TROUBLESHOOTING.md"
-ID_FORM = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")  # what an id looks like: kebab-case ("state-lock-held")
+ID_FORM = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+"""What an id looks like: short, lower-case, kebab-case ("state-lock-held")."""
 
 # The exit codes, in one place (docs/RUNBOOK.md, "Exit codes", explains them).
 EXIT_FAILED = 1  # refused or failed: the message says why and what to run
@@ -21,10 +22,19 @@ EXIT_INTERRUPTED = 130  # Ctrl-C; SIGTERM gives 143 and SIGHUP 129 (128 + the si
 
 
 class RunbookError(Exception):
-    """An expected failure, explained for the person at the terminal: *what* is wrong (a sentence or two), *id* of
-    this kind of failure ("wrong-branch", its TROUBLESHOOTING.md section; required unless the class sets
-    ``default_id``), *where* it is (a file's line and field, a command, a URL), the *fix* (a command or edit), the exit
-    *code*. ``str(error)`` is :attr:`message`; the texts never hold a secret. Raises TypeError without an id."""
+    """An expected failure, explained for the person at the terminal.
+
+    Args:
+        what: what is wrong, one or two sentences ("HEAD is 1a2b3c4, origin/staging is 9f8e7d6").
+        id: the stable id of this kind of failure ("wrong-branch"), the heading of its section in
+            TROUBLESHOOTING.md; required, except for subclasses that set ``default_id``.
+        where: where it is: "config/environments.yml line 12, field accounts.main.id", a command, a URL.
+        fix: the command or edit that fixes it ("git pull --ff-only").
+        code: the process exit code (default :data:`EXIT_FAILED`).
+
+    ``str(error)`` is the paragraph (:attr:`message`); :meth:`report` adds the id and its section. Callers never
+    put a secret in the texts. Raises TypeError without an id (a defect).
+    """
 
     default_id: str | None = None
 
@@ -46,8 +56,8 @@ class RunbookError(Exception):
         return ("\n" if multiline else " ").join(parts)
 
     def report(self, prefix: str = "") -> str:
-        """``ERROR [id]: `` + *prefix* + the paragraph, then the id's section on a line of its own (so that the Fix
-        line can be pasted as it is)."""
+        """``ERROR [id]: `` + *prefix* + the paragraph, then the line naming the id's section (on a line of its own,
+        so that the Fix line can be pasted as it is)."""
         return f"ERROR [{self.id}]: {prefix}{self.message}\nSee {TROUBLESHOOTING}#{self.id}"
 
 

@@ -13,8 +13,9 @@ S3_BUCKET_URL = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnam
 S3_KEY_URL = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html"
 DYNAMODB_NAME_URL = "https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.NamingRulesDataTypes.html"
 IAM_QUOTAS_URL = "https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html"
-SSM_NAME_MAX = 1011  # characters, the leading "/" included
-IAM_NAME_MAX = {"role": 64, "user": 64, "policy": 128, "inline policy": 128}  # characters
+
+SSM_NAME_MAX = 1011
+"""Longest parameter name SSM accepts, in characters (including the leading ``/``)."""
 
 _SSM_CHARS = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 _S3_CHARS = re.compile(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
@@ -22,15 +23,25 @@ _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _S3_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _S3_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 _DYNAMODB_CHARS = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+IAM_NAME_MAX = {"role": 64, "user": 64, "policy": 128, "inline policy": 128}
+"""Longest IAM names in characters: role and user names 64, managed and inline policy names 128
+(IAM quotas: "IAM name and ID quotas")."""
 _IAM_CHARS = re.compile(r"^[\w+=,.@-]+$", re.ASCII)
 
 
 def ssm_parameter(name: str) -> str | None:
-    """Why *name* cannot be an SSM parameter name, or None: letters, digits, ``_.-`` and ``/`` between at most 15
-    non-empty levels, at most 1011 characters, the first level not beginning with aws or ssm (any case).
-    https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-su-create.html"""
+    """Why *name* cannot be an SSM parameter name, or None.
+
+    Rules (AWS Systems Manager user guide, "Creating Parameter Store parameters",
+    https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-su-create.html):
+    letters, digits and ``_.-``, with ``/`` between the levels of a hierarchy; at most 1011
+    characters; neither the name nor its first level may begin with ``aws`` or ``ssm``
+    (case-insensitive: those names are reserved for AWS); at most 15 levels.
+    """
     if not name or not _SSM_CHARS.match(name):
-        return f"{name!r} is not an SSM parameter name: use letters, digits and _.- only, with / between levels"
+        return (f"{name!r} is not an SSM parameter name: use letters, digits and _.- only, with / between "
+                "levels")
     first = name.lstrip("/").split("/", 1)[0]
     if first.lower().startswith(("aws", "ssm")):
         return (f"SSM parameter names may not begin with 'aws' or 'ssm' (reserved by AWS), and {name!r} does "
@@ -43,9 +54,15 @@ def ssm_parameter(name: str) -> str | None:
 
 
 def s3_bucket(name: str) -> str | None:
-    """Why *name* cannot be an S3 general purpose bucket name, or None: 3 to 63 lower-case letters, digits, ``.``
-    and ``-``, a letter or digit at each end, no ``..``, no IP address, no reserved prefix or suffix.
-    https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html"""
+    """Why *name* cannot be an S3 general purpose bucket name, or None.
+
+    Rules (Amazon S3 user guide, "General purpose bucket naming rules",
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html): 3 to 63 characters;
+    lower-case letters, digits, ``.`` and ``-`` only (no upper case, no ``_``);
+    begins and ends with a letter or digit; no two adjacent periods; not an IP address; no
+    reserved prefix (``xn--``, ``sthree-``, ``amzn-s3-demo-``) or suffix (``-s3alias``,
+    ``--ol-s3``, ``.mrap``, ``--x-s3``, ``--table-s3``).
+    """
     if not 3 <= len(name) <= 63:
         return f"the S3 bucket name {name!r} is {len(name)} characters; bucket names take 3 to 63 ({S3_BUCKET_URL})"
     if not _S3_CHARS.match(name):
@@ -61,8 +78,8 @@ def s3_bucket(name: str) -> str | None:
 
 
 def s3_key(key: str) -> str | None:
-    """Why *key* cannot be an S3 object key, or None: 1 to 1024 bytes of UTF-8.
-    https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html"""
+    """Why *key* cannot be an S3 object key, or None: 1 to 1024 bytes of UTF-8 (Amazon S3 user guide,
+    "Naming Amazon S3 objects", https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html)."""
     size = len(key.encode("utf-8"))
     if not key or size > 1024:
         return f"the S3 object key {key[:40]!r} is {size} bytes; keys take 1 to 1024 ({S3_KEY_URL})"
@@ -70,8 +87,12 @@ def s3_key(key: str) -> str | None:
 
 
 def dynamodb_table(name: str) -> str | None:
-    """Why *name* cannot be a DynamoDB table name, or None: 3 to 255 letters, digits, ``_``, ``-`` and ``.``.
-    https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.NamingRulesDataTypes.html"""
+    """Why *name* cannot be a DynamoDB table name, or None.
+
+    Rules (Amazon DynamoDB developer guide, "Supported data types and naming rules",
+    https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.NamingRulesDataTypes.html):
+    3 to 255 characters of letters, digits, ``_``, ``-`` and ``.``.
+    """
     if not 3 <= len(name) <= 255 or not _DYNAMODB_CHARS.match(name):
         return (f"{name!r} is not a DynamoDB table name: 3 to 255 characters of letters, digits, '_', '-' and '.' "
                 f"({DYNAMODB_NAME_URL})")
@@ -79,9 +100,12 @@ def dynamodb_table(name: str) -> str | None:
 
 
 def iam_name(kind: str, name: str) -> str | None:
-    """Why *name* cannot name an IAM *kind* ("role", "user", "policy", "inline policy"), or None: role and user names
-    at most 64 characters, policy names 128, of ``A-Za-z0-9+=,.@_-``.
-    https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html"""
+    """Why *name* cannot be the name of an IAM *kind* ("role", "user", "policy", "inline policy"), or None.
+
+    Rules (IAM user guide, "IAM and AWS STS quotas",
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html): role and user names
+    at most 64 characters, policy names at most 128; characters ``A-Za-z0-9+=,.@_-``.
+    """
     limit = IAM_NAME_MAX[kind]
     if len(name) > limit:
         return f"the IAM {kind} name {name!r} would be {len(name)} characters; IAM allows {limit} ({IAM_QUOTAS_URL})"

@@ -42,10 +42,11 @@ def older(version: str, than: str) -> bool:
 
 
 def satisfies(version: str, constraints: str) -> bool:
-    """Whether *version* ("1.11.4") meets Terraform *constraints* (">= 1.0.0, < 2.0.0", "~> 1.0"): ``=``, ``!=``,
-    ``>``, ``>=``, ``<``, ``<=``, ``~>``, comma-separated; a pre-release ("1.10.0-alpha1") meets only a constraint on
-    a pre-release of the same version (https://developer.hashicorp.com/terraform/language/expressions/version-constraints,
-    as https://github.com/hashicorp/go-version does it). Raises ValueError when either cannot be read."""
+    """Whether *version* ("1.11.4") meets Terraform-style *constraints* (">= 1.0.0, < 2.0.0", "~> 1.0").
+    Raises ValueError when either cannot be read. The rules are Terraform's
+    (https://developer.hashicorp.com/terraform/language/expressions/version-constraints, implemented by
+    https://github.com/hashicorp/go-version): a pre-release such as ``1.10.0-alpha20240606`` satisfies only a
+    constraint naming a pre-release of the same version, never ``>= 1.10``."""
     numbers, release, _ = parse(version)
     for part in constraints.split(","):
         found = _PART.match(part)
@@ -53,7 +54,7 @@ def satisfies(version: str, constraints: str) -> bool:
             raise ValueError(f"{constraints!r} is not a version constraint")
         op, (w_numbers, w_release, segments) = found.group(1) or "=", parse(found.group(2))
         if release[1] and (not w_release[1] or numbers != w_numbers):
-            return False  # a pre-release meets only a constraint on a pre-release of the same version
+            return False  # go-version: a pre-release matches only a constraint on a pre-release of the same version
         if not _COMPARE[op]((numbers, release), (w_numbers, w_release)) \
                 or op == "~>" and numbers[:segments - 1] != w_numbers[:segments - 1]:
             return False
@@ -90,10 +91,11 @@ class Terraform:
     (https://developer.hashicorp.com/terraform/language/backend/s3#state-locking)."""
 
     def probe(self, *, path: str | None = None):
-        """Start ``terraform version -json`` (without the shell's ``TF_CLI_ARGS*``) of the binary on *path* (default
-        ``$PATH``) and return at once ``found(required) -> Found``, so that the 0.1 to 0.5 s start overlaps other work.
-        ``found`` raises RunbookError (``terraform-missing``, ``terraform-version``) when the binary is absent, does
-        not answer within 60 seconds, or does not satisfy *required*."""
+        """Start ``terraform version -json`` of the binary on *path* (default ``$PATH``) and return at once a callable
+        ``found(required) -> Found``: the version is asked while the run examines git (starting a binary of 90 MB
+        takes 0.1 to 0.5 s). The shell's ``TF_CLI_ARGS*`` are left out (they would break ``-json``). The callable
+        raises RunbookError (``terraform-missing``, ``terraform-version``) when the binary is absent, does not
+        answer within 60 seconds, or does not satisfy *required*."""
         binary = shutil.which(self.binary, path=path)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CLI_ARGS")}
         proc = subprocess.Popen([binary, "version", "-json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -16,23 +16,29 @@ import yaml
 
 from runbook.errors import RunbookError
 
-MAX_BYTES = 256 * 1024  # the largest file read (the shipped configuration is under 3 KB)
-MAX_DEPTH = 16  # the deepest nesting of collections (the schema needs 4)
-MAX_ALIASES = 50  # the most aliases (*name)
-MAX_NODES = 10_000  # the most values once aliases are expanded (an "alias bomb" of 1 KB expands to billions)
+MAX_BYTES = 256 * 1024
+"""Largest configuration file read, in bytes (the shipped one is under 3 KB)."""
+MAX_DEPTH = 16
+"""Deepest nesting of YAML collections accepted (the schema needs 4)."""
+MAX_ALIASES = 50
+"""Most YAML aliases (``*name``) accepted in the file."""
+MAX_NODES = 10_000
+"""Most YAML nodes accepted once aliases are expanded (an "alias bomb" of 1 KB expands to billions)."""
 Lines = dict[tuple, int]
 Plain = dict[tuple, str]
 
 
 def load(path: Path, *, source: str | None, other: str, missing: str, restore: str = "") -> tuple[Any, Lines, Plain]:
     """Read the YAML file *path*: (data, the line of each value by its path of keys, the text as written of each
-    unquoted scalar by its path: ``012345678901`` read as a number lost its leading zero).
+    unquoted scalar by its path).
 
-    *source* says what named the file ("--path /tmp/x.yml", "RUNBOOK_CONFIG=/tmp/x.yml", None: the default);
-    *other* and *missing* are the fixes for a file that cannot be read and one that does not exist; *restore* is
-    ", or restore it: git checkout -- PATH" for a file of the repository. Raises RunbookError: ``config-unreadable``
-    (missing, not a regular file, too large, not UTF-8, empty), ``config-not-yaml`` (at a line: also tags, merge
-    keys, too deep), ``config-invalid`` (duplicate keys, a key that is not a string).
+    Args:
+        source: what named the file ("RUNBOOK_CONFIG=/tmp/x.yml", "--path /tmp/x.yml"), or None for the default.
+        other: the fix for a file that cannot be read; *missing*: the fix for one that does not exist.
+        restore: ", or restore it: git checkout -- PATH" when the file is one of the repository's.
+
+    Raises RunbookError: ``config-unreadable`` (missing, not a regular file, too large, not UTF-8, empty),
+    ``config-not-yaml`` (at a line), ``config-invalid`` (duplicate keys, a key that is not a string).
     """
     text = _read(path, source, other, missing, restore)
     try:

@@ -1,11 +1,6 @@
-"""Act: the IAM runbook for one or more scopes. Examine, decide, then act, then examine again to verify.
-
-:func:`run` is ``inv iam.account``, ``inv iam.env`` and the IAM part of ``inv release``: it examines the
-local facts (:func:`runbook.facts.examine_local`), stops at the first finding (:mod:`runbook.decide`), asks
-AWS (:func:`runbook.facts.examine_aws`), stops at the first finding again, and only then acts: the backend,
-then per scope plan, confirm, apply and record, each in the scope's snapshot of the commit. A dry run
-prints the same facts, every action with its reason and commands, and every finding, and changes nothing.
-:func:`bootstrap` creates or repairs a backend explicitly.
+"""Act: examine, decide, then act, then examine again to verify (``inv iam.account``, ``inv iam.env``, the IAM part
+of ``inv release``, and ``inv iam.bootstrap``). Each scope is planned, confirmed, applied and recorded in its
+snapshot of the commit; a dry run prints the same facts, actions and findings and changes nothing.
 """
 
 from __future__ import annotations

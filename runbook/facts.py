@@ -106,13 +106,16 @@ def fact(name: str, text: str) -> None:
     console.say(f"  {name + ':':<11}{text}")
 
 
-def examine_local(config: Config, environment: Environment, scopes: list[Scope], opts: Options) -> Facts:
+def examine_local(config: Config, environment: Environment, scopes: list[Scope], opts: Options,
+                  command: str, checkout: git.Checkout | None = None) -> Facts:
     """The facts this machine knows: git (one ``git status``, one ``git ls-tree``, the team's remote and, in a real
     run, one ``git fetch``), a snapshot of HEAD per scope (its ``.tf`` settings read), Terraform (in a real run
     its version). Raises RunbookError only for a failure to look (git missing, not a checkout); what the facts
-    mean is for :mod:`runbook.decide`."""
+    mean is for :mod:`runbook.decide`. *command* (the command line that resumes the run) ends the fix of
+    what a failed Terraform run left behind, so that the fix can be pasted as it is; *checkout*, the checkout
+    if the caller inspected it already."""
     probe = None if opts.dry_run else versions.Terraform().probe()  # its answer is taken at the end
-    checkout = git.inspect()
+    checkout = checkout or git.inspect()
     rel = _relative(config.path)
     trees = git.trees(checkout.head, [p for s in scopes for p in s.paths] + ([rel] if rel else []), PROJECT_ROOT)
     committed = bool(rel and trees.pop(rel, None) and rel not in checkout.changes)
@@ -127,7 +130,7 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
         console.warn(f"UNCOMMITTED CHANGES ARE NOT APPLIED: {', '.join(dirty[:5])}{' ...' if len(dirty) > 5 else ''}: "
                      f"the apply uses commit {checkout.head[:12]} as committed, never the working tree")
     remote = remote_head = None
-    blocked = [found for s in scopes if (found := snapshot.leftovers(s, "the same command")) is not None]
+    blocked = [found for s in scopes if (found := snapshot.leftovers(s, command)) is not None]
     if checkout.branch is not None and checkout.branch == facts.target_branch:
         cfg_origin = config.circleci.repository_origin if config.circleci else None
         repository = config.git_remote or (f"https://{cfg_origin}" if cfg_origin else None)

@@ -327,9 +327,6 @@ def test_crash_log_is_named_in_the_snapshot_folder_with_its_own_advice(project, 
     assert runs.parameters(moto_reset) == []
 
 
-@pytest.mark.xfail(strict=True, reason="runbook bug: the fix of crash.log and errored.tfstate ends in "
-                                       "'&& the same command' (facts.examine_local passes those words to "
-                                       "snapshot.leftovers), which bash cannot run when pasted")
 def test_the_crash_log_advice_can_be_pasted_as_it_is(project, moto_reset, tmp_path):
     root = runs.snapshot_root(project)
     root.mkdir(parents=True)
@@ -408,11 +405,6 @@ def test_a_deploy_script_with_cr_line_endings_in_the_commit_is_refused_before_te
     assert project.inv("iam.env", "--name", "stg", "--dry-run").code == 0
 
 
-@pytest.mark.xfail(strict=True, reason="runbook bug: git.export runs `git archive`, which converts line endings "
-                                       "by core.autocrlf, so a Windows checkout (autocrlf=true) of a commit without "
-                                       ".gitattributes snapshots deploy-app.sh with CRLF although the commit has LF; "
-                                       "the snapshot is not the commit, and the advice (convert, commit) changes "
-                                       "nothing")
 def test_a_windows_checkout_of_a_commit_with_lf_line_endings_is_applied_as_committed(project):
     script = "iam/terraform/bin/deploy-app.sh"
     git(project.path, "rm", "-q", ".gitattributes")

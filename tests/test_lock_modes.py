@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests import runs
-from tests.project import Project, base_config
+from tests.project import base_config
 from tests.runs import BUCKET, STG_KEY, assert_refused
 
 LOCK_FILE = f"{STG_KEY}.tflock"
@@ -27,11 +27,6 @@ LOCK_ID = "9a8b7c6d-1111-4222-8333-944455556666"
 
 def tables(endpoint: str) -> list[str]:
     return runs.client(endpoint, "dynamodb").list_tables()["TableNames"]
-
-
-@pytest.fixture
-def project(tmp_path, moto_reset, aws_env) -> Project:
-    return Project.create(tmp_path, aws_env, base_config(moto_reset))
 
 
 def backend_of(endpoint: str, lock: str):

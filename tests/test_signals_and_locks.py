@@ -38,11 +38,6 @@ PLAN = ".terraform/runbook.tfplan"
 
 
 @pytest.fixture
-def project(tmp_path, moto_reset, aws_env) -> Project:
-    return Project.create(tmp_path, aws_env, base_config(moto_reset))
-
-
-@pytest.fixture
 def proxy(moto_reset):
     with AwsProxy(moto_reset) as running:
         yield running

@@ -10,14 +10,8 @@ import pytest
 from runbook import config as configuration
 from runbook import gate, pipeline
 from runbook.errors import Interrupted, RunbookError
-from tests.circleci_standin import CircleCIStandIn, fast_client
+from tests.circleci_standin import fast_client
 from tests.project import Project, base_config
-
-
-@pytest.fixture
-def ci():
-    with CircleCIStandIn() as standin:
-        yield standin
 
 
 def test_ctrl_c_stops_watching_not_the_workflow(ci):

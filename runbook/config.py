@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 from runbook import names, versions, yamlfile
 from runbook.errors import RunbookError
@@ -278,6 +277,8 @@ def _schema_problems(data: Any, lines: dict[tuple, int], plain: dict[tuple, str]
 
 
 def _explain(error: Any, at: tuple, lines: dict[tuple, int], plain: dict[tuple, str]) -> tuple[int, str]:
+    if "propertyNames" in error.relative_schema_path:
+        at += (error.instance,)  # a name that breaks the pattern: at its own line
     line, field, value, leaf = _line(lines, at), _field(lines, at), error.instance, str(at[-1]) if at else _dotted(at)
     schema = error.schema if isinstance(error.schema, dict) else {}
     known = schema.get("properties") or {}
@@ -293,10 +294,6 @@ def _explain(error: Any, at: tuple, lines: dict[tuple, int], plain: dict[tuple, 
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
             texts.append(f"{_field(lines, at + (extra,))}: unknown key; {hint}")
         return _line(lines, at + (extras[0],)), "\n  - ".join(texts)
-    if "propertyNames" in error.relative_schema_path:
-        return _line(lines, at + (value,)), (
-            f"{_field(lines, at + (value,))}: {value!r} is not a valid name: use lower-case letters, digits and '-', "
-            "starting with a letter (it ends up in IAM role names and shell commands)")
     if error.validator == "required":
         return line, "\n  - ".join(f"{field}: the key {key!r} is missing" + _example(key, known.get(key) or {})
                                    for key in error.validator_value if key not in value)
@@ -362,9 +359,6 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
         add("circleci", "vcs_origin", text="deployer oidc needs the repository as CircleCI's token names it (e.g. "
             f"github.com/acme/acme-api); it cannot be derived from project_slug {slug!r}")
     for name, account in accounts.items():
-        if account.get("endpoint_url") and not _valid_url(account["endpoint_url"]):
-            add("accounts", name, "endpoint_url", text=f"{account['endpoint_url']!r} is not a URL like "
-                "http://127.0.0.1:5000")
         if ("accounts", name, "id") in plain:
             add("accounts", name, "id", text=f'quote the account ID, e.g. id: "{account["id"]}" (unquoted, YAML may '
                 "read it as a number and drop a leading zero)")
@@ -378,11 +372,6 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
         add("terraform", "backend", "lock", text=f"lock {backend['lock']} (S3 lock files, use_lockfile) needs "
             f"Terraform {minimum} or later, but terraform.required_version {required!r} admits no such release; set "
             f'required_version: ">= {minimum}", or lock: dynamodb')
-    roots = terraform.get("roots") or {}
-    for at, value in [*((("terraform", "roots", k), roots.get(k)) for k in ("account", "environment")),
-                      (("terraform", "modules"), terraform.get("modules"))]:
-        if value and (problem := _path_problem(value)):
-            add(*at, text=problem)
     branches: dict[str, str] = {}
     for name, env in environments.items():
         if env.get("account") not in accounts:
@@ -393,15 +382,6 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
                 f"{branches[env['branch']]!r}; each environment needs its own branch")
         branches.setdefault(env.get("branch"), name)
     return problems
-
-
-def _path_problem(value: str) -> str | None:
-    """Why *value* cannot name a folder of this repository (what is applied must be what the commit holds)."""
-    path = PurePosixPath(value)
-    if path.is_absolute() or ".." in path.parts or "\\" in value:
-        return (f"{value!r} must be a folder inside the repository, relative to its top with '/' and no '..' (the "
-                "apply reads only what the commit holds); copy a module kept elsewhere into the repository")
-    return None
 
 
 IAM_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -456,14 +436,6 @@ def _name_problems(config: Config) -> list[str]:
                 add(("environments", env_name) if env_name else ("project",),
                     f"{problem}; shorten the project or environment name")
     return problems
-
-
-def _valid_url(url: str) -> bool:
-    try:  # .port raises ValueError outside 0-65535
-        parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in url and parts.port != 0
-    except ValueError:
-        return False
 
 
 def _build(data: dict, lines: dict[tuple, int], path: Path) -> Config:

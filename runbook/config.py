@@ -192,7 +192,7 @@ class Config:
 
 def shown_path() -> str:
     """The configuration file in use, as messages outside this module name it (never a hard-coded default)."""
-    return str(os.environ.get(ENV_VAR) or DEFAULT_CONFIG)
+    return str(Path(os.environ.get(ENV_VAR) or DEFAULT_CONFIG))
 
 
 def load(path: str | os.PathLike | None = None) -> Config:
@@ -205,11 +205,9 @@ def load(path: str | os.PathLike | None = None) -> Config:
     every problem with its line and field.
     """
     explicit, path = path, Path(path or os.environ.get(ENV_VAR) or DEFAULT_CONFIG)
-    default = DEFAULT_CONFIG.relative_to(PROJECT_ROOT)
-    try:
-        restore = f", or restore it: git checkout -- {Path(path).resolve().relative_to(PROJECT_ROOT)}"
-    except ValueError:
-        restore = ""
+    default, resolved = DEFAULT_CONFIG.relative_to(PROJECT_ROOT), path.resolve()
+    restore = (f", or restore it: git checkout -- {resolved.relative_to(PROJECT_ROOT)}"
+               if resolved.is_relative_to(PROJECT_ROOT) else "")
     source = (f"--path {explicit}" if explicit else f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR)
               else None)
     data, lines, plain = yamlfile.load(

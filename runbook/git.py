@@ -1,7 +1,6 @@
 """Git facts the runbook checks before it changes anything, and the snapshot of a commit it applies.
 
-All calls run the ``git`` command in a given working directory (default: the current one) and raise
-RunbookError with the fix when git is missing or the folder is not a checkout.
+Each call runs ``git`` in a given folder (default: the current one); RunbookError when git or the checkout is missing.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ REMOTE = "origin"
 
 
 def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60.0, text: bool = True):
-    """Run ``git ARGS`` in *cwd*; its standard output (str, or bytes when not *text*). Raises RunbookError."""
     if shutil.which("git") is None:
         raise RunbookError("git is not installed or not on PATH", id="git-missing",
                            fix="install git (apt-get install git)")
@@ -64,6 +62,7 @@ class Checkout:
 
     @property
     def detached(self) -> bool:
+        """HEAD is not on a branch."""
         return self.branch is None
 
     def changed_under(self, paths: Iterable[str]) -> list[str]:
@@ -196,9 +195,8 @@ def _repository_key(url: str) -> str:
     return f"{host}/{path.strip('/').removesuffix('.git').lower()}"
 
 
-def remotes(branch: str, cwd: str | os.PathLike | None = None) -> tuple[dict[str, str], str | None]:
-    """Every remote of the checkout (name -> fetch URL, ``remote.<name>.url``) and the remote *branch*
-    tracks (``branch.<branch>.remote``, or None), read with one ``git config`` call."""
+def _remotes(branch: str, cwd: str | os.PathLike | None) -> tuple[dict[str, str], str | None]:
+    """Every remote (name -> ``remote.<name>.url``) and the one *branch* tracks (or None), with one ``git config``."""
     try:
         out = _git("config", "--get-regexp", rf"^(remote\..*\.url|branch\.{re.escape(branch)}\.remote)$", cwd=cwd)
     except GitCommandError as exc:
@@ -235,7 +233,7 @@ def team_remote(branch: str, repository: str | None = None, *, required: bool = 
     Raises RunbookError when the checkout has no remote, when *required* and no remote matches, or when
     nothing tells several remotes apart. Remote URLs are never printed (they may carry a token).
     """
-    urls, tracked = remotes(branch, cwd)
+    urls, tracked = _remotes(branch, cwd)
     names = ", ".join(sorted(urls)) or "none"
     if repository:
         matching = sorted(name for name, url in urls.items() if same_repository(url, repository))

@@ -62,9 +62,16 @@ class BackendState:
     table_needed: bool = True
 
     @property
+    def absent(self) -> tuple[str, ...]:
+        """What of the backend does not exist: "bucket" and/or "lock table" (the table only where the backend locks
+        with one); empty when :attr:`complete`."""
+        return tuple(part for part, there in (("bucket", self.bucket_exists),
+                                              ("lock table", self.table_exists or not self.table_needed)) if not there)
+
+    @property
     def complete(self) -> bool:
         """The bucket exists, and so does the lock table where the backend locks with one."""
-        return self.bucket_exists and (self.table_exists or not self.table_needed)
+        return not self.absent
 
     @property
     def key_schema_ok(self) -> bool:

@@ -192,11 +192,10 @@ def failure(exc: BaseException, action: str, resource: str, account: Account | N
     if isinstance(exc, (errors.SSOError, errors.TokenRetrievalError)) or (
             code in SSO_EXPIRED_CODES and getattr(exc, "operation_name", "") in ("GetRoleCredentials", "CreateToken")):
         where = f"config field accounts.{account.name}.profile" if account and account.profile else None
-        login = f"aws sso login --profile {shlex.quote(profile)}" if profile else "aws sso login"
         return RunbookError(f"The AWS SSO login {f'of profile {profile!r}' if profile else 'of the default profile'} "
                             f"has expired or was never made ({type(exc).__name__}); waiting will not help, and nothing "
                             "was changed", id="aws-sso-expired", where=where,
-                            fix=f"{login}  (then run the command again)")
+                            fix=_login_hint(account) if profile else "aws sso login  (then run the command again)")
     if code in DENIED_CODES:
         return RunbookError(f"AWS refused {action} on {resource} ({said})", id="aws-access-denied", where=resource,
                             fix=fix or (f"grant {permission} to the identity you use, or switch to one that has it"

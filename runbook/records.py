@@ -143,15 +143,13 @@ def read(client: Any, name: str, scope: str, account: aws.Account) -> dict[str, 
     if found is None:
         return None
     try:
-        value = found["Parameter"]["Value"]
+        record = Record.from_dict(json.loads(found["Parameter"]["Value"]))
+        if record.scope != scope:
+            raise ValueError(f"it names scope {record.scope!r}, not {scope!r}")
     except (KeyError, TypeError) as exc:
         raise RunbookError(f"AWS SSM answered GetParameter {name} without a value", id="not-an-aws-endpoint",
                            where=f"endpoint {account.endpoint_url or 'AWS default'}",
                            fix="check endpoint_url in the configuration points at an AWS API") from exc
-    try:
-        record = Record.from_dict(json.loads(value))
-        if record.scope != scope:
-            raise ValueError(f"it names scope {record.scope!r}, not {scope!r}")
     except NewerFormat as exc:
         raise RunbookError(f"The applied record in {name} was written by a newer runbook ({exc}); this one cannot read "
                            "it and will not overwrite it", id="record-newer", where=f"SSM parameter {name}",
@@ -188,16 +186,12 @@ def write(client: Any, name: str, record: Record, account: aws.Account) -> None:
         raise RunbookError(problem[0].upper() + problem[1:], id="record-too-large", where=name,
                            fix="record fewer or shorter root module outputs (only what the gate needs)")
     value = record.to_json()
-
-    @tenacity.retry(retry=tenacity.retry_if_exception(lambda e: aws.code_of(e) == "TooManyUpdates"),
-                    wait=tenacity.wait_random_exponential(multiplier=0.5, max=8),
-                    stop=tenacity.stop_after_attempt(WRITE_ATTEMPTS), reraise=True)
-    def put() -> None:
-        client.put_parameter(Name=name, Value=value, Type="String", Tier="Standard", Overwrite=True,
-                             Description=f"runbook applied record: IAM {record.scope}")
-
+    put = tenacity.Retrying(retry=tenacity.retry_if_exception(lambda e: aws.code_of(e) == "TooManyUpdates"),
+                            wait=tenacity.wait_random_exponential(multiplier=0.5, max=8),
+                            stop=tenacity.stop_after_attempt(WRITE_ATTEMPTS), reraise=True)
     try:
-        put()
+        put(client.put_parameter, Name=name, Value=value, Type="String", Tier="Standard", Overwrite=True,
+            Description=f"runbook applied record: IAM {record.scope}")
     except aws.errors() as exc:
         code = aws.code_of(exc)
         if code == "TooManyUpdates":
@@ -320,9 +314,7 @@ def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None =
     """
     scopes = list(scopes)
     trees = head_trees(scopes) if trees is None else trees
-    clients: dict[str, Any] = {}
-    gone: dict[str, str] = {}
-    out = []
+    clients, gone, out = {}, {}, []
     for scope in scopes:
         account = scope.account
         scope.fingerprint(trees)  # a missing root module is the caller's error, not a status

@@ -111,11 +111,9 @@ def look(sess: Any, account: Account, backend: Backend, keys: Iterable[str] = ()
                            fix="choose another state_bucket name, or use an administrator identity") from exc
     missing = _missing_protections(s3, account, backend) if bucket else ()
     versions = {key: _state_version(s3, account, backend.bucket, key) for key in dict.fromkeys(keys)} if bucket else {}
-    found = None
-    if backend.uses_table:
-        describe = aws.client(sess, "dynamodb", account).describe_table
-        found = aws.call("DynamoDB DescribeTable", f"lock table {backend.lock_table}", account,
-                         lambda: describe(TableName=backend.lock_table), absent=("ResourceNotFoundException",))
+    found = aws.call("DynamoDB DescribeTable", f"lock table {backend.lock_table}", account, lambda: aws.client(
+        sess, "dynamodb", account).describe_table(TableName=backend.lock_table),
+        absent=("ResourceNotFoundException",)) if backend.uses_table else None
     table = (found or {}).get("Table", {})
     types = {a.get("AttributeName"): a.get("AttributeType") for a in table.get("AttributeDefinitions", [])}
     key = ", ".join(f"{k.get('AttributeName')} ({types.get(k.get('AttributeName'), '?')})"
@@ -125,6 +123,7 @@ def look(sess: Any, account: Account, backend: Backend, keys: Iterable[str] = ()
 
 
 def _missing_protections(s3: Any, account: Account, backend: Backend) -> tuple[str, ...]:
+    """The protections of the state bucket that are off (S3 GetBucketVersioning, -Encryption, GetPublicAccessBlock)."""
     b = backend.bucket
     checks = (
         (VERSIONING, "s3:GetBucketVersioning", lambda: s3.get_bucket_versioning(Bucket=b).get("Status") == "Enabled",
@@ -225,9 +224,9 @@ def create(sess: Any, account: Account, backend: Backend, state: BackendState) -
         done.append(f"switched on {', '.join(switched)} of {backend.bucket}")
     if state.table_needed and not state.table_exists:
         made = aws.call("DynamoDB CreateTable", backend.lock_table, account, lambda: ddb.create_table(
-            TableName=backend.lock_table, BillingMode="PAY_PER_REQUEST", KeySchema=[
-                {"AttributeName": LOCK_KEY, "KeyType": "HASH"}], AttributeDefinitions=[
-                {"AttributeName": LOCK_KEY, "AttributeType": "S"}]), absent=("ResourceInUseException",))
+            TableName=backend.lock_table, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": LOCK_KEY, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": LOCK_KEY, "KeyType": "HASH"}]), absent=("ResourceInUseException",))
         done.append(f"created DynamoDB lock table {backend.lock_table} (hash key {LOCK_KEY})" if made is not None
                     else f"DynamoDB lock table {backend.lock_table} is being created by another run")
     if not state.table_ready:

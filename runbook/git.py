@@ -1,6 +1,7 @@
 """Git facts the runbook checks before it changes anything, and the snapshot of a commit it applies.
 
-Each call runs ``git`` in a given folder (default: the current one); RunbookError when git or the checkout is missing.
+All calls run the ``git`` command in a given working directory (default: the current one) and raise
+RunbookError with the fix when git is missing or the folder is not a checkout.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ REMOTE = "origin"
 
 
 def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60.0, text: bool = True):
+    """Run ``git ARGS`` in *cwd*; its standard output (str, or bytes when not *text*). Raises RunbookError."""
     if shutil.which("git") is None:
         raise RunbookError("git is not installed or not on PATH", id="git-missing",
                            fix="install git (apt-get install git)")
@@ -196,7 +198,8 @@ def _repository_key(url: str) -> str:
 
 
 def _remotes(branch: str, cwd: str | os.PathLike | None) -> tuple[dict[str, str], str | None]:
-    """Every remote (name -> ``remote.<name>.url``) and the one *branch* tracks (or None), with one ``git config``."""
+    """Every remote of the checkout (name -> fetch URL, ``remote.<name>.url``) and the remote *branch*
+    tracks (``branch.<branch>.remote``, or None), read with one ``git config`` call."""
     try:
         out = _git("config", "--get-regexp", rf"^(remote\..*\.url|branch\.{re.escape(branch)}\.remote)$", cwd=cwd)
     except GitCommandError as exc:

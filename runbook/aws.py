@@ -1,10 +1,6 @@
-"""AWS access: the one session and client factory, the one table of AWS errors, the caller identity.
+"""AWS access: the one session and client factory, the one table of AWS errors (:func:`failure`), the caller identity.
 
-boto3 is imported inside the functions, never at module import, so that ``inv --list`` stays fast
-(importing boto3 and making a client costs about a quarter of a second). Sessions are passed in;
-nothing builds global clients. Credentials come from boto3's standard chain (environment, profiles,
-SSO); this module never reads credential files itself. Errors are told apart by
-``ClientError.response["Error"]["Code"]``, never by message text, in :func:`failure`.
+boto3 is imported inside the functions, never at module import, so that ``inv --list`` stays fast.
 """
 
 from __future__ import annotations
@@ -19,10 +15,10 @@ from runbook.config import Account
 from runbook.errors import RunbookError, Transient
 
 # The one table of AWS error codes the runbook tells apart (``ClientError.response["Error"]["Code"]``).
-# Credentials that exist but are not accepted: AWS STS API reference, "Common Errors"
+# Credentials that exist but are expired or not accepted: AWS STS API reference, "Common Errors"
 # (https://docs.aws.amazon.com/STS/latest/APIReference/CommonErrors.html).
-EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"})
-REJECTED_CODES = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
+REJECTED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired",
+                            "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
                             "InvalidSignatureException"})
 # Refusals: IAM denied the action (S3 answers a bare "403" to HeadBucket).
 DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "403"})
@@ -50,9 +46,7 @@ class Credentials:
     def env(self) -> dict[str, str]:
         """``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and (for temporary keys) ``AWS_SESSION_TOKEN``."""
         env = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        if self.token:
-            env["AWS_SESSION_TOKEN"] = self.token
-        return env
+        return {**env, "AWS_SESSION_TOKEN": self.token} if self.token else env
 
 
 @dataclass(frozen=True)
@@ -138,40 +132,29 @@ def call(action: str, resource: str, account: Account | None, fn: Callable[[], A
         raise failure(exc, action, resource, account, **failure_kwargs) from exc
 
 
+def _response(exc: BaseException) -> dict:
+    response = getattr(exc, "response", None)
+    return response if isinstance(response, dict) else {}
+
+
 def code_of(exc: BaseException) -> str:
     """The AWS error code of a botocore ClientError ("" for anything else)."""
-    response = getattr(exc, "response", None)
-    return str((response or {}).get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+    return str(_response(exc).get("Error", {}).get("Code", ""))
 
 
 def status_of(exc: BaseException) -> int:
     """The HTTP status of a botocore ClientError (0 for anything else)."""
-    response = getattr(exc, "response", None)
-    return int((response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) \
-        if isinstance(response, dict) else 0
+    return int(_response(exc).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-def transient(exc: BaseException | None) -> bool:
-    """Whether an AWS failure may pass by itself: HTTP 5xx, throttling, a timeout or a dropped connection
-    (https://docs.aws.amazon.com/general/latest/gr/api-retries.html). A refused connection is not: it is a
-    wrong endpoint_url or no network."""
-    from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError
-
-    return status_of(exc) >= 500 or code_of(exc) in THROTTLING_CODES or isinstance(
-        exc, (ReadTimeoutError, ConnectTimeoutError, ConnectionClosedError))
-
-
-def profile_in_use(account: Account | None = None, *, use_profile: bool = True) -> str | None:
-    """The AWS profile whose credentials :func:`session` uses: *account*'s profile (when *use_profile*), else
-    ``AWS_PROFILE`` (or ``AWS_DEFAULT_PROFILE``), else None."""
-    if account is not None and account.profile and use_profile:
+def _profile_in_use(account: Account | None) -> str | None:
+    if account is not None and account.profile:
         return account.profile
     return os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or None
 
 
-def login_hint(account: Account | None = None, *, use_profile: bool = True) -> str:
-    """The command that gets fresh credentials for *account* (the profile in use, see :func:`profile_in_use`)."""
-    profile = profile_in_use(account, use_profile=use_profile)
+def _login_hint(account: Account | None) -> str:
+    profile = _profile_in_use(account)
     if profile:
         return f"aws sso login --profile {shlex.quote(profile)}  (then run the command again)"
     return ("get fresh credentials for the account: aws sso login --profile NAME and export AWS_PROFILE=NAME, "
@@ -200,23 +183,30 @@ def failure(exc: BaseException, action: str, resource: str, account: Account | N
     from botocore.parsers import ResponseParserError
 
     code, status = code_of(exc), status_of(exc)
-    message = str(((getattr(exc, "response", None) or {}).get("Error") or {}).get("Message") or "")[:300]
+    message = str(_response(exc).get("Error", {}).get("Message") or "")[:300]
     said = f"{code}: {message}" if message else (code or type(exc).__name__)
-    endpoint = account.endpoint_url if account else None
-    sso = login_error(exc, account)
-    if sso is not None:
-        return sso
+    endpoint, profile = account.endpoint_url if account else None, _profile_in_use(account)
+    # Every form botocore raises for a missing or expired SSO login, which waiting does not cure
+    # (https://github.com/boto/botocore/blob/develop/botocore/exceptions.py): SSOError and its subclasses,
+    # TokenRetrievalError, a ClientError of the SSO portal or SSO OIDC.
+    if isinstance(exc, (errors.SSOError, errors.TokenRetrievalError)) or (
+            code in SSO_EXPIRED_CODES and getattr(exc, "operation_name", "") in ("GetRoleCredentials", "CreateToken")):
+        where = f"config field accounts.{account.name}.profile" if account and account.profile else None
+        return RunbookError(f"The AWS SSO login {f'of profile {profile!r}' if profile else 'of the default profile'} "
+                            f"has expired or was never made ({type(exc).__name__}); waiting will not help, and nothing "
+                            "was changed", id="aws-sso-expired", where=where,
+                            fix=_login_hint(account) if profile else "aws sso login  (then run the command again)")
     if code in DENIED_CODES:
         return RunbookError(f"AWS refused {action} on {resource} ({said})", id="aws-access-denied", where=resource,
                             fix=fix or (f"grant {permission} to the identity you use, or switch to one that has it"
                                         if permission else "use an administrator identity for the IAM steps")
                             + " (aws sts get-caller-identity shows the current one)")
-    if code in EXPIRED_CODES | REJECTED_CODES:
+    if code in REJECTED_CODES:
         return RunbookError(f"AWS rejected the credentials during {action} on {resource} ({said}): they are "
-                            "expired, revoked or mistyped", id="aws-credentials-rejected", fix=login_hint(account))
+                            "expired, revoked or mistyped", id="aws-credentials-rejected", fix=_login_hint(account))
     if isinstance(exc, (errors.NoCredentialsError, errors.PartialCredentialsError)):
         return RunbookError(f"No AWS credentials found for {action} on {resource}", id="aws-no-credentials",
-                            fix=login_hint(account))
+                            fix=_login_hint(account))
     if isinstance(exc, errors.EndpointConnectionError):
         return RunbookError(f"Cannot reach AWS at {getattr(exc, 'kwargs', {}).get('endpoint_url', endpoint)} for "
                             f"{action}", id="aws-unreachable", where=f"config field accounts.*.endpoint_url "
@@ -228,40 +218,18 @@ def failure(exc: BaseException, action: str, resource: str, account: Account | N
                             f"answer (HTTP {status or '?'}): a proxy, a wrong port or a web page",
                             id="not-an-aws-endpoint", where=f"config field accounts.*.endpoint_url ({endpoint})",
                             fix="point endpoint_url at the AWS API (moto, LocalStack) or remove it")
-    if transient(exc) or isinstance(exc, errors.BotoCoreError) and not isinstance(exc, errors.ClientError):
+    # What passes by itself (https://docs.aws.amazon.com/general/latest/gr/api-retries.html): 5xx, throttling, a
+    # timeout, a dropped connection; not a refused connection (a wrong endpoint_url or no network, above).
+    if status >= 500 or code in THROTTLING_CODES or isinstance(exc, errors.BotoCoreError):
         return Transient(f"AWS did not answer {action} on {resource} usefully ({said}, HTTP {status or 'none'})",
                          where=resource, fix="an AWS-side or network failure: run the same command again in a minute")
     return RunbookError(f"AWS failed {action} on {resource} ({said})", id="aws-error", where=resource,
                         fix="fix what AWS's message says, then run the command again")
 
 
-def login_error(exc: BaseException, account: Account | None = None, *, use_profile: bool = True) -> RunbookError | None:
-    """A RunbookError (``aws-sso-expired``) when *exc* says the AWS SSO login is missing or expired, else None.
-
-    Every form botocore raises for it (https://github.com/boto/botocore/blob/develop/botocore/exceptions.py):
-    ``SSOTokenLoadError``, ``UnauthorizedSSOTokenError``, ``TokenRetrievalError``, any other ``SSOError``, and
-    a ClientError of the SSO portal or SSO OIDC with one of :data:`SSO_EXPIRED_CODES`. None of them passes
-    by waiting, so pollers must not treat them as temporary.
-    """
-    import botocore.exceptions as errors
-
-    expired = isinstance(exc, (errors.SSOError, errors.TokenRetrievalError)) or (
-        code_of(exc) in SSO_EXPIRED_CODES and getattr(exc, "operation_name", "") in ("GetRoleCredentials",
-                                                                                     "CreateToken"))
-    if not expired:
-        return None
-    profile = profile_in_use(account, use_profile=use_profile)
-    return RunbookError(
-        f"The AWS SSO login {f'of profile {profile!r}' if profile else 'of the default profile'} has expired or was "
-        f"never made ({type(exc).__name__}); waiting will not help, and nothing was changed", id="aws-sso-expired",
-        where=f"config field accounts.{account.name}.profile" if account and account.profile and use_profile else None,
-        fix=f"aws sso login{f' --profile {shlex.quote(profile)}' if profile else ''}  (then run the command again)")
-
-
 def frozen_credentials(sess: Any, account: Account, *, purpose: str) -> Credentials:
     """Resolve *sess*'s credentials once and freeze them: the keys the caller identity check and Terraform both
     use. Raises RunbookError when there are none, or the SSO login is missing or expired."""
-
     try:
         found = sess.get_credentials()
         frozen = found.get_frozen_credentials() if found is not None else None
@@ -269,7 +237,7 @@ def frozen_credentials(sess: Any, account: Account, *, purpose: str) -> Credenti
         raise failure(exc, "resolving the credentials", f"account {account.name} ({account.id})", account) from exc
     if frozen is None or not frozen.access_key or not frozen.secret_key:
         raise RunbookError(f"No AWS credentials found for account {account.name} ({account.id}), needed for {purpose}",
-                           id="aws-no-credentials", fix=login_hint(account))
+                           id="aws-no-credentials", fix=_login_hint(account))
     return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
 
 
@@ -279,7 +247,6 @@ def caller_identity(sess: Any, account: Account) -> Identity:
     Raises RunbookError as :func:`failure` maps the failure, or (``not-an-aws-endpoint``) when the answer has
     no account. Whether the identity is in the right account is decided by the caller.
     """
-
     sts = client(sess, "sts", account, attempts=1)
     try:
         found = sts.get_caller_identity()

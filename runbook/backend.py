@@ -1,14 +1,7 @@
 """The Terraform backend in AWS: the S3 state bucket, the DynamoDB lock table, the state lock.
 
-:func:`look` examines the backend without changing it (one :class:`BackendState`); :func:`create` and
-:func:`repair` change it, only when the runbook's decisions say so; :func:`read_lock` and
-:func:`release_lock` deal with a state lock left by a run that died (``inv iam.unlock``).
-
-Facts about the backend come from Terraform's S3 backend documentation
-(https://developer.hashicorp.com/terraform/language/backend/s3): the lock table's hash key is
-``LockID`` (string); a lock is an item ``<bucket>/<key>`` whose ``Info`` is Terraform's lock info as
-JSON, and the state's MD5 is kept in the item ``<bucket>/<key>-md5``; with ``use_lockfile`` (Terraform
-1.10+) the lock is the S3 object ``<key>.tflock`` holding the same JSON, written with If-None-Match.
+:func:`look` examines it without changing it; :func:`create` and :func:`repair` change it, only when the runbook's
+decisions say so; :func:`read_lock` and :func:`release_lock` deal with a lock left by a run that died.
 """
 
 from __future__ import annotations
@@ -23,12 +16,22 @@ from runbook import aws, console
 from runbook.config import Account, Backend
 from runbook.errors import RunbookError
 
+# The lock table's hash key, and its items: <bucket>/<key> (the lock, Info = lock info JSON) and <bucket>/<key>-md5
+# (https://developer.hashicorp.com/terraform/language/backend/s3).
 LOCK_KEY = "LockID"
 TABLE_WAIT_S = 120.0
 """How long a run waits for a lock table that another run is creating (DynamoDB: usually seconds)."""
 VERSIONING, ENCRYPTION, PUBLIC_ACCESS_BLOCK = "versioning", "default encryption", "public access block"
 _PAB = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
 _SSE = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+# What switches each protection on: the S3 call, its parameter and value, the value as AWS CLI shorthand.
+_REPAIRS = {
+    VERSIONING: ("put_bucket_versioning", "VersioningConfiguration", {"Status": "Enabled"}, "Status=Enabled"),
+    ENCRYPTION: ("put_bucket_encryption", "ServerSideEncryptionConfiguration", _SSE,
+                 json.dumps(_SSE, separators=(",", ":"))),
+    PUBLIC_ACCESS_BLOCK: ("put_public_access_block", "PublicAccessBlockConfiguration", _PAB,
+                          ",".join(f"{k}=true" for k in _PAB)),
+}
 # Terraform writes "terraform_version" second in a state snapshot, so the first KiB holds it
 # (https://developer.hashicorp.com/terraform/internals/json-format uses the same field names).
 _STATE_VERSION = re.compile(rb'"terraform_version"\s*:\s*"([0-9A-Za-z.+-]{1,40})"')
@@ -59,9 +62,16 @@ class BackendState:
     table_needed: bool = True
 
     @property
+    def absent(self) -> tuple[str, ...]:
+        """What of the backend does not exist: "bucket" and/or "lock table" (the table only where the backend locks
+        with one); empty when :attr:`complete`."""
+        return tuple(part for part, there in (("bucket", self.bucket_exists),
+                                              ("lock table", self.table_exists or not self.table_needed)) if not there)
+
+    @property
     def complete(self) -> bool:
         """The bucket exists, and so does the lock table where the backend locks with one."""
-        return self.bucket_exists and (self.table_exists or not self.table_needed)
+        return not self.absent
 
     @property
     def key_schema_ok(self) -> bool:
@@ -99,29 +109,22 @@ def look(sess: Any, account: Account, backend: Backend, keys: Iterable[str] = ()
                            "taken by another AWS account, or the identity lacks s3:ListBucket",
                            id="state-bucket-taken", where="config field terraform.backend.state_bucket",
                            fix="choose another state_bucket name, or use an administrator identity") from exc
-    missing, states = [], {}
-    if bucket:
-        missing = _missing_protections(s3, account, backend)
-        for key in dict.fromkeys(keys):
-            version = _state_version(s3, account, backend.bucket, key)
-            if version is not None:
-                states[key] = version
-    if not backend.uses_table:
-        return BackendState(bucket, False, missing=tuple(missing), states=states, table_needed=False)
+    missing = _missing_protections(s3, account, backend) if bucket else ()
+    versions = {key: _state_version(s3, account, backend.bucket, key) for key in dict.fromkeys(keys)} if bucket else {}
     found = aws.call("DynamoDB DescribeTable", f"lock table {backend.lock_table}", account, lambda: aws.client(
-        sess, "dynamodb", account).describe_table(TableName=backend.lock_table), absent=("ResourceNotFoundException",))
-    if found is None:
-        return BackendState(bucket, False, missing=tuple(missing), states=states)
-    table = found["Table"]
+        sess, "dynamodb", account).describe_table(TableName=backend.lock_table),
+        absent=("ResourceNotFoundException",)) if backend.uses_table else None
+    table = (found or {}).get("Table", {})
     types = {a.get("AttributeName"): a.get("AttributeType") for a in table.get("AttributeDefinitions", [])}
     key = ", ".join(f"{k.get('AttributeName')} ({types.get(k.get('AttributeName'), '?')})"
                     for k in table.get("KeySchema", []))
-    return BackendState(bucket, True, str(table.get("TableStatus", "")), key, tuple(missing), states)
+    return BackendState(bucket, found is not None, str(table.get("TableStatus", "")), key, missing,
+                        {k: v for k, v in versions.items() if v is not None}, backend.uses_table)
 
 
-def _missing_protections(s3: Any, account: Account, backend: Backend) -> list[str]:
+def _missing_protections(s3: Any, account: Account, backend: Backend) -> tuple[str, ...]:
     """The protections of the state bucket that are off (S3 GetBucketVersioning, -Encryption, GetPublicAccessBlock)."""
-    b, missing = backend.bucket, []
+    b = backend.bucket
     checks = (
         (VERSIONING, "s3:GetBucketVersioning", lambda: s3.get_bucket_versioning(Bucket=b).get("Status") == "Enabled",
          ()),
@@ -133,17 +136,10 @@ def _missing_protections(s3: Any, account: Account, backend: Backend) -> list[st
             s3.get_public_access_block(Bucket=b).get("PublicAccessBlockConfiguration", {}).get, _PAB)),
          ("NoSuchPublicAccessBlockConfiguration",)),
     )
-    for name, permission, is_on, absent in checks:
-        try:
-            if not is_on():
-                missing.append(name)
-        except aws.errors() as exc:
-            if aws.code_of(exc) not in absent:
-                raise aws.failure(exc, f"reading the {name} of", f"S3 bucket {b}", account, permission=permission,
-                                  fix=f"use an identity with {permission} (an administrator's): the runbook does "
-                                      "not use a backend it cannot verify") from exc
-            missing.append(name)
-    return missing
+    return tuple(name for name, permission, is_on, absent in checks if not aws.call(
+        f"reading the {name} of", f"S3 bucket {b}", account, is_on, absent=absent, permission=permission,
+        fix=f"use an identity with {permission} (an administrator's): the runbook does not use a backend it cannot "
+            "verify"))
 
 
 def _state_version(s3: Any, account: Account, bucket: str, key: str) -> str | None:
@@ -161,17 +157,10 @@ def _state_version(s3: Any, account: Account, bucket: str, key: str) -> str | No
     return found.group(1).decode("ascii") if found else ""
 
 
-def repair_commands(account: Account, backend: Backend, missing: Iterable[str]) -> list[str]:
-    """The AWS CLI commands that switch on each missing protection of the state bucket."""
-    b = backend.bucket
-    commands = {
-        VERSIONING: ("s3api", "put-bucket-versioning", "--bucket", b, "--versioning-configuration", "Status=Enabled"),
-        ENCRYPTION: ("s3api", "put-bucket-encryption", "--bucket", b, "--server-side-encryption-configuration",
-                     json.dumps(_SSE, separators=(",", ":"))),
-        PUBLIC_ACCESS_BLOCK: ("s3api", "put-public-access-block", "--bucket", b, "--public-access-block-configuration",
-                              ",".join(f"{k}=true" for k in _PAB)),
-    }
-    return [aws.aws_command(account, *commands[name]) for name in missing]
+def _repair_command(account: Account, bucket: str, name: str) -> str:
+    method, parameter, _, shorthand = _REPAIRS[name]
+    option = re.sub(r"(?<=[a-z])(?=[A-Z])", "-", parameter).lower()  # VersioningConfiguration: versioning-configuration
+    return aws.aws_command(account, "s3api", method.replace("_", "-"), "--bucket", bucket, f"--{option}", shorthand)
 
 
 def repair(sess: Any, account: Account, backend: Backend, missing: Iterable[str]) -> list[str]:
@@ -182,15 +171,11 @@ def repair(sess: Any, account: Account, backend: Backend, missing: Iterable[str]
     what it is (:func:`runbook.aws.failure`), never as a refusal.
     """
     s3, b = aws.client(sess, "s3", account), backend.bucket
-    puts = {
-        VERSIONING: lambda: s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"}),
-        ENCRYPTION: lambda: s3.put_bucket_encryption(Bucket=b, ServerSideEncryptionConfiguration=_SSE),
-        PUBLIC_ACCESS_BLOCK: lambda: s3.put_public_access_block(Bucket=b, PublicAccessBlockConfiguration=_PAB),
-    }
     done, refused = [], []
     for name in missing:
+        method, parameter, value, _ = _REPAIRS[name]
         try:
-            puts[name]()
+            getattr(s3, method)(Bucket=b, **{parameter: value})
             done.append(name)
         except aws.errors() as exc:
             if aws.code_of(exc) not in aws.DENIED_CODES:
@@ -203,7 +188,7 @@ def repair(sess: Any, account: Account, backend: Backend, missing: Iterable[str]
             + ", ".join(f"{n} ({c})" for n, c in refused) + (f"; repaired: {', '.join(done)}" if done else "")
             + ". Terraform's state holds the IAM of the account and must be versioned, encrypted and never public; "
             "nothing was applied", id="state-bucket-unprotected", where=f"S3 bucket {b}",
-            fix="an administrator runs: " + " && ".join(repair_commands(account, backend, names)))
+            fix="an administrator runs: " + " && ".join(_repair_command(account, b, name) for name in names))
     return done
 
 
@@ -238,15 +223,12 @@ def create(sess: Any, account: Account, backend: Backend, state: BackendState) -
         switched = repair(sess, account, backend, (VERSIONING, ENCRYPTION, PUBLIC_ACCESS_BLOCK))
         done.append(f"switched on {', '.join(switched)} of {backend.bucket}")
     if state.table_needed and not state.table_exists:
-        try:
-            ddb.create_table(TableName=backend.lock_table, BillingMode="PAY_PER_REQUEST",
-                             AttributeDefinitions=[{"AttributeName": LOCK_KEY, "AttributeType": "S"}],
-                             KeySchema=[{"AttributeName": LOCK_KEY, "KeyType": "HASH"}])
-            done.append(f"created DynamoDB lock table {backend.lock_table} (hash key {LOCK_KEY})")
-        except aws.errors() as exc:
-            if aws.code_of(exc) != "ResourceInUseException":
-                raise aws.failure(exc, "DynamoDB CreateTable", backend.lock_table, account) from exc
-            done.append(f"DynamoDB lock table {backend.lock_table} is being created by another run")
+        made = aws.call("DynamoDB CreateTable", backend.lock_table, account, lambda: ddb.create_table(
+            TableName=backend.lock_table, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": LOCK_KEY, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": LOCK_KEY, "KeyType": "HASH"}]), absent=("ResourceInUseException",))
+        done.append(f"created DynamoDB lock table {backend.lock_table} (hash key {LOCK_KEY})" if made is not None
+                    else f"DynamoDB lock table {backend.lock_table} is being created by another run")
     if not state.table_ready:
         try:
             ddb.get_waiter("table_exists").wait(TableName=backend.lock_table,

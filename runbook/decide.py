@@ -118,9 +118,8 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
             fix="point terraform.backend.lock_table at another name and create that table with "
                 f"`{bootstrap_command(facts)}`"))
     if not state.complete and facts.evidence:
-        gone = [n for n, ok in ((f"the S3 bucket {b.bucket}", state.bucket_exists),
-                                (f"the DynamoDB lock table {b.lock_table}",
-                                 state.table_exists or not state.table_needed)) if not ok]
+        gone = [f"the S3 bucket {b.bucket}" if part == "bucket" else f"the DynamoDB lock table {b.lock_table}"
+                for part in state.absent]
         elsewhere = sorted({d.split("/", 1)[0] for d in facts.digests} - {b.bucket})
         hint = (f"if terraform.backend.state_bucket was changed or mistyped (the lock table knows state in "
                 f"{', '.join(elsewhere)}), set it back; " if elsewhere and not state.bucket_exists else
@@ -222,10 +221,9 @@ def backend_action(facts: Facts) -> Action:
         return Action("backend", title, f"{words} (verified: versioned, encrypted, public access blocked{table})",
                       lines=lines, needed=False)
     if not state.complete:
-        parts = [n for n, ok in (("bucket", state.bucket_exists), ("lock table", state.table_exists or not
-                                                                   state.table_needed)) if not ok]
         return Action("backend", title, f"first deploy into account {facts.account.id} (no applied record, no state "
-                                        f"digest, no state): the {' and '.join(parts)} must be created", lines=lines)
+                                        f"digest, no state): the {' and '.join(state.absent)} must be created",
+                      lines=lines)
     todo = [f"the bucket lacks {', '.join(state.missing)}: switch it on"] if state.missing else []
     todo += [f"the lock table is {state.table_status} (another run is creating it): wait for it"] \
         if not state.table_ready else []

@@ -64,6 +64,7 @@ class Checkout:
 
     @property
     def detached(self) -> bool:
+        """HEAD is not on a branch."""
         return self.branch is None
 
     def changed_under(self, paths: Iterable[str]) -> list[str]:
@@ -196,7 +197,7 @@ def _repository_key(url: str) -> str:
     return f"{host}/{path.strip('/').removesuffix('.git').lower()}"
 
 
-def remotes(branch: str, cwd: str | os.PathLike | None = None) -> tuple[dict[str, str], str | None]:
+def _remotes(branch: str, cwd: str | os.PathLike | None) -> tuple[dict[str, str], str | None]:
     """Every remote of the checkout (name -> fetch URL, ``remote.<name>.url``) and the remote *branch*
     tracks (``branch.<branch>.remote``, or None), read with one ``git config`` call."""
     try:
@@ -235,7 +236,7 @@ def team_remote(branch: str, repository: str | None = None, *, required: bool = 
     Raises RunbookError when the checkout has no remote, when *required* and no remote matches, or when
     nothing tells several remotes apart. Remote URLs are never printed (they may carry a token).
     """
-    urls, tracked = remotes(branch, cwd)
+    urls, tracked = _remotes(branch, cwd)
     names = ", ".join(sorted(urls)) or "none"
     if repository:
         matching = sorted(name for name, url in urls.items() if same_repository(url, repository))

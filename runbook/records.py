@@ -1,33 +1,11 @@
-"""Applied records: what was last applied to a scope, kept in SSM Parameter Store; and what a commit needs.
-
-After every successful apply of an IAM root module the runbook writes one record into Parameter Store
-of the same AWS account: ``/<project>/iam/account`` for the account root module,
-``/<project>/iam/env/<name>`` for an environment's. The value is compact JSON with sorted keys
-(format 3), for example (wrapped here)::
-
-    {"applied_at":"2026-06-01T12:00:00Z","applied_by":"arn:aws:sts::123456789012:assumed-role/Admin/alice",
-     "branch":"staging","commit":"1a2b...","fingerprint":"<64 hex>","format":3,"inputs":"<64 hex>",
-     "outputs":{"lambda_role_names":["acme-api-stg-lambda-api"]},"scope":"stg","tool_version":"0.2.0",
-     "trees":{"iam/terraform/bin":"<tree id>","iam/terraform/environment-specific/main":"<tree id>",...}}
-
-``trees`` and ``inputs`` say what the fingerprint was made of (:mod:`runbook.scopes`), so a status can
-name the folder that changed. Anyone with ``ssm:GetParameter`` on that name (an administrator's laptop,
-the CI gate) can compare it with the commit at hand.
-
-Limits, from the AWS Systems Manager user guide: a Standard tier parameter value holds at most 4 KB
-(https://docs.aws.amazon.com/systems-manager/latest/userguide/parameter-store-advanced-parameters.html);
-SSM keeps 100 versions of a parameter and cannot drop a labelled oldest one
-(https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-labels.html).
-
-The status of a commit against the records (:func:`compare`, :func:`examine`) is the one source of truth for "is
-an IAM step needed", shared by ``inv iam.status``, ``inv release``, ``inv ci.rerun``, ``inv ci.diagnose`` and
-the pipeline's gate.
+"""Applied records: what was last applied to a scope, one SSM parameter per scope holding compact JSON (format 3);
+and the status of a commit against them (:func:`compare`, :func:`examine`), the one source of truth for "is an IAM
+step needed".
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -43,7 +21,8 @@ from runbook.scopes import Scope
 FORMAT = 3
 """The record format this runbook writes; a record of a higher format was written by a newer runbook."""
 MAX_VALUE_BYTES = 4096
-"""Largest Standard tier parameter value (AWS SSM PutParameter: 4 KB)."""
+"""Largest Standard tier parameter value, 4 KB
+(https://docs.aws.amazon.com/systems-manager/latest/userguide/parameter-store-advanced-parameters.html)."""
 WRITE_ATTEMPTS = 6
 """PutParameter attempts when SSM answers TooManyUpdates (another writer at the same moment)."""
 _FIELDS = ("fingerprint", "commit", "branch", "applied_by", "applied_at", "tool_version", "scope")
@@ -145,11 +124,6 @@ class NewerFormat(ValueError):
         self.version, self.tool = version, tool
 
 
-def cli_options(account: aws.Account) -> str:
-    """The AWS CLI options that aim a suggested ``aws ssm ...`` command at *account* (region, profile, endpoint)."""
-    return aws.aws_command(account).removeprefix("aws")
-
-
 def read(client: Any, name: str, scope: str, account: aws.Account) -> dict[str, Any] | None:
     """The applied record in the SSM parameter *name* (a dict, as ``Record.to_dict``), or None if never applied.
 
@@ -163,21 +137,19 @@ def read(client: Any, name: str, scope: str, account: aws.Account) -> dict[str, 
     ``record-malformed`` when the value is not a valid record of this scope (naming the delete command and
     the apply that replaces it); ``record-newer`` when a newer runbook wrote it.
     """
+    found = aws.call("reading the applied record", f"SSM parameter {name}", account,
+                     lambda: client.get_parameter(Name=name), absent=("ParameterNotFound",),
+                     permission=f"ssm:GetParameter on {name}")
+    if found is None:
+        return None
     try:
-        value = client.get_parameter(Name=name)["Parameter"]["Value"]
-    except aws.errors() as exc:
-        if aws.code_of(exc) == "ParameterNotFound":
-            return None
-        raise aws.failure(exc, "reading the applied record", f"SSM parameter {name}", account,
-                          permission=f"ssm:GetParameter on {name}") from exc
+        record = Record.from_dict(json.loads(found["Parameter"]["Value"]))
+        if record.scope != scope:
+            raise ValueError(f"it names scope {record.scope!r}, not {scope!r}")
     except (KeyError, TypeError) as exc:
         raise RunbookError(f"AWS SSM answered GetParameter {name} without a value", id="not-an-aws-endpoint",
                            where=f"endpoint {account.endpoint_url or 'AWS default'}",
                            fix="check endpoint_url in the configuration points at an AWS API") from exc
-    try:
-        record = Record.from_dict(json.loads(value))
-        if record.scope != scope:
-            raise ValueError(f"it names scope {record.scope!r}, not {scope!r}")
     except NewerFormat as exc:
         raise RunbookError(f"The applied record in {name} was written by a newer runbook ({exc}); this one cannot read "
                            "it and will not overwrite it", id="record-newer", where=f"SSM parameter {name}",
@@ -186,14 +158,11 @@ def read(client: Any, name: str, scope: str, account: aws.Account) -> dict[str, 
     except ValueError as exc:
         raise RunbookError(f"The applied record for {scope} is malformed: {exc}", id="record-malformed",
                            where=f"SSM parameter {name}",
-                           fix=f"aws ssm delete-parameter --name {shlex.quote(name)}{cli_options(account)} && "
-                               f"{_apply_command(scope)}  (deletes the unreadable record, then applies again, which "
-                               "writes a new one)") from exc
+                           fix=aws.aws_command(account, "ssm", "delete-parameter", "--name", name) + " && "
+                               + ("inv iam.account" if scope == "account" else f"inv iam.env --name {scope}")
+                               + "  (deletes the unreadable record, then applies again, which writes a new one)"
+                           ) from exc
     return record.to_dict()
-
-
-def _apply_command(scope: str) -> str:
-    return "inv iam.account" if scope == "account" else f"inv iam.env --name {scope}"
 
 
 def write(client: Any, name: str, record: Record, account: aws.Account) -> None:
@@ -217,16 +186,12 @@ def write(client: Any, name: str, record: Record, account: aws.Account) -> None:
         raise RunbookError(problem[0].upper() + problem[1:], id="record-too-large", where=name,
                            fix="record fewer or shorter root module outputs (only what the gate needs)")
     value = record.to_json()
-
-    @tenacity.retry(retry=tenacity.retry_if_exception(lambda e: aws.code_of(e) == "TooManyUpdates"),
-                    wait=tenacity.wait_random_exponential(multiplier=0.5, max=8),
-                    stop=tenacity.stop_after_attempt(WRITE_ATTEMPTS), reraise=True)
-    def put() -> None:
-        client.put_parameter(Name=name, Value=value, Type="String", Tier="Standard", Overwrite=True,
-                             Description=f"runbook applied record: IAM {record.scope}")
-
+    put = tenacity.Retrying(retry=tenacity.retry_if_exception(lambda e: aws.code_of(e) == "TooManyUpdates"),
+                            wait=tenacity.wait_random_exponential(multiplier=0.5, max=8),
+                            stop=tenacity.stop_after_attempt(WRITE_ATTEMPTS), reraise=True)
     try:
-        put()
+        put(client.put_parameter, Name=name, Value=value, Type="String", Tier="Standard", Overwrite=True,
+            Description=f"runbook applied record: IAM {record.scope}")
     except aws.errors() as exc:
         code = aws.code_of(exc)
         if code == "TooManyUpdates":
@@ -243,7 +208,6 @@ def write(client: Any, name: str, record: Record, account: aws.Account) -> None:
 
 
 def _holds(client: Any, name: str, value: str) -> bool:
-    """Whether the parameter *name* holds exactly *value* now (one GetParameter; any failure: False)."""
     try:
         return client.get_parameter(Name=name)["Parameter"]["Value"] == value
     except Exception:  # noqa: BLE001 - a failed check proves nothing: the write is reported as failed
@@ -252,8 +216,9 @@ def _holds(client: Any, name: str, value: str) -> bool:
 
 def _version_limit(client: Any, name: str, account: aws.Account) -> RunbookError:
     """The error for ParameterMaxVersionLimitExceeded, with the unlabel command filled in from the parameter's
-    history (GetParameterHistory, at most 5 pages of 50; when that read fails, how to list them)."""
-    tail, labelled = cli_options(account), []
+    history (GetParameterHistory, at most 5 pages of 50; when that read fails, how to list them). SSM keeps 100
+    versions and cannot drop a labelled oldest one
+    (https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-labels.html)."""
     try:
         pages = client.get_paginator("get_parameter_history").paginate(
             Name=name, PaginationConfig={"MaxItems": 250, "PageSize": 50})
@@ -265,15 +230,14 @@ def _version_limit(client: Any, name: str, account: aws.Account) -> RunbookError
             "its oldest version carries a label, so SSM may not delete it to make room "
             "(ParameterMaxVersionLimitExceeded). The record was not written; writing again fails the same way until "
             "the label is removed")
-    quoted = shlex.quote(name)
+    commands = [aws.aws_command(account, "ssm", "unlabel-parameter-version", "--name", name, "--parameter-version",
+                                str(version), "--labels", *labels)
+                for version, labels in labelled or [("VERSION", ["LABEL"])]]
     if not labelled:
+        listing = aws.aws_command(account, "ssm", "get-parameter-history", "--name", name,
+                                  "--query", "Parameters[?Labels].[Version,Labels]")
         return RunbookError(what, id="record-version-limit", where=f"SSM parameter {name}",
-                            fix=f"list the labelled versions: aws ssm get-parameter-history --name {quoted}{tail} "
-                                "--query 'Parameters[?Labels].[Version,Labels]'; remove the label of the oldest: aws "
-                                f"ssm unlabel-parameter-version --name {quoted} --parameter-version VERSION --labels "
-                                f"LABEL{tail}")
-    commands = [f"aws ssm unlabel-parameter-version --name {quoted} --parameter-version {version} --labels "
-                f"{' '.join(map(shlex.quote, labels))}{tail}" for version, labels in labelled]
+                            fix=f"list the labelled versions: {listing}; remove the label of the oldest: {commands[0]}")
     more = (f" ({len(commands) - 1} newer labelled version(s) will block again once they are the oldest; remove their "
             "labels too if they are not needed: " + "; ".join(commands[1:]) + ")") if len(commands) > 1 else ""
     return RunbookError(f"{what}: version {labelled[0][0]} has the label(s) {', '.join(labelled[0][1])}",
@@ -311,6 +275,7 @@ class ScopeStatus:
 
     @property
     def text(self) -> str:
+        """The state in words, for "pending" with what changed."""
         if self.state == PENDING:
             what = ", ".join("the configuration's inputs" if c == "inputs" else c for c in self.changed)
             return f"change pending ({what} changed)" if what else "change pending"
@@ -349,9 +314,7 @@ def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None =
     """
     scopes = list(scopes)
     trees = head_trees(scopes) if trees is None else trees
-    clients: dict[str, Any] = {}
-    gone: dict[str, str] = {}
-    out = []
+    clients, gone, out = {}, {}, []
     for scope in scopes:
         account = scope.account
         scope.fingerprint(trees)  # a missing root module is the caller's error, not a status
@@ -361,8 +324,7 @@ def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None =
             if account.name not in clients:
                 sess = session_for(account) if session_for else aws.session(account, use_profile=use_profile)
                 clients[account.name] = aws.client(sess, "ssm", account)
-            out.append(compare(scope, trees, read(clients[account.name], scope.parameter, scope.name,
-                                                          account)))
+            out.append(compare(scope, trees, read(clients[account.name], scope.parameter, scope.name, account)))
         except RunbookError as exc:
             reason = exc.what.split(". ")[0].rstrip(".")
             if isinstance(exc, Transient) and account.name not in gone:

@@ -192,10 +192,8 @@ def examine_aws(facts: Facts, sess) -> Facts:
     ssm = aws.client(sess, "ssm", account)
     read = {s.name: records.read(ssm, s.parameter, s.name, s.account) for s in facts.scopes}
     facts = earlier_deploys(facts, sess, state, read)
-    hints = {}
-    for scope in facts.scopes:
-        if read.get(scope.name) and state.bucket_exists and scope.backend.key not in state.states:
-            hints[scope.name] = _state_hint(sess, facts, scope)
+    hints = {s.name: _state_hint(sess, facts, s) for s in facts.scopes
+             if read.get(s.name) and state.bucket_exists and s.backend.key not in state.states}
     fact("backend", f"bucket {b.bucket}: {'exists' if state.bucket_exists else 'absent'}"
                     + (f"; lock table {b.lock_table}: {state.table_status or 'absent'}" if b.uses_table else "")
                     + (f"; lacks {', '.join(state.missing)}" if state.missing else ""))

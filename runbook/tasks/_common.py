@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 import signal
 import sys
@@ -103,10 +104,7 @@ def _exit(message: str, code: int) -> Exit:
 def _dry(context) -> bool:
     """Whether Invoke's configuration asks for a dry run: ``--dry``/``-R``, ``INVOKE_RUN_DRY`` or ``run.dry`` all end
     in ``run.dry`` (https://docs.pyinvoke.org/en/stable/concepts/configuration.html)."""
-    try:
-        return bool(context.config.run.dry)
-    except AttributeError:
-        return False
+    return bool(getattr(getattr(context.config, "run", None), "dry", False))
 
 
 def _catch_stop_signals(received: list[int]) -> dict:
@@ -153,8 +151,8 @@ def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: 
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        number = None
-    if number is None or number != number or not minimum <= number <= maximum:
+        number = math.nan  # refused below, as NaN itself is: it is in no range
+    if not minimum <= number <= maximum:
         raise RunbookError(f"{flag} takes a number of seconds from {minimum:g} to {maximum:g}, not {value!r}",
                            id="flag-invalid", fix=f"for example {flag} {default:g}")
     return number

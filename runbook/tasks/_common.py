@@ -46,7 +46,7 @@ def user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         received: list[int] = []
-        console.guard_std_streams()  # a reader that goes away (`| head`) silences output, never stops the run
+        console.guard_std_streams()  # a reader that goes away (`| head`) silences output (the Exit's message too)
         previous = _catch_stop_signals(received)
         try:
             if args and _dry(args[0]):
@@ -63,14 +63,14 @@ def user_errors(func):
             code, said = _signal_exit(received, exc.code)
             if debugging():
                 traceback.print_exc()
-            raise _exit(console.mask(exc.report(said)), code) from None
+            raise Exit(console.mask(exc.report(said)), code) from None
         except KeyboardInterrupt:
             code, said = _signal_exit(received, EXIT_INTERRUPTED)
-            raise _exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code) from None
+            raise Exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code) from None
         except Exception as exc:  # noqa: BLE001 - a defect of the runbook: say so, never a bare traceback
             if debugging():
                 traceback.print_exc()
-            raise _exit(console.mask(_defect(exc)), EXIT_BUG) from None
+            raise Exit(console.mask(_defect(exc)), EXIT_BUG) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -92,13 +92,6 @@ def _defect(exc: Exception) -> str:
                         "runbook, not something you did", id="defect", code=EXIT_BUG,
                         fix="run the same command again with RUNBOOK_DEBUG=1 (or `inv --debug ...`) and file an issue "
                             "in this repository with the traceback it prints (check it for secrets first)").report()
-
-
-def _exit(message: str, code: int) -> Exit:
-    """The Exit with *message* and *code*; Invoke prints the message on stderr, also when stderr is closed
-    (the streams are guarded by :func:`runbook.console.guard_std_streams`)."""
-    console.guard_std_streams()
-    return Exit(message, code=code)
 
 
 def _dry(context) -> bool:

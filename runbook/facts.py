@@ -7,7 +7,6 @@ outside the runbook's own working folders; each fact is printed as it is found.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -116,7 +115,8 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
     if the caller inspected it already."""
     probe = None if opts.dry_run else versions.Terraform().probe()  # its answer is taken at the end
     checkout = checkout or git.inspect()
-    rel = _relative(config.path)
+    real, top = Path(config.path).resolve(), Path(PROJECT_ROOT).resolve()
+    rel = real.relative_to(top).as_posix() if real.is_relative_to(top) else None  # None: outside the repository
     trees = git.trees(checkout.head, [p for s in scopes for p in s.paths] + ([rel] if rel else []), PROJECT_ROOT)
     committed = bool(rel and trees.pop(rel, None) and rel not in checkout.changes)
     facts = Facts(config, environment, tuple(scopes), opts, checkout, trees, config_committed=committed)
@@ -161,14 +161,6 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
         fact("terraform", f"{versions.Terraform.name} {found.version} at {found.path}")
     return replace(facts, remote=remote, remote_head=remote_head, snapshots=snapshots, unpinned=tuple(unpinned),
                    blocked=tuple(blocked), terraform=found)
-
-
-def _relative(path: Path) -> str | None:
-    """*path* relative to the top of the repository (POSIX), or None when it lies outside."""
-    try:
-        return Path(os.path.realpath(path)).relative_to(os.path.realpath(PROJECT_ROOT)).as_posix()
-    except ValueError:
-        return None
 
 
 def examine_aws(facts: Facts, sess) -> Facts:

@@ -75,25 +75,18 @@ def local_findings(facts: Facts) -> list[RunbookError]:
             scope.fingerprint(facts.trees)  # raises root-module-missing
         except RunbookError as exc:
             found.append(exc)
-    if facts.terraform is not None:
-        found += _terraform_findings(facts)
+    tf, lock_min = facts.terraform, versions.Terraform.s3_lock_min
+    if tf is not None and facts.backend.uses_lockfile and not versions.satisfies(tf.version, f">= {lock_min}"):
+        found.append(RunbookError(f"Terraform {tf.version} at {tf.path} cannot lock the state with an S3 lock file: "
+                                  f"terraform.backend.lock is {facts.backend.lock}, which needs Terraform "
+                                  f"{lock_min} or later; nothing was changed", id="terraform-version",
+                                  where="config field terraform.backend.lock",
+                                  fix=f"install Terraform {lock_min} or later "
+                                      "(https://developer.hashicorp.com/terraform/install) and put it first on PATH; "
+                                      "or set terraform.backend.lock: dynamodb"))
     found += [RunbookError(f"The {problem}", id="module-source-unpinned", fix="pin it as the message says, commit, "
                                                                               "and run again")
               for problem in facts.unpinned]
-    return found
-
-
-def _terraform_findings(facts: Facts) -> list[RunbookError]:
-    tf, found = facts.terraform, []
-    dist = versions.Terraform
-    if facts.backend.uses_lockfile and not versions.satisfies(tf.version, f">= {dist.s3_lock_min}"):
-        found.append(RunbookError(f"Terraform {tf.version} at {tf.path} cannot lock the state with an S3 lock file: "
-                                  f"terraform.backend.lock is {facts.backend.lock}, which needs Terraform "
-                                  f"{dist.s3_lock_min} or later; nothing was changed", id="terraform-version",
-                                  where="config field terraform.backend.lock",
-                                  fix=f"install Terraform {dist.s3_lock_min} or later "
-                                      "(https://developer.hashicorp.com/terraform/install) and put it first on PATH; "
-                                      "or set terraform.backend.lock: dynamodb"))
     return found
 
 
@@ -155,7 +148,7 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
                 fix=f"install Terraform {written} or later (https://developer.hashicorp.com/terraform/install) and put "
                     f'it first on PATH; pin it for the team: terraform.required_version ">= {written}"'))
     take_over = take_over_text(facts)
-    if take_over and not facts.opts.take_over and (facts.opts.assume_yes or not _interactive()):
+    if take_over and not facts.opts.take_over and (facts.opts.assume_yes or not (sys.stdin and sys.stdin.isatty())):
         scope = facts.scopes[0]
         found.append(RunbookError(
             take_over + ("; --yes does not answer this" if facts.opts.assume_yes else "") + "; nothing was changed",
@@ -163,10 +156,6 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
             fix=f"agree with whoever applied from {console.one_line(str(facts.records[ACCOUNT].get('branch')))!r} "
                 f"first (or merge it into {facts.checkout.branch!r}), then run the same command with --take-over"))
     return found
-
-
-def _interactive() -> bool:
-    return bool(sys.stdin) and sys.stdin.isatty()
 
 
 def needed(facts: Facts, scope: Scope) -> tuple[bool, str]:

@@ -7,7 +7,6 @@ outside the runbook's own working folders; each fact is printed as it is found.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -116,7 +115,8 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
     if the caller inspected it already."""
     probe = None if opts.dry_run else versions.Terraform().probe()  # its answer is taken at the end
     checkout = checkout or git.inspect()
-    rel = _relative(config.path)
+    real, top = Path(config.path).resolve(), Path(PROJECT_ROOT).resolve()
+    rel = real.relative_to(top).as_posix() if real.is_relative_to(top) else None  # None: outside the repository
     trees = git.trees(checkout.head, [p for s in scopes for p in s.paths] + ([rel] if rel else []), PROJECT_ROOT)
     committed = bool(rel and trees.pop(rel, None) and rel not in checkout.changes)
     facts = Facts(config, environment, tuple(scopes), opts, checkout, trees, config_committed=committed)
@@ -163,14 +163,6 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
                    blocked=tuple(blocked), terraform=found)
 
 
-def _relative(path: Path) -> str | None:
-    """*path* relative to the top of the repository (POSIX), or None when it lies outside."""
-    try:
-        return Path(os.path.realpath(path)).relative_to(os.path.realpath(PROJECT_ROOT)).as_posix()
-    except ValueError:
-        return None
-
-
 def examine_aws(facts: Facts, sess) -> Facts:
     """The facts AWS holds: the credentials of *sess* (the account's session from the standard chain) frozen for
     Terraform and for every other call of the run, and the caller identity they belong to; then, only when the
@@ -192,10 +184,8 @@ def examine_aws(facts: Facts, sess) -> Facts:
     ssm = aws.client(sess, "ssm", account)
     read = {s.name: records.read(ssm, s.parameter, s.name, s.account) for s in facts.scopes}
     facts = earlier_deploys(facts, sess, state, read)
-    hints = {}
-    for scope in facts.scopes:
-        if read.get(scope.name) and state.bucket_exists and scope.backend.key not in state.states:
-            hints[scope.name] = _state_hint(sess, facts, scope)
+    hints = {s.name: _state_hint(sess, facts, s) for s in facts.scopes
+             if read.get(s.name) and state.bucket_exists and s.backend.key not in state.states}
     fact("backend", f"bucket {b.bucket}: {'exists' if state.bucket_exists else 'absent'}"
                     + (f"; lock table {b.lock_table}: {state.table_status or 'absent'}" if b.uses_table else "")
                     + (f"; lacks {', '.join(state.missing)}" if state.missing else ""))

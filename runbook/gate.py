@@ -43,16 +43,13 @@ def role_problems(iam_client: Any, role_names: list[str], account=None) -> list[
 
     problems = []
     for name in role_names:
-        try:
-            role = iam_client.get_role(RoleName=name)["Role"]
-        except aws.errors() as exc:
-            if aws.code_of(exc) == "NoSuchEntity":
-                problems.append(f"role {name} does not exist")
-                continue
-            raise aws.failure(exc, "IAM GetRole", f"role {name}", account, permission="iam:GetRole",
-                              fix="grant the CI deployer iam:GetRole on the project's lambda roles (the account root "
-                                  "module does): inv iam.account") from exc
-        if not _trusts_lambda(role.get("AssumeRolePolicyDocument")):
+        found = aws.call("IAM GetRole", f"role {name}", account, lambda n=name: iam_client.get_role(RoleName=n),
+                         absent=("NoSuchEntity",), permission="iam:GetRole",
+                         fix="grant the CI deployer iam:GetRole on the project's lambda roles (the account root module "
+                             "does): inv iam.account")
+        if found is None:
+            problems.append(f"role {name} does not exist")
+        elif not _trusts_lambda(found["Role"].get("AssumeRolePolicyDocument")):
             problems.append(f"role {name} does not trust {LAMBDA_PRINCIPAL}")
     return problems
 

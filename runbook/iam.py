@@ -25,7 +25,6 @@ class Outcome:
     title: str
     status: str
     seconds: float
-    detail: str = ""
 
 
 @dataclass
@@ -105,28 +104,26 @@ def perform(state: Run, todo: list[Action]) -> Run:
     """Perform *todo* in order; stop at the first failure. Raises RunbookError (with the resume command added to
     its fix) or Interrupted; actions before the failure keep their effects, actions after it are not started."""
     for number, action in enumerate(todo, 1):
-        started = time.monotonic()
+        started, status = time.monotonic(), "failed"
         console.heading(f"[{number}/{len(todo)}] {action.title}")
         try:
-            if not action.needed:
+            if action.needed:
+                console.say(f"  why: {action.reason}")
+                detail = ACT[action.kind](state, action)
+            else:
                 console.ok(f"skipped: {action.reason}")
-                state.outcomes.append(Outcome(action.title, "skipped", time.monotonic() - started, action.reason))
-                continue
-            console.say(f"  why: {action.reason}")
-            detail = ACT[action.kind](state, action)
+                detail = None
+            status = "skipped" if detail is None else "done"
         except RunbookError as exc:
-            state.outcomes.append(Outcome(action.title, "failed", time.monotonic() - started, exc.what))
             exc.fix = with_resume(exc.fix, state.command, interrupted=isinstance(exc, Interrupted))
             raise
         except KeyboardInterrupt:
-            state.outcomes.append(Outcome(action.title, "failed", time.monotonic() - started, "interrupted"))
             raise Interrupted(f"Interrupted at step {number}/{len(todo)} ({action.title}); the steps before it are "
                               "complete and nothing after it started", fix=state.command) from None
-        if detail is None:
-            state.outcomes.append(Outcome(action.title, "skipped", time.monotonic() - started))
-            continue
-        console.ok(detail)
-        state.outcomes.append(Outcome(action.title, "done", time.monotonic() - started, detail))
+        finally:
+            state.outcomes.append(Outcome(action.title, status, time.monotonic() - started))
+        if detail is not None:
+            console.ok(detail)
     return state
 
 

@@ -159,7 +159,7 @@ def deployer_vars(config: Config, account: Account) -> dict[str, str]:
 
 def for_environment(config: Config, environment: Environment) -> list[Scope]:
     """The scopes a deploy of *environment* needs, in the order they must be applied: account, then environment."""
-    return [Scope.of_account(config, environment.account), Scope.of_environment(config, environment)]
+    return all_scopes(config, environment)
 
 
 def all_scopes(config: Config, only: Environment | None = None) -> list[Scope]:

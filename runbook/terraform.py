@@ -8,6 +8,7 @@ https://developer.hashicorp.com/terraform/internals/json-format).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -140,10 +141,8 @@ def run_script(root: Path, script: Path, env: dict[str, str], *, what: str) -> N
                     console.say("\nTerraform is stopping cleanly and will release the state lock; press Ctrl-C once "
                                 "more to force it (that can leave the lock held).", err=True)
                     continue
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
         for pump in pumps:
             pump.join(timeout=5.0)
     finally:
@@ -343,12 +342,10 @@ def other_terraform_in(root: Path) -> list[int]:
     """Process IDs of the Terraform processes whose working folder is *root* (Linux /proc; none elsewhere)."""
     found = []
     for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
-        try:
-            with open(f"/proc/{pid}/comm", encoding="utf-8") as comm:
-                if comm.read().strip() == "terraform" and Path(os.readlink(f"/proc/{pid}/cwd")) == root.resolve():
-                    found.append(int(pid))
-        except OSError:
-            continue
+        with contextlib.suppress(OSError):
+            comm = Path(f"/proc/{pid}/comm").read_text(encoding="utf-8")
+            if comm.strip() == "terraform" and Path(os.readlink(f"/proc/{pid}/cwd")) == root.resolve():
+                found.append(int(pid))
     return found
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 import signal
 import sys
@@ -45,7 +46,7 @@ def user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         received: list[int] = []
-        console.guard_std_streams()  # a reader that goes away (`| head`) silences output, never stops the run
+        console.guard_std_streams()  # a reader that goes away (`| head`) silences output (the Exit's message too)
         previous = _catch_stop_signals(received)
         try:
             if args and _dry(args[0]):
@@ -62,14 +63,14 @@ def user_errors(func):
             code, said = _signal_exit(received, exc.code)
             if debugging():
                 traceback.print_exc()
-            raise _exit(console.mask(exc.report(said)), code) from None
+            raise Exit(console.mask(exc.report(said)), code) from None
         except KeyboardInterrupt:
             code, said = _signal_exit(received, EXIT_INTERRUPTED)
-            raise _exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code) from None
+            raise Exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code) from None
         except Exception as exc:  # noqa: BLE001 - a defect of the runbook: say so, never a bare traceback
             if debugging():
                 traceback.print_exc()
-            raise _exit(console.mask(_defect(exc)), EXIT_BUG) from None
+            raise Exit(console.mask(_defect(exc)), EXIT_BUG) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -93,20 +94,10 @@ def _defect(exc: Exception) -> str:
                             "in this repository with the traceback it prints (check it for secrets first)").report()
 
 
-def _exit(message: str, code: int) -> Exit:
-    """The Exit with *message* and *code*; Invoke prints the message on stderr, also when stderr is closed
-    (the streams are guarded by :func:`runbook.console.guard_std_streams`)."""
-    console.guard_std_streams()
-    return Exit(message, code=code)
-
-
 def _dry(context) -> bool:
     """Whether Invoke's configuration asks for a dry run: ``--dry``/``-R``, ``INVOKE_RUN_DRY`` or ``run.dry`` all end
     in ``run.dry`` (https://docs.pyinvoke.org/en/stable/concepts/configuration.html)."""
-    try:
-        return bool(context.config.run.dry)
-    except AttributeError:
-        return False
+    return bool(getattr(getattr(context.config, "run", None), "dry", False))
 
 
 def _catch_stop_signals(received: list[int]) -> dict:
@@ -153,8 +144,8 @@ def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: 
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        number = None
-    if number is None or number != number or not minimum <= number <= maximum:
+        number = math.nan  # refused below, as NaN itself is: it is in no range
+    if not minimum <= number <= maximum:
         raise RunbookError(f"{flag} takes a number of seconds from {minimum:g} to {maximum:g}, not {value!r}",
                            id="flag-invalid", fix=f"for example {flag} {default:g}")
     return number

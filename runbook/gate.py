@@ -121,7 +121,8 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
     trees = records.head_trees(scopes) if trees is None else trees
     session = session or aws.session(account, use_profile=False)
     # Each poll must end well within the gate's own deadline: short timeouts, one retry.
-    ssm = aws.client(session, "ssm", account, read_timeout_s=min(10.0, max(1.0, poll_s)), attempts=1)
+    short = {"read_timeout_s": min(10.0, max(1.0, poll_s)), "attempts": 1}
+    ssm = aws.client(session, "ssm", account, **short)
     started, delay, polls, told, last_error = clock(), poll_s, 0, None, None
     while True:
         try:
@@ -130,7 +131,8 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
             problems: list[str] = []
             if all(st.state == records.CURRENT for st in statuses):
                 names, wrong = recorded_roles(statuses[-1].record)
-                problems = [wrong] if wrong else role_problems(aws.client(session, "iam", account), names, account)
+                problems = [wrong] if wrong else role_problems(aws.client(session, "iam", account, **short), names,
+                                                                          account)
                 if not problems:
                     settle = min(settle_s, max(0.0, timeout_s - (clock() - started)))
                     if settle > 0:

@@ -192,7 +192,8 @@ def _script(state: Run, scope: Scope, mode: str) -> None:
                                terraform_version=facts.terraform.version, credentials=facts.credentials,
                                lock_timeout_s=facts.opts.lock_timeout_s)
     snap = facts.snapshots[scope.name]
-    terraform.run_script(snap.root, snap.script, env, what=f"{mode} {'of' if mode == 'plan' else 'to'} {scope.label}")
+    terraform.run_script(snap.root, snap.script, env, what=f"{mode} {'of' if mode == 'plan' else 'to'} {scope.label}",
+                         environment=state.facts.environment.name)
 
 
 def _act_plan(state: Run, action: Action) -> str:

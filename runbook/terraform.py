@@ -111,7 +111,7 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
     return {**inherited, **CHILD_SHUT, **env}
 
 
-def run_script(root: Path, script: Path, env: dict[str, str], *, what: str) -> None:
+def run_script(root: Path, script: Path, env: dict[str, str], *, what: str, environment: str | None = None) -> None:
     """Run *script* (``deploy-app.sh``) in the root module folder *root* with *env*, streaming its output.
 
     The script runs in its own process group, so a Ctrl-C at the terminal reaches only this process, which
@@ -121,7 +121,8 @@ def run_script(root: Path, script: Path, env: dict[str, str], *, what: str) -> N
     writing to a closed pipe dies of SIGPIPE, lock held). The saved plan (sensitive values in clear) is deleted
     after an apply and after a failed or interrupted plan.
 
-    Raises Interrupted on Ctrl-C, and the error of :func:`failure` when the script exits non-zero.
+    Raises Interrupted on Ctrl-C, and the error of :func:`failure` when the script exits non-zero (*environment*:
+    the environment the run is for, which the unlock command of an account scope's lock names).
     """
     mode = env.get("DEPLOY_MODE")
     console.write(sys.stdout, "")
@@ -157,7 +158,7 @@ def run_script(root: Path, script: Path, env: dict[str, str], *, what: str) -> N
                           f"{state}", fix="run the same command again: it plans afresh from the saved state")
     if code != 0:
         raise failure(root, env, what=what, code=code, output="\n".join(p.text() for p in pumps),
-                      ran=(started, time.time()))
+                      ran=(started, time.time()), environment=environment)
 
 
 class _Pump(threading.Thread):
@@ -252,7 +253,7 @@ FAILURES = (
 
 
 def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: str,
-            ran: tuple[float, float] | None = None) -> RunbookError:
+            ran: tuple[float, float] | None = None, environment: str | None = None) -> RunbookError:
     """The error for a run of ``deploy-app.sh`` in *root* that exited *code* after printing *output*: a state lock
     held by another run is :class:`StateLocked` (exit 75) naming the release command, a lock this very run took
     (:func:`own_lock_age`; *ran*: start and end, seconds since the epoch) is named as such, the digest mismatch
@@ -260,7 +261,7 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
     without a message."""
     lock = LockInfo.parse(output) if "Error acquiring the state lock" in output else None
     if lock is not None:
-        unlock = unlock_command(env, lock.id)
+        unlock = unlock_command(env, lock.id, environment)
         age = own_lock_age(lock, env, ran, root)
         if age is not None:
             return StateLocked(
@@ -297,10 +298,14 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
             f"{shlex.quote(env.get('DEPLOY_MODE', 'plan'))} bash -x {shlex.quote(DEPLOY_SCRIPT)}")
 
 
-def unlock_command(env: dict[str, str], lock_id: str) -> str:
-    """The ``inv iam.unlock`` line that releases *lock_id* for the scope *env* (from :func:`script_env`) is for."""
-    name = env.get("TF_VAR_environment")
-    return f"inv iam.unlock {f'--env {shlex.quote(name)}' if name else '--account'} --lock-id {shlex.quote(lock_id)}"
+def unlock_command(env: dict[str, str], lock_id: str, environment: str | None = None) -> str:
+    """The ``inv iam.unlock`` line that releases *lock_id* for the scope *env* (from :func:`script_env`) is for. An
+    account scope's line names *environment* (one in that account) too, so that it does not depend on the branch
+    checked out where it is pasted."""
+    name = env.get("TF_VAR_environment") or environment
+    scope = "" if env.get("TF_VAR_environment") else " --account"
+    return (f"inv iam.unlock{f' --env {shlex.quote(name)}' if name else ''}{scope} "
+            f"--lock-id {shlex.quote(lock_id)}")
 
 
 def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] | None,

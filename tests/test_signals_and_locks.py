@@ -173,7 +173,7 @@ def test_the_account_roots_lock_has_its_own_unlock_form_and_a_dry_run(project, m
     runs.lock_by_someone_else(moto_reset, LOCK_ID, key=ACCOUNT_KEY)
     locked = project.inv("iam.account")
     assert locked.code == 75, locked.all
-    assert_refused(locked, f"inv iam.unlock --account --lock-id {LOCK_ID}", "nothing was applied")
+    assert_refused(locked, f"inv iam.unlock --env stg --account --lock-id {LOCK_ID}", "nothing was applied")
     looked = project.inv("-R", "iam.unlock", "--account", "--lock-id", LOCK_ID, "--yes")  # Invoke's --dry
     assert looked.code == 0, looked.all
     assert "alice@laptop-7" in looked.out and "released nothing" in looked.out

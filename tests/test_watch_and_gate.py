@@ -121,8 +121,9 @@ def test_gate_keeps_polling_through_an_iam_getrole_5xx(tmp_path, moto_reset, aws
     body = (b'<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error><Type>Receiver</Type>'
             b"<Code>ServiceUnavailable</Code><Message>Service Unavailable</Message></Error>"
             b"<RequestId>1</RequestId></ErrorResponse>")
-    # one 503 more than the IAM client's 3 attempts (aws.client): the first gate poll sees GetRole fail
-    session.events.register("before-send.iam.GetRole", _failing(4, 503, body, "text/xml"))
+    # one 503 more than the 2 attempts of the gate's IAM client (short timeouts, one retry, as its SSM client: a
+    # slow IAM must not carry the gate past its deadline): the first gate poll sees GetRole fail
+    session.events.register("before-send.iam.GetRole", _failing(3, 503, body, "text/xml"))
     sleeps = []
     result = gate.wait(cfg, cfg.environments["stg"], timeout_s=600, poll_s=15, settle_s=0, session=session,
                        sleep=sleeps.append, clock=lambda: sum(sleeps))

@@ -41,6 +41,15 @@ def test_a_lock_held_by_another_run_is_exit_75_with_who_and_the_release_command(
     assert "inv iam.unlock --env stg --lock-id 7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e" in error.fix
 
 
+def test_the_account_scopes_unlock_command_names_the_environment_of_the_run():
+    # pasted on another branch (after --skip-branch-check), a command without --env would pick that branch's
+    # environment, or none: the line names the environment the run was for
+    env = {k: v for k, v in ENV.items() if k != "TF_VAR_environment"}
+    error = terraform.failure(Path("/snap/root"), env, what="plan of account nonprod", code=75, output=LOCK_BLOCK,
+                              environment="stg")
+    assert "inv iam.unlock --env stg --account --lock-id 7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e" in error.fix
+
+
 def test_a_lock_that_cannot_be_taken_at_all_is_not_blamed_on_another_run():
     error = failure("Error: Error acquiring the state lock\n\nAccessDeniedException: not authorized", 1)
     assert error.id == "state-lock-failed" and error.code == 1 and "no other run holds it" in error.what

@@ -98,7 +98,5 @@ def _pipeline(client, config: Config, environment: Environment, done: iam.Run, p
                    "match; nothing to rerun")
     console.heading("CircleCI: watch the workflow to the end")
     result = pipeline.watch(client, watch_id, poll_s=poll_s)
-    failed = pipeline.watch_error(result, environment, urls[-1])
-    if failed is not None:
-        raise failed
+    pipeline.check_watch(result, environment, urls[-1])
     console.ok(f"succeeded after {result.seconds:.0f} s of watching")

@@ -1,9 +1,7 @@
 """Decide: plain functions from a run's facts (:class:`runbook.facts.Facts`) to what stops it and what it does.
 
-:func:`local_findings` and :func:`aws_findings` say what would stop the run, each a RunbookError with its
-fix; :func:`actions` gives the ordered actions, each with its reason and the exact commands or API calls.
-The dry run, ``inv iam.status`` and the real run share these decisions; they are tested without a
-subprocess or a server (``tests/unit``).
+Findings are RunbookErrors with their fix; :func:`actions` gives the ordered actions with their reasons and exact
+commands. The dry run, ``inv iam.status`` and the real run share them; they are tested without a subprocess.
 """
 
 from __future__ import annotations
@@ -41,14 +39,11 @@ def local_findings(facts: Facts) -> list[RunbookError]:
     found = list(facts.blocked)
     co, branch = facts.checkout, facts.environment.branch
     label = facts.scopes[-1].label
-    if co.detached:
+    if co.detached or (co.branch != branch and not facts.opts.skip_branch_check):
         skip = " (--skip-branch-check needs a branch: a detached HEAD has none)" if facts.opts.skip_branch_check else ""
-        found.append(RunbookError(f"HEAD is detached at {co.head[:12]}, but {label} is deployed from branch "
-                                  f"{branch!r}: the IAM must be applied from the branch being deployed{skip}",
-                                  id="wrong-branch", fix=f"git checkout {shlex.quote(branch)} && git pull --ff-only"))
-    elif co.branch != branch and not facts.opts.skip_branch_check:
-        found.append(RunbookError(f"The checkout is on branch {co.branch!r}, but {label} is deployed from {branch!r}: "
-                                  "the IAM must be applied from the branch being deployed", id="wrong-branch",
+        on = f"HEAD is detached at {co.head[:12]}" if co.detached else f"The checkout is on branch {co.branch!r}"
+        found.append(RunbookError(f"{on}, but {label} is deployed from branch {branch!r}: the IAM must be applied "
+                                  f"from the branch being deployed{skip}", id="wrong-branch",
                                   fix=f"git checkout {shlex.quote(branch)} && git pull --ff-only"))
     elif facts.remote is not None:
         ours, team = f"{facts.remote.name}/{facts.target_branch}", facts.remote
@@ -76,11 +71,10 @@ def local_findings(facts: Facts) -> list[RunbookError]:
             fix="commit the configuration and merge it into the environment's branch (or unset RUNBOOK_CONFIG to use "
                 "the committed one)"))
     for scope in facts.scopes:
-        if not facts.trees.get(scope.root):
-            found.append(RunbookError(f"The {scope.kind} root module folder {scope.root} is not in commit "
-                                      f"{co.head[:12]}", id="root-module-missing",
-                                      where=facts.config.where("terraform", "roots", scope.kind),
-                                      fix="point the field at the root module folder, or restore it and commit"))
+        try:
+            scope.fingerprint(facts.trees)  # raises root-module-missing
+        except RunbookError as exc:
+            found.append(exc)
     if facts.terraform is not None:
         found += _terraform_findings(facts)
     found += [RunbookError(f"The {problem}", id="module-source-unpinned", fix="pin it as the message says, commit, "

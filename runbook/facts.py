@@ -1,11 +1,8 @@
-"""Examine: one phase gathers a run's facts once, into an immutable value.
+"""Examine: one phase gathers a run's facts once, into an immutable value (:class:`Facts`).
 
-:func:`examine_local` looks at what this machine knows (the configuration, git, the snapshot of the
-commit, Terraform); :func:`examine_aws` then asks AWS (the caller identity, the backend, the applied
-records), only in a real run and only when the local findings let the run go on. Each look-up happens
-once per run. Nothing here decides anything (:mod:`runbook.decide` does) or changes anything outside
-the runbook's own working folders; each fact is printed as it is found, so the person at the terminal
-sees who and where before anything changes.
+:func:`examine_local` looks at what this machine knows; :func:`examine_aws` then asks AWS, only in a real run
+and only when the local findings let it go on. Nothing here decides (:mod:`runbook.decide`) or changes anything
+outside the runbook's own working folders; each fact is printed as it is found.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -108,13 +106,16 @@ def fact(name: str, text: str) -> None:
     console.say(f"  {name + ':':<11}{text}")
 
 
-def examine_local(config: Config, environment: Environment, scopes: list[Scope], opts: Options) -> Facts:
+def examine_local(config: Config, environment: Environment, scopes: list[Scope], opts: Options,
+                  command: str, checkout: git.Checkout | None = None) -> Facts:
     """The facts this machine knows: git (one ``git status``, one ``git ls-tree``, the team's remote and, in a real
     run, one ``git fetch``), a snapshot of HEAD per scope (its ``.tf`` settings read), Terraform (in a real run
     its version). Raises RunbookError only for a failure to look (git missing, not a checkout); what the facts
-    mean is for :mod:`runbook.decide`."""
+    mean is for :mod:`runbook.decide`. *command* (the command line that resumes the run) ends the fix of
+    what a failed Terraform run left behind, so that the fix can be pasted as it is; *checkout*, the checkout
+    if the caller inspected it already."""
     probe = None if opts.dry_run else versions.Terraform().probe()  # its answer is taken at the end
-    checkout = git.inspect()
+    checkout = checkout or git.inspect()
     rel = _relative(config.path)
     trees = git.trees(checkout.head, [p for s in scopes for p in s.paths] + ([rel] if rel else []), PROJECT_ROOT)
     committed = bool(rel and trees.pop(rel, None) and rel not in checkout.changes)
@@ -129,7 +130,7 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
         console.warn(f"UNCOMMITTED CHANGES ARE NOT APPLIED: {', '.join(dirty[:5])}{' ...' if len(dirty) > 5 else ''}: "
                      f"the apply uses commit {checkout.head[:12]} as committed, never the working tree")
     remote = remote_head = None
-    blocked = [found for s in scopes if (found := snapshot.leftovers(s, "the same command")) is not None]
+    blocked = [found for s in scopes if (found := snapshot.leftovers(s, command)) is not None]
     if checkout.branch is not None and checkout.branch == facts.target_branch:
         cfg_origin = config.circleci.repository_origin if config.circleci else None
         repository = config.git_remote or (f"https://{cfg_origin}" if cfg_origin else None)
@@ -144,19 +145,11 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
     fact("git", f"{on} at {checkout.head[:12]}{compared}")
     snapshots, unpinned = {}, []
     if not blocked and all(trees.get(s.root) for s in scopes):
-        for scope in scopes:
-            into = Path(tempfile.mkdtemp(prefix="runbook-dry-")) if opts.dry_run else None
-            try:
-                taken = snapshot.take(scope, checkout.head, scope.trees(trees), into=into)
-                problems = snapshot.unpinned_modules(taken, scope)
-            finally:
-                if into is not None:
-                    shutil.rmtree(into, ignore_errors=True)
-            if into is not None:  # what a real run would use
-                path = snapshot.folder(scope)
-                taken = snapshot.Snapshot(path, path / scope.root, taken.script.relative_to(into))
-            snapshots[scope.name] = taken
-            unpinned += [p for p in problems if p not in unpinned]
+        for scope in scopes:  # a dry run takes it into a temporary folder, and shows the one a real run uses
+            with tempfile.TemporaryDirectory(prefix="runbook-dry-") if opts.dry_run else nullcontext() as tmp:
+                taken = snapshot.take(scope, checkout.head, scope.trees(trees), into=Path(tmp) if tmp else None)
+                unpinned += [p for p in snapshot.unpinned_modules(taken, scope) if p not in unpinned]
+            snapshots[scope.name] = snapshot.Snapshot.at(snapshot.folder(scope), scope)
         fact("snapshot", f"commit {checkout.head[:12]}: " + "; ".join(
             f"{s.label}: {', '.join(p for p, t in s.trees(trees).items() if t)}" for s in scopes))
     found = None

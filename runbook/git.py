@@ -118,7 +118,7 @@ def export(commit: str, paths: Iterable[str], dest: Path, top: str | os.PathLike
     Terraform would read outside the commit through it.
     """
     present = [p for p in paths if p]
-    data = _git("archive", "--format=tar", commit, "--", *present, cwd=top, text=False)
+    data = _git("-c", "core.autocrlf=false", "archive", "--format=tar", commit, "--", *present, cwd=top, text=False)
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         for member in archive.getmembers():
             if member.issym() or member.islnk():

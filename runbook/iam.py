@@ -1,11 +1,6 @@
-"""Act: the IAM runbook for one or more scopes. Examine, decide, then act, then examine again to verify.
-
-:func:`run` is ``inv iam.account``, ``inv iam.env`` and the IAM part of ``inv release``: it examines the
-local facts (:func:`runbook.facts.examine_local`), stops at the first finding (:mod:`runbook.decide`), asks
-AWS (:func:`runbook.facts.examine_aws`), stops at the first finding again, and only then acts: the backend,
-then per scope plan, confirm, apply and record, each in the scope's snapshot of the commit. A dry run
-prints the same facts, every action with its reason and commands, and every finding, and changes nothing.
-:func:`bootstrap` creates or repairs a backend explicitly.
+"""Act: examine, decide, then act, then examine again to verify (``inv iam.account``, ``inv iam.env``, the IAM part
+of ``inv release``, and ``inv iam.bootstrap``). Each scope is planned, confirmed, applied and recorded in its
+snapshot of the commit; a dry run prints the same facts, actions and findings and changes nothing.
 """
 
 from __future__ import annotations
@@ -35,12 +30,17 @@ class Outcome:
 
 @dataclass
 class Run:
-    """One real run's progress: its facts, the plans made, the outcomes (for the summary), the resume command."""
+    """One real run's progress: its facts, the plans made, the outcomes (for the summary), the resume command, and
+    the applied record of each scope as last read (while examining, or read back after this run wrote it)."""
 
     facts: Facts
     command: str
     plans: dict[str, terraform.PlanSummary] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
+    records: dict[str, dict | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.records = {**self.facts.records, **self.records}
 
     def summary(self) -> None:
         """Print one line per action that ran: done, skipped or failed, and its duration in seconds."""
@@ -49,16 +49,17 @@ class Run:
 
 
 def run(config: Config, environment: Environment, scopes: list[Scope], opts: Options, *, command: str,
-        before_aws=None) -> Run | None:
+        before_aws=None, checkout: git.Checkout | None = None) -> Run | None:
     """Apply *scopes* (in order) for *environment*'s branch; None after a dry run.
 
     *command* is the command line that resumes the run (the user's own, with their flags); *before_aws*, when
-    given, is called with the local facts before any AWS call (``inv release`` checks its CircleCI token there).
+    given, is called with the local facts before any AWS call (``inv release`` checks its CircleCI token there);
+    *checkout*, when given, is the checkout the caller inspected (so that ``git status`` runs once per run).
     Raises RunbookError at the first finding, before anything changes, or at the first failure of an action,
     naming what was and was not done and the command that resumes; Interrupted on Ctrl-C.
     """
     console.heading(f"IAM for {' and '.join(s.label for s in scopes)}: examining")
-    facts = examine_local(config, environment, scopes, opts)
+    facts = examine_local(config, environment, scopes, opts, command, checkout)
     findings = decide.local_findings(facts)
     if opts.dry_run:
         dry_run(facts, findings, command)
@@ -259,6 +260,7 @@ def _act_record(state: Run, action: Action) -> str:
         if back is None or back.get("fingerprint") != record.fingerprint:
             raise RunbookError(f"Reading {scope.parameter} back gave another record (another run wrote it at the same "
                                "moment?)", id="record-write-contended", where=scope.parameter)
+        state.records[scope.name] = back
     except RunbookError as exc:
         again = (f"run `{state.command}` again: it plans again, finds no change, applies the empty plan (nothing in "
                  "IAM changes) and writes the record")

@@ -385,5 +385,5 @@ def commands(statuses: Iterable[ScopeStatus], via: Environment | None = None, *,
     Scopes in state "unknown" are left out: applying them is not known to be needed; their reason says what
     to fix.
     """
-    return list(dict.fromkeys(st.scope.branch_command(branch, via) for st in statuses
+    return list(dict.fromkeys(st.scope.command(via, branch) for st in statuses
                               if st.state in (PENDING, NEVER_APPLIED)))

@@ -3,9 +3,10 @@
 Order: the CircleCI token is proved (one read) before anything changes; the IAM of the account and of the
 environment is examined, and only the scopes whose applied record does not match this commit are applied
 (:func:`runbook.iam.run`, with the account scope's take-over rule); then the pipeline of this commit is
-examined afresh and one decision (:func:`runbook.pipeline.decide_rerun`, shared with ``inv ci.rerun``)
-says what to do: nothing (it succeeded), watch it (it runs: the IAM gate opens by itself once the records
-match), rerun it from failed (it failed at the IAM gate or the deploy), or refuse (it failed elsewhere).
+examined and one decision (:func:`runbook.pipeline.decide_rerun`, shared with ``inv ci.rerun``), given the
+records the run read or wrote and read back, says what to do: nothing (it succeeded), watch it (it runs:
+the IAM gate opens by itself once the records match), rerun it from failed (it failed at the IAM gate or the
+deploy), or refuse (it failed elsewhere).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from runbook.scopes import for_environment
 
 
 def release(config: Config, environment: Environment, opts: Options, *, poll_s: float, pipeline_wait_s: float,
-            command: str) -> None:
+            command: str, checkout: git.Checkout | None = None) -> None:
     """Apply what this commit's IAM needs for *environment*, then get its pipeline through.
 
     Args:
@@ -29,6 +30,7 @@ def release(config: Config, environment: Environment, opts: Options, *, poll_s: 
         pipeline_wait_s: seconds to wait for the pipeline of this commit to appear (a merge starts it within
             seconds; this covers a slow webhook).
         command: the command line that resumes the release.
+        checkout: the checkout as the task layer inspected it (default: inspected here).
 
     Raises RunbookError for any finding or failure (exit 5 when the watched workflow waits at an approval job).
     """
@@ -42,7 +44,7 @@ def release(config: Config, environment: Environment, opts: Options, *, poll_s: 
                     f"{config.circleci.project_slug}")
 
     done = iam.run(config, environment, for_environment(config, environment), replace(opts, only_needed=True),
-                   command=command, before_aws=prove_token)
+                   command=command, before_aws=prove_token, checkout=checkout)
     if done is None:
         console.say("Then the pipeline of this commit (looked up at run time): a succeeded one needs nothing, a "
                     "running one is watched, one that failed at the IAM gate or the deploy is rerun from failed.")
@@ -79,8 +81,7 @@ def _pipeline(client, config: Config, environment: Environment, done: iam.Run, p
     console.heading("CircleCI: the pipeline of this commit")
     target = _find(client, config, environment, done.facts.checkout.head, wait_s)
     urls.append(target.url)
-    statuses = records.examine(for_environment(config, environment), trees=done.facts.trees,
-                              session_for=lambda account: done.facts.session)
+    statuses = [records.compare(s, done.facts.trees, done.records.get(s.name)) for s in done.facts.scopes]
     decision = pipeline.decide_rerun(target.workflow, client.jobs(target.workflow.id), iam=statuses,
                                      environment=environment, url=target.url)
     number, watch_id = target.workflow.pipeline_number, target.workflow.id

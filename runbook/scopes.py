@@ -1,18 +1,8 @@
 """The two IAM scopes: what each applies, what it may read, where its state and its record live.
 
-A :class:`Scope` is either the account scope of one AWS account (the account-specific root module)
-or the environment scope of one environment (the environment-specific root module). Everything that
-must agree between the administrator's laptop and the pipeline's gate (the paths the apply may read,
-the resolved inputs, the fingerprint, the record's parameter, the command that applies it) is
-derived here, once, from the configuration and the git tree ids of the commit.
-
-The fingerprint (format 3) is the SHA-256 of compact JSON with sorted keys::
-
-    {"format": 3, "inputs": {...}, "trees": {"<path>": "<tree id or null>", ...}}
-
-where ``trees`` holds, for each path of :attr:`Scope.paths`, what ``git rev-parse <commit>:<path>``
-prints (null when the commit has no such folder). Anyone can reproduce it with git alone, even in a
-shallow clone; the apply reads exactly those folders of that commit (:mod:`runbook.snapshot`).
+Everything that must agree between the administrator's laptop and the pipeline's gate (the paths the apply
+may read, the resolved inputs, the fingerprint, the record's parameter, the command that applies it) is
+derived here, once, from the configuration and the git tree ids of the commit (ARCHITECTURE.md, "Fingerprint").
 """
 
 from __future__ import annotations
@@ -134,21 +124,16 @@ class Scope:
         found = [path for path, tree in self.trees(all_trees).items() if recorded.get(path) != tree]
         return found + (["inputs"] if record.get("inputs") != self.inputs_digest() else [])
 
-    def command(self, via: Environment | None = None) -> str:
-        """The command an administrator runs to apply this scope (from *via*'s branch for the account)."""
-        if self.environment:
-            return f"inv iam.env --name {self.environment.name}"
-        env = via if via is not None and via.account == self.account else next(
-            (e for e in self.config.environments.values() if e.account == self.account), None)
-        return f"inv iam.account --env {env.name}" if env else "inv iam.account"
-
-    def branch_command(self, branch: str | None, via: Environment | None = None) -> str:
-        """:meth:`command`, prefixed with the checkout of the environment's branch when *branch* (the one checked
-        out where it will be pasted) is another: the IAM steps apply only from the environment's branch."""
-        env = self.environment or (via if via is not None and via.account == self.account else None) or next(
-            (e for e in self.config.environments.values() if e.account == self.account and e.branch == branch),
-            None) or next((e for e in self.config.environments.values() if e.account == self.account), None)
-        command = self.command(env)
+    def command(self, via: Environment | None = None, branch: str | None = None) -> str:
+        """The command an administrator runs to apply this scope: for the account scope, from *via*'s branch (or
+        the checked-out *branch*'s environment in this account, or the first such environment). With *branch* (the
+        one checked out where it will be pasted), prefixed with the checkout of the environment's branch when that
+        is another: the IAM steps apply only from the environment's branch."""
+        mine = [e for e in self.config.environments.values() if e.account == self.account]
+        env = self.environment or (via if via in mine else None) or next(
+            (e for e in mine if e.branch == branch), None) or next(iter(mine), None)
+        command = (f"inv iam.env --name {env.name}" if self.environment else
+                   f"inv iam.account --env {env.name}" if env else "inv iam.account")
         if branch is not None and env is not None and env.branch != branch:
             return f"git checkout {shlex.quote(env.branch)} && git pull --ff-only && {command}"
         return command

@@ -1,19 +1,7 @@
-"""A snapshot of the commit for one scope: exactly the folders it may read, in a working folder of its own.
-
-Plan and apply run here, never in the working tree, the way Atlantis and Terraform Cloud apply a commit
-rather than a checkout: what Terraform can read is then exactly what the fingerprint covers, by
-construction. A file outside those folders, an uncommitted edit, an ignored file, a submodule's content:
-none of them is there, and Terraform fails loudly if the configuration reaches for one.
-
-Each scope has one working folder, ``$XDG_CACHE_HOME/runbook/work/<checkout>/<scope>`` (default
-``~/.cache/runbook``), laid out like the repository. A run refreshes it from the commit but keeps the root
-module's ``.terraform`` (providers and modules are not installed again; the selected workspace is
-dropped: the state is always the ``default`` workspace's). It is locked for the run (``flock``), so two
-runs on one machine cannot refresh it under each other's Terraform. What a failed run leaves there
-(``errored.tfstate``, ``crash.log``) stops the next run with the recovery.
-
-The one reason left to read HCL is here too: a remote module source must be pinned. The ``.tf`` files that hold
-a module block are read with python-hcl2 (https://github.com/amplify-education/python-hcl2).
+"""A snapshot of the commit for one scope: exactly the folders it may read, in a working folder of its own
+(``$XDG_CACHE_HOME/runbook/work/<checkout>/<scope>``, locked for the run, keeping ``.terraform``). Plan and apply
+run there, never in the working tree (ARCHITECTURE.md, "Snapshot"). Remote module sources must be pinned: the
+``.tf`` files with a module block are read with python-hcl2 (https://github.com/amplify-education/python-hcl2).
 """
 
 from __future__ import annotations
@@ -49,6 +37,11 @@ class Snapshot:
     path: Path
     root: Path
     script: Path
+
+    @classmethod
+    def at(cls, path: Path, scope: Scope) -> Snapshot:
+        """The snapshot of *scope* laid out in *path*."""
+        return cls(path, path / scope.root, path / DEPLOY_SCRIPT)
 
 
 def folder(scope: Scope) -> Path:
@@ -128,7 +121,7 @@ def take(scope: Scope, commit: str, trees: dict[str, str | None], into: Path | N
         raise RunbookError(f"{DEPLOY_SCRIPT} has Windows (CRLF) line endings in commit {commit[:12]}: bash would stop "
                            "it", id="crlf-line-endings", where=DEPLOY_SCRIPT,
                            fix=f"convert it to LF (dos2unix {DEPLOY_SCRIPT}), commit, and run again")
-    return Snapshot(path, path / scope.root, script)
+    return Snapshot.at(path, scope)
 
 
 def unpinned_modules(snapshot: Snapshot, scope: Scope) -> list[str]:

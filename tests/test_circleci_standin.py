@@ -8,15 +8,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
+from tests import ci_fixtures
 from tests.circleci_standin import DEFAULT_SLUG, CircleCIStandIn, job
 
 SLUG = DEFAULT_SLUG
 
 
-@pytest.fixture
-def ci():
-    with CircleCIStandIn(page_size=2) as standin:
-        yield standin
+ci = ci_fixtures.ci  # two items a page, so that paging is used
 
 
 def api(ci, method, path, *, token=True, **kwargs):

@@ -1,8 +1,11 @@
-"""iam/terraform/bin/deploy-app.sh and its two entry points.
+"""iam/terraform/bin/deploy-app.sh and its two entry points, as the runbook runs them in a snapshot and as an
+administrator runs them by hand in the working tree (the documented commands).
 
 Fast tests run the scripts with a stand-in Terraform (TERRAFORM_BIN) that records its
 arguments; the end-to-end tests run the pinned Terraform 1.0.x against a moto S3 backend
-with the provider-free fixture roots in tests/fixtures/roots/.
+with the provider-free fixture roots in tests/fixtures/roots/. Only the story whose outcome the
+version changes (the backend arguments of ``init``: 1.6 and later take an ``endpoints`` block) is
+marked ``terraform`` and so runs on 1.11.4 too (tests/conftest.py); the others run once, on 1.0.x.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.project import Project, base_config, git
+from tests.runs import default_signals
+
 IAM = Path("iam/terraform")
 SHARED = IAM / "bin/deploy-app.sh"
 ACCOUNT_ENTRY = IAM / "account-specific/bin/deploy-app.sh"
@@ -28,10 +34,14 @@ ACCOUNT_KEY = "acme-api/iam/account.tfstate"
 PLAN_FILE = ".terraform/runbook.tfplan"
 
 # Stand-in for terraform: appends one line per call (arguments separated by tabs) to
-# $FAKE_TF_LOG, writes the -out= plan file on plan and a JSON document on show -json.
+# $FAKE_TF_LOG, writes the -out= plan file on plan and a JSON document on show -json; with
+# $FAKE_TF_WHERE, also notes there the folder it runs in and TF_VAR_environment.
 FAKE_TERRAFORM = r"""#!/usr/bin/env bash
 set -euo pipefail
 (IFS=$'\t'; printf '%s\n' "$*") >>"$FAKE_TF_LOG"
+if [[ -n "${FAKE_TF_WHERE:-}" ]]; then
+    printf '%s\t%s\n' "$PWD" "${TF_VAR_environment:-}" >>"$FAKE_TF_WHERE"
+fi
 if [[ "$1" == "${FAKE_TF_BLOCK_ON:-}" ]]; then
     # Like Terraform: stop gracefully on the first SIGINT, exit 1.
     trap 'kill "$sleeper"; echo interrupted >>"$FAKE_TF_LOG"; exit 1' INT
@@ -332,6 +342,7 @@ def test_one_sigint_to_the_group_stops_after_terraform_exits(repo_root, root, fa
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=default_signals,  # SIGINT at its default, as at a terminal, even in a background job
     )
     deadline = time.monotonic() + 10
     while [c[0] for c in tf_calls(fake_tf)] != ["init", "plan", "blocking"] and time.monotonic() < deadline:
@@ -380,6 +391,31 @@ def test_secrets_are_not_printed(repo_root, root, fake_tf):
     assert secret not in result.stdout + result.stderr
 
 
+# --- the documented manual commands, in a working tree (stand-in Terraform) -------------------
+
+
+@pytest.mark.parametrize(("folder", "arg", "scope", "environment"), [
+    ("account-specific", "", "account", ""), ("environment-specific", " stg", "environment", "stg")],
+    ids=["account", "environment"])
+def test_the_documented_manual_commands_work_in_the_working_tree(repo_root, tmp_path, fake_tf, folder, arg, scope,
+                                                                 environment):
+    """`inv` plans and applies in a snapshot; by hand, the documented commands run in the checkout itself."""
+    project = Project.create(tmp_path, fake_tf, base_config(None))
+    line = f"(cd iam/terraform/{folder}/main && ../bin/deploy-app.sh{arg})"
+    assert line in (repo_root / SHARED).read_text(), "the command deploy-app.sh documents"
+    where = tmp_path / "terraform-where.log"
+    result = subprocess.run(["bash", "-c", line], cwd=project.path, env={**fake_tf, "FAKE_TF_WHERE": str(where)},
+                            input="y\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    main = project.path / "iam/terraform" / folder / "main"
+    assert f"root module: {main} (scope: {scope})" in result.stderr
+    assert [call[0] for call in tf_calls(fake_tf)] == ["init", "plan", "show", "apply"]
+    assert tf_calls(fake_tf)[-1] == ["apply", "-input=false", PLAN_FILE]
+    assert set(where.read_text().splitlines()) == {f"{main}\t{environment}"}, "Terraform ran elsewhere"
+    assert not (main / PLAN_FILE).exists(), "the applied plan was left behind"
+    assert git(project.path, "status", "--porcelain") == "", "the manual run left files git sees"
+
+
 # --- end to end: Terraform 1.0.x against moto ----------------------------------------------
 
 
@@ -396,7 +432,7 @@ def copy_root(repo_root: Path, tmp_path: Path, name: str) -> Path:
     return target
 
 
-@pytest.mark.terraform
+@pytest.mark.terraform  # the backend arguments of init differ by version: run on 1.0.3 and 1.11.4
 def test_environment_plan_then_apply_writes_state_and_uses_the_lock(repo_root, tmp_path, tf_backend, e2e_env):
     root = copy_root(repo_root, tmp_path, "environment")
     env = {**e2e_env, **tf_backend.env(ENV_KEY)}
@@ -423,7 +459,6 @@ def test_environment_plan_then_apply_writes_state_and_uses_the_lock(repo_root, t
     assert f"{tf_backend.bucket}/{ENV_KEY}" not in locks, "the state lock was left held"
 
 
-@pytest.mark.terraform
 def test_account_root_through_the_shared_script(repo_root, tmp_path, tf_backend, e2e_env):
     root = copy_root(repo_root, tmp_path, "account")
     env = {**e2e_env, **tf_backend.env(ACCOUNT_KEY), "TF_VAR_project": "acme-api"}
@@ -434,7 +469,6 @@ def test_account_root_through_the_shared_script(repo_root, tmp_path, tf_backend,
     assert state["outputs"]["deployer_user_name"]["value"] == "acme-api-circleci-deployer"
 
 
-@pytest.mark.terraform
 def test_apply_uses_the_reviewed_plan_not_the_current_inputs(repo_root, tmp_path, tf_backend, e2e_env):
     root = copy_root(repo_root, tmp_path, "account")
     env = {**e2e_env, **tf_backend.env(ACCOUNT_KEY)}
@@ -446,7 +480,6 @@ def test_apply_uses_the_reviewed_plan_not_the_current_inputs(repo_root, tmp_path
     assert tf_backend.state(ACCOUNT_KEY)["outputs"]["deployer_user_name"]["value"] == "acme-api-circleci-deployer"
 
 
-@pytest.mark.terraform
 def test_apply_initialises_first_when_dot_terraform_is_gone(repo_root, tmp_path, tf_backend, e2e_env):
     root = copy_root(repo_root, tmp_path, "account")
     env = {**e2e_env, **tf_backend.env(ACCOUNT_KEY), "TF_PLAN_FILE": "plans/account.tfplan"}
@@ -458,7 +491,6 @@ def test_apply_initialises_first_when_dot_terraform_is_gone(repo_root, tmp_path,
     assert tf_backend.state(ACCOUNT_KEY)["outputs"]["deployer_user_name"]["value"] == "acme-api-circleci-deployer"
 
 
-@pytest.mark.terraform
 def test_failing_plan_exits_non_zero_and_writes_nothing(repo_root, tmp_path, tf_backend, e2e_env):
     root = copy_root(repo_root, tmp_path, "failing-plan")
     result = run(repo_root / SHARED, cwd=root, env={**e2e_env, **tf_backend.env(ENV_KEY), "DEPLOY_MODE": "plan"})
@@ -468,7 +500,6 @@ def test_failing_plan_exits_non_zero_and_writes_nothing(repo_root, tmp_path, tf_
     assert tf_backend.state(ENV_KEY) is None
 
 
-@pytest.mark.terraform
 def test_a_failed_plan_removes_the_previous_plan(repo_root, tmp_path, tf_backend, e2e_env):
     """After a failed plan, apply must not pick up the plan of an earlier run."""
     root = copy_root(repo_root, tmp_path, "environment")
@@ -484,7 +515,6 @@ def test_a_failed_plan_removes_the_previous_plan(repo_root, tmp_path, tf_backend
     assert tf_backend.state(ENV_KEY) is None
 
 
-@pytest.mark.terraform
 def test_failing_apply_exits_non_zero(repo_root, tmp_path, tf_backend, e2e_env):
     root = copy_root(repo_root, tmp_path, "failing-apply")
     env = {**e2e_env, **tf_backend.env(ENV_KEY)}
@@ -496,7 +526,6 @@ def test_failing_apply_exits_non_zero(repo_root, tmp_path, tf_backend, e2e_env):
     assert state is None or "applied_at_number" not in state.get("outputs", {})
 
 
-@pytest.mark.terraform
 @pytest.mark.parametrize("answer", ["n\n", ""], ids=["no", "end-of-input"])
 def test_manual_run_declined_applies_nothing(repo_root, tmp_path, tf_backend, e2e_env, answer):
     root = copy_root(repo_root, tmp_path, "environment")
@@ -506,7 +535,6 @@ def test_manual_run_declined_applies_nothing(repo_root, tmp_path, tf_backend, e2
     assert tf_backend.state(ENV_KEY) is None
 
 
-@pytest.mark.terraform
 def test_manual_run_confirmed_applies_the_plan(repo_root, tmp_path, tf_backend, e2e_env):
     root = copy_root(repo_root, tmp_path, "environment")
     env = {k: v for k, v in {**e2e_env, **tf_backend.env(ENV_KEY)}.items() if k != "TF_IN_AUTOMATION"}

@@ -10,14 +10,8 @@ import pytest
 from runbook import config as configuration
 from runbook import gate, pipeline
 from runbook.errors import Interrupted, RunbookError
-from tests.circleci_standin import CircleCIStandIn, fast_client
+from tests.circleci_standin import fast_client
 from tests.project import Project, base_config
-
-
-@pytest.fixture
-def ci():
-    with CircleCIStandIn() as standin:
-        yield standin
 
 
 def test_ctrl_c_stops_watching_not_the_workflow(ci):
@@ -86,16 +80,12 @@ def _gate_project(tmp_path, moto_reset, aws_env, monkeypatch):
     """A clone whose records match its commit and whose lambda role exists; its configuration."""
     import boto3
 
-    from runbook import scopes
+    from runbook import records
 
     project = Project.create(tmp_path, aws_env, base_config(moto_reset))
-    # the gate runs in this process on the clone's roots: the clone is the repository they must lie in
-    monkeypatch.setattr(scopes, "PROJECT_ROOT", project.path)
-    script = scopes.DEPLOY_SCRIPT.relative_to(configuration.PROJECT_ROOT)
-    monkeypatch.setattr(scopes, "DEPLOY_SCRIPT", project.path / script)
+    # the gate runs in this process and reads the tree ids of HEAD in the clone
+    monkeypatch.setattr(records, "PROJECT_ROOT", project.path)
     cfg = configuration.load(project.path / "config" / "environments.yml")
-    cfg = type(cfg)(**{**cfg.__dict__, "roots": {k: project.path / v.relative_to(configuration.PROJECT_ROOT)
-                                                  for k, v in cfg.roots.items()}})
     project.write_record("account", endpoint=moto_reset)
     project.write_record("environment", endpoint=moto_reset)
     boto3.client("iam", endpoint_url=moto_reset, region_name="eu-west-1").create_role(

@@ -160,11 +160,18 @@ def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: 
     return number
 
 
-def checkout_branch() -> str | None:
-    """The branch checked out here, or None (HEAD detached, or not a git checkout)."""
+def checkout():
+    """The checkout here (a :class:`runbook.git.Checkout`: branch, HEAD, changes; one ``git status``), or None when
+    this is not a git checkout (the run then says so where it needs one)."""
     from runbook import git
 
     try:
-        return git.inspect().branch
+        return git.inspect()
     except RunbookError:
         return None
+
+
+def checkout_branch() -> str | None:
+    """The branch checked out here, or None (HEAD detached, or not a git checkout)."""
+    here = checkout()
+    return here.branch if here else None

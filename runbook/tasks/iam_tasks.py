@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from runbook.tasks._common import checkout_branch, seconds, user_errors
+from runbook.tasks._common import checkout, checkout_branch, seconds, user_errors
 
 COMMON_HELP = {
     "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
@@ -26,14 +26,15 @@ def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, 
     from runbook.scopes import Scope, environment_for
 
     cfg = config.load()
-    environment = environment_for(cfg, name, checkout_branch(), flag=flag)
+    here = checkout()
+    environment = environment_for(cfg, name, here.branch if here else None, flag=flag)
     scope = Scope.of_account(cfg, environment.account) if kind == "account" else Scope.of_environment(cfg, environment)
     opts = Options(dry_run=dry_run, assume_yes=yes, skip_branch_check=skip_branch_check, take_over=take_over,
                    lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0))
     flags = [f for f, on in (("--yes", yes), ("--skip-branch-check", skip_branch_check), ("--take-over", take_over))
              if on]
     command = " ".join([scope.command(environment), *flags])
-    done = iam.run(cfg, environment, [scope], opts, command=command)
+    done = iam.run(cfg, environment, [scope], opts, command=command, checkout=here)
     if done is not None:
         console.say()
         console.ok(f"IAM for {scope.label} is applied and recorded.")

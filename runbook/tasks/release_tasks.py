@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from runbook.tasks._common import checkout_branch, seconds, user_errors
+from runbook.tasks._common import checkout, seconds, user_errors
 from runbook.tasks.iam_tasks import TAKE_OVER_HELP
 
 
@@ -27,8 +27,9 @@ def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=
     poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=pipeline.MIN_POLL_S)
     wait = seconds(pipeline_wait_s, "--pipeline-wait-s", 120)
     cfg = config.load()
-    environment = environment_for(cfg, env, checkout_branch())
+    here = checkout()
+    environment = environment_for(cfg, env, here.branch if here else None)
     flags = [f for f, on in (("--yes", yes), ("--take-over", take_over)) if on]
     releasing.release(cfg, environment, Options(dry_run=dry_run, assume_yes=yes, take_over=take_over),
-                      poll_s=poll, pipeline_wait_s=wait,
+                      poll_s=poll, pipeline_wait_s=wait, checkout=here,
                       command=" ".join([f"inv release --env {environment.name}", *flags]))

@@ -1,13 +1,6 @@
-"""``inv release``: the whole runbook for one environment, running only what is needed.
-
-Order: the CircleCI token is proved (one read) before anything changes; the IAM of the account and of the
-environment is examined, and only the scopes whose applied record does not match this commit are applied
-(:func:`runbook.iam.run`, with the account scope's take-over rule); then the pipeline of this commit is
-examined and one decision (:func:`runbook.pipeline.decide_rerun`, shared with ``inv ci.rerun``), given the
-records the run read or wrote and read back, says what to do: nothing (it succeeded), watch it (it runs:
-the IAM gate opens by itself once the records match), rerun it from failed (it failed at the IAM gate or the
-deploy), or refuse (it failed elsewhere).
-"""
+"""``inv release``: the whole runbook for one environment, running only what is needed: the CircleCI token is
+proved, the IAM steps this commit needs are applied (:func:`runbook.iam.run`), then the one rerun decision
+(:func:`runbook.pipeline.decide_rerun`) on the records the run read or wrote says what the pipeline needs."""
 
 from __future__ import annotations
 

@@ -353,9 +353,8 @@ class CircleCIClient:
 
     def workflows(self, pipeline_id: str) -> list[Workflow]:
         """The workflows of a pipeline (``GET /pipeline/{id}/workflow``, up to 10 pages); none while it is set up."""
-        not_found = self._not_found("pipeline", pipeline_id)
         return [_workflow(w) for w in self._paged(f"/pipeline/{quote(pipeline_id, safe='')}/workflow", None, 10,
-                                                  not_found, _WORKFLOWS)]
+                                                  self._not_found("pipeline", pipeline_id), _WORKFLOWS)]
 
     def workflow(self, workflow_id: str) -> Workflow:
         """One workflow as it is now (``GET /workflow/{id}``)."""
@@ -364,9 +363,8 @@ class CircleCIClient:
 
     def jobs(self, workflow_id: str) -> list[Job]:
         """The jobs of a workflow (``GET /workflow/{id}/job``, up to 10 pages)."""
-        not_found = self._not_found("workflow", workflow_id)
-        return [_job(j) for j in self._paged(f"/workflow/{quote(workflow_id, safe='')}/job", None, 10, not_found,
-                                             _JOBS)]
+        return [_job(j) for j in self._paged(f"/workflow/{quote(workflow_id, safe='')}/job", None, 10,
+                                             self._not_found("workflow", workflow_id), _JOBS)]
 
     def rerun(self, workflow: Workflow, *, from_failed: bool = True, known: Collection[str] = ()) -> str:
         """Rerun *workflow* (``POST /workflow/{id}/rerun``); the new workflow's id.

@@ -4,8 +4,9 @@ proved, the IAM steps this commit needs are applied (:func:`runbook.iam.run`), t
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
+
+import tenacity
 
 from runbook import console, git, iam, pipeline, records
 from runbook.config import Config, Environment
@@ -55,17 +56,16 @@ def release(config: Config, environment: Environment, opts: Options, *, poll_s: 
 
 def _find(client, config: Config, environment: Environment, head: str, wait_s: float) -> pipeline.Target:
     """The workflow of this commit's pipeline, waiting up to *wait_s* seconds for CircleCI to start it."""
-    head_time, deadline = git.commit_time(head), time.monotonic() + wait_s
-    while True:
-        try:
-            return pipeline.find_workflow(client, config, environment, head, head_time=head_time)
-        except pipeline.NoPipelineYet as exc:  # only this is worth waiting out; other errors stop at once
-            if time.monotonic() + 10 > deadline:
-                raise RunbookError(f"{exc.what} (waited {wait_s:.0f} s)", id="no-pipeline",
-                                   fix="check in the CircleCI app that the push of this commit started a pipeline "
-                                       "(project settings, webhooks); once it has, resume") from exc
-            console.say(f"  no pipeline for {head[:12]} yet; looking again in 10 s")
-            time.sleep(10)
+    waiting = tenacity.Retrying(  # only NoPipelineYet is worth waiting out; other errors stop at once
+        retry=tenacity.retry_if_exception_type(pipeline.NoPipelineYet), wait=tenacity.wait_fixed(10),
+        stop=tenacity.stop_before_delay(wait_s), reraise=True,
+        before_sleep=lambda _: console.say(f"  no pipeline for {head[:12]} yet; looking again in 10 s"))
+    try:
+        return waiting(pipeline.find_workflow, client, config, environment, head, head_time=git.commit_time(head))
+    except pipeline.NoPipelineYet as exc:
+        raise RunbookError(f"{exc.what} (waited {wait_s:.0f} s)", id="no-pipeline",
+                           fix="check in the CircleCI app that the push of this commit started a pipeline "
+                               "(project settings, webhooks); once it has, resume") from exc
 
 
 def _pipeline(client, config: Config, environment: Environment, done: iam.Run, poll_s: float, wait_s: float,

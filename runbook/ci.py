@@ -1,10 +1,7 @@
 """What the runbook knows of a CI system: pipelines, workflows and jobs as small frozen values, their statuses,
-and the operations an adapter provides (:class:`Client`).
-
-An adapter (:mod:`runbook.circleci` for CircleCI) turns its API's answers into these values; nothing else in the
-runbook sees the API's JSON, so another CI system is one more adapter. The statuses are CircleCI's words
-(https://circleci.com/docs/api/v2/, getWorkflowById and listWorkflowJobs); another adapter maps its own onto them.
-"""
+and the operations an adapter provides (:class:`Client`). An adapter (:mod:`runbook.circleci` for CircleCI) turns
+its API's answers into these values; nothing else sees the API's JSON. The statuses are CircleCI's words
+(https://circleci.com/docs/api/v2/, getWorkflowById and listWorkflowJobs)."""
 
 from __future__ import annotations
 

@@ -2,14 +2,7 @@
 :class:`runbook.ci.Client`, answering with :mod:`runbook.ci`'s values; no other module sees CircleCI's JSON.
 Facts: the API v2 reference (https://circleci.com/docs/api/v2/), the API developer's guide
 (https://circleci.com/docs/api-developers-guide/), the v1.1 job details (https://circleci.com/docs/api/v1/).
-
-The personal API token (``CIRCLECI_TOKEN``, ``CIRCLE_TOKEN``, ``CIRCLECI_CLI_TOKEN``) goes only in the ``Circle-Token``
-header, only to the API host (``CIRCLECI_HOST``, ``CIRCLECI_CLI_HOST``, ``circleci.host``, https://circleci.com):
-redirects are not followed, and step output (a pre-signed URL elsewhere) is fetched by a session without it. Retries
-are urllib3's (:func:`retry_policy`); a POST whose outcome is unknown is never sent again before looking at what it
-did. Every answer is checked against a JSON Schema (https://json-schema.org/). Every failure is a RunbookError with
-CircleCI's status and message; the token is in no message and no exception chain. Nothing here prints.
-"""
+The token goes only to the API host and is in no message and no exception chain. Nothing here prints."""
 
 from __future__ import annotations
 
@@ -108,13 +101,6 @@ def retry_policy(retries: int, backoff_factor: float, max_wait: float, notify: C
                           allowed_methods={"GET"}, status_forcelist={429, *range(500, 600)},
                           backoff_factor=backoff_factor, backoff_jitter=backoff_factor, backoff_max=max_wait,
                           retry_after_max=max_wait, raise_on_status=False)
-
-
-def shape_problem(validator: Draft202012Validator, data: Any) -> str | None:
-    """What is wrong with *data* against *validator*'s schema, as jsonschema says it and where (a JSON path such as
-    ``$.items[0]``), or None when it fits."""
-    error = next(iter(validator.iter_errors(data)), None)
-    return None if error is None else f"{error.message[:160]} (at {error.json_path})"
 
 
 def _when(text: str | None) -> datetime | None:
@@ -283,7 +269,8 @@ class CircleCIClient:
     def _decode(self, response: requests.Response, shown: str, shape: Draft202012Validator | None) -> Any:
         try:
             data = response.json()
-            problem = shape_problem(shape, data) if shape is not None else None
+            error = next(shape.iter_errors(data), None) if shape is not None else None
+            problem = error and f"{error.message[:160]} (at {error.json_path})"  # what jsonschema says, and where
         except ValueError:  # not chained: the body may echo the request, its token header too
             problem = f"the body is not JSON (Content-Type {response.headers.get('Content-Type', 'none')!r})"
         if problem:
@@ -366,9 +353,8 @@ class CircleCIClient:
 
     def workflows(self, pipeline_id: str) -> list[Workflow]:
         """The workflows of a pipeline (``GET /pipeline/{id}/workflow``, up to 10 pages); none while it is set up."""
-        not_found = self._not_found("pipeline", pipeline_id)
         return [_workflow(w) for w in self._paged(f"/pipeline/{quote(pipeline_id, safe='')}/workflow", None, 10,
-                                                  not_found, _WORKFLOWS)]
+                                                  self._not_found("pipeline", pipeline_id), _WORKFLOWS)]
 
     def workflow(self, workflow_id: str) -> Workflow:
         """One workflow as it is now (``GET /workflow/{id}``)."""
@@ -377,9 +363,8 @@ class CircleCIClient:
 
     def jobs(self, workflow_id: str) -> list[Job]:
         """The jobs of a workflow (``GET /workflow/{id}/job``, up to 10 pages)."""
-        not_found = self._not_found("workflow", workflow_id)
-        return [_job(j) for j in self._paged(f"/workflow/{quote(workflow_id, safe='')}/job", None, 10, not_found,
-                                             _JOBS)]
+        return [_job(j) for j in self._paged(f"/workflow/{quote(workflow_id, safe='')}/job", None, 10,
+                                             self._not_found("workflow", workflow_id), _JOBS)]
 
     def rerun(self, workflow: Workflow, *, from_failed: bool = True, known: Collection[str] = ()) -> str:
         """Rerun *workflow* (``POST /workflow/{id}/rerun``); the new workflow's id.

@@ -1,11 +1,13 @@
-"""The CI side of the runbook: find the workflow of a commit, decide about a rerun or an approval, watch it, on
-:mod:`runbook.ci`'s values through a :class:`runbook.ci.Client` (:func:`client_for`). The decisions are plain
-functions of values, shared by ``inv ci.*`` and ``inv release``. Facts: CircleCI's API v2 reference
-(https://circleci.com/docs/api/v2/) and workflow docs (https://circleci.com/docs/workflows/)."""
+"""The CI side of the runbook: find the workflow of a commit, decide about a rerun or an approval, watch it, say
+why it failed (:func:`diagnose`), on :mod:`runbook.ci`'s values through a :class:`runbook.ci.Client`
+(:func:`client_for`). The decisions are plain functions of values, shared by ``inv ci.*`` and ``inv release``.
+Facts: CircleCI's API v2 reference (https://circleci.com/docs/api/v2/) and workflow docs
+(https://circleci.com/docs/workflows/)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import time
@@ -28,6 +30,10 @@ TIMEOUT_VAR = "RUNBOOK_HTTP_TIMEOUT_S"
 IAM_JOBS = ("iam-gate-", "deploy-")  # the jobs that fail while the IAM of their commit is not applied
 RERUN_FROM_FAILED, RERUN_FROM_START, WAIT, NOTHING, REFUSE = (
     "rerun from failed", "rerun from the start", "wait", "nothing to do", "refuse")
+IAM_RACE = re.compile(  # a line of a failed step that shows an IAM race
+    r"AccessDenied|not authorized to perform|cannot be assumed by Lambda|AssumeRole\w*.*(fail|denied|not authorized|"
+    r"error)|(fail|unable|error)\w*.*assume\s*role|role defined for the function cannot be assumed|"
+    r"IAM gate for \S+ timed out", re.IGNORECASE)
 
 
 def client_for(config: Config) -> circleci.CircleCIClient:
@@ -110,13 +116,12 @@ def find_workflow(client: ci.Client, config: Config, environment: Environment, h
             fix=f"add --latest to act on pipeline #{newest.number} (`inv ci.status --env {env} --latest`), or check "
             f"out its commit {theirs}" if older else f"push your commit (git push origin {branch}) and wait for its "
             "pipeline to start, or add --latest to act on the newest pipeline anyway")
-    workflows = client.workflows(chosen.id)
-    for wait in WORKFLOWS_WAIT_S:
-        if workflows:
+    for wait in (*WORKFLOWS_WAIT_S, None):
+        workflows = client.workflows(chosen.id)
+        if workflows or wait is None:
             break
         say(f"  pipeline #{chosen.number} lists no workflows yet (just created?); looking again in {wait:g} s")
         sleep(wait)
-        workflows = client.workflows(chosen.id)
     if not workflows:
         raise RunbookError(
             f"Pipeline #{chosen.number} has no workflows yet (waited {sum(WORKFLOWS_WAIT_S):g} s)" + (
@@ -306,17 +311,59 @@ def watch(client: ci.Client, workflow_id: str, *, poll_s: float = WATCH_POLL_S, 
                           fix="`inv ci.status` shows where it is") from exc
 
 
-def watch_error(result: WatchResult, environment: Environment, url: str) -> RunbookError | None:
-    """The error of a watch that did not end in success: on hold (exit 5, naming the approval job) or ended
-    otherwise (pointing at ``inv ci.diagnose``); None after a success."""
+def check_watch(result: WatchResult, environment: Environment, url: str) -> None:
+    """Raise the error of a watch that did not end in success: on hold (exit 5, naming the approval job) or ended
+    otherwise (pointing at ``inv ci.diagnose``); return after a success."""
     env = shlex.quote(environment.name)
     if result.status == ci.ON_HOLD:
-        return RunbookError(
+        raise RunbookError(
             f"Stopped watching: the workflow is on hold, waiting at approval job {', '.join(result.waiting) or '?'}; "
             "a person must approve it", id="on-hold", where=url, code=EXIT_ON_HOLD,
             fix=f"{approve_command(environment, result.waiting)} (or approve it in the CircleCI app), then "
             f"`inv ci.status --env {env}`")
     if result.status != ci.SUCCESS:
-        return RunbookError(f"The workflow ended {result.status}", id="workflow-failed", where=url,
-                            fix=f"inv ci.diagnose --env {env}")
-    return None
+        raise RunbookError(f"The workflow ended {result.status}", id="workflow-failed", where=url,
+                           fix=f"inv ci.diagnose --env {env}")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A failed job: *kind* ``iam-race``, ``iam-race?`` (a deploy without output) or ``other``; its failed step, the
+    line that decided (secrets masked) and a note."""
+
+    job: str
+    kind: str
+    step: str = ""
+    line: str = ""
+    note: str = ""
+
+
+def diagnose(client: ci.Client, jobs: Sequence[ci.Job], iam: Sequence[records.ScopeStatus] | None) -> list[Finding]:
+    """What each failed build job says. A line of its failed steps' output that matches :data:`IAM_RACE` makes it
+    ``iam-race`` (one request for the steps, one per output read, until such a line); so does the IAM gate or the
+    deploy failing while an IAM scope of *iam* (statuses, or None) is pending, whatever the output says. Without
+    output (:class:`runbook.ci.StepOutputUnavailable`) the gate is ``iam-race``, the deploy ``iam-race?``."""
+    pending = "; ".join(f"{s.scope.label}: {s.text}" for s in iam or () if s.needed and s.state != records.UNKNOWN)
+    findings = []
+    for job in (j for j in jobs if j.failed and not j.approval):
+        step, line, read = "", None, True
+        try:
+            for name, text in client.step_output(job):
+                line, step = next((x for x in text.splitlines() if IAM_RACE.search(x)), None), step or name
+                if line:
+                    step = name
+                    break
+        except ci.StepOutputUnavailable:
+            read = False
+        gate, iam_job = job.name.startswith(IAM_JOBS[0]), job.name.startswith(IAM_JOBS)
+        note = "no IAM error in the failed step's output" if read else "step output not available"
+        if line or iam_job and pending:
+            note = "" if line else ("" if read else f"{note}; ") + f"the IAM of this commit is not applied: {pending}"
+            findings.append(Finding(job.name, "iam-race", step, console.scrub(line or ""), note))
+        elif read or not iam_job:
+            findings.append(Finding(job.name, "other", step, note=note))
+        else:
+            findings.append(Finding(job.name, "iam-race" if gate else "iam-race?", note=f"{note}; " + (
+                "the IAM gate failed: the IAM was not applied in time" if gate else "a failed deploy is often an IAM "
+                "race: check `inv iam.status`")))
+    return findings

@@ -1,18 +1,12 @@
-"""``inv release``: the whole runbook for one environment, running only what is needed.
-
-Order: the CircleCI token is proved (one read) before anything changes; the IAM of the account and of the
-environment is examined, and only the scopes whose applied record does not match this commit are applied
-(:func:`runbook.iam.run`, with the account scope's take-over rule); then the pipeline of this commit is
-examined and one decision (:func:`runbook.pipeline.decide_rerun`, shared with ``inv ci.rerun``), given the
-records the run read or wrote and read back, says what to do: nothing (it succeeded), watch it (it runs:
-the IAM gate opens by itself once the records match), rerun it from failed (it failed at the IAM gate or the
-deploy), or refuse (it failed elsewhere).
-"""
+"""``inv release``: the whole runbook for one environment, running only what is needed: the CircleCI token is
+proved, the IAM steps this commit needs are applied (:func:`runbook.iam.run`), then the one rerun decision
+(:func:`runbook.pipeline.decide_rerun`) on the records the run read or wrote says what the pipeline needs."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
+
+import tenacity
 
 from runbook import console, git, iam, pipeline, records
 from runbook.config import Config, Environment
@@ -62,17 +56,16 @@ def release(config: Config, environment: Environment, opts: Options, *, poll_s: 
 
 def _find(client, config: Config, environment: Environment, head: str, wait_s: float) -> pipeline.Target:
     """The workflow of this commit's pipeline, waiting up to *wait_s* seconds for CircleCI to start it."""
-    head_time, deadline = git.commit_time(head), time.monotonic() + wait_s
-    while True:
-        try:
-            return pipeline.find_workflow(client, config, environment, head, head_time=head_time)
-        except pipeline.NoPipelineYet as exc:  # only this is worth waiting out; other errors stop at once
-            if time.monotonic() + 10 > deadline:
-                raise RunbookError(f"{exc.what} (waited {wait_s:.0f} s)", id="no-pipeline",
-                                   fix="check in the CircleCI app that the push of this commit started a pipeline "
-                                       "(project settings, webhooks); once it has, resume") from exc
-            console.say(f"  no pipeline for {head[:12]} yet; looking again in 10 s")
-            time.sleep(10)
+    waiting = tenacity.Retrying(  # only NoPipelineYet is worth waiting out; other errors stop at once
+        retry=tenacity.retry_if_exception_type(pipeline.NoPipelineYet), wait=tenacity.wait_fixed(10),
+        stop=tenacity.stop_before_delay(wait_s), reraise=True,
+        before_sleep=lambda _: console.say(f"  no pipeline for {head[:12]} yet; looking again in 10 s"))
+    try:
+        return waiting(pipeline.find_workflow, client, config, environment, head, head_time=git.commit_time(head))
+    except pipeline.NoPipelineYet as exc:
+        raise RunbookError(f"{exc.what} (waited {wait_s:.0f} s)", id="no-pipeline",
+                           fix="check in the CircleCI app that the push of this commit started a pipeline "
+                               "(project settings, webhooks); once it has, resume") from exc
 
 
 def _pipeline(client, config: Config, environment: Environment, done: iam.Run, poll_s: float, wait_s: float,
@@ -99,7 +92,5 @@ def _pipeline(client, config: Config, environment: Environment, done: iam.Run, p
                    "match; nothing to rerun")
     console.heading("CircleCI: watch the workflow to the end")
     result = pipeline.watch(client, watch_id, poll_s=poll_s)
-    failed = pipeline.watch_error(result, environment, urls[-1])
-    if failed is not None:
-        raise failed
+    pipeline.check_watch(result, environment, urls[-1])
     console.ok(f"succeeded after {result.seconds:.0f} s of watching")

@@ -93,13 +93,11 @@ def rerun(c, env=None, latest=False, wait=False, force=False, poll_s=None, from_
         console.warn("--force: rerunning whatever the failed jobs and the applied records say")
     new_id = client.rerun(workflow, from_failed=decision.action == pipeline.RERUN_FROM_FAILED, known=target.known)
     url = client.web_url(workflow.pipeline_number, new_id)
-    how = "from failed" if decision.action == pipeline.RERUN_FROM_FAILED else "from the start"
+    how = decision.action.removeprefix("rerun ")  # "from failed" or "from the start"
     console.ok(f"Rerunning {workflow.name} of pipeline #{workflow.pipeline_number} {how}: {url}")
     if wait:
         result = pipeline.watch(client, new_id, poll_s=poll)
-        error = pipeline.watch_error(result, environment, url)
-        if error:
-            raise error
+        pipeline.check_watch(result, environment, url)
         console.ok(f"The rerun succeeded ({result.seconds:.0f} s).")
 
 
@@ -134,7 +132,7 @@ def approve(c, env=None, job=None, yes=False):
 @user_errors
 def diagnose(c, env=None, latest=False):
     """Say why the workflow of your commit failed: an IAM race, or something else, with the remedy."""
-    from runbook import ci, console, diagnosis, pipeline, records
+    from runbook import ci, console, pipeline, records
     from runbook.errors import TROUBLESHOOTING
     from runbook.scopes import for_environment
 
@@ -146,12 +144,11 @@ def diagnose(c, env=None, latest=False):
     jobs = client.jobs(workflow.id)
     failed = any(j.failed and not j.approval for j in jobs)
     iam = records.examine(for_environment(cfg, environment)) if failed else None
-    findings = diagnosis.diagnose(client, jobs, iam)
+    findings = pipeline.diagnose(client, jobs, iam)
     for f in findings:
         console.say(f"{f.job}{f' step {f.step!r}' if f.step else ''}: {f.kind}")
-        for text in (f.line, f"({f.note})" if f.note else ""):
-            if text:
-                console.say(f"    {text}")
+        for text in filter(None, (f.line, f.note and f"({f.note})")):
+            console.say(f"    {text}")
     race = any(f.kind.startswith("iam-race") for f in findings)
     if findings:
         console.say()

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from runbook import config as configuration
-from runbook import diagnosis, pipeline, records
+from runbook import pipeline, records
 from runbook.ci import Job, StepOutputUnavailable, Workflow
 from runbook.errors import Interrupted, RunbookError
 from runbook.pipeline import NOTHING, REFUSE, RERUN_FROM_FAILED, RERUN_FROM_START, WAIT, decide_rerun
@@ -181,7 +181,7 @@ DENIED = ("User: arn:aws:iam::123456789012:user/deployer is not authorized to pe
 def test_a_line_that_shows_an_iam_race_decides_and_its_secrets_are_masked():
     adapter = Adapter(gated(), {"deploy-stg": [("Install", "ok"), ("Deploy", f"Deploying\n{DENIED}"),
                                                ("Cleanup", "never read")]})
-    (finding,) = diagnosis.diagnose(adapter, adapter.jobs("w1"), None)
+    (finding,) = pipeline.diagnose(adapter, adapter.jobs("w1"), None)
     assert (finding.job, finding.kind, finding.step) == ("deploy-stg", "iam-race", "Deploy")
     assert "not authorized to perform" in finding.line and "AKIAABCDEFGHIJKLMNOP" not in finding.line
     assert adapter.read == [("deploy-stg", "Install"), ("deploy-stg", "Deploy")]  # stops at the first such line
@@ -190,21 +190,21 @@ def test_a_line_that_shows_an_iam_race_decides_and_its_secrets_are_masked():
 def test_the_gate_or_the_deploy_failing_while_an_iam_record_is_pending_is_an_iam_race(cfg, stg):
     adapter = Adapter(gated(), {"deploy-stg": [("Deploy", "Error: something else went wrong")]})
     iam = iam_states(cfg, stg, environment=records.PENDING)
-    (finding,) = diagnosis.diagnose(adapter, adapter.jobs("w1"), iam)
+    (finding,) = pipeline.diagnose(adapter, adapter.jobs("w1"), iam)
     assert finding.kind == "iam-race" and "environment stg: change pending" in finding.note
-    assert diagnosis.diagnose(adapter, adapter.jobs("w1"), iam_states(cfg, stg))[0].kind == "other"
+    assert pipeline.diagnose(adapter, adapter.jobs("w1"), iam_states(cfg, stg))[0].kind == "other"
 
 
 def test_another_failure_is_other_with_its_step():
     adapter = Adapter([Job("test", "failed", job_number=1)], {"test": [("Tests", "FAILED tests/test_app.py")]})
-    (finding,) = diagnosis.diagnose(adapter, adapter.jobs("w1"), None)
+    (finding,) = pipeline.diagnose(adapter, adapter.jobs("w1"), None)
     assert (finding.kind, finding.step, finding.note) == ("other", "Tests", "no IAM error in the failed step's output")
 
 
 def test_without_step_output_a_pending_iam_record_still_makes_the_gate_an_iam_race(cfg, stg):
     jobs = [Job("deploy-stg", "failed")]
     iam = iam_states(cfg, stg, environment=records.NEVER_APPLIED)
-    (finding,) = diagnosis.diagnose(Adapter(jobs, unavailable=True), jobs, iam)
+    (finding,) = pipeline.diagnose(Adapter(jobs, unavailable=True), jobs, iam)
     assert finding.kind == "iam-race"
     assert finding.note == "step output not available; the IAM of this commit is not applied: environment stg: " \
         "never applied"
@@ -213,7 +213,7 @@ def test_without_step_output_a_pending_iam_record_still_makes_the_gate_an_iam_ra
 def test_without_step_output_the_job_s_name_decides():
     jobs = [Job("iam-gate-stg", "failed"), Job("deploy-stg", "failed"), Job("test", "timedout"),
             Job("hold", "failed", "approval"), Job("lint", "success")]
-    findings = diagnosis.diagnose(Adapter(jobs, unavailable=True), jobs, None)
+    findings = pipeline.diagnose(Adapter(jobs, unavailable=True), jobs, None)
     assert [(f.job, f.kind) for f in findings] == [("iam-gate-stg", "iam-race"), ("deploy-stg", "iam-race?"),
                                                     ("test", "other")]
     assert all(f.note.startswith("step output not available") for f in findings)
@@ -254,11 +254,15 @@ def test_a_watch_gives_up_after_its_timeout_and_ctrl_c_stops_only_the_watch():
 
 def test_how_a_watch_ended_decides_the_error(stg):
     held = pipeline.WatchResult("on_hold", 3.0, (Job("hold", "on_hold", "approval"),))
-    error = pipeline.watch_error(held, stg, URL)
+    with pytest.raises(RunbookError) as caught:
+        pipeline.check_watch(held, stg, URL)
+    error = caught.value
     assert error.id == "on-hold" and error.code == 5 and "inv ci.approve --env stg --job hold" in error.fix
-    failed = pipeline.watch_error(replace(held, status="failed"), stg, URL)
+    with pytest.raises(RunbookError) as caught:
+        pipeline.check_watch(replace(held, status="failed"), stg, URL)
+    failed = caught.value
     assert failed.id == "workflow-failed" and "inv ci.diagnose --env stg" in failed.fix
-    assert pipeline.watch_error(replace(held, status="success"), stg, URL) is None
+    assert pipeline.check_watch(replace(held, status="success"), stg, URL) is None
 
 
 # -- settings ----------------------------------------------------------------------------------------------------

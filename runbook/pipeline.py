@@ -297,18 +297,17 @@ def watch(client: ci.Client, workflow_id: str, *, poll_s: float = WATCH_POLL_S, 
                 console.write(stream, line + "\n")
             last = line
             if workflow.status in ci.TERMINAL or workflow.status == ci.ON_HOLD:
-                if tty:
-                    console.write(stream, "\n")
                 return result
             if clock() - started + poll_s > timeout_s:
                 raise RunbookError(f"Stopped watching after {timeout_s:.0f} s; the workflow is still {workflow.status}",
                                    id="watch-timeout", fix="look again later with `inv ci.status`")
             sleep(poll_s)
     except KeyboardInterrupt as exc:
-        if tty:
-            console.write(stream, "\n")
         raise Interrupted("Stopped watching (Ctrl-C); the workflow goes on in CircleCI",
                           fix="`inv ci.status` shows where it is") from exc
+    finally:
+        if tty and last:  # end the status line rewritten in place, however the watch ends
+            console.write(stream, "\n")
 
 
 def check_watch(result: WatchResult, environment: Environment, url: str) -> None:

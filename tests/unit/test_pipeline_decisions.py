@@ -252,6 +252,24 @@ def test_a_watch_gives_up_after_its_timeout_and_ctrl_c_stops_only_the_watch():
         pipeline.watch(Adapter(states=("running",)), "w1", sleep=interrupt, stream=io.StringIO())
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_watch_on_a_terminal_ends_its_status_line_however_it_stops():
+    now = [0.0]
+    for states, stop in ((("running",), "timeout"), (("running", "failed"), "end")):
+        out = _Terminal()
+        try:
+            pipeline.watch(Adapter(states=states), "w1", poll_s=10, timeout_s=25, stream=out,
+                           sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+        except RunbookError:
+            assert stop == "timeout"
+        # the error report (or what follows) starts on a line of its own, not after the status line
+        assert out.getvalue().startswith("\r\033[K") and out.getvalue().endswith("\n"), (stop, out.getvalue())
+
+
 def test_how_a_watch_ended_decides_the_error(stg):
     held = pipeline.WatchResult("on_hold", 3.0, (Job("hold", "on_hold", "approval"),))
     with pytest.raises(RunbookError) as caught:

@@ -27,8 +27,8 @@ ACCOUNT_ID = "123456789012"
 LOCK_MODE = "dynamodb"
 # The runbook's message for a state lock taken by the very Terraform command that then could not take it
 # (runbook.terraform.own_lock_age), and the release command it gives.
-_OWN_LOCK = re.compile(r"by every sign by this very run.*?release the lock: inv iam\.unlock (--account|--env \S+) "
-                       r"--lock-id ([0-9A-Za-z-]+)", re.S)
+_OWN_LOCK = re.compile(r"by every sign by this very run.*?release the lock: inv iam\.unlock "
+                       r"(--env \S+(?: --account)?|--account) --lock-id ([0-9A-Za-z-]+)", re.S)
 #: Commands whose Terraform lock write was answered but the answer lost, so that the AWS SDK's second write
 #: found Terraform's own lock; Project.inv released it and ran the command again (the summary lists them).
 OWN_LOCKS_RELEASED: list[str] = []

@@ -33,6 +33,18 @@ NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket", "Pa
 SSO_EXPIRED_CODES = frozenset({"UnauthorizedException", "InvalidGrantException", "ExpiredTokenException"})
 
 
+_LOADER: dict[str, Any] = {}
+
+
+def _shared(made: Any) -> Any:
+    """*made* (a boto3 Session) reading botocore's data (API models, endpoints: files of the installed botocore,
+    cached once read, nothing about AWS accounts) through the loader of the process's first session: each session
+    would read them again, ~0.08 s before its first client (bench/bench_overhead.py, bench/bench_status.py)."""
+    made._session.register_component("data_loader", _LOADER.setdefault("loader",
+                                                                      made._session.get_component("data_loader")))
+    return made
+
+
 @dataclass(frozen=True)
 class Credentials:
     """One frozen set of AWS credentials: the exact keys the caller identity check used. Never printed:
@@ -70,10 +82,12 @@ def session(account: Account, *, use_profile: bool = True, credentials: Credenti
     import botocore.exceptions
 
     if credentials is not None:
-        return boto3.Session(aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key,
-                             aws_session_token=credentials.token, region_name=account.region)
+        return _shared(boto3.Session(aws_access_key_id=credentials.access_key,
+                                     aws_secret_access_key=credentials.secret_key,
+                                     aws_session_token=credentials.token, region_name=account.region))
     try:
-        return boto3.Session(profile_name=account.profile if use_profile else None, region_name=account.region)
+        return _shared(boto3.Session(profile_name=account.profile if use_profile else None,
+                                     region_name=account.region))
     except botocore.exceptions.ProfileNotFound as exc:
         if account.profile and use_profile:
             raise RunbookError(f"The AWS profile {account.profile!r} of account {account.name!r} is not configured on "

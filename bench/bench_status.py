@@ -1,8 +1,9 @@
 """`inv iam.status` over 12 environments (in 4 accounts) against 1 environment.
 
 Against a moto server on 127.0.0.1, in a throwaway clone of the project; every scope has a
-current record. Records of different accounts are read in parallel, so 12 environments
-should cost little more than 1. Target (issue: no more race): at most 1.5 times the wall time.
+current record. The records are read one after another (one GetParameter each, one client per
+account, every session reading botocore's data files through one loader), so 12 environments
+cost little more than 1. Target (issue: no more race): at most 1.5 times the wall time.
 Prints figures; exits 0.
 
     python bench/bench_status.py [--runs 5]

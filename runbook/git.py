@@ -6,14 +6,12 @@ RunbookError with the fix when git is missing or the folder is not a checkout.
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import re
 import shlex
 import shutil
 import subprocess
-import tarfile
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,13 +22,15 @@ from runbook.errors import RunbookError
 REMOTE = "origin"
 
 
-def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60.0, text: bool = True):
-    """Run ``git ARGS`` in *cwd*; its standard output (str, or bytes when not *text*). Raises RunbookError."""
+def _git(*args: str, cwd: str | os.PathLike | None = None, timeout_s: float = 60.0, text: bool = True,
+         stdin: bytes | None = None):
+    """Run ``git ARGS`` in *cwd* (with *stdin*); its standard output (str, or bytes when not *text*). Raises
+    RunbookError."""
     if shutil.which("git") is None:
         raise RunbookError("git is not installed or not on PATH", id="git-missing",
                            fix="install git (apt-get install git)")
     try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=timeout_s,
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=timeout_s, input=stdin,
                               env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
     except subprocess.TimeoutExpired:
         raise RunbookError(f"`git {' '.join(args)}` did not finish within {timeout_s:.0f} s", id="git-failed",
@@ -112,27 +112,38 @@ def trees(commit: str, paths: Iterable[str], top: str | os.PathLike) -> dict[str
 
 def export(commit: str, paths: Iterable[str], dest: Path, top: str | os.PathLike) -> None:
     """Write the folders *paths* (relative to *top*, the top of the repository) of *commit* into *dest* (which
-    must be empty), as ``git archive`` gives them.
+    must be empty), exactly as the commit holds them: each blob's bytes (``git cat-file --batch``), with its
+    executable bit. No attribute applies (``export-ignore``, ``export-subst``, end-of-line conversion, filters:
+    https://git-scm.com/docs/gitattributes), from the commit or from ``.git/info/attributes``, so the snapshot is
+    the tree the fingerprint names; nothing ignored, untracked or edited arrives, and no submodule's content.
 
-    Only what the commit holds arrives: no ignored, untracked or edited file, no submodule's content. A
-    symbolic link that would point out of *dest* is refused (RunbookError ``reference-leaves-repository``):
+    Raises RunbookError (``reference-leaves-repository``) for a symbolic link that points out of *dest*:
     Terraform would read outside the commit through it.
     """
     present = [p for p in paths if p]
-    data = _git("-c", "core.autocrlf=false", "archive", "--format=tar", commit, "--", *present, cwd=top, text=False)
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        for member in archive.getmembers():
-            if member.issym() or member.islnk():
-                target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname)
-                                            if member.issym() else member.linkname)
-                if target.startswith("/") or target == ".." or target.startswith("../"):
-                    raise RunbookError(
-                        f"{member.name} in commit {commit[:12]} is a symbolic link to {member.linkname}, outside the "
-                        "repository: Terraform would read what the commit does not hold",
-                        id="reference-leaves-repository", where=member.name,
-                        fix="replace the link with the files it points at, and commit: git rm "
-                            f"{shlex.quote(member.name)}")
-        archive.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    listing = _git("--literal-pathspecs", "ls-tree", "-r", "-z", commit, "--", *present, cwd=top) if present else ""
+    blobs = [(meta.split(" ")[0], meta.split(" ")[2], path) for meta, _, path in
+             (entry.partition("\t") for entry in listing.split("\0") if entry) if meta.split(" ")[1] == "blob"]
+    data = _git("cat-file", "--batch", cwd=top, text=False, stdin="".join(f"{oid}\n" for _, oid, _ in blobs).encode())
+    at = 0
+    for mode, _, path in blobs:
+        header_end = data.index(b"\n", at)
+        size = int(data[at:header_end].split()[2])
+        body, at = data[header_end + 1:header_end + 1 + size], header_end + 2 + size
+        target = dest / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "120000":  # a symbolic link: its blob is the link's text
+            link = body.decode("utf-8", "surrogateescape")
+            if posixpath.isabs(link) or posixpath.normpath(posixpath.join(posixpath.dirname(path), link)) \
+                    .split("/")[0] == "..":
+                raise RunbookError(
+                    f"{path} in commit {commit[:12]} is a symbolic link to {link}, outside the repository: Terraform "
+                    "would read what the commit does not hold", id="reference-leaves-repository", where=path,
+                    fix=f"replace the link with the files it points at, and commit: git rm {shlex.quote(path)}")
+            target.symlink_to(link)
+        else:
+            target.write_bytes(body)
+            target.chmod(0o755 if mode == "100755" else 0o644)
 
 
 def head_commit(cwd: str | os.PathLike | None = None) -> str:

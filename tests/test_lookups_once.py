@@ -8,11 +8,12 @@ plans, applies the empty plan and records again), then `inv release` (the accoun
 it is applied; the environment's record is current: skipped; the pipeline failed at the IAM gate: rerun).
 
 Against the design before the snapshot (commit cd5c9b2), measured the same way:
-    inv iam.env   git: 8 commands then, 6 now (the checkout is inspected once).
+    inv iam.env   git: 8 commands then, 7 now (the checkout is inspected once; the snapshot is an `ls-tree` and a
+                  `cat-file` of the scope's blobs).
                   AWS: 8 calls then, 10 now: the record is read while examining (it decides what is needed and
                   whether a state has gone missing) and read back after it is written (act, then verify).
-    inv release   git: 9 commands then, 8 now (an `archive` per scope, its snapshot; one `ls-tree` and two
-                  `rev-parse`s fewer; `status` once).
+    inv release   git: 9 commands then, 10 now (an `ls-tree` and a `cat-file` per scope, its snapshot; one
+                  `ls-tree` and two `rev-parse`s fewer; `status` once).
                   AWS: 11 calls then, 12 now: the pipeline's decision uses the records the run has already read
                   and written; the extra call is the read-back.
 """
@@ -58,9 +59,9 @@ RELEASE_AWS = BACKEND + Counter({
 })
 # git: one `status` (branch, HEAD, changes), one `ls-tree` (the tree ids of every path the scopes read, and of
 # the configuration), one `config` (the remotes), one `fetch` and one `rev-parse` (the team's branch), and one
-# `archive` per scope applied or planned (its snapshot).
-IAM_ENV_GIT = Counter({"status": 1, "ls-tree": 1, "config": 1, "fetch": 1, "rev-parse": 1, "archive": 1})
-RELEASE_GIT = IAM_ENV_GIT + Counter({"archive": 1,  # the account scope's snapshot too
+# `ls-tree` and one `cat-file` per scope applied or planned (its snapshot: the blobs of its paths).
+IAM_ENV_GIT = Counter({"status": 1, "ls-tree": 2, "config": 1, "fetch": 1, "rev-parse": 1, "cat-file": 1})
+RELEASE_GIT = IAM_ENV_GIT + Counter({"ls-tree": 1, "cat-file": 1,  # the account scope's snapshot too
                                      "show": 1})  # the commit's time, to find the pipeline of this commit
 
 

@@ -320,7 +320,7 @@ class LockInfo:
         *text* holds neither, or no lock ID (then no run holds the lock: Terraform could not use it at all)."""
         try:
             info = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             start = text.rfind("Error acquiring the state lock")
             info = {} if start < 0 else dict(re.findall(
                 r"^\s*(ID|Path|Operation|Who|Version|Created):[ \t]*(.*?)\s*$", text[start:], re.M))

@@ -243,7 +243,7 @@ class CircleCIClient:
             raise on[status]()
         try:
             message = str(response.json().get("message") or "")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             message = response.text.strip()[:200]
         message = self._scrub(message) or response.reason or "no message"
         if status in (401, 403):
@@ -271,7 +271,7 @@ class CircleCIClient:
             data = response.json()
             error = next(shape.iter_errors(data), None) if shape is not None else None
             problem = error and f"{error.message[:160]} (at {error.json_path})"  # what jsonschema says, and where
-        except ValueError:  # not chained: the body may echo the request, its token header too
+        except (ValueError, RecursionError):  # not chained: the body may echo the request, its token header too
             problem = f"the body is not JSON (Content-Type {response.headers.get('Content-Type', 'none')!r})"
         if problem:
             raise MalformedAnswer(

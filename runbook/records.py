@@ -155,7 +155,7 @@ def read(client: Any, name: str, scope: str, account: aws.Account) -> dict[str, 
                            "it and will not overwrite it", id="record-newer", where=f"SSM parameter {name}",
                            fix="update this checkout's runbook (git pull --ff-only, then pip install -r "
                                "requirements.txt) and run the command again") from exc
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than Python's stack
         raise RunbookError(f"The applied record for {scope} is malformed: {exc}", id="record-malformed",
                            where=f"SSM parameter {name}",
                            fix=aws.aws_command(account, "ssm", "delete-parameter", "--name", name) + " && "

@@ -171,6 +171,12 @@ def test_an_answer_that_is_not_json_names_the_endpoint():
     assert "GET /api/v2/workflow/wf-1" in str(caught.value) and "text/html" in str(caught.value)
 
 
+def test_an_answer_nested_deeper_than_the_stack_is_malformed_not_a_defect():
+    client, _ = canned(answer(text="[" * 5000 + "]" * 5000, headers={"Content-Type": "application/json"}))
+    with pytest.raises(MalformedAnswer, match="not JSON"):
+        client.workflow("wf-1")
+
+
 def test_a_rerun_accepted_without_the_new_id_warns_not_to_rerun_blindly():
     client, _ = canned(answer(202, {"message": "Accepted."}))
     with pytest.raises(MalformedAnswer) as caught:

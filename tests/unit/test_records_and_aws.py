@@ -73,6 +73,7 @@ def test_reading_a_record_round_trips(stub):
 
 @pytest.mark.parametrize("value, words", [
     ("{not json", "malformed"), (record(scope="dev").to_json(), "names scope 'dev', not 'stg'"),
+    ("[" * 2000 + "]" * 2000, "malformed"),  # fits a Standard parameter, nests deeper than Python's stack
 ])
 def test_an_unreadable_record_names_the_delete_and_the_apply_that_replace_it(stub, value, words):
     ssm, stubber = stub("ssm")

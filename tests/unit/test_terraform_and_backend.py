@@ -123,13 +123,15 @@ def test_terraform_gets_the_checked_keys_and_nothing_else_from_the_shell(monkeyp
     from runbook.aws import Credentials
 
     for name, value in {"AWS_PROFILE": "admin", "TF_CLI_ARGS_plan": "-destroy", "TF_VAR_project": "evil",
-                        "AWS_ENDPOINT_URL_S3": "http://elsewhere", "TF_WORKSPACE": "x", "HOME": "/home/a"}.items():
+                        "AWS_ENDPOINT_URL_S3": "http://elsewhere", "TF_WORKSPACE": "x", "HOME": "/home/a",
+                        "TF_LOG": "TRACE", "TF_LOG_PATH": "/tmp/log", "TF_REATTACH_PROVIDERS": "{}"}.items():
         monkeypatch.setenv(name, value)
     env = terraform.child_env(terraform.script_env(BACKEND, mode="plan", tf_vars={"project": "acme-api"},
                                                    credentials=Credentials("AKIA1", "s3cret", "tok")))
     assert env["AWS_ACCESS_KEY_ID"] == "AKIA1" and env["AWS_SESSION_TOKEN"] == "tok"
     assert env["TF_VAR_project"] == "acme-api" and env["AWS_CONFIG_FILE"] == os.devnull
-    assert not {"AWS_PROFILE", "TF_CLI_ARGS_plan", "AWS_ENDPOINT_URL_S3", "TF_WORKSPACE"} & set(env)
+    assert not {"AWS_PROFILE", "TF_CLI_ARGS_plan", "AWS_ENDPOINT_URL_S3", "TF_WORKSPACE", "TF_LOG", "TF_LOG_PATH",
+                "TF_REATTACH_PROVIDERS"} & set(env)  # TF_LOG=TRACE would print the session token
     assert env["HOME"] == "/home/a" and env["TF_LOCK_TABLE"] == "locks"
 
 

@@ -157,6 +157,16 @@ def _state_version(s3: Any, account: Account, bucket: str, key: str) -> str | No
     return found.group(1).decode("ascii") if found else ""
 
 
+def state_tag(sess: Any, account: Account, backend: Backend) -> str | None:
+    """The S3 version id of *backend*'s state object (its ETag where the bucket keeps no versions), None when it
+    does not exist: two equal tags mean nobody wrote the state in between. One HeadObject. Raises RunbookError as
+    :func:`runbook.aws.failure` maps a failure."""
+    s3 = aws.client(sess, "s3", account)
+    head = aws.call("S3 HeadObject", f"s3://{backend.bucket}/{backend.key}", account,
+                    lambda: s3.head_object(Bucket=backend.bucket, Key=backend.key), absent=aws.NOT_FOUND_CODES)
+    return None if head is None else str(head.get("VersionId") or head.get("ETag"))
+
+
 def _repair_command(account: Account, bucket: str, name: str) -> str:
     method, parameter, _, shorthand = _REPAIRS[name]
     option = re.sub(r"(?<=[a-z])(?=[A-Z])", "-", parameter).lower()  # VersioningConfiguration: versioning-configuration

@@ -37,6 +37,7 @@ class Run:
     plans: dict[str, terraform.PlanSummary] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     records: dict[str, dict | None] = field(default_factory=dict)
+    applied: dict[str, str | None] = field(default_factory=dict)  # scope name -> its state's tag after the apply
 
     def __post_init__(self) -> None:
         self.records = {**self.facts.records, **self.records}
@@ -118,8 +119,10 @@ def perform(state: Run, todo: list[Action]) -> Run:
             exc.fix = with_resume(exc.fix, state.command, interrupted=isinstance(exc, Interrupted))
             raise
         except KeyboardInterrupt:
+            left = (f"; the IAM of {action.scope.label} WAS applied, and its record may or may not be written "
+                    f"(`inv iam.status` shows which; `{state.command}` records it)" if action.kind == "record" else "")
             raise Interrupted(f"Interrupted at step {number}/{len(todo)} ({action.title}); the steps before it are "
-                              "complete and nothing after it started", fix=state.command) from None
+                              f"complete and nothing after it started{left}", fix=state.command) from None
         finally:
             state.outcomes.append(Outcome(action.title, status, time.monotonic() - started))
         if detail is not None:
@@ -230,6 +233,8 @@ def _act_apply(state: Run, action: Action) -> str:
     if summary.empty:
         console.say("  the plan has no changes; applying it confirms the state matches this commit")
     _script(state, action.scope, "apply")
+    state.applied[action.scope.name] = backend.state_tag(state.facts.session, action.scope.account,
+                                                         action.scope.backend)
     return f"applied to {action.scope.label}: {summary}"
 
 
@@ -246,26 +251,40 @@ def _record(state: Run, scope: Scope, summary: terraform.PlanSummary) -> records
 
 
 def _act_record(state: Run, action: Action) -> str:
-    """Write the record, then read it back. Runs only after the apply exited 0, so any failure here leaves the IAM
-    applied and the record NOT written: the error says exactly that, and that running the same command again plans,
-    finds no change, applies the empty plan and writes the record."""
-    scope = action.scope
+    """Write the record, read it back, then check that no other apply wrote the state since this run's apply (its S3
+    version): a record written late (a slow network, a laptop asleep) must not name this commit over a newer apply.
+    Runs only after the apply exited 0, so each failure says that the IAM WAS applied, whether the record was
+    written, and that running the same command again plans, applies what is missing and writes the record."""
+    scope, facts = action.scope, state.facts
     record = _record(state, scope, state.plans[scope.name])
-    ssm = aws.client(state.facts.session, "ssm", scope.account)
+    ssm = aws.client(facts.session, "ssm", scope.account)
+    again = (f"run `{state.command}` again: it plans against the state as it is now, applies what is missing (an "
+             "empty plan changes nothing in IAM) and writes the record")
+    written = False
     try:
         records.write(ssm, scope.parameter, record, scope.account)
+        written = True
         back = records.read(ssm, scope.parameter, scope.name, scope.account)
         if back is None or back.get("fingerprint") != record.fingerprint:
             raise RunbookError(f"Reading {scope.parameter} back gave another record (another run wrote it at the same "
                                "moment?)", id="record-write-contended", where=scope.parameter)
+        if backend.state_tag(facts.session, scope.account, scope.backend) != state.applied.get(scope.name):
+            ssm.delete_parameter(Name=scope.parameter)
+            raise RunbookError(f"Another apply wrote the state of {scope.label} (s3://{scope.backend.bucket}/"
+                               f"{scope.backend.key}) after this run's apply, so the IAM in AWS may not be commit "
+                               f"{record.commit[:12]}'s: the record this run wrote is deleted, so that no gate opens "
+                               "on it", id="record-write-contended", where=scope.parameter)
         state.records[scope.name] = back
-    except RunbookError as exc:
-        again = (f"run `{state.command}` again: it plans again, finds no change, applies the empty plan (nothing in "
-                 "IAM changes) and writes the record")
+    except (RunbookError, *aws.errors()) as exc:
+        exc = exc if isinstance(exc, RunbookError) else aws.failure(exc, "deleting the applied record",
+                                                                     scope.parameter, scope.account)
+        done = ("it was written to SSM parameter {p}, but could not be verified, so trust `inv iam.status`, not this "
+                "run" if written and exc.id != "record-write-contended" else
+                "its applied record was NOT written to SSM parameter {p}, so `inv iam.status` shows it as not current "
+                "and the pipeline's IAM gate keeps waiting").format(p=scope.parameter)
         raise RunbookError(
-            f"The IAM of {scope.label} WAS applied (terraform apply exited 0), but its applied record was NOT written "
-            f"to SSM parameter {scope.parameter}, so `inv iam.status` shows it as not current and the pipeline's IAM "
-            f"gate keeps waiting. Why: {exc.what.rstrip('.')}", id="applied-not-recorded", where=exc.where,
+            f"The IAM of {scope.label} WAS applied (terraform apply exited 0); {done}. Why: {exc.what.rstrip('.')}",
+            id="applied-not-recorded", where=exc.where,
             fix=f"{exc.fix.rstrip(' ;,.')}; then {again}" if exc.fix else again[0].upper() + again[1:],
             code=exc.code) from exc
     return f"{scope.parameter} = {record.fingerprint[:12]}... at {record.commit[:12]} (read back)"

@@ -100,6 +100,8 @@ class AwsProxy:
         before: None, or a function called with every Request before it is forwarded (and before any hold).
         drop: None, or a function of a Request: the FIRST request it picks is forwarded and answered by moto,
             then its connection is closed without an answer (an answer lost on the way); ``dropped`` lists it.
+        fail: None, or a function of a Request giving an HTTP status (or None): the requests it picks are answered
+            with that status and an AWS JSON error (``InternalFailure``) without reaching moto.
     """
 
     def __init__(self, upstream: str):
@@ -113,6 +115,7 @@ class AwsProxy:
         self.before: Callable[[Request], None] | None = None
         self.drop: Callable[[Request], bool] | None = None
         self.dropped: list[Request] = []
+        self.fail: Callable[[Request], int | None] | None = None
         self._lock = threading.Lock()
         proxy = self
 
@@ -142,6 +145,15 @@ class AwsProxy:
                     proxy.requests.append(request)
                 if proxy.before is not None:
                     proxy.before(request)
+                failed = proxy.fail(request) if proxy.fail is not None else None
+                if failed:
+                    data = json.dumps({"__type": "InternalFailure", "message": "failed by the test"}).encode()
+                    self.send_response(failed)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if proxy.hold is not None and proxy.hold(request):
                     proxy.held.set()
                     proxy._released.wait(proxy.hold_s)

@@ -377,7 +377,7 @@ def test_applied_but_not_recorded_says_so_and_the_resume_is_an_empty_apply(proje
     first = project.inv("iam.env", "--name", "stg")
     assert_user_error(first, "WAS applied", "NOT written", "gate keeps waiting", "version 1 has the label(s)",
                       "aws ssm unlabel-parameter-version --name /acme-api/iam/env/stg --parameter-version 1 --labels "
-                      "first-release", "it plans again, finds no change, applies the empty plan")
+                      "first-release", "it plans against the state as it is now, applies what is missing")
     ssm.unlabel_parameter_version(Name=STG_RECORD, ParameterVersion=1, Labels=["first-release"])
     again = project.inv("iam.env", "--name", "stg")
     assert again.code == 0, again.all

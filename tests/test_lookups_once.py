@@ -10,12 +10,13 @@ it is applied; the environment's record is current: skipped; the pipeline failed
 Against the design before the snapshot (commit cd5c9b2), measured the same way:
     inv iam.env   git: 8 commands then, 7 now (the checkout is inspected once; the snapshot is an `ls-tree` and a
                   `cat-file` of the scope's blobs).
-                  AWS: 8 calls then, 10 now: the record is read while examining (it decides what is needed and
-                  whether a state has gone missing) and read back after it is written (act, then verify).
+                  AWS: 8 calls then, 12 now: the record is read while examining (it decides what is needed and
+                  whether a state has gone missing) and read back after it is written (act, then verify), and
+                  the state's version is read after the apply and after the record (no other apply in between).
     inv release   git: 9 commands then, 10 now (an `ls-tree` and a `cat-file` per scope, its snapshot; one
                   `ls-tree` and two `rev-parse`s fewer; `status` once).
-                  AWS: 11 calls then, 12 now: the pipeline's decision uses the records the run has already read
-                  and written; the extra call is the read-back.
+                  AWS: 11 calls then, 14 now: the pipeline's decision uses the records the run has already read
+                  and written; the extra calls are the read-back and the state's version, twice.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ IAM_ENV_AWS = BACKEND + Counter({
     ("s3", f"GET /{BUCKET}/{STG_KEY}"): 1,  # the state's first KiB: it exists, and which Terraform wrote it
     ("ssm", f"GetParameter {STG_RECORD}"): 2,  # the record while examining, then read back after the write (verify)
     ("ssm", f"PutParameter {STG_RECORD}"): 1,  # the record, once the apply exited 0
+    ("s3", f"HEAD /{BUCKET}/{STG_KEY}"): 2,  # the state's version after the apply and after the record (no apply
+                                             # in between: the record is not late)
 })
 RELEASE_AWS = BACKEND + Counter({
     ("sts", "GetCallerIdentity"): 1,
@@ -56,6 +59,7 @@ RELEASE_AWS = BACKEND + Counter({
     ("ssm", f"GetParameter {ACCOUNT_RECORD}"): 2,  # while examining; read back after the write
     ("ssm", f"GetParameter {STG_RECORD}"): 1,  # while examining: current, so the scope is skipped
     ("ssm", f"PutParameter {ACCOUNT_RECORD}"): 1,  # the account scope, applied
+    ("s3", f"HEAD /{BUCKET}/{ACCOUNT_KEY}"): 2,  # its state's version after the apply and after the record
 })
 # git: one `status` (branch, HEAD, changes), one `ls-tree` (the tree ids of every path the scopes read, and of
 # the configuration), one `config` (the remotes), one `fetch` and one `rev-parse` (the team's branch), and one

@@ -379,6 +379,48 @@ def test_the_plan_is_private_in_the_snapshot_and_gone_after_the_apply(proxied, p
     assert not list(proxied.path.rglob("*.tfplan*")), "a plan file in the working tree"
 
 
+# -- the record step ------------------------------------------------------------------------------------------
+
+
+def test_a_late_record_write_does_not_name_its_commit_over_a_newer_apply(tmp_path, proxied, proxy, moto_reset, aws_env):
+    """A applies X; its PutParameter is slow (a network, a laptop asleep). Meanwhile B pushes Y (a third lambda
+    role), applies and records it. A's write then lands: the record must not say X while the state holds Y."""
+    runs.make_backend(moto_reset)
+    proxy.hold = lambda request: request.target.endswith("PutParameter") and not proxy.held.is_set()
+    proxy.hold_s = 120
+    run_a = runs.start(proxied, "iam.env", "--name", "stg")
+    assert proxy.held.wait(120), run_a.finish().all
+    x = git(proxied.path, "rev-parse", "HEAD")
+    b_path = tmp_path / "b"
+    git(tmp_path, "clone", "-q", "-b", "staging", str(proxied.remote), str(b_path))
+    main_tf = b_path / "roots" / "environment" / "main.tf"
+    main_tf.write_text(main_tf.read_text().replace('["api", "worker"]', '["api", "worker", "reports"]'))
+    git(b_path, "-c", "user.email=b@example.com", "-c", "user.name=B", "commit", "-qam", "Y: a third lambda role")
+    git(b_path, "push", "-q", "origin", "staging")
+    b = Project(path=b_path, remote=proxied.remote, env={**aws_env, "XDG_CACHE_HOME": str(tmp_path / "b-cache")})
+    b_done = b.inv("iam.env", "--name", "stg")  # straight to moto, past the held request
+    assert b_done.code == 0, b_done.all
+    proxy.release()
+    a_done = run_a.finish()
+    roles = runs.state(moto_reset)["outputs"]["lambda_role_names"]["value"]
+    assert "acme-api-stg-lambda-reports" in roles
+    record = runs.record(moto_reset)
+    assert record is None or record["commit"] != x, "the record names X while the state holds Y's IAM"
+    assert_refused(a_done, "applied-not-recorded", "Another apply wrote the state", "record this run wrote is deleted")
+
+
+def test_a_record_written_but_not_read_back_is_not_called_unwritten(proxied, proxy, moto_reset):
+    runs.make_backend(moto_reset)
+    put = []
+    proxy.before = lambda request: put.append(1) if request.target.endswith("PutParameter") else None
+    proxy.fail = lambda request: 500 if put and request.target.endswith("GetParameter") else None
+    result = proxied.inv("iam.env", "--name", "stg")
+    assert runs.record(moto_reset) is not None
+    assert_refused(result, "applied-not-recorded", "WAS applied", "it was written to SSM parameter",
+                   "could not be verified")
+    assert "NOT written" not in result.err
+
+
 # -- the script's own failures ------------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
+from runbook import console
 from runbook.ci import FAILED, SUCCESS, Job, Pages, Pipeline, StepOutputUnavailable, Workflow
 from runbook.config import shown_path
 from runbook.errors import RunbookError
@@ -245,7 +246,7 @@ class CircleCIClient:
             message = str(response.json().get("message") or "")
         except (ValueError, AttributeError, RecursionError):
             message = response.text.strip()[:200]
-        message = self._scrub(message) or response.reason or "no message"
+        message = console.one_line(self._scrub(message)) or response.reason or "no message"  # outside text
         if status in (401, 403):
             raise RunbookError(f"CircleCI refused the API token from {self.token_source} for {method} {shown} "
                                f"({status}: {message})", id="circleci-token-rejected", where=where,

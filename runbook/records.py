@@ -120,7 +120,7 @@ class NewerFormat(ValueError):
     """A record of a format this runbook does not know: written by a newer runbook."""
 
     def __init__(self, version: int, tool: str):
-        super().__init__(f"format {version}, written by runbook {tool}")
+        super().__init__(f"format {version}, written by runbook {tool!r}")  # repr: outside text, one safe line
         self.version, self.tool = version, tool
 
 

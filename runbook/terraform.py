@@ -162,6 +162,15 @@ def run_script(root: Path, script: Path, env: dict[str, str], *, what: str, envi
                       ran=(started, time.time()), environment=environment)
 
 
+# Terraform's colours pass; any other control byte of its output (which quotes outside text: a state lock's Who,
+# an AWS error message) is shown as \xNN, so it cannot drive the terminal.
+_CONTROL = re.compile(rb"\x1b\[[0-9;]*m|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _shown(found: re.Match) -> bytes:
+    return found.group() if len(found.group()) > 1 else b"\\x%02x" % found.group()[0]
+
+
 class _Pump(threading.Thread):
     """Copy a child's pipe to *sink* as it comes, keep its tail, and never stop reading: a write to *sink* that
     fails (a closed pipe, a terminal that went away) stops the copying, not the reading."""
@@ -176,7 +185,7 @@ class _Pump(threading.Thread):
             self.tail = (self.tail + chunk)[-256 * 1024:]
             try:
                 if self.sink is not None:
-                    self.sink.write(chunk)
+                    self.sink.write(_CONTROL.sub(_shown, chunk))
                     self.sink.flush()
             except (OSError, ValueError):
                 self.sink = None  # our own output is gone: keep draining the child's

@@ -63,14 +63,14 @@ def user_errors(func):
             code, said = _signal_exit(received, exc.code)
             if debugging():
                 traceback.print_exc()
-            raise Exit(console.mask(exc.report(said)), code) from None
+            raise Exit(console.safe(console.mask(exc.report(said))), code) from None  # outside text in it too
         except KeyboardInterrupt:
             code, said = _signal_exit(received, EXIT_INTERRUPTED)
             raise Exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code) from None
         except Exception as exc:  # noqa: BLE001 - a defect of the runbook: say so, never a bare traceback
             if debugging():
                 traceback.print_exc()
-            raise Exit(console.mask(_defect(exc)), EXIT_BUG) from None
+            raise Exit(console.safe(console.mask(_defect(exc))), EXIT_BUG) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

@@ -218,6 +218,14 @@ def test_a_message_that_echoes_the_token_is_scrubbed():
     assert TOKEN not in str(caught.value) and "<token>" in str(caught.value)
 
 
+def test_a_message_from_circleci_is_one_escaped_line_in_the_error():
+    client, _ = canned(answer(400, {"message": "no\x1b]0;PWNED\x07 rerun\r\nERROR [fake]: all good"}))
+    with pytest.raises(RunbookError) as caught:
+        client.workflow("w1")
+    assert "\\x1b]0;PWNED\\x07 rerun\\x0d\\nERROR [fake]" in caught.value.what
+    assert not {"\x1b", "\x07", "\r", "\n"} & set(caught.value.what)
+
+
 def _failed(reason):
     return requests.ConnectionError(MaxRetryError(None, "/api/v2/workflow/w1", reason))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -244,3 +245,14 @@ def test_a_lock_table_that_never_becomes_active_ends_the_wait_with_a_message(stu
                        backend.BackendState(True, True, "CREATING", "LockID (S)"))
     assert caught.value.id == "lock-table-not-active"
     assert "aws dynamodb describe-table --table-name locks" in caught.value.fix
+
+
+def test_terraforms_output_keeps_its_colours_but_no_other_control_character():
+    # Terraform quotes outside text (a state lock's Who, AWS's messages): it must not drive the terminal
+    read_end, write_end = os.pipe()
+    sink = type("Sink", (), {"buffer": io.BytesIO()})()
+    os.write(write_end, b"\x1b[1mError\x1b[0m Who: m\x1b]0;PWNED\x07\x1b[2J\r\n")
+    os.close(write_end)
+    pump = terraform._Pump(os.fdopen(read_end, "rb"), sink)
+    pump.join(5)
+    assert sink.buffer.getvalue() == b"\x1b[1mError\x1b[0m Who: m\\x1b]0;PWNED\\x07\\x1b[2J\\x0d\n"

@@ -303,7 +303,7 @@ def _explain(error: Any, at: tuple, lines: dict[tuple, int], plain: dict[tuple, 
         kinds = " or ".join("true or false" if k == "boolean" else f"a {k}" for k in kinds)
         return line, f"{field}: {written} should be {kinds}" + _example(leaf, schema)
     if error.validator in ("pattern", "minLength", "maxLength") and schema.get("description"):
-        return line, f"{field}: {value!r} is not {schema['description']}" + _example(leaf, schema)
+        return line, f"{field}: {_shown(value)} is not {schema['description']}" + _example(leaf, schema)
     if error.validator == "minProperties":
         return line, f"{field}: needs at least {error.validator_value} entry"
     return line, f"{field}: {error.message}"
@@ -316,6 +316,11 @@ def _example(key: str, schema: dict) -> str:
     shown = schema["examples"][0]
     plain = isinstance(shown, str) and NAME_PATTERN.match(shown)
     return f"; for example {key}: {shown if plain else json.dumps(shown)}"
+
+
+def _shown(text: str) -> str:
+    """*text* quoted, or its start when it is long: a message stays one short paragraph."""
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _read_as(value: Any) -> str:

@@ -243,3 +243,17 @@ def test_an_explicit_path_is_named_as_such_never_as_runbook_config(tmp_path, mon
         config.load(tmp_path / "missing.yml")
     assert f"Where: --path {tmp_path / 'missing.yml'}" in caught.value.message
     assert "RUNBOOK_CONFIG" not in caught.value.message
+
+
+@pytest.mark.parametrize("branch", ["--upload-pack=evil", "staging.lock", "release.lock/x", "@", "HEAD", "staging.",
+                                    "release/", "/release", "a//b", "a..b", "a@{1}", ".hidden", "a/.b", "a b",
+                                    "a\\tb", "\\u202estaging", "a" * 601])
+def test_a_branch_git_refuses_is_refused_at_its_line(tmp_path, branch):
+    message = error(tmp_path, GOOD.replace("branch: staging", f'branch: "{branch}"'))
+    assert "line 8, field environments.stg.branch:" in message and "is not a git branch name" in message
+    assert "for example branch: staging" in message and len(message) < 1000
+
+
+@pytest.mark.parametrize("branch", ["feature/JIRA-1_2", "release-1.2", "a@b", "x" * 100])
+def test_a_branch_git_accepts_is_accepted(tmp_path, branch):
+    assert load(tmp_path, GOOD.replace("branch: staging", f'branch: "{branch}"')).environments["stg"].branch == branch

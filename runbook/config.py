@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -348,14 +349,17 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
     if ACCOUNT in environments:
         add("environments", ACCOUNT, text="'account' is reserved (its applied record would be the account scope's); "
             "choose another name")
-    sample = {"project": "p", "account_id": "123456789012", "region": "eu-west-1", "environment": "stg"}
+    allowed = ("project", "account_id", "region", "environment")
     for key, template in backend.items():
-        try:
-            if key != "lock":
-                template.format(**sample)
-        except (KeyError, IndexError, ValueError) as exc:
-            add("terraform", "backend", key, text=f"{template!r} is not a valid name template ({type(exc).__name__}: "
-                f"{exc}); placeholders are {{project}}, {{account_id}}, {{region}}, {{environment}}")
+        try:  # exactly {name}: an index, attribute, conversion or format spec can build any text, of any size
+            wrong = any(name is not None and (name not in allowed or spec or conversion)
+                        for _, name, spec, conversion in string.Formatter().parse(template))
+        except ValueError:  # a lone { or }
+            wrong = True
+        if wrong:
+            add("terraform", "backend", key, text=f"{_shown(template)} is not a valid name template: the only "
+                "placeholders are {project}, {account_id}, {region}, {environment}, as written (no index, attribute, "
+                "conversion or format spec; a literal brace is {{ or }})")
     slug = circleci.get("project_slug")
     if circleci.get("deployer") == "oidc" and not circleci.get("vcs_origin") \
             and CircleCI(str(slug or ""), "").repository_origin is None:

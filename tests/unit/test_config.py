@@ -265,3 +265,13 @@ def test_a_backend_template_takes_only_the_plain_placeholders(tmp_path, template
     message = error(tmp_path, GOOD + f'terraform:\n  backend:\n    state_bucket: "{template}"\n')
     assert "line 19, field terraform.backend.state_bucket" in message and len(message) < 1000
     assert "{project}, {account_id}, {region}, {environment}" in message
+
+
+def test_an_endpoint_url_with_a_password_is_refused_and_not_shown(tmp_path):
+    from runbook import console
+
+    text = GOOD.replace("    region: eu-west-1\n", "    region: eu-west-1\n    endpoint_url: "
+                        "http://admin:S3cretPW@127.0.0.1:5000\n")
+    message = error(tmp_path, text)
+    assert "line 6, field accounts.nonprod.endpoint_url" in message and "AWS credential chain" in message
+    assert "S3cretPW" not in console.mask(message)

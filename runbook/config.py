@@ -8,10 +8,12 @@ Every error names the file, the line, the field and the fix; all are reported at
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
 import string
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -51,6 +53,16 @@ class Account:
     region: str
     profile: str | None = None
     endpoint_url: str | None = None
+
+    @property
+    def local(self) -> bool:
+        """Whether ``endpoint_url`` is a local AWS on this machine (host ``localhost``, 127.0.0.0/8 or ``::1``):
+        a rehearsal. No endpoint, or any other host, is a real AWS API."""
+        host = urllib.parse.urlsplit(self.endpoint_url or "").hostname
+        try:
+            return host == "localhost" or ipaddress.ip_address(host or "").is_loopback
+        except ValueError:
+            return False
 
 
 @dataclass(frozen=True)

@@ -275,3 +275,13 @@ def test_an_endpoint_url_with_a_password_is_refused_and_not_shown(tmp_path):
     message = error(tmp_path, text)
     assert "line 6, field accounts.nonprod.endpoint_url" in message and "AWS credential chain" in message
     assert "S3cretPW" not in console.mask(message)
+
+
+@pytest.mark.parametrize("url, local", [
+    ("http://127.0.0.1:5000", True), ("http://localhost:4566", True), ("http://127.1.2.3", True),
+    ("http://[::1]:5000/", True), ("http://LOCALHOST", True), (None, False),
+    ("https://s3.eu-west-1.amazonaws.com", False), ("http://10.0.0.5:5000", False),
+    ("http://127.0.0.1.nip.io:5000", False), ("http://localhost.evil.com", False),
+])
+def test_an_account_is_local_only_at_a_loopback_endpoint(url, local):
+    assert config.Account("a", "012345678901", "eu-west-1", endpoint_url=url).local is local

@@ -94,7 +94,7 @@ def status(c, check=False):
     rows = [("scope", "account", "state", "applied commit", "branch", "by", "when")]
     for st in statuses:
         rec = st.record or {}
-        rows.append((st.scope.label.split(" (")[0] + (" [rehearsal]" if st.scope.account.endpoint_url else ""),
+        rows.append((st.scope.label.split(" (")[0] + (" [rehearsal]" if st.scope.account.local else ""),
                      st.scope.account.id, st.text, str(rec.get("commit") or "-")[:12], str(rec.get("branch") or "-"),
                      str(rec.get("applied_by") or "-").rsplit("/", 1)[-1], str(rec.get("applied_at") or "-")))
     rows = [tuple(console.one_line(cell) for cell in row) for row in rows]  # record fields are outside text

@@ -8,9 +8,12 @@ Every error names the file, the line, the field and the fix; all are reported at
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
+import string
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -50,6 +53,16 @@ class Account:
     region: str
     profile: str | None = None
     endpoint_url: str | None = None
+
+    @property
+    def local(self) -> bool:
+        """Whether ``endpoint_url`` is a local AWS on this machine (host ``localhost``, 127.0.0.0/8 or ``::1``):
+        a rehearsal. No endpoint, or any other host, is a real AWS API."""
+        host = urllib.parse.urlsplit(self.endpoint_url or "").hostname
+        try:
+            return host == "localhost" or ipaddress.ip_address(host or "").is_loopback
+        except ValueError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -303,7 +316,7 @@ def _explain(error: Any, at: tuple, lines: dict[tuple, int], plain: dict[tuple, 
         kinds = " or ".join("true or false" if k == "boolean" else f"a {k}" for k in kinds)
         return line, f"{field}: {written} should be {kinds}" + _example(leaf, schema)
     if error.validator in ("pattern", "minLength", "maxLength") and schema.get("description"):
-        return line, f"{field}: {value!r} is not {schema['description']}" + _example(leaf, schema)
+        return line, f"{field}: {_shown(value)} is not {schema['description']}" + _example(leaf, schema)
     if error.validator == "minProperties":
         return line, f"{field}: needs at least {error.validator_value} entry"
     return line, f"{field}: {error.message}"
@@ -316,6 +329,11 @@ def _example(key: str, schema: dict) -> str:
     shown = schema["examples"][0]
     plain = isinstance(shown, str) and NAME_PATTERN.match(shown)
     return f"; for example {key}: {shown if plain else json.dumps(shown)}"
+
+
+def _shown(text: str) -> str:
+    """*text* quoted, or its start when it is long: a message stays one short paragraph."""
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _read_as(value: Any) -> str:
@@ -343,14 +361,17 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
     if ACCOUNT in environments:
         add("environments", ACCOUNT, text="'account' is reserved (its applied record would be the account scope's); "
             "choose another name")
-    sample = {"project": "p", "account_id": "123456789012", "region": "eu-west-1", "environment": "stg"}
+    allowed = ("project", "account_id", "region", "environment")
     for key, template in backend.items():
-        try:
-            if key != "lock":
-                template.format(**sample)
-        except (KeyError, IndexError, ValueError) as exc:
-            add("terraform", "backend", key, text=f"{template!r} is not a valid name template ({type(exc).__name__}: "
-                f"{exc}); placeholders are {{project}}, {{account_id}}, {{region}}, {{environment}}")
+        try:  # exactly {name}: an index, attribute, conversion or format spec can build any text, of any size
+            wrong = any(name is not None and (name not in allowed or spec or conversion)
+                        for _, name, spec, conversion in string.Formatter().parse(template))
+        except ValueError:  # a lone { or }
+            wrong = True
+        if wrong:
+            add("terraform", "backend", key, text=f"{_shown(template)} is not a valid name template: the only "
+                "placeholders are {project}, {account_id}, {region}, {environment}, as written (no index, attribute, "
+                "conversion or format spec; a literal brace is {{ or }})")
     slug = circleci.get("project_slug")
     if circleci.get("deployer") == "oidc" and not circleci.get("vcs_origin") \
             and CircleCI(str(slug or ""), "").repository_origin is None:

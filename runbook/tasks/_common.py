@@ -152,17 +152,24 @@ def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: 
 
 
 def checkout():
-    """The checkout here (a :class:`runbook.git.Checkout`: branch, HEAD, changes; one ``git status``), or None when
-    this is not a git checkout (the run then says so where it needs one)."""
+    """The checkout here (a :class:`runbook.git.Checkout`: branch, HEAD, changes; one ``git status``). Raises
+    RunbookError when this is not a git checkout (``not-a-git-checkout``) or its branch has no commit yet."""
     from runbook import git
 
     try:
         return git.inspect()
-    except RunbookError:
-        return None
+    except RunbookError as exc:
+        if "no commit yet" not in exc.what:
+            raise
+        raise RunbookError("The branch checked out here has no commit yet (a new repository): there is no commit to "
+                           "apply, release or find a pipeline for", id="no-commit-yet", where=os.getcwd(),
+                           fix='commit the project, then run the command again: git add -A && git commit -m '
+                               '"Initial commit"') from None
 
 
-def checkout_branch() -> str | None:
-    """The branch checked out here, or None (HEAD detached, or not a git checkout)."""
-    here = checkout()
-    return here.branch if here else None
+def pick_environment(config, name: str | None, *, flag: str = "--env"):
+    """The environment *name*, else the one whose branch is checked out (:func:`runbook.scopes.environment_for`):
+    only then is the checkout read, so that a task given its environment needs none."""
+    from runbook.scopes import environment_for
+
+    return environment_for(config, name, None if name is not None else checkout().branch, flag=flag)

@@ -17,13 +17,14 @@ def _target(env, latest):
     from runbook import config as configuration
     from runbook import console, git, pipeline
     from runbook.scopes import environment_for
-    from runbook.tasks._common import checkout_branch
+    from runbook.tasks._common import checkout
 
     cfg = configuration.load()
-    environment = environment_for(cfg, env, checkout_branch())
+    here = checkout()
+    environment = environment_for(cfg, env, here.branch)
     client = pipeline.client_for(cfg)
-    target = pipeline.find_workflow(client, cfg, environment, git.head_commit(), latest=latest,
-                                    head_time=git.commit_time())
+    target = pipeline.find_workflow(client, cfg, environment, here.head, latest=latest,
+                                    head_time=git.commit_time(here.head))
     if not target.matches_head:
         console.warn(f"--latest: pipeline #{target.pipeline.number} is for {target.pipeline.revision[:12]}, "
                      "not your HEAD")

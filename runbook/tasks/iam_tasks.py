@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from runbook.tasks._common import checkout, checkout_branch, seconds, user_errors
+from runbook.tasks._common import checkout, pick_environment, seconds, user_errors
 
 COMMON_HELP = {
     "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
@@ -27,7 +27,7 @@ def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, 
 
     cfg = config.load()
     here = checkout()
-    environment = environment_for(cfg, name, here.branch if here else None, flag=flag)
+    environment = environment_for(cfg, name, here.branch, flag=flag)
     scope = Scope.of_account(cfg, environment.account) if kind == "account" else Scope.of_environment(cfg, environment)
     opts = Options(dry_run=dry_run, assume_yes=yes, skip_branch_check=skip_branch_check, take_over=take_over,
                    lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0))
@@ -71,10 +71,9 @@ def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=Fal
 def bootstrap(c, env=None, dry_run=False, yes=False):
     """Create or repair the Terraform backend (state bucket, lock table) of an account, explicitly."""
     from runbook import config, iam
-    from runbook.scopes import environment_for
 
     cfg = config.load()
-    iam.bootstrap(cfg, environment_for(cfg, env, checkout_branch()), dry_run=dry_run, assume_yes=yes)
+    iam.bootstrap(cfg, pick_environment(cfg, env), dry_run=dry_run, assume_yes=yes)
 
 
 @task(help={"check": "exit 3 when any step is pending, never applied or unknown (for scripts); without --check "
@@ -82,19 +81,20 @@ def bootstrap(c, env=None, dry_run=False, yes=False):
 @user_errors
 def status(c, check=False):
     """Show, per account and environment, whether the IAM for this commit is applied."""
-    from runbook import config, console, git
+    from runbook import config, console
     from runbook import records as state
     from runbook.errors import EXIT_NOT_CURRENT, RunbookError
     from runbook.scopes import all_scopes
 
     cfg = config.load()
-    branch = checkout_branch()
-    console.say(f"IAM status of commit {git.head_commit()[:12]} ({f'branch {branch}' if branch else 'detached HEAD'}):")
+    here = checkout()
+    branch = here.branch
+    console.say(f"IAM status of commit {here.head[:12]} ({f'branch {branch}' if branch else 'detached HEAD'}):")
     statuses = state.examine(all_scopes(cfg))
     rows = [("scope", "account", "state", "applied commit", "branch", "by", "when")]
     for st in statuses:
         rec = st.record or {}
-        rows.append((st.scope.label.split(" (")[0] + (" [rehearsal]" if st.scope.account.endpoint_url else ""),
+        rows.append((st.scope.label.split(" (")[0] + (" [rehearsal]" if st.scope.account.local else ""),
                      st.scope.account.id, st.text, str(rec.get("commit") or "-")[:12], str(rec.get("branch") or "-"),
                      str(rec.get("applied_by") or "-").rsplit("/", 1)[-1], str(rec.get("applied_at") or "-")))
     rows = [tuple(console.one_line(cell) for cell in row) for row in rows]  # record fields are outside text
@@ -140,10 +140,10 @@ def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
 
     from runbook import aws, backend, config, console
     from runbook.errors import RunbookError
-    from runbook.scopes import Scope, environment_for
+    from runbook.scopes import Scope
 
     cfg = config.load()
-    environment = environment_for(cfg, env, checkout_branch())
+    environment = pick_environment(cfg, env)
     scope = Scope.of_account(cfg, environment.account) if account else Scope.of_environment(cfg, environment)
     b = scope.backend
     where = f"s3://{b.bucket}/{b.key}, {b.lock_text}"

@@ -28,7 +28,7 @@ def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=
     wait = seconds(pipeline_wait_s, "--pipeline-wait-s", 120)
     cfg = config.load()
     here = checkout()
-    environment = environment_for(cfg, env, here.branch if here else None)
+    environment = environment_for(cfg, env, here.branch)
     flags = [f for f, on in (("--yes", yes), ("--take-over", take_over)) if on]
     releasing.release(cfg, environment, Options(dry_run=dry_run, assume_yes=yes, take_over=take_over),
                       poll_s=poll, pipeline_wait_s=wait, checkout=here,

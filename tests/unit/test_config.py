@@ -243,3 +243,45 @@ def test_an_explicit_path_is_named_as_such_never_as_runbook_config(tmp_path, mon
         config.load(tmp_path / "missing.yml")
     assert f"Where: --path {tmp_path / 'missing.yml'}" in caught.value.message
     assert "RUNBOOK_CONFIG" not in caught.value.message
+
+
+@pytest.mark.parametrize("branch", ["--upload-pack=evil", "staging.lock", "release.lock/x", "@", "HEAD", "staging.",
+                                    "release/", "/release", "a//b", "a..b", "a@{1}", ".hidden", "a/.b", "a b",
+                                    "a\\tb", "\\u202estaging", "a" * 601])
+def test_a_branch_git_refuses_is_refused_at_its_line(tmp_path, branch):
+    message = error(tmp_path, GOOD.replace("branch: staging", f'branch: "{branch}"'))
+    assert "line 8, field environments.stg.branch:" in message and "is not a git branch name" in message
+    assert "for example branch: staging" in message and len(message) < 1000
+
+
+@pytest.mark.parametrize("branch", ["feature/JIRA-1_2", "release-1.2", "a@b", "x" * 100])
+def test_a_branch_git_accepts_is_accepted(tmp_path, branch):
+    assert load(tmp_path, GOOD.replace("branch: staging", f'branch: "{branch}"')).environments["stg"].branch == branch
+
+
+@pytest.mark.parametrize("template", ["{account_id[0]}x{project!r:>99999999}", "{project.real}", "{project!s}",
+                                      "{project:>9}", "{0}", "x{}x", "{project:{region}}", "{project"])
+def test_a_backend_template_takes_only_the_plain_placeholders(tmp_path, template):
+    message = error(tmp_path, GOOD + f'terraform:\n  backend:\n    state_bucket: "{template}"\n')
+    assert "line 19, field terraform.backend.state_bucket" in message and len(message) < 1000
+    assert "{project}, {account_id}, {region}, {environment}" in message
+
+
+def test_an_endpoint_url_with_a_password_is_refused_and_not_shown(tmp_path):
+    from runbook import console
+
+    text = GOOD.replace("    region: eu-west-1\n", "    region: eu-west-1\n    endpoint_url: "
+                        "http://admin:S3cretPW@127.0.0.1:5000\n")
+    message = error(tmp_path, text)
+    assert "line 6, field accounts.nonprod.endpoint_url" in message and "AWS credential chain" in message
+    assert "S3cretPW" not in console.mask(message)
+
+
+@pytest.mark.parametrize("url, local", [
+    ("http://127.0.0.1:5000", True), ("http://localhost:4566", True), ("http://127.1.2.3", True),
+    ("http://[::1]:5000/", True), ("http://LOCALHOST", True), (None, False),
+    ("https://s3.eu-west-1.amazonaws.com", False), ("http://10.0.0.5:5000", False),
+    ("http://127.0.0.1.nip.io:5000", False), ("http://localhost.evil.com", False),
+])
+def test_an_account_is_local_only_at_a_loopback_endpoint(url, local):
+    assert config.Account("a", "012345678901", "eu-west-1", endpoint_url=url).local is local

@@ -161,3 +161,51 @@ def test_an_unnamed_aws_failure_keeps_its_code_and_message():
 
     exc = ClientError({"Error": {"Code": "WeirdError", "Message": "something odd"}}, "GetThing")
     assert "WeirdError: something odd" in _common._defect(exc)
+
+
+NOT_A_CHECKOUT = "fatal: not a git repository (or any of the parent directories): .git"
+UNBORN_STATUS = "# branch.oid (initial)\0# branch.head staging\0? config/\0"
+USAGE = ("fatal: ambiguous argument 'HEAD': unknown revision or path not in the working tree.\nUse '--' to separate "
+         "paths from revisions, like this:\n'git <command> [<revision>...] -- [<file>...]'")
+
+
+def fake_git(status: str | None):
+    """git as it answers outside a checkout (*status* None) or in one whose branch has no commit (its status)."""
+    from runbook import git
+
+    def run(*args, **kwargs):
+        if status is None or args[0] != "status":
+            raise git.GitCommandError(args, NOT_A_CHECKOUT if status is None else USAGE)
+        return status
+
+    return run
+
+
+@pytest.mark.parametrize("status, expected", [(None, "ERROR [not-a-git-checkout]"), (UNBORN_STATUS,
+                                                                                    "ERROR [no-commit-yet]")])
+@pytest.mark.parametrize("task, flags", [("release", {"dry_run": True}), ("ci.status", {}), ("ci.diagnose", {}),
+                                         ("ci.approve", {}), ("ci.rerun", {}), ("iam.status", {}),
+                                         ("iam.account", {"dry_run": True}), ("iam.env", {"dry_run": True}),
+                                         ("iam.bootstrap", {"dry_run": True}), ("iam.unlock", {})])
+def test_a_task_names_a_missing_checkout_or_commit_not_a_detached_head(monkeypatch, tmp_path, status, expected,
+                                                                      task, flags):
+    from invoke import Context, Exit
+
+    from runbook import git
+    from runbook.tasks import namespace
+    from tests.unit.conftest import write_config
+
+    monkeypatch.setenv("RUNBOOK_CONFIG", str(write_config(tmp_path)))
+    monkeypatch.setattr(git, "_git", fake_git(status))
+    with pytest.raises(Exit) as stopped:
+        namespace()[task].body(Context(), **flags)
+    message = str(stopped.value.message)
+    assert message.startswith(expected) and "detached" not in message and "Use '--'" not in message
+    assert "git commit" in message if status else "cd into your clone" in message
+
+
+def test_a_task_given_its_environment_reads_no_checkout(monkeypatch, cfg):
+    from runbook import git
+
+    monkeypatch.setattr(git, "_git", fake_git(None))
+    assert _common.pick_environment(cfg, "stg").name == "stg"

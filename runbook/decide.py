@@ -61,7 +61,7 @@ def local_findings(facts: Facts) -> list[RunbookError]:
                                           f"{shlex.quote(facts.target_branch)}  (or push your commits to {team.name} "
                                           "first if you are ahead)"))
     if not facts.config_committed and not facts.rehearsal:
-        real = sorted({s.account.name for s in facts.scopes if not s.account.endpoint_url})
+        real = sorted({s.account.name for s in facts.scopes if not s.account.local})
         found.append(RunbookError(
             f"The configuration {facts.config.path} is not the committed one (RUNBOOK_CONFIG points outside the "
             f"repository, at a file git does not track, or it has uncommitted changes), but this run applies to AWS "

@@ -96,8 +96,8 @@ class Facts:
 
     @property
     def rehearsal(self) -> bool:
-        """Every account the run touches is a local AWS (``endpoint_url``): a rehearsal."""
-        return all(s.account.endpoint_url for s in self.scopes)
+        """Every account the run touches is a local AWS (a loopback ``endpoint_url``): a rehearsal."""
+        return all(s.account.local for s in self.scopes)
 
 
 def fact(name: str, text: str) -> None:

@@ -234,7 +234,6 @@ def test_a_dry_run_knows_no_aws_facts_and_says_when_they_are_checked(cfg):
     assert decide.aws_findings(facts) == []
 
 
-@pytest.mark.xfail(strict=True, reason="runbook/facts.py Facts.rehearsal must read Account.local, not endpoint_url")
 def test_a_remote_endpoint_is_no_rehearsal_and_needs_the_committed_configuration(cfg):
     account = replace(cfg.accounts["nonprod"], endpoint_url="https://s3.eu-west-1.amazonaws.com")
     env = replace(cfg.environments["stg"], account=account)

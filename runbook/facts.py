@@ -170,7 +170,7 @@ def examine_aws(facts: Facts, sess) -> Facts:
     record of each scope, and when the backend is incomplete the signs of an earlier deploy. Raises RunbookError
     when a look-up fails."""
     account = facts.account
-    credentials = aws.frozen_credentials(sess, account, purpose=facts.scopes[-1].label)
+    credentials = aws.frozen_credentials(sess, account, purpose=f"environment {facts.environment.name}")
     sess = aws.session(account, credentials=credentials)  # every call of the run is made with the frozen keys
     identity = aws.caller_identity(sess, account)
     fact("identity", f"{identity.arn} in {identity.account_id} for {facts.environment.name}; Terraform runs with "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
 
 from runbook import backend, decide, git, versions
+from runbook.errors import RunbookError
 from runbook.facts import Options
 from runbook.scopes import Scope
 from tests.unit.conftest import HEAD, TREES, make_facts
@@ -239,3 +241,21 @@ def test_a_remote_endpoint_is_no_rehearsal_and_needs_the_committed_configuration
     env = replace(cfg.environments["stg"], account=account)
     remote = replace(cfg, accounts={**cfg.accounts, "nonprod": account}, environments={**cfg.environments, "stg": env})
     assert ids(decide.local_findings(make_facts(remote, config_committed=False))) == ["config-not-committed"]
+
+
+def test_missing_credentials_name_the_environment_the_run_is_for(cfg, monkeypatch):
+    # the account scope last among the scopes: the message once named it ("needed for account nonprod" after
+    # "for account nonprod"), or another environment of the account for iam.bootstrap
+    import boto3
+
+    from runbook.facts import examine_aws
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    facts = make_facts(cfg, kinds=("environment", "account"), aws_facts=False)
+    with pytest.raises(RunbookError) as caught:
+        examine_aws(facts, boto3.Session(region_name="eu-west-1"))
+    assert caught.value.id == "aws-no-credentials" and caught.value.what.endswith("needed for environment stg")

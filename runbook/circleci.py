@@ -128,7 +128,7 @@ def _token(env: Mapping[str, str]) -> tuple[str, str]:
 
 def _host(config_host: str | None, env: Mapping[str, str]) -> tuple[str, str]:
     candidates = [*((env.get(name), name) for name in HOST_VARIABLES),
-                  (config_host, f"{shown_path()} field circleci.host"), (DEFAULT_HOST, "default")]
+                  (config_host, f"{shown_path()} field circleci.host"), (DEFAULT_HOST, "the default")]
     value, source = next((v.strip(), s) for v, s in candidates if v and v.strip())
     host = value.rstrip("/") if "://" in value else "https://" + value.rstrip("/")
     if not re.fullmatch(r"https?://[\w.-]+(:\d{1,5})?(/\S*)?", host):
@@ -210,7 +210,8 @@ class CircleCIClient:
             return RunbookError(
                 f"Could not connect to CircleCI at {netloc} ({why}) (after {self.retries + 1} attempt(s))",
                 id="circleci-unreachable", where=f"{self.host} (from {self.host_source}; CIRCLECI_HOST overrides the "
-                "others)", fix=f"check the network and the address in {self.host_source}; unset CIRCLECI_HOST and "
+                "others)", fix="check the network" + (f" and the address in {self.host_source}" if self.host_source !=
+                                                      "the default" else "") + "; unset CIRCLECI_HOST and "
                 "CIRCLECI_CLI_HOST to use the configuration or https://circleci.com")
         return self._no_answer(method, f"{netloc} " + (
             f"did not answer {method} {shown} within {self.timeout[1]:g} s" if isinstance(cause, ReadTimeoutError)

@@ -12,7 +12,7 @@ TROUBLESHOOTING = "TROUBLESHOOTING.md"
 ID_FORM = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 """What an id looks like: short, lower-case, kebab-case ("state-lock-held")."""
 
-# The exit codes, in one place (docs/RUNBOOK.md, "Exit codes", explains them).
+# The exit codes, in one place (README.md, "Exit codes", explains them).
 EXIT_FAILED = 1  # refused or failed: the message says why and what to run
 EXIT_NOT_CURRENT = 3  # `inv iam.status --check`: something is not current
 EXIT_ON_HOLD = 5  # a watch stopped because the workflow waits at an approval job

@@ -28,7 +28,7 @@ def release(config: Config, environment: Environment, opts: Options, *, poll_s: 
 
     Raises RunbookError for any finding or failure (exit 5 when the watched workflow waits at an approval job).
     """
-    client = pipeline.client_for(config)
+    client = None if opts.dry_run else pipeline.client_for(config)  # a dry run calls no CircleCI: no token needed
     urls: list[str] = []
 
     def prove_token(facts: Facts) -> None:

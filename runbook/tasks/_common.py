@@ -1,6 +1,6 @@
 """What every task shares: a clean exit for RunbookError, signals and defects, Invoke's core ``--dry`` flag, flags.
 
-Exit codes are listed once, in :mod:`runbook.errors` (docs/RUNBOOK.md, "Exit codes", explains them): a
+Exit codes are listed once, in :mod:`runbook.errors` (README.md, "Exit codes", explains them): a
 RunbookError's own code (1 unless it says otherwise); 128 + the signal's number after SIGINT (130), SIGTERM
 (143) or SIGHUP (129); 70 for a defect of the runbook itself.
 """

@@ -345,7 +345,8 @@ def commands(statuses: Iterable[ScopeStatus], via: Environment | None = None, *,
             must run from another branch starts with ``git checkout BRANCH && git pull --ff-only &&``.
 
     Scopes in state "unknown" are left out: applying them is not known to be needed; their reason says what
-    to fix.
+    to fix. The commands of the branch checked out come first, so that the list can be pasted as a block: each
+    later one checks out its own branch.
     """
-    return list(dict.fromkeys(st.scope.command(via, branch) for st in statuses
-                              if st.state in (PENDING, NEVER_APPLIED)))
+    found = dict.fromkeys(st.scope.command(via, branch) for st in statuses if st.state in (PENDING, NEVER_APPLIED))
+    return sorted(found, key=lambda command: command.startswith("git checkout "))

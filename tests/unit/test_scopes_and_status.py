@@ -87,6 +87,17 @@ def test_commands_for_what_is_pending_run_from_the_environments_branch(cfg):
         "git checkout staging && git pull --ff-only && inv iam.env --name stg"]
 
 
+def test_the_pending_commands_can_be_pasted_as_one_block(cfg):
+    # all scopes pending, on staging: a line without its own checkout must not follow one that checked out another
+    # branch, or it would run there
+    pending = [records.ScopeStatus(s, records.NEVER_APPLIED, "") for s in all_scopes(cfg)]
+    assert records.commands(pending, branch="staging") == [
+        "inv iam.account --env stg", "inv iam.env --name stg",
+        "git checkout prod && git pull --ff-only && inv iam.account --env prod",
+        "git checkout develop && git pull --ff-only && inv iam.env --name dev",
+        "git checkout prod && git pull --ff-only && inv iam.env --name prod"]
+
+
 def test_all_scopes_lists_each_account_once_then_the_environments(cfg):
     assert [s.label for s in all_scopes(cfg)] == ["account nonprod (123456789012)", "account prod (210987654321)",
                                                  "environment dev", "environment stg", "environment prod"]

@@ -48,18 +48,20 @@ def local_findings(facts: Facts) -> list[RunbookError]:
     elif facts.remote is not None:
         ours, team = f"{facts.remote.name}/{facts.target_branch}", facts.remote
         if facts.remote_head is None:
-            found.append(RunbookError(f"There is no {ours} (remote {team.name}: {team.why}): the branch was never "
-                                      "pushed or fetched", id="head-not-on-remote",
-                                      fix=(f"git fetch {shlex.quote(team.name)} {shlex.quote(facts.target_branch)}"
-                                           if facts.opts.dry_run else
-                                           f"git push -u {shlex.quote(team.name)} {shlex.quote(facts.target_branch)}")))
+            remote, branch = shlex.quote(team.name), shlex.quote(facts.target_branch)
+            found.append(RunbookError(
+                f"There is no {ours} (remote {team.name}: {team.why}): the branch was never pushed there, or (in a dry "
+                "run, which does not fetch) not fetched since", id="head-not-on-remote",
+                fix=f"git fetch {remote}, then run again (a dry run compares with the last fetch)" if facts.opts.dry_run
+                else f"put the branch on {team.name} through the team's usual review (a first push of a reviewed "
+                     f"commit: git push -u {remote} {branch}), then run again"))
         elif facts.remote_head != co.head:
             found.append(RunbookError(f"HEAD is {co.head[:12]} but {ours} is {facts.remote_head[:12]} (remote "
                                       f"{team.name}: {team.why}): the local branch is not what was merged",
                                       id="head-not-on-remote",
                                       fix=f"git pull --ff-only {shlex.quote(team.name)} "
-                                          f"{shlex.quote(facts.target_branch)}  (or push your commits to {team.name} "
-                                          "first if you are ahead)"))
+                                          f"{shlex.quote(facts.target_branch)}  (if you are ahead, your commits were "
+                                          "never merged: merge them through the usual review instead)"))
     if not facts.config_committed and not facts.rehearsal:
         real = sorted({s.account.name for s in facts.scopes if not s.account.local})
         found.append(RunbookError(

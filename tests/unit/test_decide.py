@@ -41,11 +41,15 @@ def test_a_detached_head_is_refused_even_with_the_branch_check_skipped(cfg):
     assert "--skip-branch-check needs a branch" in found.what
 
 
-def test_a_branch_never_pushed_says_push_and_a_dry_run_says_fetch(cfg):
+def test_a_branch_never_pushed_says_merge_through_review_and_a_dry_run_says_fetch(cfg):
     [real] = decide.local_findings(make_facts(cfg, remote_head=None))
-    assert real.id == "head-not-on-remote" and real.fix == "git push -u origin staging"
+    assert real.id == "head-not-on-remote" and "through the team's usual review" in real.fix
+    assert "git push -u origin staging" in real.fix
+    # a dry run does not fetch: the branch may be there already (fetching the branch by name would fail if not)
     [dry] = decide.local_findings(make_facts(cfg, remote_head=None, opts=Options(dry_run=True)))
-    assert dry.fix == "git fetch origin staging"
+    assert dry.fix.startswith("git fetch origin, then run again")
+    [ahead] = decide.local_findings(make_facts(cfg, remote_head="0" * 40))
+    assert "merge them through the usual review" in ahead.fix and "push your commits" not in ahead.fix
 
 
 def test_a_head_unlike_the_teams_branch_names_both_commits(cfg):

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import string
 import urllib.parse
 from dataclasses import dataclass, field
@@ -233,7 +234,8 @@ def load(path: str | os.PathLike | None = None) -> Config:
     if problems:
         listing = "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
         raise RunbookError(f"The configuration in {path} is not valid:\n{listing}\n", id="config-invalid",
-                           fix=f"edit {path} as each line says, then check it with `inv config.check`")
+                           fix=f"edit {path} as each line says, then check it with `inv config.check"
+                               f"{f' --path {shlex.quote(str(explicit))}' if explicit else ''}`")
     return config
 
 

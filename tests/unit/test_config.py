@@ -63,6 +63,12 @@ def test_unquoted_account_id_that_yaml_turns_into_a_number(tmp_path):
     assert "line 4, field accounts.nonprod.id" in message and "must be quoted" in message
 
 
+def test_the_check_command_of_the_fix_checks_the_file_that_was_given(tmp_path):
+    with pytest.raises(RunbookError) as caught:
+        load(tmp_path, GOOD.replace('"012345678901"', "012345670123"))
+    assert caught.value.fix.endswith(f"`inv config.check --path {tmp_path / 'environments.yml'}`")
+
+
 def test_unquoted_account_id_even_when_it_survives(tmp_path):
     message = error(tmp_path, GOOD.replace('"012345678901"', "012345678901"))
     assert "line 4, field accounts.nonprod.id: quote the account ID" in message

@@ -228,7 +228,8 @@ class CircleCIClient:
                        fix="check the network and https://status.circleci.com, then run the command again")
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "<token>")
+        # the one masker, with this client's token; one shorter than any real token would mangle words, not hide one
+        return console.mask(text, (self._token,) if len(self._token) >= console.MIN_SECRET_LEN else ())
 
     def _call(self, method: str, path: str, *, api: str = "/api/v2", params: Mapping[str, str] | None = None,
               body: Mapping[str, Any] | None = None, on: Mapping[int, Callable[[], RunbookError]] | None = None,

@@ -53,8 +53,8 @@ class Canned:
         return reply
 
 
-def canned(*answers, slug: str = SLUG) -> tuple[CircleCIClient, Canned]:
-    client = CircleCIClient(slug, env={"CIRCLECI_TOKEN": TOKEN, "CIRCLECI_HOST": "http://ci.test"}, retries=2,
+def canned(*answers, slug: str = SLUG, token: str = TOKEN) -> tuple[CircleCIClient, Canned]:
+    client = CircleCIClient(slug, env={"CIRCLECI_TOKEN": token, "CIRCLECI_HOST": "http://ci.test"}, retries=2,
                             backoff_factor=0.0)
     client._api = client._plain = session = Canned(*answers)
     return client, session
@@ -215,7 +215,7 @@ def test_a_message_that_echoes_the_token_is_scrubbed():
     client, _ = canned(answer(400, {"message": f"bad token {TOKEN}"}))
     with pytest.raises(RunbookError) as caught:
         client.workflow("w1")
-    assert TOKEN not in str(caught.value) and "<token>" in str(caught.value)
+    assert TOKEN not in str(caught.value) and "bad token ****" in str(caught.value)
 
 
 def test_a_message_from_circleci_is_one_escaped_line_in_the_error():
@@ -224,6 +224,13 @@ def test_a_message_from_circleci_is_one_escaped_line_in_the_error():
         client.workflow("w1")
     assert "\\x1b]0;PWNED\\x07 rerun\\x0d\\nERROR [fake]" in caught.value.what
     assert not {"\x1b", "\x07", "\r", "\n"} & set(caught.value.what)
+
+
+def test_a_token_too_short_to_be_real_does_not_mangle_the_message():
+    client, _ = canned(answer(401, {"message": "Invalid token provided."}), token="e")
+    with pytest.raises(RunbookError) as caught:
+        client.workflow("w1")
+    assert "Invalid token provided." in str(caught.value)
 
 
 def _failed(reason):

@@ -309,26 +309,28 @@ def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None =
 
     One SSM GetParameter per scope. A scope whose record cannot be read is "unknown" with the reason; once an
     account's SSM does not answer (:class:`~runbook.errors.Transient`), its remaining scopes are "unknown"
-    without asking again, so an unresponsive endpoint costs one call's time-out, not one per scope. Raises
-    only for a fingerprint that cannot be computed (a root module folder missing from the commit).
+    without asking again, nor are those of other accounts at the same endpoint (or region), so an unresponsive
+    endpoint costs one call's time-out, not one per scope or account. Raises only for a fingerprint that cannot
+    be computed (a root module folder missing from the commit).
     """
     scopes = list(scopes)
     trees = head_trees(scopes) if trees is None else trees
     clients, gone, out = {}, {}, []
     for scope in scopes:
         account = scope.account
+        ssm_at = account.endpoint_url or account.region  # accounts at one endpoint share its silence
         scope.fingerprint(trees)  # a missing root module is the caller's error, not a status
         try:
-            if account.name in gone:
-                raise Transient(gone[account.name])
+            if ssm_at in gone:
+                raise Transient(gone[ssm_at])
             if account.name not in clients:
                 sess = session_for(account) if session_for else aws.session(account, use_profile=use_profile)
                 clients[account.name] = aws.client(sess, "ssm", account)
             out.append(compare(scope, trees, read(clients[account.name], scope.parameter, scope.name, account)))
         except RunbookError as exc:
             reason = exc.what.split(". ")[0].rstrip(".")
-            if isinstance(exc, Transient) and account.name not in gone:
-                gone[account.name] = f"not asked, the same SSM did not answer ({reason})"
+            if isinstance(exc, Transient) and ssm_at not in gone:
+                gone[ssm_at] = f"not asked, the same SSM did not answer ({reason})"
             out.append(ScopeStatus(scope, UNKNOWN, scope.fingerprint(trees), reason=reason))
     return out
 

@@ -121,3 +121,13 @@ def test_environment_for_a_branch_of_no_environment_or_a_detached_head(cfg):
     with pytest.raises(RunbookError) as detached:
         environment_for(cfg, None, None)
     assert "HEAD is detached" in detached.value.what and "'None'" not in detached.value.what
+
+
+def test_an_ssm_that_does_not_answer_is_asked_once_for_all_the_accounts_behind_it(cfg, stub, monkeypatch):
+    # two accounts in one region: one time-out, not one per account (a hanging endpoint cost a minute per account)
+    ssm, stubber = stub("ssm")
+    stubber.add_client_error("get_parameter", "InternalError", "down", http_status_code=500)
+    monkeypatch.setattr(records.aws, "client", lambda *args, **kwargs: ssm)
+    statuses = records.examine(all_scopes(cfg), trees=TREES, session_for=lambda account: None)
+    assert {st.state for st in statuses} == {records.UNKNOWN}
+    assert all("not asked, the same SSM did not answer" in st.reason for st in statuses[1:])

@@ -232,6 +232,11 @@ class Failure:
 # output names the failure. A held lock and the digest mismatch are told apart before (they need the lock info
 # and the digest).
 FAILURES = (
+    Failure(r"Error releasing the state lock", "state-lock-failed",
+            "The {what} ran, but Terraform could not release its state lock afterwards (its message is above): the "
+            "lock is still held, so every later run is refused until it is released; no record was written",
+            "release it: {unlock}, then run the same command again (it plans against the state as it is now, applies "
+            "what is missing and records)"),
     Failure(r"Error acquiring the state lock", "state-lock-failed",
             "The {what} could not take the Terraform state lock, and no other run holds it: Terraform could not use "
             "the lock table (or lock file) at all; its own message above says why (AccessDenied, a missing table, an "
@@ -299,7 +304,9 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
         found = list(re.finditer(row.pattern, output, re.M))
         if found:
             groups = found[-1].groups() + ("", "")
-            values = {"what": what, "step": groups[0], "code": groups[1] or code, "said": console.mask(groups[0])}
+            lock_id = re.search(r"force-unlock\s+([0-9A-Za-z-]+)", output)
+            values = {"what": what, "step": groups[0], "code": groups[1] or code, "said": console.mask(groups[0]),
+                      "unlock": unlock_command(env, lock_id.group(1) if lock_id else "LOCK_ID", environment)}
             return RunbookError(row.what.format(**values), id=row.id, where=str(root), fix=row.fix.format(**values))
     return RunbookError(
         f"The {what} did not finish: deploy-app.sh itself failed (exit {code}) without a message of its own, so bash "

@@ -256,3 +256,14 @@ def test_terraforms_output_keeps_its_colours_but_no_other_control_character():
     pump = terraform._Pump(os.fdopen(read_end, "rb"), sink)
     pump.join(5)
     assert sink.buffer.getvalue() == b"\x1b[1mError\x1b[0m Who: m\\x1b]0;PWNED\\x07\\x1b[2J\\x0d\n"
+
+
+def test_a_lock_terraform_could_not_release_is_named_with_its_release_command():
+    output = ("Apply complete! Resources: 1 added, 0 changed, 0 destroyed.\n\nError: Error releasing the state lock\n\n"
+              "Error message: failed to delete the lock: InternalError\n\nTerraform acquired a lock on the remote "
+              "state to prevent others from\nmodifying the state, but then failed to release the lock. Please "
+              "release\nthe lock manually using:\n\n  terraform force-unlock 7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e\n"
+              "deploy-app.sh: error: terraform apply failed (exit 1)\n")
+    error = failure(output, 1)
+    assert error.id == "state-lock-failed" and "could not release its state lock" in error.what
+    assert "inv iam.unlock --env stg --lock-id 7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e" in error.fix

@@ -68,7 +68,10 @@ def run(config: Config, environment: Environment, scopes: list[Scope], opts: Opt
     if before_aws is not None:
         before_aws(facts)
     _warn_other_credentials(facts)
-    facts = examine_aws(facts, aws.session(facts.account))
+    try:
+        facts = examine_aws(facts, aws.session(facts.account))
+    except RunbookError as exc:  # a look-up that failed (credentials, AWS down): nothing changed yet
+        _raise_first([exc], command)
     _raise_first(decide.aws_findings(facts), command)
     return perform(Run(facts, command), decide.actions(facts))
 

@@ -142,7 +142,8 @@ def test_findings_stop_before_anything_changes(project, aws, tmp_path):
     assert_user_error(project.inv("iam.env", "--name", "stg;touch pwned"), "is not an environment name")
     assert not (project.path / "pwned").exists()
     no_keys = {k: v for k, v in project.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    assert_user_error(project.inv("iam.env", "--name", "stg", env=no_keys), "No AWS credentials", "aws sso login")
+    assert_user_error(project.inv("iam.env", "--name", "stg", env=no_keys), "No AWS credentials", "aws sso login",
+                      "needed for environment stg", "then resume with `inv iam.env --name stg`")
     bare = tmp_path / "bin"
     bare.mkdir()
     for tool in ("git", "bash"):

@@ -263,28 +263,34 @@ def _act_record(state: Run, action: Action) -> str:
     ssm = aws.client(facts.session, "ssm", scope.account)
     again = (f"run `{state.command}` again: it plans against the state as it is now, applies what is missing (an "
              "empty plan changes nothing in IAM) and writes the record")
-    written = False
+    name, written = scope.parameter, "no"
     try:
-        records.write(ssm, scope.parameter, record, scope.account)
-        written = True
-        back = records.read(ssm, scope.parameter, scope.name, scope.account)
+        records.write(ssm, name, record, scope.account)
+        written = "yes"
+        back = records.read(ssm, name, scope.name, scope.account)
         if back is None or back.get("fingerprint") != record.fingerprint:
-            raise RunbookError(f"Reading {scope.parameter} back gave another record (another run wrote it at the same "
-                               "moment?)", id="record-write-contended", where=scope.parameter)
+            raise RunbookError(f"Reading {name} back gave another record (another run wrote it at the same moment?)",
+                               id="record-write-contended", where=name)
         if backend.state_tag(facts.session, scope.account, scope.backend) != state.applied.get(scope.name):
-            ssm.delete_parameter(Name=scope.parameter)
+            written = "stale"
+            aws.call("deleting the applied record", f"SSM parameter {name}", scope.account,
+                     lambda: ssm.delete_parameter(Name=name), permission=f"ssm:DeleteParameter on {name}")
+            written = "deleted"
             raise RunbookError(f"Another apply wrote the state of {scope.label} (s3://{scope.backend.bucket}/"
                                f"{scope.backend.key}) after this run's apply, so the IAM in AWS may not be commit "
                                f"{record.commit[:12]}'s: the record this run wrote is deleted, so that no gate opens "
-                               "on it", id="record-write-contended", where=scope.parameter)
+                               "on it", id="record-write-contended", where=name)
         state.records[scope.name] = back
-    except (RunbookError, *aws.errors()) as exc:
-        exc = exc if isinstance(exc, RunbookError) else aws.failure(exc, "deleting the applied record",
-                                                                     scope.parameter, scope.account)
-        done = ("it was written to SSM parameter {p}, but could not be verified, so trust `inv iam.status`, not this "
-                "run" if written and exc.id != "record-write-contended" else
-                "its applied record was NOT written to SSM parameter {p}, so `inv iam.status` shows it as not current "
-                "and the pipeline's IAM gate keeps waiting").format(p=scope.parameter)
+    except RunbookError as exc:
+        waiting = "so `inv iam.status` shows it as not current and the pipeline's IAM gate keeps waiting"
+        done = {"no": f"its applied record was NOT written to SSM parameter {name}, {waiting}",
+                "deleted": f"its applied record was deleted again from SSM parameter {name}, {waiting}",
+                "yes": f"it was written to SSM parameter {name}, but could not be verified, so trust `inv iam.status`, "
+                       "not this run",
+                "stale": f"its record in SSM parameter {name} names commit {record.commit[:12]}, but another apply "
+                         "wrote the state after this run's, so that may not be what is applied, and deleting the "
+                         "record failed: delete it with " + aws.aws_command(scope.account, "ssm", "delete-parameter",
+                                                                            "--name", name)}[written]
         raise RunbookError(
             f"The IAM of {scope.label} WAS applied (terraform apply exited 0); {done}. Why: {exc.what.rstrip('.')}",
             id="applied-not-recorded", where=exc.where,

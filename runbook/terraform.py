@@ -233,8 +233,9 @@ class Failure:
 # and the digest).
 FAILURES = (
     Failure(r"Error releasing the state lock", "state-lock-failed",
-            "The {what} ran, but Terraform could not release its state lock afterwards (its message is above): the "
-            "lock is still held, so every later run is refused until it is released; no record was written",
+            "The {what} ran (an apply may have changed IAM: Terraform's output above says what it applied), but "
+            "Terraform could not release its state lock afterwards: the lock is still held, so every later run is "
+            "refused until it is released; no record was written",
             "release it: {unlock}, then run the same command again (it plans against the state as it is now, applies "
             "what is missing and records)"),
     Failure(r"Error acquiring the state lock", "state-lock-failed",
@@ -304,7 +305,8 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
         found = list(re.finditer(row.pattern, output, re.M))
         if found:
             groups = found[-1].groups() + ("", "")
-            lock_id = re.search(r"force-unlock\s+([0-9A-Za-z-]+)", output)
+            lock_id = re.search(r"(?:force-unlock\s+|^\s*ID:\s+)([0-9A-Za-z-]+)",
+                                output[output.rfind("Error releasing the state lock"):], re.M)
             values = {"what": what, "step": groups[0], "code": groups[1] or code, "said": console.mask(groups[0]),
                       "unlock": unlock_command(env, lock_id.group(1) if lock_id else "LOCK_ID", environment)}
             return RunbookError(row.what.format(**values), id=row.id, where=str(root), fix=row.fix.format(**values))

@@ -382,10 +382,14 @@ def test_the_plan_is_private_in_the_snapshot_and_gone_after_the_apply(proxied, p
 # -- the record step ------------------------------------------------------------------------------------------
 
 
-def test_a_late_record_write_does_not_name_its_commit_over_a_newer_apply(tmp_path, proxied, proxy, moto_reset, aws_env):
+@pytest.mark.parametrize("delete_fails", [False, True], ids=["deleted", "delete-refused"])
+def test_a_late_record_write_does_not_name_its_commit_over_a_newer_apply(tmp_path, proxied, proxy, moto_reset, aws_env,
+                                                                         delete_fails):
     """A applies X; its PutParameter is slow (a network, a laptop asleep). Meanwhile B pushes Y (a third lambda
-    role), applies and records it. A's write then lands: the record must not say X while the state holds Y."""
+    role), applies and records it. A's write then lands: the record must not say X while the state holds Y, or,
+    when A cannot delete it, A must say so with the command that does."""
     runs.make_backend(moto_reset)
+    proxy.fail = (lambda request: 500 if request.target.endswith("DeleteParameter") else None) if delete_fails else None
     proxy.hold = lambda request: request.target.endswith("PutParameter") and not proxy.held.is_set()
     proxy.hold_s = 120
     run_a = runs.start(proxied, "iam.env", "--name", "stg")
@@ -405,8 +409,14 @@ def test_a_late_record_write_does_not_name_its_commit_over_a_newer_apply(tmp_pat
     roles = runs.state(moto_reset)["outputs"]["lambda_role_names"]["value"]
     assert "acme-api-stg-lambda-reports" in roles
     record = runs.record(moto_reset)
-    assert record is None or record["commit"] != x, "the record names X while the state holds Y's IAM"
-    assert_refused(a_done, "applied-not-recorded", "Another apply wrote the state", "record this run wrote is deleted")
+    if delete_fails:
+        assert record["commit"] == x
+        assert_refused(a_done, "applied-not-recorded", f"names commit {x[:12]}", "deleting the record failed",
+                       "aws ssm delete-parameter --name /acme-api/iam/env/stg")
+    else:
+        assert record is None, "the record names X while the state holds Y's IAM"
+        assert_refused(a_done, "applied-not-recorded", "Another apply wrote the state",
+                       "record this run wrote is deleted", "was deleted again from SSM parameter")
 
 
 def test_a_record_written_but_not_read_back_is_not_called_unwritten(proxied, proxy, moto_reset):

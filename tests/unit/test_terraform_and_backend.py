@@ -258,6 +258,18 @@ def test_terraforms_output_keeps_its_colours_but_no_other_control_character():
     assert sink.buffer.getvalue() == b"\x1b[1mError\x1b[0m Who: m\\x1b]0;PWNED\\x07\\x1b[2J\\x0d\n"
 
 
+def test_a_lock_terraform_could_not_release_is_named_with_its_release_command_from_the_lock_info():
+    # Terraform 1.0.3's words: the lock's ID in its Lock Info block, no force-unlock line
+    output = ("Apply complete! Resources: 1 added, 0 changed, 0 destroyed.\n\nError: Error releasing the state lock\n\n"
+              "Error message: InternalServerError: injected\nLock Info:\n"
+              "  ID:        fd44df5c-21d0-f356-c5ff-44cfd9e7c418\n"
+              "  Path:      b/k.tfstate\n  Operation: OperationTypeApply\n\n"
+              "deploy-app.sh: error: terraform apply failed (exit 1)\n")
+    error = failure(output, 1)
+    assert error.id == "state-lock-failed" and "an apply may have changed IAM" in error.what
+    assert "inv iam.unlock --env stg --lock-id fd44df5c-21d0-f356-c5ff-44cfd9e7c418" in error.fix
+
+
 def test_a_lock_terraform_could_not_release_is_named_with_its_release_command():
     output = ("Apply complete! Resources: 1 added, 0 changed, 0 destroyed.\n\nError: Error releasing the state lock\n\n"
               "Error message: failed to delete the lock: InternalError\n\nTerraform acquired a lock on the remote "

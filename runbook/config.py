@@ -170,20 +170,22 @@ class Config:
         """"<file> line N, field a.b.c" for the configuration field *at* (the nearest line known)."""
         return f"{self.path} {_field(self.lines, at)}"
 
-    def environment(self, name: str) -> Environment:
-        """Return the environment called *name*. Raises RunbookError listing the valid names when there is none."""
+    def environment(self, name: str, flag: str = "--env") -> Environment:
+        """Return the environment called *name*. Raises RunbookError listing the valid names when there is none, its
+        fix the closest one with *flag* (the option of the calling task that names it)."""
+        if name in self.environments:
+            return self.environments[name]
         valid = ", ".join(self.environments)
+        close = difflib.get_close_matches(str(name).lower(), self.environments, n=1)
+        fix = f"{flag} {close[0] if close else next(iter(self.environments))}  (the valid names: {valid})"
         if not NAME_PATTERN.match(str(name)):
             raise RunbookError(f"{name!r} is not an environment name: names are lower-case letters, digits and '-', "
                                f"starting with a letter. Valid names: {valid}", id="unknown-environment",
-                               where=str(self.path), fix=f"use one of the valid names: {valid}")
-        if name not in self.environments:
-            close = difflib.get_close_matches(str(name), self.environments, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise RunbookError(f"There is no environment {name!r}.{hint} Valid names: {valid}",
-                               id="unknown-environment", where=f"{self.path}, section environments",
-                               fix="use one of the valid names, or add the environment to that file")
-        return self.environments[name]
+                               where=str(self.path), fix=fix)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RunbookError(f"There is no environment {name!r}.{hint} Valid names: {valid}",
+                           id="unknown-environment", where=f"{self.path}, section environments",
+                           fix=f"{fix}; or add the environment to that file")
 
     def environment_for_branch(self, branch: str | None) -> Environment | None:
         """Return the environment deployed from *branch*, or None."""

@@ -183,7 +183,7 @@ def environment_for(config: Config, name: str | None, branch: str | None, *, fla
     *flag* is the option that names it in the calling task. Raises RunbookError when neither gives one.
     """
     if name is not None:
-        return config.environment(name)
+        return config.environment(name, flag)
     env = config.environment_for_branch(branch)
     if env is None:
         pairs = ", ".join(f"{e.name} ({e.branch})" for e in config.environments.values())

@@ -136,6 +136,14 @@ def test_unknown_environment_lists_the_valid_names(tmp_path):
     assert "Did you mean 'stg'" in caught.value.message and "stg, prod" in caught.value.message
 
 
+@pytest.mark.parametrize("name", ["stag", "STG"])
+def test_the_fix_of_an_unknown_environment_is_the_closest_name_with_the_tasks_flag(tmp_path, name):
+    cfg = load(tmp_path, GOOD)
+    with pytest.raises(RunbookError) as caught:
+        cfg.environment(name, "--name")
+    assert caught.value.fix.startswith("--name stg  (the valid names: stg, prod)")
+
+
 # -- every name a later step builds is checked here, before anything changes --------------------------
 
 

@@ -100,7 +100,7 @@ def dry_run(facts: Facts, findings: list[RunbookError], command: str) -> list[Ru
     else:
         console.ok("No finding would stop a real run (the AWS identity, the backend and the records are checked at "
                    "run time).")
-    console.say(f"To run it for real: {command}")
+    console.say(f"{'Once they are fixed, run' if findings else 'To run'} it for real: {command}")
     return findings
 
 

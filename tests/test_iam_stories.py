@@ -184,6 +184,7 @@ def test_a_dry_run_needs_no_credentials_and_shows_no_secret(tmp_path, aws_env):
     for title in ("Backend", "Terraform: plan", "Confirm", "apply", "Record"):
         assert title in result.out
     assert "would stop a real run" in result.out and "git checkout staging" in result.out
+    assert "Once they are fixed, run it for real: inv iam.env --name stg" in result.out
     assert "TF_STATE_KEY=acme-api/iam/env/stg.tfstate" in result.out
     assert "the keys that pass the caller identity check" in result.out
     assert "SENTINEL" not in result.all and "AWS_SECRET_ACCESS_KEY=" not in result.out

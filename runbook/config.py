@@ -450,7 +450,7 @@ def _name_problems(config: Config) -> list[str]:
                 "{environment} in environment_state_key, and the account key apart from it)")
         for key, problem in (("state_bucket", names.s3_bucket(backend.bucket)),
                              ("lock_table", names.dynamodb_table(backend.lock_table)),
-                             (f"{kind}_state_key", names.s3_key(backend.key))):
+                             (f"{kind}_state_key", names.state_key(backend.key))):
             if problem:
                 add(("terraform", "backend", key), problem)
         for iam_kind, template in IAM_NAMES[kind]:

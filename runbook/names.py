@@ -86,6 +86,18 @@ def s3_key(key: str) -> str | None:
     return None
 
 
+def state_key(key: str) -> str | None:
+    """Why *key* cannot be the key of a Terraform state in an S3 backend, or None: an S3 key (:func:`s3_key`) that
+    neither begins nor ends with ``/`` and has no empty path segment (``//``), which Terraform's S3 backend refuses
+    at ``init`` (https://developer.hashicorp.com/terraform/language/backend/s3, ``key``): after the state bucket and
+    the lock table were created."""
+    if key.startswith("/") or key.endswith("/") or "//" in key:
+        return (f"the state key {key[:60]!r} begins or ends with '/' or has an empty path segment ('//', often a "
+                "placeholder that is empty for this scope, such as {environment} in the account's key): Terraform's "
+                "S3 backend refuses it")
+    return s3_key(key)
+
+
 def dynamodb_table(name: str) -> str | None:
     """Why *name* cannot be a DynamoDB table name, or None.
 

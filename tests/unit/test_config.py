@@ -201,6 +201,14 @@ def test_state_key_longer_than_s3_allows(tmp_path):
     assert "field terraform.backend.account_state_key" in message and "keys take 1 to 1024" in message
 
 
+@pytest.mark.parametrize("key", ["/{project}/account.tfstate", "{project}/account/", "{project}//account.tfstate",
+                                 "{project}/{environment}/account.tfstate"])
+def test_a_state_key_terraform_refuses_is_refused_before_anything_is_created(tmp_path, key):
+    # the last one renders to acme-api//account.tfstate: {environment} is empty in the account scope's key
+    message = error(tmp_path, GOOD + f'terraform:\n  backend:\n    account_state_key: "{key}"\n')
+    assert "field terraform.backend.account_state_key" in message and "Terraform's S3 backend refuses it" in message
+
+
 def test_environment_name_too_long_for_the_iam_role_names(tmp_path):
     name = "staging-environment-for-the-long-running-tests"
     message = error(tmp_path, GOOD.replace("  stg:\n", f"  {name}:\n"))

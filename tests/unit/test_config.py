@@ -209,6 +209,16 @@ def test_a_state_key_terraform_refuses_is_refused_before_anything_is_created(tmp
     assert "field terraform.backend.account_state_key" in message and "Terraform's S3 backend refuses it" in message
 
 
+@pytest.mark.parametrize("host", ["https://", "https:///api", "https://:443"])
+def test_a_circleci_host_without_a_host_name_is_refused_at_its_line(tmp_path, host):
+    message = error(tmp_path, GOOD + f"  host: {host}\n")
+    assert "line 17, field circleci.host" in message and "a host name" in message
+
+
+def test_a_circleci_server_host_is_accepted(tmp_path):
+    assert load(tmp_path, GOOD + "  host: https://circleci.example.com:8443/\n").circleci.host.endswith(":8443/")
+
+
 def test_environment_name_too_long_for_the_iam_role_names(tmp_path):
     name = "staging-environment-for-the-long-running-tests"
     message = error(tmp_path, GOOD.replace("  stg:\n", f"  {name}:\n"))

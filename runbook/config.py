@@ -436,6 +436,15 @@ def _name_problems(config: Config) -> list[str]:
             add(("project",) if scope == ACCOUNT else ("environments", scope),
                 f"The {'project' if scope == ACCOUNT else 'environment'} name cannot be used in the applied record's "
                 f"name: {problem}")
+    buckets: dict[str, Account] = {}
+    for account in config.accounts.values():
+        bucket = config.backend(ACCOUNT, account).bucket
+        other = buckets.setdefault(bucket, account)
+        if other.region != account.region:
+            add(("accounts", account.name, "region"),
+                f"the state bucket {bucket} would be in {account.region} for account {account.name} and in "
+                f"{other.region} for account {other.name}: S3 bucket names are global, so one of the two cannot be "
+                "created or used; give both the same region, correct the ID, or put {region} in state_bucket")
     built = [("account", a, None) for a in config.accounts.values()]
     built += [("environment", e.account, e.name) for e in config.environments.values()]
     states: dict[tuple[str, str], str] = {}

@@ -219,6 +219,18 @@ def test_a_circleci_server_host_is_accepted(tmp_path):
     assert load(tmp_path, GOOD + "  host: https://circleci.example.com:8443/\n").circleci.host.endswith(":8443/")
 
 
+TWO_ACCOUNTS = GOOD.replace("    region: eu-west-1\n", "    region: eu-west-1\n  other:\n    id: \"012345678901\"\n"
+                                                    "    region: REGION\n", 1)
+
+
+def test_two_accounts_with_one_id_in_two_regions_are_refused_one_bucket_name_cannot_be_in_both(tmp_path):
+    message = error(tmp_path, TWO_ACCOUNTS.replace("REGION", "us-east-1"))
+    assert "field accounts.other.region" in message and "S3 bucket names are global" in message
+    assert load(tmp_path, TWO_ACCOUNTS.replace("REGION", "eu-west-1"))  # one region: one account, a warning
+    assert load(tmp_path, TWO_ACCOUNTS.replace("REGION", "us-east-1") + "terraform:\n  backend:\n"
+                "    state_bucket: \"{project}-tfstate-{account_id}-{region}\"\n")
+
+
 def test_environment_name_too_long_for_the_iam_role_names(tmp_path):
     name = "staging-environment-for-the-long-running-tests"
     message = error(tmp_path, GOOD.replace("  stg:\n", f"  {name}:\n"))

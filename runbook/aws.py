@@ -9,6 +9,7 @@ import os
 import shlex
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from runbook.config import Account
@@ -34,6 +35,10 @@ SSO_EXPIRED_CODES = frozenset({"UnauthorizedException", "InvalidGrantException",
 
 
 _LOADER: dict[str, Any] = {}
+EXPIRY_MARGIN_S = 900.0
+"""Seconds of validity the credentials must have left when a plan and apply start (and again before the apply):
+botocore itself refreshes refreshable credentials 15 minutes before they expire, so fewer left means that refresh
+failed (https://github.com/boto/botocore/blob/develop/botocore/credentials.py, ``_advisory_refresh_timeout``)."""
 
 
 def _shared(made: Any) -> Any:
@@ -54,6 +59,20 @@ class Credentials:
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     token: str | None = field(default=None, repr=False)
+    expires_at: datetime | None = None  # known for refreshable credentials (SSO, an assumed role); UTC
+
+    def expiring(self, account: Account, now: datetime | None = None) -> RunbookError | None:
+        """The error when these keys expire within :data:`EXPIRY_MARGIN_S` seconds of *now* (default: the current
+        time), else None: keys that expire during an apply leave IAM partly changed and the state unsaved."""
+        left = (self.expires_at - (now or datetime.now(timezone.utc))).total_seconds() if self.expires_at else None
+        if left is None or left >= EXPIRY_MARGIN_S:
+            return None
+        return RunbookError(
+            f"The AWS credentials for account {account.name} ({account.id}) expire at "
+            f"{self.expires_at.astimezone(timezone.utc):%H:%M:%S} UTC, in {max(left, 0) / 60:.0f} min: a plan and "
+            f"apply need {EXPIRY_MARGIN_S / 60:.0f} min, and keys that expire during an apply leave IAM partly changed "
+            "and the state unsaved; nothing was applied", id="credentials-expiring",
+            where=f"account {account.name}", fix=_login_hint(account))
 
     def env(self) -> dict[str, str]:
         """``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and (for temporary keys) ``AWS_SESSION_TOKEN``."""
@@ -252,7 +271,8 @@ def frozen_credentials(sess: Any, account: Account, *, purpose: str) -> Credenti
     if frozen is None or not frozen.access_key or not frozen.secret_key:
         raise RunbookError(f"No AWS credentials found for account {account.name} ({account.id}), needed for {purpose}",
                            id="aws-no-credentials", fix=_login_hint(account))
-    return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
+    return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None,
+                       getattr(found, "_expiry_time", None))  # botocore's RefreshableCredentials keeps it there
 
 
 def caller_identity(sess: Any, account: Account) -> Identity:

@@ -93,8 +93,8 @@ def local_findings(facts: Facts) -> list[RunbookError]:
 
 
 def aws_findings(facts: Facts) -> list[RunbookError]:
-    """What AWS's facts say would stop the run: another account, a backend that must not be created or used,
-    a missing or newer state, another branch's account IAM (unless it may be taken over)."""
+    """What AWS's facts say would stop the run: another account, credentials about to expire, a backend that must
+    not be created or used, a missing or newer state, another branch's account IAM (unless it may be taken over)."""
     account, identity = facts.account, facts.identity
     if identity is not None and identity.account_id != account.id:
         return [RunbookError(f"These AWS credentials are for account {identity.account_id} ({identity.arn}), but "
@@ -102,6 +102,9 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
                              "changed", id="wrong-account", where=f"config field accounts.{account.name}.id",
                              fix=f"use credentials for {account.id}: "
                              + (f"AWS_PROFILE={account.profile}" if account.profile else "switch profile or role"))]
+    soon = facts.credentials.expiring(account) if facts.credentials is not None else None
+    if soon is not None:
+        return [soon]
     state, b, found = facts.state, facts.backend, []
     if state is None or not any(needed(facts, s)[0] for s in facts.scopes):
         return found  # no scope is applied: the backend is not used

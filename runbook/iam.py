@@ -232,6 +232,9 @@ def _act_confirm(state: Run, action: Action) -> str | None:
 
 
 def _act_apply(state: Run, action: Action) -> str:
+    soon = state.facts.credentials.expiring(action.scope.account)  # again: a confirmation may have taken long
+    if soon is not None:
+        raise soon
     summary = state.plans[action.scope.name]
     if summary.empty:
         console.say("  the plan has no changes; applying it confirms the state matches this commit")

@@ -263,3 +263,54 @@ def test_missing_credentials_name_the_environment_the_run_is_for(cfg, monkeypatc
     with pytest.raises(RunbookError) as caught:
         examine_aws(facts, boto3.Session(region_name="eu-west-1"))
     assert caught.value.id == "aws-no-credentials" and caught.value.what.endswith("needed for environment stg")
+
+
+def test_credentials_that_expire_within_the_margin_stop_the_run_before_the_plan(cfg):
+    from datetime import datetime, timedelta, timezone
+
+    from runbook import aws
+
+    soon = datetime.now(timezone.utc) + timedelta(minutes=10)
+    facts = make_facts(cfg, credentials=aws.Credentials("AKIA", "secret", "tok", soon))
+    [found] = decide.aws_findings(facts)
+    assert found.id == "credentials-expiring" and "in 10 min" in found.what and "nothing was applied" in found.what
+    later = replace(facts, credentials=aws.Credentials("AKIA", "secret", "tok", soon + timedelta(minutes=50)))
+    assert decide.aws_findings(later) == []
+    assert decide.aws_findings(replace(facts, credentials=aws.Credentials("AKIA", "secret"))) == []  # not known
+
+
+def test_the_expiry_of_refreshable_credentials_is_kept_when_they_are_frozen():
+    from datetime import datetime, timezone
+
+    from botocore.credentials import RefreshableCredentials
+
+    from runbook import aws
+
+    when = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+    found = RefreshableCredentials("AKIA", "secret", "tok", when, lambda: {}, "sso")
+    session = type("Session", (), {"get_credentials": lambda self: found})()
+    account = config_account()
+    frozen = aws.frozen_credentials(session, account, purpose="environment stg")
+    assert frozen.expires_at == when and frozen.token == "tok"
+    error = frozen.expiring(account, now=datetime(2030, 1, 1, 11, 50, tzinfo=timezone.utc))
+    assert error.id == "credentials-expiring" and "12:00:00 UTC, in 10 min" in error.what
+
+
+def config_account():
+    from runbook.config import Account
+
+    return Account("nonprod", "123456789012", "eu-west-1", profile="admin")
+
+
+def test_credentials_are_checked_again_before_the_apply(cfg, monkeypatch):
+    # a confirmation can wait for minutes: the apply does not start on keys about to expire
+    from datetime import datetime, timedelta, timezone
+
+    from runbook import aws, iam
+
+    soon = datetime.now(timezone.utc) + timedelta(minutes=5)
+    facts = make_facts(cfg, credentials=aws.Credentials("AKIA", "secret", "tok", soon))
+    monkeypatch.setattr(iam, "_script", lambda *args: pytest.fail("the apply started"))
+    with pytest.raises(RunbookError) as caught:
+        iam._act_apply(iam.Run(facts, "inv iam.env --name stg"), decide.Action("apply", "apply", "", facts.scopes[0]))
+    assert caught.value.id == "credentials-expiring"

@@ -245,8 +245,7 @@ def warnings(config: Config) -> list[str]:
     """What is valid but probably not meant, one sentence each (``inv config.check`` prints them).
 
     Two accounts with one ID: they are one AWS account, so their account scopes share one state
-    object and one applied record. A region the installed botocore does not list (a typo such as
-    ``eu-wset-1`` passes the schema's pattern; a region newer than botocore would be listed too).
+    object and one applied record.
     """
     found, by_id = [], {}
     for account in config.accounts.values():
@@ -258,14 +257,6 @@ def warnings(config: Config) -> list[str]:
                          f"so they share one account scope (one state, one applied record "
                          f"{config.record_parameter(ACCOUNT)}); correct the ID if they are meant to be different "
                          "accounts")
-    known = _known_regions()
-    for account in config.accounts.values():
-        if known and account.region not in known:
-            close = difflib.get_close_matches(account.region, sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            found.append(f"{_field(config.lines, ('accounts', account.name, 'region'))}: {account.region!r} is not "
-                         f"a region the installed botocore knows{hint} (a region newer than the pinned botocore would "
-                         "show here too)")
     return found
 
 
@@ -436,8 +427,13 @@ def _name_problems(config: Config) -> list[str]:
             add(("project",) if scope == ACCOUNT else ("environments", scope),
                 f"The {'project' if scope == ACCOUNT else 'environment'} name cannot be used in the applied record's "
                 f"name: {problem}")
-    buckets: dict[str, Account] = {}
+    known, buckets = _known_regions(), {}
     for account in config.accounts.values():
+        if known and account.region not in known:  # a typo such as eu-wset-1 passes the schema's pattern
+            close = difflib.get_close_matches(account.region, sorted(known), n=1)
+            add(("accounts", account.name, "region"),
+                f"{account.region!r} is not an AWS region{f'; did you mean {close[0]!r}?' if close else ''} (the "
+                "regions of the installed botocore; for a region newer than it: pip install -U boto3)")
         bucket = config.backend(ACCOUNT, account).bucket
         other = buckets.setdefault(bucket, account)
         if other.region != account.region:

@@ -204,11 +204,11 @@ def test_two_accounts_with_one_id_are_warned_about(tmp_path):
     assert "share the ID 123456789012" in out and "nonprod" in out and "prod" in out
 
 
-def test_region_unknown_to_botocore_is_warned_about_with_the_close_match(tmp_path):
+def test_a_region_that_does_not_exist_is_refused_with_the_close_match(tmp_path):
     text = SHIPPED.replace("region: eu-west-1\n  prod:", "region: eu-wset-1\n  prod:")
     code, out, _ = check(tmp_path, write(tmp_path, text))
-    assert code == 0, out
-    assert "field accounts.nonprod.region: 'eu-wset-1' is not a region" in out and "did you mean 'eu-west-1'" in out
+    assert code == 1, out
+    assert "field accounts.nonprod.region: 'eu-wset-1' is not an AWS region; did you mean 'eu-west-1'?" in out
 
 
 def test_region_that_is_no_region_name_cites_the_rule(tmp_path):

@@ -243,7 +243,7 @@ def actions(facts: Facts) -> list[Action]:
             scope.backend, mode="plan", tf_vars=scope.tf_vars(), lock_timeout_s=facts.opts.lock_timeout_s)).items())
         keys = ("  credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN = the keys that pass the "
                 "caller identity check; every other credential source, TF_WORKSPACE, TF_DATA_DIR, TF_CLI_ARGS*, "
-                "TF_VAR_* and AWS_ENDPOINT_URL* of this shell are removed")
+                "TF_VAR_*, TF_REATTACH_PROVIDERS, TF_LOG* and AWS_ENDPOINT_URL* of this shell are removed")
         env = facts.environment
         confirm = (f"environment {env.name} is protected (--yes answers it)" if env.protected else
                    "asked only if the plan destroys anything (--yes answers it)")

@@ -1,7 +1,9 @@
-"""A snapshot of the commit for one scope: exactly the folders it may read, in a working folder of its own
-(``$XDG_CACHE_HOME/runbook/work/<checkout>/<scope>``, locked for the run, keeping ``.terraform``). Plan and apply
-run there, never in the working tree (ARCHITECTURE.md, "Snapshot"). Remote module sources must be pinned: the
-``.tf`` files with a module block are read with python-hcl2 (https://github.com/amplify-education/python-hcl2).
+"""A snapshot of the commit for one scope: exactly the folders it may read, in a working folder of its own (one
+per checkout and scope under ``runbook/work`` in the user's cache directory, ``XDG_CACHE_HOME``:
+https://specifications.freedesktop.org/basedir-spec/latest/; locked for the run, keeping ``.terraform``). Plan
+and apply run there, never in the working tree (ARCHITECTURE.md, "Fingerprint and snapshot"). Remote module
+sources must be pinned: the ``.tf`` files with a module block are read with python-hcl2
+(https://github.com/amplify-education/python-hcl2).
 """
 
 from __future__ import annotations

@@ -29,18 +29,15 @@ class Outcome:
 
 @dataclass
 class Run:
-    """One real run's progress: its facts, the plans made, the outcomes (for the summary), the resume command, and
-    the applied record of each scope as last read (while examining, or read back after this run wrote it)."""
+    """One real run's progress: its facts, the plans made, the outcomes (for the summary), the resume command, the
+    records this run wrote and read back (scope name -> record) and its states' S3 versions after each apply."""
 
     facts: Facts
     command: str
     plans: dict[str, terraform.PlanSummary] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     records: dict[str, dict | None] = field(default_factory=dict)
-    applied: dict[str, str | None] = field(default_factory=dict)  # scope name -> its state's tag after the apply
-
-    def __post_init__(self) -> None:
-        self.records = {**self.facts.records, **self.records}
+    applied: dict[str, str | None] = field(default_factory=dict)
 
     def summary(self) -> None:
         """Print one line per action that ran: done, skipped or failed, and its duration in seconds."""

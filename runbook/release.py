@@ -74,7 +74,8 @@ def _pipeline(client, config: Config, environment: Environment, done: iam.Run, p
     console.heading("CircleCI: the pipeline of this commit")
     target = _find(client, config, environment, done.facts.checkout.head, wait_s)
     urls.append(target.url)
-    statuses = [records.compare(s, done.facts.trees, done.records.get(s.name)) for s in done.facts.scopes]
+    statuses = [records.compare(s, done.facts.trees, done.records.get(s.name, done.facts.records.get(s.name)))
+                for s in done.facts.scopes]
     decision = pipeline.decide_rerun(target.workflow, client.jobs(target.workflow.id), iam=statuses,
                                      environment=environment, url=target.url)
     number, watch_id = target.workflow.pipeline_number, target.workflow.id

@@ -122,8 +122,11 @@ def export(commit: str, paths: Iterable[str], dest: Path, top: str | os.PathLike
     """
     present = [p for p in paths if p]
     listing = _git("--literal-pathspecs", "ls-tree", "-r", "-z", commit, "--", *present, cwd=top) if present else ""
-    blobs = [(meta.split(" ")[0], meta.split(" ")[2], path) for meta, _, path in
-             (entry.partition("\t") for entry in listing.split("\0") if entry) if meta.split(" ")[1] == "blob"]
+    blobs = []  # (mode, object id, path); a submodule is a commit entry, and has no content here
+    for meta, _, path in (entry.partition("\t") for entry in listing.split("\0") if entry):
+        mode, kind, oid = meta.split(" ")
+        if kind == "blob":
+            blobs.append((mode, oid, path))
     data = _git("cat-file", "--batch", cwd=top, text=False, stdin="".join(f"{oid}\n" for _, oid, _ in blobs).encode())
     at = 0
     for mode, _, path in blobs:

@@ -193,3 +193,13 @@ def test_aws_commands_carry_the_accounts_region_profile_and_endpoint():
 
 def test_frozen_credentials_never_show_in_their_repr():
     assert "secret" not in repr(aws.Credentials("AKIAEXAMPLE", "secret", "token"))
+
+
+def test_every_session_reads_botocore_data_through_one_loader():
+    # the benchmarks' reason for it (bench_overhead, bench_status); it leans on boto3's Session._session
+    from runbook import aws
+
+    first = aws.session(ACCOUNT, use_profile=False)
+    second = aws.session(ACCOUNT, credentials=aws.Credentials("AKIA", "secret"))
+    assert first is not second
+    assert first._session.get_component("data_loader") is second._session.get_component("data_loader")

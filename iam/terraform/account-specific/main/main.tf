@@ -68,20 +68,18 @@ data "aws_partition" "current" {}
 
 # --- oidc: CircleCI's identity provider and the deployer role ---------------------------------
 
-# IAM verifies the issuer's TLS certificate by thumbprint for providers outside
-# its own trusted-CA list (CircleCI is outside it): take the chain as served.
-data "tls_certificate" "circleci" {
-  count = local.use_oidc && local.oidc_ready ? 1 : 0
-  url   = "https://${local.circleci_issuer}/.well-known/openid-configuration"
-}
-
+# No thumbprint_list: IAM checks the issuer's TLS certificate against its own library of trusted
+# root CAs, and when the list is left out at creation it takes the thumbprint it needs itself
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_providers_create_oidc_verify-thumbprint.html).
+# The hashicorp/tls data source that used to fetch the issuer's certificate at every plan made a
+# plan fail offline or behind a proxy; the CreateOpenIDConnectProvider API no longer needs it
+# (https://github.com/aws/aws-sdk/issues/563), nor does the AWS provider (versions.tf).
 resource "aws_iam_openid_connect_provider" "circleci" {
   count = local.use_oidc && local.oidc_ready ? 1 : 0
 
   url = "https://${local.circleci_issuer}"
   # CircleCI's default tokens have a fixed audience: the organization ID.
-  client_id_list  = [var.circleci_org_id]
-  thumbprint_list = distinct(data.tls_certificate.circleci[0].certificates[*].sha1_fingerprint)
+  client_id_list = [var.circleci_org_id]
 }
 
 data "aws_iam_policy_document" "deployer_trust" {

@@ -2,14 +2,10 @@ terraform {
   required_version = "~> 1.0"
 
   required_providers {
+    # 5.81.0 made thumbprint_list of aws_iam_openid_connect_provider optional (main.tf: no thumbprint_list).
     aws = {
       source  = "hashicorp/aws"
-      version = "~> 5.0"
-    }
-    # data.tls_certificate: the thumbprints of CircleCI's OIDC issuer.
-    tls = {
-      source  = "hashicorp/tls"
-      version = "~> 4.0"
+      version = "~> 5.81"
     }
   }
 

@@ -2,9 +2,10 @@ terraform {
   required_version = "~> 1.0"
 
   required_providers {
+    # 5.81.0 made thumbprint_list of aws_iam_openid_connect_provider optional (the account root omits thumbprint_list).
     aws = {
       source  = "hashicorp/aws"
-      version = "~> 5.0"
+      version = "~> 5.81"
     }
   }
 

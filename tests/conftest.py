@@ -21,6 +21,8 @@ Fixtures
     terraform_release  The (version, lock mode) case of the test: a TerraformRelease (function).
     terraform_bin   Path of the test's Terraform: the pinned 1.0.x, or 1.11.4 in its matrix cases (function).
     pinned_terraform_bin  Path of the pinned 1.0.x, for module- and session-scoped fixtures (session).
+    provider_cli_config  Path of a Terraform CLI configuration that installs hashicorp/aws from a filesystem
+                    mirror, offline, through a plugin cache of the session (session); see provider_mirror.
     shellcheck_bin  Path of the pinned shellcheck from requirements-dev.txt (session).
     moto_endpoint   "http://127.0.0.1:PORT" of a moto server on a free loopback port (session).
     moto_reset      Empties every moto backend before the test; returns the endpoint (function).
@@ -105,7 +107,7 @@ def _pinned_tool(venv_bin: Path, name: str) -> Path:
 
 # The second Terraform the suite runs (see the module docstring), and the test modules that run on both.
 TERRAFORM_1_11 = Path(os.environ.get("RUNBOOK_TERRAFORM_1_11", "/usr/local/bin/terraform"))
-MATRIX_MODULES = ("test_signals_and_locks", "test_deploy_script")
+MATRIX_MODULES = ("test_signals_and_locks", "test_deploy_script", "test_shipped_roots")
 # Modules that also run with S3 lock files (the others set up or inspect DynamoDB lock items themselves).
 S3_LOCK_MODULES: tuple[str, ...] = ()
 
@@ -191,6 +193,69 @@ def terraform_release(request: pytest.FixtureRequest, venv_bin: Path) -> Iterato
         project.LOCK_MODE = previous
 
 
+# The shipped root modules need the real hashicorp/aws provider; the registry is out of reach, so it comes from a
+# filesystem mirror (https://developer.hashicorp.com/terraform/cli/config/config-file#filesystem_mirror):
+# the folder named by $RUNBOOK_TF_PROVIDER_MIRROR, else the first of Terraform's implied local mirror folders
+# (same page, "Implied Local Mirror Directories") or of /opt/* that holds a 5.x build of it.
+AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
+_no_mirror: list[str] = []
+_real_roots: set[str] = set()
+
+
+def provider_mirror() -> Path | None:
+    """The filesystem mirror folder (the one above registry.terraform.io) that holds hashicorp/aws 5.x, or None."""
+    named = os.environ.get("RUNBOOK_TF_PROVIDER_MIRROR")
+    home = Path.home()
+    candidates = [Path(named)] if named else [
+        home / ".terraform.d" / "plugins", Path(os.environ.get("XDG_DATA_HOME", home / ".local" / "share")) /
+        "terraform" / "plugins", Path("/usr/local/share/terraform/plugins"), Path("/usr/share/terraform/plugins"),
+        *sorted(Path("/opt").glob("*"))]
+    for root in candidates:
+        if any((root / AWS_PROVIDER).glob("5.*/*/terraform-provider-aws_*")):
+            return root
+    return None
+
+
+@pytest.fixture(scope="session")
+def provider_cli_config(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A CLI configuration installing hashicorp/aws from :func:`provider_mirror` only, through a plugin cache
+    of the session (the 700 MB binary is linked into each working folder, not copied); None when no mirror."""
+    mirror = provider_mirror()
+    if mirror is None:
+        return None
+    folder = tmp_path_factory.mktemp("terraform-cli")
+    (folder / "plugins").mkdir()
+    path = folder / "terraform.rc"
+    path.write_text(f"""provider_installation {{
+  filesystem_mirror {{
+    path    = {json.dumps(str(mirror))}
+    include = [{json.dumps(AWS_PROVIDER)}]
+  }}
+  direct {{
+    exclude = [{json.dumps(AWS_PROVIDER)}]
+  }}
+}}
+plugin_cache_dir = {json.dumps(str(folder / "plugins"))}
+""")
+    return path
+
+
+@pytest.fixture
+def real_provider(request: pytest.FixtureRequest, provider_cli_config: Path | None, terraform_release) -> Path:
+    """The CLI configuration of :func:`provider_cli_config` for a test that applies the shipped root modules;
+    skips it loudly (in the summary line too) when no mirror holds the provider."""
+    if provider_cli_config is None:
+        where = os.environ.get("RUNBOOK_TF_PROVIDER_MIRROR") or "Terraform's implied mirror folders or /opt/*"
+        _no_mirror.append(f"{request.node.nodeid}: no {AWS_PROVIDER} 5.x in {where}")
+        pytest.skip(f"AWS PROVIDER MIRROR ABSENT: no {AWS_PROVIDER} 5.x in {where}; the shipped roots were not applied")
+    return provider_cli_config
+
+
+def shipped_roots_applied(terraform_version: str) -> None:
+    """Note for the summary that the shipped root modules were applied with the real provider on that version."""
+    _real_roots.add(terraform_version)
+
+
 @pytest.fixture(scope="session")
 def pinned_terraform_bin(venv_bin: Path) -> Path:
     """The pinned Terraform 1.0.x alone, for fixtures broader than one test (module, session)."""
@@ -208,6 +273,40 @@ def terraform_bin(terraform_release: TerraformRelease, venv_bin: Path) -> Path:
     return path
 
 
+def _notes() -> dict:
+    """What this process noted for the summary (versions run, cases skipped, locks released), as JSON values."""
+    from tests.project import OWN_LOCKS_RELEASED
+
+    return {"exercised": {v: sorted(m) for v, m in _exercised.items()}, "missing": _missing, "no_mirror": _no_mirror,
+            "real_roots": sorted(_real_roots), "own_locks": OWN_LOCKS_RELEASED}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker, hand this worker's notes to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["runbook_notes"] = json.dumps(_notes())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """In the pytest-xdist controller, merge a finished worker's notes into this process's (see _notes)."""
+    from tests.project import OWN_LOCKS_RELEASED
+
+    notes = json.loads(getattr(node, "workeroutput", {}).get("runbook_notes", "{}"))
+    for version, modes in notes.get("exercised", {}).items():
+        _exercised.setdefault(version, set()).update(modes)
+    _missing.extend(notes.get("missing", []))
+    _no_mirror.extend(notes.get("no_mirror", []))
+    _real_roots.update(notes.get("real_roots", []))
+    OWN_LOCKS_RELEASED.extend(notes.get("own_locks", []))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The stories that apply the shipped roots with the real provider (about 30 s each) start first, so that
+    pytest-xdist's workers do not end the session waiting on them."""
+    items.sort(key=lambda item: "real_provider" not in getattr(item, "fixturenames", ()))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """Which Terraform versions and lock modes ran, and loudly which could not."""
     lines = [f"Terraform {v}: lock modes {', '.join(sorted(m))}" for v, m in sorted(_exercised.items())]
@@ -221,6 +320,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(f"install Terraform 1.11.4 at {TERRAFORM_1_11} to run them")
         # ...and in the final summary line itself, e.g. "120 passed, 40 skipped, 40 TERRAFORM 1.11.4 ABSENT"
         terminalreporter.stats.setdefault("TERRAFORM 1.11.4 ABSENT", []).extend(_missing)
+    if _real_roots:
+        lines.append("Shipped root modules applied with the real AWS provider on Terraform "
+                     + ", ".join(sorted(_real_roots)))
+        terminalreporter.write_line(lines[-1])
+    if _no_mirror:
+        terminalreporter.write_sep("!", f"AWS PROVIDER MIRROR ABSENT: {len(_no_mirror)} case(s) did not apply the "
+                                        "shipped root modules", red=True, bold=True)
+        terminalreporter.write_line("set RUNBOOK_TF_PROVIDER_MIRROR to a filesystem mirror holding "
+                                    f"{AWS_PROVIDER} 5.x (README, Tests)")
+        terminalreporter.stats.setdefault("AWS PROVIDER MIRROR ABSENT", []).extend(_no_mirror)
     from tests.project import OWN_LOCKS_RELEASED
 
     if OWN_LOCKS_RELEASED:
@@ -233,6 +342,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         text = "\n".join(lines) + ("\n" if lines else "")
         if _missing:
             text += f"TERRAFORM 1.11.4 ABSENT: {len(_missing)} case(s) did not run on it\n"
+        if _no_mirror:
+            text += f"AWS PROVIDER MIRROR ABSENT: {len(_no_mirror)} case(s) did not apply the shipped root modules\n"
         text += f"State locks of the run's own Terraform released, command run again: {len(OWN_LOCKS_RELEASED)}\n"
         Path(report).write_text(text, encoding="utf-8")
 

@@ -1,25 +1,9 @@
-"""The CI deployer without long-lived keys: the pipeline's credentials step and the role chain.
+"""The CI deployer without long-lived keys: the pipeline's credentials step and the configuration switch.
 
 ``.circleci/aws-credentials.sh ENV`` is run as a CircleCI step runs it (a fake
-``CIRCLE_OIDC_TOKEN_V2``, ``AWS_ROLE_ARN`` from the context, ``$BASH_ENV``); then a later
-step, a fresh shell that sources ``$BASH_ENV``, reaches AWS (moto) through the standard
-web-identity variables, as boto3 reads them, with the deployer role's policy enforced.
-
-What moto checks, and what it does not (moto 5.2, server mode, IAM enforcement switched
-on with ``/moto-api/reset-auth`` after the setup):
-- AssumeRoleWithWebIdentity: nothing. moto neither verifies the token (signature, issuer,
-  audience, expiry) nor evaluates the role's trust policy (it does not even require the
-  role to exist). The trust policy's conditions are checked by the static tests in
-  tests/test_iam_modules.py, against IAM's documented StringEquals/StringLike semantics.
-- After it: the signature and session token of every request (the assumed-role keys), and
-  the role's attached and inline policies, by action (wildcards), with the resource ARN for
-  S3 (bucket and object; but not every S3 operation: PutPublicAccessBlock, for one, is
-  answered without a check, so the static tests cover it) and for IAM calls naming an
-  existing role. Other services (SSM, Lambda, CloudFormation, Logs) are checked against
-  the resource "*" only, so a grant scoped to an ARN is not honoured there and is not
-  tested here. Of conditions, only StringEquals is evaluated, and only for sts:ExternalId;
-  identity-policy conditions such as iam:PassedToService are ignored. GetCallerIdentity is
-  always allowed.
+``CIRCLE_OIDC_TOKEN_V2``, ``AWS_ROLE_ARN`` from the context, ``$BASH_ENV``). The role chain that
+follows (a later step reaching AWS as the deployer role the account root applied, with moto
+enforcing its policy) is the story of tests/test_shipped_roots.py.
 """
 
 from __future__ import annotations
@@ -28,8 +12,6 @@ import base64
 import json
 import stat
 import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,11 +22,6 @@ from runbook.errors import RunbookError
 from runbook.scopes import Scope
 from tests.test_iam_modules import (
     OIDC_INPUTS,
-    module_text,
-    oidc_locals_of,
-    policy_json,
-    policy_statements,
-    trust_statement_of,
     v2_subject,
 )
 
@@ -157,110 +134,6 @@ def test_legacy_user_step_needs_the_key_and_exports_nothing(job_env: dict, legac
     assert done.returncode == 0, done.stderr
     assert "legacy deployer user" in done.stderr and "secret-value" not in done.stderr
     assert Path(env["BASH_ENV"]).read_text() == ""
-
-
-# --- the role chain against moto --------------------------------------------------------------
-
-PROBE = r"""
-import json, sys
-import botocore.exceptions
-from runbook import aws, config
-
-import dataclasses, os
-# moto stands in for AWS: the account gets its URL as endpoint_url (the runbook ignores AWS_ENDPOINT_URL
-# from the environment by design; the job's role chain comes through the web-identity variables)
-account = dataclasses.replace(config.load().environment("stg").account, endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-session = aws.session(account, use_profile=False)
-out = {"identity": aws.caller_identity(session, account).arn}
-s3, iam = aws.client(session, "s3", account), aws.client(session, "iam", account)
-own, theirs = "acme-api--stg-deploy-1a2b3c", "acme-api-admin--stg-deploy-1a2b3c"
-calls = {
-    "put artifact": lambda: s3.put_object(Bucket=own, Key="serverless/stg/code.zip", Body=b"zip"),
-    "list artifacts": lambda: s3.list_objects_v2(Bucket=own),
-    "create deploy bucket": lambda: s3.create_bucket(
-        Bucket="acme-api--dev-deploy-9f8e7d", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}),
-    "put artifact into acme-api-admin's bucket": lambda: s3.put_object(Bucket=theirs, Key="x", Body=b"x"),
-    "put bucket policy": lambda: s3.put_bucket_policy(Bucket=own, Policy=json.dumps({
-        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
-                                               "Resource": f"arn:aws:s3:::{own}/*"}]})),
-    "get own lambda role": lambda: iam.get_role(RoleName="acme-api-stg-lambda-api"),
-    "get acme-api-admin's lambda role": lambda: iam.get_role(RoleName="acme-api-admin-stg-lambda-api"),
-    "get the deployer role": lambda: iam.get_role(RoleName="acme-api-circleci-deployer"),
-    "create a role": lambda: iam.create_role(RoleName="acme-api-stg-lambda-evil", AssumeRolePolicyDocument="{}"),
-}
-results = {}
-for name, call in calls.items():
-    try:
-        call()
-        results[name] = "allowed"
-    except botocore.exceptions.ClientError as exc:
-        results[name] = exc.response["Error"]["Code"]
-out["results"] = results
-json.dump(out, sys.stdout)
-"""
-
-
-def _moto_auth(endpoint: str, count: str) -> None:
-    """Switch moto's IAM enforcement: on after *count* more requests, or off with "inf"."""
-    request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
-                                     headers={"Content-Type": "text/plain"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-
-
-@pytest.fixture
-def deployer_in_moto(moto_reset: str, repo_root: Path, terraform_bin: Path, tmp_path: Path):
-    """moto with what the account and environment roots of acme-api create (the documents rendered
-    from the HCL, the locals evaluated by Terraform), plus a neighbouring project acme-api-admin."""
-    import boto3
-
-    local_values = oidc_locals_of(repo_root, terraform_bin, tmp_path / "locals")
-    trust = policy_json([trust_statement_of(repo_root, local_values)])
-    account_tf = module_text(repo_root, Path("iam/terraform/account-specific/main"))
-    permissions = policy_json(policy_statements(account_tf, "deployer", {k: str(v) for k, v in local_values.items()}))
-
-    admin = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="eu-west-1")
-    iam, s3 = admin.client("iam", endpoint_url=moto_reset), admin.client("s3", endpoint_url=moto_reset)
-    iam.create_open_id_connect_provider(Url=f"https://{local_values['circleci_issuer']}",
-                                        ClientIDList=[OIDC_INPUTS["circleci_org_id"]], ThumbprintList=["0" * 40])
-    iam.create_role(RoleName="acme-api-circleci-deployer", Path="/acme-api/ci/", AssumeRolePolicyDocument=trust)
-    policy = iam.create_policy(PolicyName="acme-api-circleci-deployer", PolicyDocument=permissions)["Policy"]
-    iam.attach_role_policy(RoleName="acme-api-circleci-deployer", PolicyArn=policy["Arn"])
-    lambda_trust = json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
-    for project in ("acme-api", "acme-api-admin"):
-        iam.create_role(RoleName=f"{project}-stg-lambda-api", Path=f"/{project}/lambda/",
-                        AssumeRolePolicyDocument=lambda_trust)
-        s3.create_bucket(Bucket=f"{project}--stg-deploy-1a2b3c",
-                         CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    _moto_auth(moto_reset, "1")  # the one unsigned AssumeRoleWithWebIdentity, then enforcement
-    try:
-        yield moto_reset
-    finally:
-        _moto_auth(moto_reset, "inf")
-
-
-def test_role_chain_from_the_oidc_token_to_the_deployers_rights(deployer_in_moto: str, job_env: dict):
-    done = run_step(job_env)
-    assert done.returncode == 0, done.stderr
-    later_step = {**job_env, "AWS_ENDPOINT_URL": deployer_in_moto}
-    probe = subprocess.run(["bash", "-c", f'set -a; . "$BASH_ENV"; exec {sys.executable} -c "$PROBE"'],
-                           env={**later_step, "PROBE": PROBE, "PYTHONPATH": str(SCRIPT.parents[1])},
-                           capture_output=True, text=True, timeout=120)
-    assert probe.returncode == 0, probe.stderr
-    seen = json.loads(probe.stdout)
-    assert seen["identity"] == f"arn:aws:sts::{NONPROD}:assumed-role/acme-api-circleci-deployer/circleci-deploy-stg-42"
-    assert seen["results"] == {
-        "put artifact": "allowed",
-        "list artifacts": "allowed",
-        "create deploy bucket": "allowed",
-        "put artifact into acme-api-admin's bucket": "AccessDenied",
-        "put bucket policy": "AccessDenied",
-        "get own lambda role": "allowed",
-        "get acme-api-admin's lambda role": "AccessDenied",
-        "get the deployer role": "AccessDenied",
-        "create a role": "AccessDenied",
-    }
 
 
 # --- the configuration switch -----------------------------------------------------------------

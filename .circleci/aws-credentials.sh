@@ -13,7 +13,8 @@
 #         first in every SDK's chain, so the key, not the role, would be used.
 #   user  (legacy) checks that the context holds AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 #
-# CircleCI issues CIRCLE_OIDC_TOKEN_V2 only to jobs that use a context; it is valid for one
+# CircleCI issues CIRCLE_OIDC_TOKEN_V2 only to jobs that use a context, and now and then leaves it out:
+# the step then mints one with `circleci run oidc get` (3 tries). The token is valid for one
 # hour (https://circleci.com/docs/openid-connect-tokens/). The token is never printed.
 #
 # Needs: the project's virtualenv active (it reads the configuration with the runbook).
@@ -43,10 +44,11 @@ try:
     env = cfg.environment(sys.argv[1])
 except RunbookError as exc:
     sys.exit(exc.message)
-print(cfg.circleci.deployer if cfg.circleci else "user", env.account.id, env.account.name)
+print(cfg.circleci.deployer if cfg.circleci else "user", env.account.id, env.account.name,
+      (cfg.circleci.org_id if cfg.circleci else "") or "-")
 PY
 )" || exit 2
-read -r deployer account_id account_name <<<"$facts"
+read -r deployer account_id account_name org_id <<<"$facts"
 
 case "$deployer" in
     oidc)
@@ -56,9 +58,33 @@ case "$deployer" in
                 "context (Organization Settings > Contexts), delete the old key with" \
                 "'aws iam delete-access-key --user-name <user> --access-key-id <id>', then rerun: inv ci.rerun --env $env_name"
         fi
-        if [[ -z "${CIRCLE_OIDC_TOKEN_V2:-}" ]]; then
-            die "no CIRCLE_OIDC_TOKEN_V2 in this job: CircleCI issues it only to jobs that use a context." \
-                "Give the job a context in .circleci/config.yml (workflows: ... context: <name>)"
+        token="${CIRCLE_OIDC_TOKEN_V2:-}"
+        if [[ -z "$token" ]]; then
+            # CircleCI leaves CIRCLE_OIDC_TOKEN_V2 out of a job now and then, context or not: mint one with the
+            # job's own CLI, audience the organization ID like the default token's
+            # (https://circleci.com/docs/openid-connect-tokens/), a few times before giving up.
+            command -v circleci >/dev/null 2>&1 ||
+                die "CIRCLE_OIDC_TOKEN_V2 is missing from this job, and this executor has no circleci CLI to mint" \
+                    "one. CircleCI leaves the variable out now and then (intermittent): rerun the job (inv" \
+                    "ci.rerun --env $env_name). If every rerun fails the same way, the job has no context: give it" \
+                    "the context of account $account_name in .circleci/config.yml (workflows: ... context: <name>)"
+            minted=""
+            for try in 1 2 3; do
+                if token="$(circleci run oidc get --claims "{\"aud\":\"$org_id\"}" 2>/dev/null)" && [[ -n "$token" ]]; then
+                    minted="$try"
+                    break
+                fi
+                token=""
+                if ((try < 3)); then sleep 2; fi
+            done
+            [[ -n "$minted" ]] ||
+                die "CIRCLE_OIDC_TOKEN_V2 is missing from this job, and 'circleci run oidc get' did not mint one in" \
+                    "3 tries. CircleCI leaves the variable out now and then (intermittent): rerun the job (inv" \
+                    "ci.rerun --env $env_name). If every rerun fails the same way, the job has no context: give it" \
+                    "the context of account $account_name in .circleci/config.yml (workflows: ... context: <name>)"
+            printf '%s: CIRCLE_OIDC_TOKEN_V2 was missing (CircleCI leaves it out now and then); minted a token' \
+                "$PROG" >&2
+            printf ' with circleci run oidc get (try %s)\n' "$minted" >&2
         fi
         role_arn="${AWS_ROLE_ARN:-}"
         if [[ -z "$role_arn" ]]; then
@@ -76,7 +102,7 @@ case "$deployer" in
                 "that account, or set AWS_ROLE_ARN there to its deployer_role_arn"
         fi
         token_dir="${AWS_TOKEN_DIR:-$HOME/.aws-oidc}"
-        (umask 077 && mkdir -p "$token_dir" && printf '%s' "$CIRCLE_OIDC_TOKEN_V2" >"$token_dir/token")
+        (umask 077 && mkdir -p "$token_dir" && printf '%s' "$token" >"$token_dir/token")
         # A session name shows in CloudTrail; AWS allows [\w+=,.@-], 2 to 64 characters.
         session="circleci-${CIRCLE_JOB:-job}-${CIRCLE_BUILD_NUM:-0}"
         session="$(printf '%s' "$session" | tr -c 'A-Za-z0-9+=,.@_-' '-' | cut -c1-64)"

@@ -5,6 +5,8 @@ boto3 is imported inside the functions, never at module import, so that ``inv --
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shlex
 from collections.abc import Callable, Collection
@@ -229,6 +231,8 @@ def failure(exc: BaseException, action: str, resource: str, account: Account | N
                             f"has expired or was never made ({type(exc).__name__}); waiting will not help, and nothing "
                             "was changed", id="aws-sso-expired", where=where,
                             fix=_login_hint(account) if profile else "aws sso login  (then run the command again)")
+    if getattr(exc, "operation_name", "") == "AssumeRoleWithWebIdentity":
+        return _token_refused(code, message, said)
     if code in DENIED_CODES:
         return RunbookError(f"AWS refused {action} on {resource} ({said})", id="aws-access-denied", where=resource,
                             fix=fix or (f"grant {permission} to the identity you use, or switch to one that has it"
@@ -258,6 +262,44 @@ def failure(exc: BaseException, action: str, resource: str, account: Account | N
                          where=resource, fix="an AWS-side or network failure: run the same command again in a minute")
     return RunbookError(f"AWS failed {action} on {resource} ({said})", id="aws-error", where=resource,
                         fix="fix what AWS's message says, then run the command again")
+
+
+def _token_refused(code: str, message: str, said: str) -> RunbookError:
+    """What failed when botocore exchanged a CI job's OIDC token for the role in ``AWS_ROLE_ARN`` (STS
+    AssumeRoleWithWebIdentity, "Errors": https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoleWithWebIdentity.html):
+    the token expired (``oidc-token-expired``), or the role's trust or the OIDC provider's audience refused it
+    (``oidc-token-refused``). Names the claims the trust checks, read from ``AWS_WEB_IDENTITY_TOKEN_FILE``."""
+    claims = token_claims(os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE", ""))
+    shown = (f"The token's claims that the trust checks: aud {claims.get('aud')!r}, sub {claims.get('sub')!r}"
+             if claims else "The token's claims could not be read from AWS_WEB_IDENTITY_TOKEN_FILE")
+    role = os.environ.get("AWS_ROLE_ARN") or "named in AWS_ROLE_ARN"
+    if code in ("ExpiredTokenException", "ExpiredToken"):
+        return RunbookError(f"This job's OIDC token has expired ({said}); AWS gave no keys for the deployer role "
+                            f"{role}. {shown}", id="oidc-token-expired",
+                            fix="rerun the job: a rerun gets a fresh token (CircleCI's token is valid for one hour)")
+    if "audience" in message.lower():
+        return RunbookError(f"AWS refused this job's OIDC token for its audience ({said}): the account's OIDC "
+                            f"provider for CircleCI lists other client IDs. {shown}", id="oidc-token-refused",
+                            fix="use the job's own CIRCLE_OIDC_TOKEN_V2, whose audience is the organization ID (no "
+                                "custom aud claim); if circleci.org_id in the configuration is not this "
+                                "organization's, correct it and apply the account step (inv iam.account)")
+    return RunbookError(f"The deployer role {role} refused this job's OIDC token ({said}): its trust admits only "
+                        f"this project's deploy branches. {shown}", id="oidc-token-refused",
+                        fix="check that the job runs on an environment's branch, that circleci.org_id, project_id and "
+                            "vcs_origin in the configuration are this project's, and that the account step is applied "
+                            "for this commit (inv iam.status; else inv iam.account)")
+
+
+def token_claims(path: str) -> dict[str, str]:
+    """The ``aud`` and ``sub`` claims of the JSON Web Token in file *path* (RFC 7519: the payload is the second
+    base64url part), as strings; {} when the file or the token cannot be read. Never the token itself."""
+    try:
+        with open(path, encoding="ascii") as file:
+            payload = file.read(16384).strip().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return {k: str(claims[k])[:300] for k in ("aud", "sub") if k in claims}
+    except (OSError, IndexError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 def frozen_credentials(sess: Any, account: Account, *, purpose: str) -> Credentials:

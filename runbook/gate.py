@@ -151,9 +151,7 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
         except Transient as exc:
             delay, last_error = min(delay * 2, poll_s * 4), exc
         except RunbookError as exc:
-            if exc.id in ("aws-access-denied", "aws-no-credentials", "aws-credentials-rejected"):
-                exc.fix = (exc.fix or "") + (" (in CircleCI: the job must reach AWS as the CI deployer, which may read "
-                                             f"/{config.project}/iam/*)")
+            exc.fix = _in_the_pipeline(exc, config, environment)
             raise
         elapsed = clock() - started
         if elapsed >= timeout_s:  # the last look was at the deadline: poll right up to it, never stop early
@@ -169,6 +167,27 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
                                    f"`inv ci.rerun --env {environment.name}` (or simply `inv release --env "
                                    f"{environment.name}`)")
         sleep(min(delay, timeout_s - elapsed))
+
+
+def _in_the_pipeline(exc: RunbookError, config: Config, environment: Environment) -> str | None:
+    """The fix of an AWS failure of the gate, said for a CircleCI job of *config*'s deployer (``circleci.deployer``:
+    "oidc", the role and the job's token; "user", the legacy access key in the context)."""
+    rerun = f"then rerun the job (inv ci.rerun --env {environment.name})"
+    oidc = config.circleci is not None and config.circleci.deployer == "oidc"
+    if exc.id in ("oidc-token-refused", "oidc-token-expired"):
+        return f"{exc.fix}; {rerun}"
+    if exc.id == "aws-no-credentials":
+        return (f"the job's aws-credentials step (.circleci/aws-credentials.sh {environment.name}) must run before the "
+                "gate: it gives the job the deployer role through its OIDC token; " + rerun if oidc else
+                "put the CI deployer user's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the job's context; " + rerun)
+    if exc.id == "aws-credentials-rejected":
+        return ("the job's keys expired or were revoked (a deployer role session lasts one hour at most); " + rerun
+                if oidc else "replace the CI deployer user's access key in the job's context; " + rerun)
+    if exc.id == "aws-access-denied":
+        who = "the deployer role (AWS_ROLE_ARN)" if oidc else "the CI deployer user whose key is in the context"
+        return (f"the gate reads /{config.project}/iam/* and GetRole on the lambda roles as {who}, which the account "
+                f"root grants: apply the account step (inv iam.account --env {environment.name}); " + rerun)
+    return exc.fix
 
 
 def _instructions(environment: Environment, statuses: list[records.ScopeStatus], problems: list[str]) -> str:

@@ -101,7 +101,8 @@ class AwsProxy:
         drop: None, or a function of a Request: the FIRST request it picks is forwarded and answered by moto,
             then its connection is closed without an answer (an answer lost on the way); ``dropped`` lists it.
         fail: None, or a function of a Request giving an HTTP status (or None): the requests it picks are answered
-            with that status and an AWS JSON error (``InternalFailure``) without reaching moto.
+            with that status and an AWS JSON error (``InternalFailure``) without reaching moto; or giving
+            ``(status, content type, body)``, answered as it is (an AWS error in the service's own format).
     """
 
     def __init__(self, upstream: str):
@@ -147,9 +148,11 @@ class AwsProxy:
                     proxy.before(request)
                 failed = proxy.fail(request) if proxy.fail is not None else None
                 if failed:
-                    data = json.dumps({"__type": "InternalFailure", "message": "failed by the test"}).encode()
-                    self.send_response(failed)
-                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    status, kind, data = failed if isinstance(failed, tuple) else (
+                        failed, "application/x-amz-json-1.1",
+                        json.dumps({"__type": "InternalFailure", "message": "failed by the test"}).encode())
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import signal
+from dataclasses import replace
 
 import pytest
 
-from runbook import console, gate, iam
+from runbook import aws, console, gate, iam
 from runbook.errors import EXIT_BUG, RunbookError
 from runbook.scopes import for_environment
 from runbook.tasks import _common
@@ -209,3 +210,31 @@ def test_a_task_given_its_environment_reads_no_checkout(monkeypatch, cfg):
 
     monkeypatch.setattr(git, "_git", fake_git(None))
     assert _common.pick_environment(cfg, "stg").name == "stg"
+
+
+@pytest.mark.parametrize("deployer", ["oidc", "user"])
+@pytest.mark.parametrize("error_id", ["aws-no-credentials", "aws-credentials-rejected", "aws-access-denied"])
+def test_the_gates_advice_is_for_the_configured_deployer_only(cfg, error_id, deployer):
+    config = replace(cfg, circleci=replace(cfg.circleci, deployer=deployer))
+    fix = gate._in_the_pipeline(RunbookError("x", id=error_id, fix="aws sso login"), config, cfg.environments["stg"])
+    assert fix.endswith("then rerun the job (inv ci.rerun --env stg)") and "sso" not in fix
+    legacy = {"aws-no-credentials": "AWS_ACCESS_KEY_ID", "aws-credentials-rejected": "access key",
+              "aws-access-denied": "CI deployer user"}[error_id]
+    assert (legacy in fix) == (deployer == "user")  # the key-based hints only for the legacy deployer
+    if deployer == "oidc":
+        assert "AWS_ACCESS_KEY_ID" not in fix and "access key" not in fix
+
+
+def test_a_tokens_claims_are_read_never_the_token(tmp_path, monkeypatch):
+    import base64
+
+    def part(data) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    token = tmp_path / "token"
+    token.write_text(f"{part({'alg': 'RS256'})}.{part({'aud': 'org', 'sub': 'org/o/project/p', 'x': 1})}.sig")
+    assert aws.token_claims(str(token)) == {"aud": "org", "sub": "org/o/project/p"}
+    for text in ("", "not-a-jwt", "a.!!!.c", f"a.{part(['list'])}.c"):
+        token.write_text(text)
+        assert aws.token_claims(str(token)) == {}
+    assert aws.token_claims(str(tmp_path / "missing")) == {}

@@ -10,6 +10,7 @@ import functools
 import itertools
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
@@ -131,9 +132,13 @@ def _host(config_host: str | None, env: Mapping[str, str]) -> tuple[str, str]:
                   (config_host, f"{shown_path()} field circleci.host"), (DEFAULT_HOST, "the default")]
     value, source = next((v.strip(), s) for v, s in candidates if v and v.strip())
     host = value.rstrip("/") if "://" in value else "https://" + value.rstrip("/")
-    if not re.fullmatch(r"https?://[\w.-]+(:\d{1,5})?(/\S*)?", host):
-        raise RunbookError(f"The CircleCI host {value!r} is not an http(s) URL", id="circleci-setting-invalid",
-                           where=source, fix="set it to the base URL, e.g. export CIRCLECI_HOST=https://circleci.com")
+    base = re.fullmatch(r"(https?://[\w.-]+(?::\d{1,5})?)(/\S*)?", host)
+    if not base or base.group(2):
+        said = f"has a path ({base.group(2)!r}): the runbook adds /api/v2/... itself" if base else \
+            "is not an http(s) URL"
+        url = shlex.quote(base.group(1) if base else DEFAULT_HOST)
+        raise RunbookError(f"The CircleCI host {value!r} {said}", id="circleci-setting-invalid", where=source,
+                           fix=f"export {source}={url}" if source in HOST_VARIABLES else f"set it to {url}")
     return host, source
 
 

@@ -114,6 +114,14 @@ def test_a_host_that_is_not_an_http_url_is_refused(host):
     assert caught.value.id == "circleci-setting-invalid"
 
 
+@pytest.mark.parametrize("host", ["https://circleci.example.com/api", "https://circleci.example.com/api/v2/"])
+def test_a_host_with_a_path_is_refused_before_any_request_not_blamed_on_the_token(host):
+    with pytest.raises(RunbookError) as caught:
+        CircleCIClient(SLUG, env={"CIRCLECI_TOKEN": "t", "CIRCLECI_HOST": host})
+    assert caught.value.id == "circleci-setting-invalid" and "has a path" in caught.value.what
+    assert caught.value.fix == "export CIRCLECI_HOST=https://circleci.example.com" and "token" not in str(caught.value)
+
+
 def test_web_urls_of_circleci_and_of_a_server_installation():
     wid = "0b9a7d1e-0000-4000-8000-000000000001"
     cloud = CircleCIClient(SLUG, env={"CIRCLECI_TOKEN": "t"})

@@ -209,7 +209,7 @@ def test_a_state_key_terraform_refuses_is_refused_before_anything_is_created(tmp
     assert "field terraform.backend.account_state_key" in message and "Terraform's S3 backend refuses it" in message
 
 
-@pytest.mark.parametrize("host", ["https://", "https:///api", "https://:443"])
+@pytest.mark.parametrize("host", ["https://", "https:///api", "https://:443", "https://circleci.example.com/api"])
 def test_a_circleci_host_without_a_host_name_is_refused_at_its_line(tmp_path, host):
     message = error(tmp_path, GOOD + f"  host: {host}\n")
     assert "line 17, field circleci.host" in message and "a host name" in message

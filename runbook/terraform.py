@@ -220,12 +220,14 @@ class StateLocked(RunbookError):
 @dataclass(frozen=True)
 class Failure:
     """One row of :data:`FAILURES`: Terraform's (or the script's) words, the error id, its text and its fix
-    (``str.format`` templates over ``what``, ``step``, ``code`` and ``said``: the first group of *pattern*)."""
+    (``str.format`` templates over ``what``, ``step``, ``code``, ``said``: the first group of *pattern*, ``lock``:
+    the ID of a lock Terraform could not release, and ``unlock``: the command that releases it)."""
 
     pattern: str
     id: str
     what: str
     fix: str
+    mode: str | None = None  # the row holds only for this DEPLOY_MODE ("plan", "apply")
 
 
 # Terraform's failures as data (as terragrunt keeps its retryable errors): the first row whose pattern is in the
@@ -233,17 +235,37 @@ class Failure:
 # and the digest).
 FAILURES = (
     Failure(r"Error releasing the state lock", "state-lock-failed",
+            "The {what} failed and changed nothing, but Terraform could not release the state lock it had taken "
+            "(lock {lock}): every later run is refused until it is released; Terraform's message above says why",
+            "release it: {unlock}, then run the same command again", mode="plan"),
+    Failure(r"Error releasing the state lock", "state-lock-failed",
             "The {what} ran (an apply may have changed IAM: Terraform's output above says what it applied), but "
-            "Terraform could not release its state lock afterwards: the lock is still held, so every later run is "
-            "refused until it is released; no record was written",
+            "Terraform could not release its state lock (lock {lock}) afterwards: the lock is still held, so every "
+            "later run is refused until it is released; no record was written",
             "release it: {unlock}, then run the same command again (it plans against the state as it is now, applies "
             "what is missing and records)"),
+    # A lock that could not be taken though nobody holds it, by the cause AWS gave (Terraform quotes it).
+    Failure(r"Error acquiring the state lock[\s\S]*?(?:StatusCode|status code): (5\d\d)", "state-lock-failed",
+            "The {what} could not take the Terraform state lock: AWS answered the lock request with a server error "
+            "(HTTP {said}) even after the AWS SDK's retries; nothing was applied",
+            "an AWS-side failure that passes by itself: run the same command again in a minute"),
+    Failure(r"Error acquiring the state lock[\s\S]*?(AccessDenied\w*)", "state-lock-failed",
+            "The {what} could not take the Terraform state lock: this identity may not use the lock table or lock "
+            "file ({said}); nothing was applied",
+            "use an identity that may (dynamodb:GetItem, PutItem and DeleteItem on the lock table; s3:GetObject, "
+            "PutObject and DeleteObject on the lock file), then run the same command again"),
+    Failure(r"Error acquiring the state lock[\s\S]*?(ResourceNotFoundException)", "state-lock-failed",
+            "The {what} could not take the Terraform state lock: the lock table does not exist ({said}; deleted "
+            "after this run checked it); nothing was applied",
+            "run the same command again: it creates a missing lock table before the plan"),
     Failure(r"Error acquiring the state lock", "state-lock-failed",
             "The {what} could not take the Terraform state lock, and no other run holds it: Terraform could not use "
-            "the lock table (or lock file) at all; its own message above says why (AccessDenied, a missing table, an "
-            "error of AWS); nothing was applied",
-            "fix what Terraform's message says (an identity that may use the lock table: dynamodb:GetItem, PutItem, "
-            "DeleteItem; or restore the table), then run the same command again"),
+            "the lock table (or lock file); its own message above says why; nothing was applied",
+            "fix what Terraform's message says, then run the same command again"),
+    Failure(r"Saved plan is stale", "plan-stale",
+            "The {what} was refused before it changed anything: the state changed after this plan was made (another "
+            "run applied in between; Terraform: Saved plan is stale); nothing was applied",
+            "run the same command again: it plans against the state as it is now"),
     Failure(r"Unsupported Terraform Core version", "terraform-version",
             "The {what} did not start: the root module's required_version does not admit this Terraform (its message "
             "is above); nothing was applied",
@@ -302,13 +324,15 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
                             where=f"s3://{state}, DynamoDB table {env.get('TF_LOCK_TABLE')} item {state}-md5",
                             fix=digest_fix(root, env, digest.group(1) if digest else None))
     for row in FAILURES:
-        found = list(re.finditer(row.pattern, output, re.M))
+        found = list(re.finditer(row.pattern, output, re.M)) if row.mode in (None, env.get("DEPLOY_MODE")) else []
         if found:
             groups = found[-1].groups() + ("", "")
             lock_id = re.search(r"(?:force-unlock\s+|^\s*ID:\s+)([0-9A-Za-z-]+)",
                                 output[output.rfind("Error releasing the state lock"):], re.M)
+            lock = lock_id.group(1) if lock_id else "LOCK_ID"
             values = {"what": what, "step": groups[0], "code": groups[1] or code, "said": console.mask(groups[0]),
-                      "unlock": unlock_command(env, lock_id.group(1) if lock_id else "LOCK_ID", environment)}
+                      "lock": lock if lock_id else "its ID is in Terraform's message above",
+                      "unlock": unlock_command(env, lock, environment)}
             return RunbookError(row.what.format(**values), id=row.id, where=str(root), fix=row.fix.format(**values))
     return RunbookError(
         f"The {what} did not finish: deploy-app.sh itself failed (exit {code}) without a message of its own, so bash "

@@ -56,6 +56,12 @@ if [[ "$1" == "${FAKE_TF_LOCKED_ON:-}" ]]; then
         "  Who:       alice@laptop" >&2
     exit 1
 fi
+if [[ "$1" == "${FAKE_TF_STALE_ON:-}" ]]; then
+    # What Terraform prints when the state changed after the saved plan was made.
+    printf '%s\n' "Error: Saved plan is stale" "" "The given plan file can no longer be applied because the state" \
+        "was changed by another operation after the plan was created." >&2
+    exit 1
+fi
 case "$1" in
     init) mkdir -p .terraform ;;
     plan) for arg in "$@"; do [[ "$arg" == -out=* ]] && printf 'plan' >"${arg#-out=}"; done ;;
@@ -375,6 +381,16 @@ def test_a_state_lock_held_elsewhere_exits_75_and_is_not_a_partial_apply(repo_ro
     assert "nothing was applied" in result.stderr
     assert "partly updated" not in result.stderr
     assert "inv iam.unlock --env stg --lock-id ID" in result.stderr
+
+
+def test_a_stale_saved_plan_is_said_to_have_applied_nothing(repo_root, root, fake_tf):
+    assert run(repo_root / ENV_ENTRY, "stg", cwd=root, env={**fake_tf, "DEPLOY_MODE": "plan"}).returncode == 0
+    result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env={**fake_tf, "DEPLOY_MODE": "apply",
+                                                             "FAKE_TF_STALE_ON": "apply"})
+    assert result.returncode == 1, result.stderr
+    assert "refused the saved plan: the state changed after it was made" in result.stderr
+    assert "nothing was applied. Plan again: inv iam.env --name stg." in result.stderr
+    assert "partly updated" not in result.stderr
 
 
 def test_terraform_failure_status_passes_through(repo_root, root, fake_tf):

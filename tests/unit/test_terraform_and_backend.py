@@ -51,9 +51,30 @@ def test_the_account_scopes_unlock_command_names_the_environment_of_the_run():
     assert "inv iam.unlock --env stg --account --lock-id 7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e" in error.fix
 
 
-def test_a_lock_that_cannot_be_taken_at_all_is_not_blamed_on_another_run():
-    error = failure("Error: Error acquiring the state lock\n\nAccessDeniedException: not authorized", 1)
-    assert error.id == "state-lock-failed" and error.code == 1 and "no other run holds it" in error.what
+@pytest.mark.parametrize("said, cause, fix", [
+    ("AccessDeniedException: User: arn:aws:iam::1:user/a is not authorized to perform: dynamodb:PutItem",
+     "may not use the lock table or lock file (AccessDeniedException)", "dynamodb:GetItem, PutItem"),
+    ("ResourceNotFoundException: Requested resource not found", "the lock table does not exist", "creates a missing"),
+    # Terraform 1.0.3 (aws-sdk-go) and 1.11.4 (aws-sdk-go-v2) quoting a DynamoDB 5xx
+    ("2 errors occurred:\n\t* InternalFailure: failed\n\tstatus code: 500, request id: \n",
+     "a server error (HTTP 500) even after the AWS SDK's retries", "passes by itself"),
+    ("operation error DynamoDB: PutItem, exceeded maximum number of attempts, 5, https response error StatusCode: 503,"
+     " RequestID: 1, api error ServiceUnavailable: down", "a server error (HTTP 503)", "passes by itself"),
+    ("something else entirely", "no other run holds it", "fix what Terraform's message says"),
+], ids=["denied", "no-table", "5xx-tf1.0", "5xx-tf1.11", "other"])
+def test_a_lock_that_cannot_be_taken_at_all_names_the_cause_aws_gave(said, cause, fix):
+    error = failure(f"Error: Error acquiring the state lock\n\nError message: {said}\n", 1)
+    assert error.id == "state-lock-failed" and error.code == 1 and "nothing was applied" in error.what
+    assert cause in error.what and fix in error.fix
+    assert ("AccessDenied" in error.what) == (cause.startswith("may not"))  # a 5xx is not blamed on permissions
+
+
+def test_a_stale_saved_plan_is_refused_with_nothing_applied_not_a_partly_updated_state():
+    output = ("Error: Saved plan is stale\n\nThe given plan file can no longer be applied because the state was "
+              "changed by another operation after the plan was created.\n"
+              "deploy-app.sh: error: terraform apply failed (exit 1); nothing was applied: the saved plan is stale\n")
+    error = failure(output, 1, env={**ENV, "DEPLOY_MODE": "apply"})
+    assert error.id == "plan-stale" and "nothing was applied" in error.what and "partly" not in str(error)
 
 
 def test_a_lock_this_very_run_took_is_named_as_such(monkeypatch):
@@ -270,7 +291,17 @@ RELEASE_FAILED = ("Apply complete! Resources: 1 added, 0 changed, 0 destroyed.\n
      "7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e\n", "7d5a2d43-1c3e-5b1c-9d1e-2f1a3b4c5d6e"),
 ], ids=["lock-info", "force-unlock"])
 def test_a_lock_terraform_could_not_release_is_named_with_its_release_command(said, lock_id):
-    error = failure(RELEASE_FAILED + said + "deploy-app.sh: error: terraform apply failed (exit 1)\n", 1)
+    error = failure(RELEASE_FAILED + said + "deploy-app.sh: error: terraform apply failed (exit 1)\n", 1,
+                    env={**ENV, "DEPLOY_MODE": "apply"})
     assert error.id == "state-lock-failed" and "could not release its state lock" in error.what
-    assert "an apply may have changed IAM" in error.what
+    assert "an apply may have changed IAM" in error.what and f"(lock {lock_id})" in error.what
     assert f"inv iam.unlock --env stg --lock-id {lock_id}" in error.fix
+
+
+def test_a_lock_left_by_a_failed_plan_is_named_and_nothing_is_said_applied():
+    said = "Error message: InternalServerError: injected\nLock Info:\n  ID: fd44df5c-21d0-f356-c5ff-44cfd9e7c418\n"
+    error = failure("Error: Invalid reference\n\nError: Error releasing the state lock\n\n" + said +
+                    "deploy-app.sh: error: terraform plan failed (exit 1); nothing was applied.\n", 1)
+    assert error.id == "state-lock-failed" and "changed nothing" in error.what and "apply" not in error.what
+    assert "(lock fd44df5c-21d0-f356-c5ff-44cfd9e7c418)" in error.what
+    assert "inv iam.unlock --env stg --lock-id fd44df5c-21d0-f356-c5ff-44cfd9e7c418" in error.fix

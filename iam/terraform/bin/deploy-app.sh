@@ -308,6 +308,9 @@ tf_apply() {
     # A plan is applied once: a used or failed one is never applied again, and it holds secrets.
     rm -f -- "$plan_file" "$plan_json"
     if ((rc != 0)); then
+        if grep -q 'Saved plan is stale' -- "$tf_errors"; then
+            die "$rc" "terraform apply refused the saved plan: the state changed after it was made (another run applied in between); nothing was applied. Plan again: ${inv_cmd}."
+        fi
         die_tf "$rc" apply "state may be partly updated, plan again before retrying."
     fi
     say "applied ${plan_file} to s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}"

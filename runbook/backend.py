@@ -32,6 +32,14 @@ _REPAIRS = {
     PUBLIC_ACCESS_BLOCK: ("put_public_access_block", "PublicAccessBlockConfiguration", _PAB,
                           ",".join(f"{k}=true" for k in _PAB)),
 }
+# The one lifecycle rule a new state bucket gets. Each S3 lock file (<key>.tflock) leaves a noncurrent version and
+# a delete marker in a versioned bucket, and a rule cannot select objects by suffix, so it covers the bucket: the
+# newest 100 noncurrent versions of every object are kept whatever their age, older ones once noncurrent for 90
+# days, and delete markers left with no version are removed. A state's own versions are kept at least that long.
+# (https://docs.aws.amazon.com/AmazonS3/latest/userguide/intro-lifecycle-rules.html)
+LIFECYCLE = {"Rules": [{"ID": "bound-old-versions-and-lock-files", "Status": "Enabled", "Filter": {"Prefix": ""},
+                        "NoncurrentVersionExpiration": {"NoncurrentDays": 90, "NewerNoncurrentVersions": 100},
+                        "Expiration": {"ExpiredObjectDeleteMarker": True}}]}
 # Terraform writes "terraform_version" second in a state snapshot, so the first KiB holds it
 # (https://developer.hashicorp.com/terraform/internals/json-format uses the same field names).
 _STATE_VERSION = re.compile(rb'"terraform_version"\s*:\s*"([0-9A-Za-z.+-]{1,40})"')
@@ -205,7 +213,8 @@ def repair(sess: Any, account: Account, backend: Backend, missing: Iterable[str]
 def create(sess: Any, account: Account, backend: Backend, state: BackendState) -> list[str]:
     """Create what *state* says is missing: the state bucket and/or the lock table; wait for the table.
 
-    The bucket gets versioning, default encryption (SSE-S3) and a full public access block; the table the
+    The bucket gets versioning, default encryption (SSE-S3), a full public access block and the lifecycle rule
+    :data:`LIFECYCLE` (only a new bucket: a lifecycle configuration replaces the bucket's own rules); the table the
     ``LockID`` string hash key, on-demand billing. Another run creating the same backend at the same time is
     not an error (BucketAlreadyOwnedByYou, ResourceInUseException). The table is waited for with boto3's
     ``table_exists`` waiter (DescribeTable every 2 seconds, at most :data:`TABLE_WAIT_S`). Callers decide
@@ -232,6 +241,10 @@ def create(sess: Any, account: Account, backend: Backend, state: BackendState) -
             done.append(f"S3 bucket {backend.bucket} was just created by another run")
         switched = repair(sess, account, backend, (VERSIONING, ENCRYPTION, PUBLIC_ACCESS_BLOCK))
         done.append(f"switched on {', '.join(switched)} of {backend.bucket}")
+        aws.call("S3 PutBucketLifecycleConfiguration", f"S3 bucket {backend.bucket}", account,
+                 lambda: s3.put_bucket_lifecycle_configuration(Bucket=backend.bucket, LifecycleConfiguration=LIFECYCLE))
+        done.append(f"bounded the old versions (lock files, states) of {backend.bucket}: newest 100 kept, older ones "
+                    "after 90 days")
     if state.table_needed and not state.table_exists:
         made = aws.call("DynamoDB CreateTable", backend.lock_table, account, lambda: ddb.create_table(
             TableName=backend.lock_table, BillingMode="PAY_PER_REQUEST",

@@ -74,6 +74,9 @@ def test_the_commit_is_applied_not_the_checkout_and_a_second_run_changes_nothing
     rules = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     assert all(s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"].values())
+    (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]  # lock files' versions stay bounded
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 90  # moto 5.2 drops NewerNoncurrentVersions
+    assert rule["Expiration"] == {"ExpiredObjectDeleteMarker": True} and rule["Status"] == "Enabled"
     # the state holds the committed outputs only; the record names the commit and the tree ids
     state = json.loads(s3.get_object(Bucket=BUCKET, Key=STG_KEY)["Body"].read())
     assert set(state["outputs"]) == {"lambda_role_names"}

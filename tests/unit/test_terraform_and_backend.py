@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -246,6 +247,8 @@ def test_a_backend_another_run_is_creating_is_waited_for_not_an_error(stub, monk
     s3_stub.add_client_error("create_bucket", "BucketAlreadyOwnedByYou", http_status_code=409)
     for op in ("put_bucket_versioning", "put_bucket_encryption", "put_public_access_block"):
         s3_stub.add_response(op, {})
+    s3_stub.add_response("put_bucket_lifecycle_configuration", {},
+                         {"Bucket": "b", "LifecycleConfiguration": backend.LIFECYCLE})
     ddb_stub.add_client_error("create_table", "ResourceInUseException", http_status_code=400)
     ddb_stub.add_response("describe_table", {"Table": {"TableStatus": "CREATING", "TableName": "locks"}})
     ddb_stub.add_response("describe_table", TABLE_ACTIVE)
@@ -305,3 +308,9 @@ def test_a_lock_left_by_a_failed_plan_is_named_and_nothing_is_said_applied():
     assert error.id == "state-lock-failed" and "changed nothing" in error.what and "apply" not in error.what
     assert "(lock fd44df5c-21d0-f356-c5ff-44cfd9e7c418)" in error.what
     assert "inv iam.unlock --env stg --lock-id fd44df5c-21d0-f356-c5ff-44cfd9e7c418" in error.fix
+
+
+def test_the_lifecycle_rule_documented_for_older_buckets_is_the_one_a_new_bucket_gets():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "RUNBOOK.md").read_text()
+    documented = re.search(r"--lifecycle-configuration '([^']+)'", text)
+    assert documented and json.loads(documented.group(1)) == backend.LIFECYCLE

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 from runbook.errors import RunbookError
 
 MASK = "****"
-# Variables whose values are secrets (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, CIRCLECI_TOKEN, ...).
-_SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PRIVATE_KEY)", re.IGNORECASE)
+# Variables whose values are secrets (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, CIRCLECI_TOKEN, ...); a webhook's URL
+# is its own credential (RUNBOOK_GATE_WEBHOOK).
+_SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PRIVATE_KEY|WEBHOOK)", re.IGNORECASE)
 MIN_SECRET_LEN = 8
 """Shorter values of secret-named variables are not masked in text. No credential that AWS or CircleCI issues is
 that short (an AWS secret access key has 40 characters,
@@ -36,7 +37,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 def mask(text: str, extra: Iterable[str] = ()) -> str:
     """*text* with every known secret replaced by ``****``: the values of the variables whose name contains
-    SECRET, TOKEN, PASSWORD or PRIVATE_KEY (at least :data:`MIN_SECRET_LEN` characters long), *extra* values,
+    SECRET, TOKEN, PASSWORD, PRIVATE_KEY or WEBHOOK (at least :data:`MIN_SECRET_LEN` characters long), *extra* values,
     and the user-info of every URL (``https://x-access-token:T@github.com/`` becomes ``https://****@github.com/``)."""
     found = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LEN}
     for value in sorted(found | set(extra), key=len, reverse=True):

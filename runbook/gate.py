@@ -9,19 +9,25 @@ will do.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runbook import aws, console, records
+from runbook import aws, console, git, records
 from runbook.config import Config, Environment
 from runbook.errors import RunbookError, Transient
 from runbook.scopes import for_environment
 
 LAMBDA_PRINCIPAL = "lambda.amazonaws.com"
 DEFAULT_SETTLE_S = 10.0
+DEFAULT_REPORT_S = 300.0
+"""Seconds between the gate's "still waiting" lines (``inv ci.gate --report-min``)."""
+WEBHOOK_VARIABLE = "RUNBOOK_GATE_WEBHOOK"
+"""The variable (from the job's context) with a Slack-compatible incoming webhook URL: a secret, masked like every
+variable whose name says WEBHOOK (:func:`runbook.console.mask`)."""
 
 
 @dataclass
@@ -91,14 +97,17 @@ def recorded_roles(record: dict | None) -> tuple[list[str], str | None]:
 
 def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0, poll_s: float = 15.0,
          settle_s: float = DEFAULT_SETTLE_S, session: Any = None, sleep: Callable[[float], None] = time.sleep,
-         clock: Callable[[], float] = time.monotonic, trees: dict | None = None) -> GateResult:
+         clock: Callable[[], float] = time.monotonic, trees: dict | None = None,
+         report_s: float = DEFAULT_REPORT_S, notify: Callable[[str], None] | None = None) -> GateResult:
     """Block until the account and environment records match this commit, then return.
 
     The fingerprints of this commit's scopes are computed once. Each poll reads both records (one SSM
     GetParameter per scope). When both match, the roles in the environment record's ``lambda_role_names`` must
     exist and trust ``lambda.amazonaws.com``; then the gate waits *settle_s* more seconds, because IAM is
     eventually consistent (AWS IAM User Guide, "Changes that I make are not always immediately visible"). What is
-    pending is printed once, with the commands an administrator must run.
+    pending is printed when it changes, with the commands an administrator must run, and a "still waiting" line
+    every *report_s* seconds. *notify* is told once when the gate starts waiting and once when it opens or gives
+    up (a gate that opens at once tells nothing).
 
     Args:
         config, environment: the configuration and the environment being deployed.
@@ -109,6 +118,9 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
         session: boto3 Session for the environment's account (default: the standard credential chain, ignoring
             configured profiles: in CI the credentials come from the job).
         sleep, clock, trees: injectable for tests (*trees*: the commit's tree ids; default HEAD's, from git).
+        report_s: seconds between "still waiting" lines.
+        notify: called with each notification's text (default: :func:`post_webhook` when ``$RUNBOOK_GATE_WEBHOOK``
+            is set, else nothing).
 
     Returns a GateResult. Raises RunbookError at the timeout, naming the commands and ``inv ci.rerun --env
     NAME``, or at once when the records cannot be read for a reason that does not pass by waiting.
@@ -124,6 +136,12 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
     short = {"read_timeout_s": min(10.0, max(1.0, poll_s)), "attempts": 1}
     ssm = aws.client(session, "ssm", account, **short)
     started, delay, polls, told, last_error = clock(), poll_s, 0, None, None
+    reported = started
+
+    def tell(what: str) -> None:  # only when someone listens: the commit is looked up then
+        if notify is not None or os.environ.get(WEBHOOK_VARIABLE):
+            (notify or post_webhook)(f"IAM gate for {environment.name} at commit {_commit()}: {what}")
+
     while True:
         try:
             statuses = [records.compare(s, trees, records.read(ssm, s.parameter, s.name, account)) for s in scopes]
@@ -143,15 +161,26 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
                              "it lists no lambda roles to check")
                     console.ok(f"IAM gate open for {environment.name}: account and environment records match this "
                                f"commit, and {roles}.")
+                    if told is not None:
+                        tell(f"OPEN after {(clock() - started) / 60:.0f} min; the deploy goes on.")
                     return GateResult(statuses, clock() - started, polls)
             message = _instructions(environment, statuses, problems)
             if message != told:
                 console.warn(message)
+                if told is None:
+                    tell(f"WAITING for the IAM. {_unblock(environment, statuses, problems)}")
                 told = message
+            if clock() - reported >= report_s:
+                reported, elapsed = clock(), clock() - started
+                console.say(f"Still waiting for {environment.name}: {elapsed / 60:.1f} min so far, "
+                            f"{max(0.0, timeout_s - elapsed) / 60:.1f} min left. "
+                            + _unblock(environment, statuses, problems))
         except Transient as exc:
             delay, last_error = min(delay * 2, poll_s * 4), exc
         except RunbookError as exc:
             exc.fix = _in_the_pipeline(exc, config, environment)
+            if told is not None:
+                tell(f"GAVE UP ({exc.id}): {exc.what}")
             raise
         elapsed = clock() - started
         if elapsed >= timeout_s:  # the last look was at the deadline: poll right up to it, never stop early
@@ -161,12 +190,53 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
                                    f"{last_error.what if last_error else 'no answer'}", id="gate-timeout",
                                    fix=f"check the network and AWS's health, then `inv ci.rerun --env "
                                        f"{environment.name}` once the records can be read")
+            tell(f"GAVE UP after {elapsed / 60:.0f} min. {_unblock(environment, statuses, problems)}")
             raise RunbookError(f"The IAM gate for {environment.name} timed out after {elapsed:.0f} s; what it waited "
                                "for is listed above", id="gate-timeout",
                                fix=f"an administrator runs those commands from branch {environment.branch}, then "
                                    f"`inv ci.rerun --env {environment.name}` (or simply `inv release --env "
                                    f"{environment.name}`)")
         sleep(min(delay, timeout_s - elapsed))
+
+
+def _unblock(environment: Environment, statuses: list[records.ScopeStatus], problems: list[str]) -> str:
+    """What is pending and the commands that unblock the gate, on one line."""
+    pending = [f"{st.scope.label}: {st.text}" for st in statuses if st.needed] + problems
+    commands = list(dict.fromkeys(st.scope.command(environment) for st in statuses if st.needed)) or [
+        statuses[-1].scope.command(environment)]
+    return (f"Pending: {'; '.join(pending)}. Unblock (an administrator, from branch {environment.branch}): "
+            f"{' && '.join(commands)}, or inv release --env {environment.name}." + _job_page())
+
+
+def _commit() -> str:
+    """The commit the gate is for: CircleCI's CIRCLE_SHA1, else HEAD."""
+    return (os.environ.get("CIRCLE_SHA1") or git.head_commit())[:12]
+
+
+def _job_page() -> str:
+    """" Workflow <id>: <the job's page>", from CircleCI's built-in variables CIRCLE_WORKFLOW_ID and CIRCLE_BUILD_URL
+    (https://circleci.com/docs/variables/#built-in-environment-variables); "" outside CircleCI."""
+    page = os.environ.get("CIRCLE_BUILD_URL", "")
+    return f" Workflow {os.environ.get('CIRCLE_WORKFLOW_ID', '?')}: {page}" if page else ""
+
+
+def post_webhook(text: str) -> None:
+    """Post *text* (masked) as ``{"text": ...}`` to the Slack-compatible incoming webhook in ``$RUNBOOK_GATE_WEBHOOK``
+    (https://api.slack.com/messaging/webhooks); nothing when it is unset. One try of at most 5 seconds: a second try
+    could post twice. A failure is a warning naming the HTTP status or the error's type, never the URL (a secret),
+    and never stops the gate."""
+    url = os.environ.get(WEBHOOK_VARIABLE, "").strip()
+    if not url:
+        return
+    import requests
+
+    try:
+        answer = requests.post(url, json={"text": console.mask(text)}, timeout=5)
+        problem = None if answer.ok else f"HTTP {answer.status_code}"
+    except requests.RequestException as exc:
+        problem = type(exc).__name__
+    if problem:
+        console.warn(f"The gate's notification to ${WEBHOOK_VARIABLE} failed ({problem}); the gate goes on.")
 
 
 def _in_the_pipeline(exc: RunbookError, config: Config, environment: Environment) -> str | None:

@@ -123,6 +123,13 @@ class AwsProxy:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def end_headers(self):
+                # One request per connection: a client never reuses a connection the proxy may be closing, which
+                # (seen once under heavy load) made the AWS SDK send a CreateRole moto had already answered again.
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                super().end_headers()
+
             def log_message(self, *args):  # quiet
                 pass
 

@@ -204,3 +204,89 @@ def test_recorded_roles_are_checked_for_shape(outputs, names, wrong):
     found, problem = gate.recorded_roles({"outputs": outputs})
     assert found == names
     assert (problem is None) if wrong is None else (wrong in problem)
+
+
+# --- the gate speaks up: a line while it waits, a post when it starts waiting and when it opens ----------------
+
+
+class WebhookStandIn:
+    """A Slack-compatible incoming webhook on 127.0.0.1: notes each POSTed JSON body, answers 200 "ok"."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.posts: list[dict] = []
+        standin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                standin.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/services/T0AAAAAAA/B0BBBBBBB/s3cr3tW3bh00kT0k3n"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_the_gate_says_how_long_it_waited_and_posts_when_it_waits_and_opens(project, aws, moto_reset):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with WebhookStandIn() as hook:
+        env = {**project.env, "RUNBOOK_GATE_WEBHOOK": hook.url, "CIRCLE_SHA1": "0" * 40,
+               "CIRCLE_WORKFLOW_ID": "5034460f-c7c4-4c43-9457-de07e2029e7b",
+               "CIRCLE_BUILD_URL": "https://circleci.com/gh/acme/acme-api/42"}
+        gate_run = subprocess.Popen(
+            [str(Path(sys.executable).parent / "inv"), "ci.gate", "--env", "stg", "--timeout-s", "120", "--poll-s",
+             "0.2", "--settle-s", "0", "--report-min", "0.01"], cwd=project.path, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while len(hook.posts) < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(2)  # a few "still waiting" lines
+            project.write_record("account", endpoint=moto_reset)
+            project.write_record("environment", endpoint=moto_reset)
+            aws("iam").create_role(RoleName="acme-api-stg-lambda-api", AssumeRolePolicyDocument=json.dumps(
+                {"Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                                "Action": "sts:AssumeRole"}]}))
+            out, err = gate_run.communicate(timeout=90)
+        finally:
+            gate_run.kill()
+    assert gate_run.returncode == 0, out + err
+    assert out.count("Still waiting for stg:") >= 2, out
+    assert "min left. Pending: account nonprod" in out and "Unblock (an administrator, from branch staging): " \
+        "inv iam.account --env stg && inv iam.env --name stg, or inv release --env stg." in out
+    texts = [post["text"] for post in hook.posts]
+    assert len(texts) == 2, texts
+    assert texts[0].startswith("IAM gate for stg at commit 000000000000: WAITING for the IAM.")
+    assert "inv iam.env --name stg" in texts[0] and "https://circleci.com/gh/acme/acme-api/42" in texts[0]
+    assert texts[1].startswith("IAM gate for stg at commit 000000000000: OPEN after")
+    for secret in ("s3cr3tW3bh00kT0k3n", project.env["CIRCLECI_TOKEN"]):
+        assert not any(secret in text for text in texts) and secret not in out + err
+
+
+def test_a_failed_notification_is_a_warning_never_a_failed_gate(project, aws, moto_reset):
+    project.write_record("account", endpoint=moto_reset)  # the environment's record is pending: the gate waits
+    result = project.inv("ci.gate", "--env", "stg", "--timeout-s", "3", "--poll-s", "0.5", "--settle-s", "0",
+                         env={**project.env, "RUNBOOK_GATE_WEBHOOK": "http://127.0.0.1:9/services/x/y/secretpath1"})
+    assert result.code == 1 and "gate-timeout" in result.err, result.all  # the gate's own verdict, not the post's
+    assert "The gate's notification to $RUNBOOK_GATE_WEBHOOK failed (ConnectionError); the gate goes on." in result.all
+    assert "secretpath1" not in result.all

@@ -135,10 +135,11 @@ def required(value, flag: str, example: str) -> None:
         raise RunbookError(f"{flag} is required", id="flag-invalid", fix=f"add it, for example {flag} {example}")
 
 
-def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS) -> float:
-    """A number of seconds from a command-line flag (a string, or None for *default*). Raises RunbookError naming
-    the flag and its bounds when *value* is not a number, or is below *minimum* (a floor, named) or above
-    *maximum* (default one day)."""
+def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS,
+            unit: str = "seconds") -> float:
+    """A number of seconds (or of *unit*) from a command-line flag (a string, or None for *default*). Raises
+    RunbookError naming the flag and its bounds when *value* is not a number, or is below *minimum* (a floor,
+    named) or above *maximum* (default one day)."""
     if value is None or value == "":
         return float(default)
     try:
@@ -146,7 +147,7 @@ def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: 
     except (TypeError, ValueError, OverflowError):
         number = math.nan  # refused below, as NaN itself is: it is in no range
     if not minimum <= number <= maximum:
-        raise RunbookError(f"{flag} takes a number of seconds from {minimum:g} to {maximum:g}, not {value!r}",
+        raise RunbookError(f"{flag} takes a number of {unit} from {minimum:g} to {maximum:g}, not {value!r}",
                            id="flag-invalid", fix=f"for example {flag} {default:g}")
     return number
 

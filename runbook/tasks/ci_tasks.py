@@ -166,10 +166,13 @@ def diagnose(c, env=None, latest=False):
     "timeout_s": "give up after this many SECONDS (default 1800)",
     "poll_s": "SECONDS between polls of the applied records (default 15)",
     "settle_s": "SECONDS to wait for IAM propagation once everything matches (default 10)",
+    "report_min": "MINUTES between 'still waiting' lines (default 5)",
 })
 @user_errors
-def gate(c, env=None, timeout_s=None, poll_s=None, settle_s=None):
-    """Pipeline job: wait until the IAM for this commit is applied (account and environment)."""
+def gate(c, env=None, timeout_s=None, poll_s=None, settle_s=None, report_min=None):
+    """Pipeline job: wait until the IAM for this commit is applied (account and environment), saying so every few
+    minutes; with $RUNBOOK_GATE_WEBHOOK (a Slack-compatible incoming webhook) it posts when it starts waiting and
+    when it opens or gives up."""
     from runbook import config as configuration
     from runbook import gate as iam_gate
 
@@ -178,6 +181,8 @@ def gate(c, env=None, timeout_s=None, poll_s=None, settle_s=None):
         timeout_s=seconds(timeout_s, "--timeout-s", 1800),
         poll_s=seconds(poll_s, "--poll-s", 15, minimum=0.01),
         settle_s=seconds(settle_s, "--settle-s", iam_gate.DEFAULT_SETTLE_S),
+        report_s=60 * seconds(report_min, "--report-min", iam_gate.DEFAULT_REPORT_S / 60, minimum=0.01, maximum=1440,
+                              unit="minutes"),
     )
     cfg = configuration.load()
     iam_gate.wait(cfg, cfg.environment(env), **limits)

@@ -312,6 +312,28 @@ def test_status_says_what_each_commit_needs_and_which_folder_changed(project, aw
     assert "git checkout develop && git pull --ff-only && inv iam.env --name dev" in pending.out
 
 
+def test_status_on_a_pull_requests_branch_says_what_merging_it_would_need(project, aws):
+    endpoint = aws("s3").meta.endpoint_url
+    for env in ("dev", "stg", "prod"):
+        project.write_record("environment", env, endpoint=endpoint)
+    for env in ("stg", "prod"):
+        project.write_record("account", env, endpoint=endpoint)
+    git(project.path, "checkout", "-q", "-b", "feature/roles")
+    path = project.path / "roots" / "environment" / "main.tf"
+    path.write_text(path.read_text() + "\n# one more permission\n")
+    git(project.path, "commit", "-q", "-am", "IAM change")
+    result = project.inv("iam.status")
+    assert result.code == 0, result.all
+    head = git(project.path, "rev-parse", "HEAD")[:12]
+    assert f"IAM status of commit {head} (branch feature/roles)" in result.out
+    assert "feature/roles deploys no environment. Merged into an environment's branch, this commit would need:" \
+        in result.out
+    assert "merged into staging (stg): inv iam.env --name stg  (environment stg: change pending (roots/environment " \
+           "changed))" in result.out
+    assert "merged into prod (prod): inv iam.env --name prod" in result.out
+    assert "git checkout" not in result.out  # checking out staging applies nothing from this branch
+
+
 def test_status_prints_record_text_from_outside_harmlessly(project, aws):
     project.write_record("environment", "stg", endpoint=aws("s3").meta.endpoint_url, branch="evil\n\x1b[2Jbranch")
     result = project.inv("iam.status")

@@ -102,7 +102,9 @@ def status(c, check=False):
     for row in rows:
         console.say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     todo = state.commands(statuses, branch=branch)
-    if todo:
+    if not any(e.branch == branch for e in cfg.environments.values()):
+        _if_merged(cfg, statuses, here.branch or "detached HEAD")
+    elif todo:
         console.say()
         console.warn("To apply what is pending (as an administrator, from the environment's branch):")
         for command in todo:
@@ -124,6 +126,26 @@ def status(c, check=False):
         parts += [f"{len(unknown)} scope(s) unreadable"] if unknown else []
         raise RunbookError(" and ".join(parts), id="not-current", code=EXIT_NOT_CURRENT,
                            fix="run the commands listed above" if todo else "fix what the state column says")
+
+
+def _if_merged(cfg, statuses, branch: str) -> None:
+    """On a branch that deploys no environment (a pull request's): what merging this commit into each
+    environment's branch would need there, compared with that environment's applied records."""
+    from runbook import console
+    from runbook import records as state
+    from runbook.scopes import for_environment
+
+    console.say()
+    console.say(f"{branch} deploys no environment. Merged into an environment's branch, this commit would need:")
+    for env in cfg.environments.values():
+        names = {scope.name for scope in for_environment(cfg, env)}
+        mine = [st for st in statuses if st.scope.name in names]
+        todo = [st for st in mine if st.state in (state.PENDING, state.NEVER_APPLIED)]
+        unknown = [st for st in mine if st.state == state.UNKNOWN]
+        needs = " && ".join(dict.fromkeys(st.scope.command(env, env.branch) for st in todo)) or "nothing"
+        why = "; ".join(f"{st.scope.label.split(' (')[0]}: {st.text}" for st in todo + unknown)
+        console.say(f"  merged into {env.branch} ({env.name}): {needs}" + (f"  ({console.one_line(why)})" if why
+                                                                          else ""))
 
 
 @task(help={

@@ -138,8 +138,8 @@ def _if_merged(cfg, statuses, branch: str) -> None:
     console.say()
     console.say(f"{branch} deploys no environment. Merged into an environment's branch, this commit would need:")
     for env in cfg.environments.values():
-        names = {scope.name for scope in for_environment(cfg, env)}
-        mine = [st for st in statuses if st.scope.name in names]
+        scopes = for_environment(cfg, env)
+        mine = [st for st in statuses if st.scope in scopes]
         todo = [st for st in mine if st.state in (state.PENDING, state.NEVER_APPLIED)]
         unknown = [st for st in mine if st.state == state.UNKNOWN]
         needs = " && ".join(dict.fromkeys(st.scope.command(env, env.branch) for st in todo)) or "nothing"

@@ -131,3 +131,21 @@ def test_an_ssm_that_does_not_answer_is_asked_once_for_all_the_accounts_behind_i
     statuses = records.examine(all_scopes(cfg), trees=TREES, session_for=lambda account: None)
     assert {st.state for st in statuses} == {records.UNKNOWN}
     assert all("not asked, the same SSM did not answer" in st.reason for st in statuses[1:])
+
+
+def test_what_merging_would_need_names_each_environments_own_account_only(cfg, capsys):
+    from runbook import records
+    from runbook.scopes import Scope
+    from runbook.tasks import iam_tasks
+
+    def status(scope, state):
+        return records.ScopeStatus(scope, state, "f" * 64, changed=("roots/environment",) if state == "pending" else ())
+
+    statuses = [status(Scope.of_account(cfg, cfg.accounts["nonprod"]), records.CURRENT),
+                status(Scope.of_account(cfg, cfg.accounts["prod"]), records.NEVER_APPLIED),
+                *(status(Scope.of_environment(cfg, e), records.PENDING) for e in cfg.environments.values())]
+    iam_tasks._if_merged(cfg, statuses, "feature/x")
+    out = capsys.readouterr().out
+    assert "merged into staging (stg): inv iam.env --name stg  (environment stg: change pending" in out
+    assert "merged into prod (prod): inv iam.account --env prod && inv iam.env --name prod  (account prod: never " \
+           "applied; environment prod: change pending" in out

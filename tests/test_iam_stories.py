@@ -334,6 +334,21 @@ def test_status_on_a_pull_requests_branch_says_what_merging_it_would_need(projec
     assert "git checkout" not in result.out  # checking out staging applies nothing from this branch
 
 
+def test_status_as_json_for_one_environment_parses_with_a_row_per_scope(project, aws):
+    endpoint = aws("s3").meta.endpoint_url
+    project.write_record("environment", "stg", endpoint=endpoint, branch="evil\n\x1b[2J")
+    result = project.inv("iam.status", "--env", "stg", "--json", "--check")
+    assert result.code == 3, result.all  # the account step was never applied
+    document = json.loads(result.out)
+    assert document["format"] == 1 and document["commit"] == git(project.path, "rev-parse", "HEAD")
+    assert document["branch"] == "staging" and document["commands"] == ["inv iam.account --env stg"]
+    account, stg = document["scopes"]  # stg and its account only
+    assert (account["kind"], account["state"], account["applied"]) == ("account", "never-applied", None)
+    assert (stg["kind"], stg["environment"], stg["state"]) == ("environment", "stg", "current")
+    assert stg["fingerprint"] == stg["applied"]["fingerprint"] == project.fingerprint("environment", "stg")
+    assert stg["applied"]["commit"] == document["commit"] and "\x1b" not in result.out  # escaped as \u001b
+
+
 def test_status_prints_record_text_from_outside_harmlessly(project, aws):
     project.write_record("environment", "stg", endpoint=aws("s3").meta.endpoint_url, branch="evil\n\x1b[2Jbranch")
     result = project.inv("iam.status")

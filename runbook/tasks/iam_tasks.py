@@ -77,43 +77,26 @@ def bootstrap(c, env=None, dry_run=False, yes=False):
 
 
 @task(help={"check": "exit 3 when any step is pending, never applied or unknown (for scripts); without --check "
-                     "too, exit 1 when no record could be read at all"})
+                     "too, exit 1 when no record could be read at all",
+            "env": "only this environment and its account",
+            "json": "print the status as one JSON document (format 1, README 'JSON output') instead of the table"})
 @user_errors
-def status(c, check=False):
+def status(c, check=False, env=None, json=False):
     """Show, per account and environment, whether the IAM for this commit is applied."""
     from runbook import config, console
     from runbook import records as state
     from runbook.errors import EXIT_NOT_CURRENT, RunbookError
-    from runbook.scopes import all_scopes
+    from runbook.scopes import all_scopes, for_environment
 
     cfg = config.load()
     here = checkout()
-    branch = here.branch
-    console.say(f"IAM status of commit {here.head[:12]} ({f'branch {branch}' if branch else 'detached HEAD'}):")
-    statuses = state.examine(all_scopes(cfg))
-    rows = [("scope", "account", "state", "applied commit", "branch", "by", "when")]
-    for st in statuses:
-        rec = st.record or {}
-        rows.append((st.scope.label.split(" (")[0] + (" [rehearsal]" if st.scope.account.local else ""),
-                     st.scope.account.id, st.text, str(rec.get("commit") or "-")[:12], str(rec.get("branch") or "-"),
-                     str(rec.get("applied_by") or "-").rsplit("/", 1)[-1], str(rec.get("applied_at") or "-")))
-    rows = [tuple(console.one_line(cell) for cell in row) for row in rows]  # record fields are outside text
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        console.say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    todo = state.commands(statuses, branch=branch)
-    if not any(e.branch == branch for e in cfg.environments.values()):
-        _if_merged(cfg, statuses, here.branch or "detached HEAD")
-    elif todo:
-        console.say()
-        console.warn("To apply what is pending (as an administrator, from the environment's branch):")
-        for command in todo:
-            console.say(f"    {command}")
+    statuses = state.examine(for_environment(cfg, cfg.environment(env)) if env else all_scopes(cfg))
+    todo = state.commands(statuses, branch=here.branch)
     unknown = [st for st in statuses if st.state == state.UNKNOWN]
-    if unknown:
-        console.say()
-        console.warn(f"{len(unknown)} scope(s) could not be read (the reason is in the state column): fix that, e.g. "
-                     "aws sso login or AWS_PROFILE for credentials, then run `inv iam.status` again.")
+    if json:
+        console.say(_document(here, statuses, todo))
+    else:
+        _table(cfg, here, statuses, todo, unknown)
     if unknown and len(unknown) == len(statuses):
         raise RunbookError(f"No applied record could be read ({len(unknown)} scope(s); the first: "
                            f"{unknown[0].reason}): the state of the IAM is not known", id="record-unreadable",
@@ -126,6 +109,58 @@ def status(c, check=False):
         parts += [f"{len(unknown)} scope(s) unreadable"] if unknown else []
         raise RunbookError(" and ".join(parts), id="not-current", code=EXIT_NOT_CURRENT,
                            fix="run the commands listed above" if todo else "fix what the state column says")
+
+
+def _table(cfg, here, statuses, todo, unknown) -> None:
+    """The human status: the commit, one row per scope, then the commands (or, on a branch that deploys no
+    environment, what merging would need) and what could not be read."""
+    from runbook import console
+
+    branch = here.branch
+    console.say(f"IAM status of commit {here.head[:12]} ({f'branch {branch}' if branch else 'detached HEAD'}):")
+    rows = [("scope", "account", "state", "applied commit", "branch", "by", "when")]
+    for st in statuses:
+        rec = st.record or {}
+        rows.append((st.scope.label.split(" (")[0] + (" [rehearsal]" if st.scope.account.local else ""),
+                     st.scope.account.id, st.text, str(rec.get("commit") or "-")[:12], str(rec.get("branch") or "-"),
+                     str(rec.get("applied_by") or "-").rsplit("/", 1)[-1], str(rec.get("applied_at") or "-")))
+    rows = [tuple(console.one_line(cell) for cell in row) for row in rows]  # record fields are outside text
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        console.say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if not any(e.branch == branch for e in cfg.environments.values()):
+        _if_merged(cfg, statuses, branch or "detached HEAD")
+    elif todo:
+        console.say()
+        console.warn("To apply what is pending (as an administrator, from the environment's branch):")
+        for command in todo:
+            console.say(f"    {command}")
+    if unknown:
+        console.say()
+        console.warn(f"{len(unknown)} scope(s) could not be read (the reason is in the state column): fix that, e.g. "
+                     "aws sso login or AWS_PROFILE for credentials, then run `inv iam.status` again.")
+
+
+STATUS_FORMAT = 1
+"""The version of ``inv iam.status --json``'s document (README, "JSON output"): raised when a field changes meaning
+or goes away; new fields may be added within a version."""
+
+
+def _document(here, statuses, todo) -> str:
+    """``inv iam.status --json``: the commit and branch, one object per scope, the commands (JSON, 2-space indent)."""
+    import json
+
+    def applied(record):
+        return None if record is None else {key: record.get(key) for key in (
+            "commit", "branch", "applied_by", "applied_at", "fingerprint")}
+
+    return json.dumps({
+        "format": STATUS_FORMAT, "commit": here.head, "branch": here.branch,
+        "scopes": [{"kind": st.scope.kind, "environment": st.scope.environment.name if st.scope.environment else None,
+                    "account": st.scope.account.name, "account_id": st.scope.account.id, "state": st.state,
+                    "text": st.text, "changed": list(st.changed), "fingerprint": st.fingerprint,
+                    "applied": applied(st.record)} for st in statuses],
+        "commands": todo}, indent=2)
 
 
 def _if_merged(cfg, statuses, branch: str) -> None:

@@ -14,6 +14,7 @@ ID_FORM = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 # The exit codes, in one place (README.md, "Exit codes", explains them).
 EXIT_FAILED = 1  # refused or failed: the message says why and what to run
+EXIT_CHANGES = 2  # `inv iam.plan`: the plan has changes (Terraform's own -detailed-exitcode uses 2 too)
 EXIT_NOT_CURRENT = 3  # `inv iam.status --check`: something is not current
 EXIT_ON_HOLD = 5  # a watch stopped because the workflow waits at an approval job
 EXIT_BUG = 70  # a defect of the runbook (BSD sysexits EX_SOFTWARE): please report it

@@ -195,7 +195,7 @@ def _script(state: Run, scope: Scope, mode: str) -> None:
                                terraform_version=facts.terraform.version, credentials=facts.credentials,
                                lock_timeout_s=facts.opts.lock_timeout_s)
     snap = facts.snapshots[scope.name]
-    terraform.run_script(snap.root, snap.script, env, what=f"{mode} {'of' if mode == 'plan' else 'to'} {scope.label}",
+    terraform.run_script(snap.root, snap.script, env, what=f"{mode} {'to' if mode == 'apply' else 'of'} {scope.label}",
                          environment=state.facts.environment.name)
 
 
@@ -301,6 +301,44 @@ def _act_record(state: Run, action: Action) -> str:
 
 ACT = {"backend": _act_backend, "take-over": _act_take_over, "plan": _act_plan, "confirm": _act_confirm,
        "apply": _act_apply, "record": _act_record}
+
+
+# What stops an apply but not a read-only plan: where it runs from, who applied the account scope before, and keys
+# too close to their expiry for an apply.
+_APPLY_ONLY = frozenset({"wrong-branch", "head-not-on-remote", "take-over-needed", "credentials-expiring"})
+
+
+def preview(config: Config, environment: Environment, scopes: list[Scope], command: str,
+            checkout: git.Checkout | None = None) -> list[terraform.PlanSummary | None]:
+    """``inv iam.plan``: a read-only Terraform plan of each of *scopes* whose applied record does not match this
+    commit, against *environment*'s state, from any branch. No state lock (``-lock=false``), no record, no backend
+    created or repaired, nothing changed in AWS; the saved plan is deleted once summarised.
+
+    Returns one item per scope: its PlanSummary, or None when its record is current (nothing to plan). Raises
+    RunbookError for what would make the plan meaningless (the configuration, the backend gone, credentials) and
+    when Terraform fails.
+    """
+    console.heading(f"IAM plan (read-only) for {' and '.join(s.label for s in scopes)}: examining")
+    facts = examine_local(config, environment, scopes, Options(), command, checkout)
+    _raise_first([f for f in decide.local_findings(facts) if f.id not in _APPLY_ONLY], command)
+    facts = examine_aws(facts, aws.session(facts.account))
+    _raise_first([f for f in decide.aws_findings(facts) if f.id not in _APPLY_ONLY], command)
+    found: list[terraform.PlanSummary | None] = []
+    for scope in scopes:
+        status = records.compare(scope, facts.trees, facts.records.get(scope.name))
+        if status.state == records.CURRENT:
+            console.ok(f"{scope.label}: current (its record matches this commit): nothing to plan")
+            found.append(None)
+            continue
+        console.heading(f"Terraform: plan of {scope.label} ({status.text}), without the state lock")
+        root = facts.snapshots[scope.name].root
+        try:
+            _script(Run(facts, command), scope, "preview")
+            found.append(terraform.read_plan(root))
+        finally:  # nothing can be applied from it: it goes, whatever happened
+            terraform.discard_plan(root)
+        console.ok(f"{scope.label}: {found[-1]}")
+    return found
 
 
 def _warn_other_credentials(facts: Facts) -> None:

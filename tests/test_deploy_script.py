@@ -205,8 +205,17 @@ def test_unknown_mode_lists_the_valid_ones(repo_root: Path, root: Path, fake_tf:
     result = run(repo_root / SHARED, cwd=root, env={**fake_tf, "DEPLOY_MODE": "destroy"})
     assert result.returncode == 2
     assert "unknown DEPLOY_MODE 'destroy'" in result.stderr
-    assert "plan, apply, or unset" in result.stderr
+    assert "plan, apply, preview (plan without the state lock), or unset" in result.stderr
     assert tf_calls(fake_tf) == []
+
+
+def test_preview_mode_plans_without_the_state_lock(repo_root: Path, root: Path, fake_tf: dict[str, str]):
+    env = {**fake_tf, "DEPLOY_MODE": "preview", "TF_LOCK_TIMEOUT": "300s"}
+    result = run(repo_root / ENV_ENTRY, "stg", cwd=root, env=env)
+    assert result.returncode == 0, result.stderr
+    (plan,) = [call for call in tf_calls(fake_tf) if call[0] == "plan"]
+    assert "-lock=false" in plan and not any(arg.startswith("-lock-timeout") for arg in plan)
+    assert not any(call[0] == "apply" for call in tf_calls(fake_tf))
 
 
 def test_missing_terraform_says_how_to_install(repo_root: Path, root: Path, fake_tf, tmp_path: Path):

@@ -349,6 +349,34 @@ def test_status_as_json_for_one_environment_parses_with_a_row_per_scope(project,
     assert stg["applied"]["commit"] == document["commit"] and "\x1b" not in result.out  # escaped as \u001b
 
 
+@pytest.mark.terraform
+def test_plan_from_a_pull_requests_branch_shows_the_change_and_changes_nothing(project, aws):
+    assert project.inv("iam.account").code == 0
+    assert project.inv("iam.env", "--name", "stg").code == 0
+    unchanged = project.inv("iam.plan")
+    assert unchanged.code == 0 and "No change: merged into staging" in unchanged.out, unchanged.all
+    git(project.path, "checkout", "-q", "-b", "feature/outputs")
+    git(project.path, "push", "-q", "-u", "origin", "feature/outputs")
+    commit(project, "roots/environment/main.tf", '\noutput "queue_name" {\n  value = "acme-api-jobs"\n}\n')
+    s3, ssm, ddb = aws("s3"), aws("ssm"), aws("dynamodb")
+
+    def everything():
+        return (s3.head_object(Bucket=BUCKET, Key=STG_KEY)["VersionId"],
+                s3.head_object(Bucket=BUCKET, Key=ACCOUNT_KEY)["VersionId"],
+                sorted(str(i) for i in ddb.scan(TableName=TABLE)["Items"]),
+                [ssm.get_parameter(Name=n)["Parameter"]["Version"] for n in (STG_RECORD, ACCOUNT_RECORD)],
+                sorted(b["Name"] for b in s3.list_buckets()["Buckets"]))
+
+    before = everything()
+    planned = project.inv("iam.plan", "--env", "stg")
+    assert planned.code == 2, planned.all
+    assert "account nonprod (123456789012): current (its record matches this commit): nothing to plan" in planned.out
+    assert "environment stg: 0 to add, 0 to change, 0 to destroy; 1 output(s) change" in planned.out
+    assert "-lock=false" in planned.err and "Merged into staging, commit" in planned.out
+    assert everything() == before  # no lock taken, no state written, no record, no backend touched
+    assert not list((project.path.parent / "xdg-cache").rglob("runbook.tfplan"))  # the saved plan is gone
+
+
 def test_status_prints_record_text_from_outside_harmlessly(project, aws):
     project.write_record("environment", "stg", endpoint=aws("s3").meta.endpoint_url, branch="evil\n\x1b[2Jbranch")
     result = project.inv("iam.status")

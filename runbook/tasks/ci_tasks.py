@@ -170,9 +170,10 @@ def diagnose(c, env=None, latest=False):
 })
 @user_errors
 def gate(c, env=None, timeout_s=None, poll_s=None, settle_s=None, report_min=None):
-    """Pipeline job: wait until the IAM for this commit is applied (account and environment), saying so every few
-    minutes; with $RUNBOOK_GATE_WEBHOOK (a Slack-compatible incoming webhook) it posts when it starts waiting and
-    when it opens or gives up."""
+    """Pipeline job: wait until the IAM for this commit is applied (account and environment).
+
+    Says so every few minutes; with $RUNBOOK_GATE_WEBHOOK (a Slack-compatible incoming webhook) it posts when it
+    starts waiting and when it opens or gives up."""
     from runbook import config as configuration
     from runbook import gate as iam_gate
 

@@ -64,6 +64,32 @@ def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=Fal
            skip_branch_check=skip_branch_check, lock_timeout_s=lock_timeout_s)
 
 
+@task(help={"env": "environment whose state is planned against (default: the one whose branch is checked out)"})
+@user_errors
+def plan(c, env=None):
+    """Read-only Terraform plan of this commit's changed scopes against an environment's state.
+
+    From any branch; no state lock, no record, nothing changed in AWS. Exit 0: no change; 2: changes; 1: failed."""
+    from invoke import Exit
+
+    from runbook import config, console, iam
+    from runbook.errors import EXIT_CHANGES
+    from runbook.scopes import Scope, environment_for
+
+    cfg = config.load()
+    here = checkout()
+    environment = environment_for(cfg, env, here.branch)
+    scopes = [Scope.of_account(cfg, environment.account), Scope.of_environment(cfg, environment)]
+    plans = iam.preview(cfg, environment, scopes, f"inv iam.plan --env {environment.name}", checkout=here)
+    changes = [f"{s.label}: {p}" for s, p in zip(scopes, plans, strict=True) if p is not None and not p.empty]
+    console.say()
+    if not changes:
+        console.ok(f"No change: merged into {environment.branch}, commit {here.head[:12]} would apply nothing.")
+        return
+    console.warn(f"Merged into {environment.branch}, commit {here.head[:12]} would change: " + "; ".join(changes))
+    raise Exit(code=EXIT_CHANGES)
+
+
 @task(help={"env": "environment whose account's backend is meant (default: the one whose branch is checked out)",
             "dry_run": "show what would be created or repaired and why (read-only AWS look-ups); change nothing",
             "yes": "answer the confirmation with yes (automation)"})

@@ -32,6 +32,8 @@
 #                     already set (the real roots point the provider there).
 #   DEPLOY_MODE       plan  : init, plan to TF_PLAN_FILE, write TF_PLAN_FILE.json (terraform show -json)
 #                     apply : apply exactly TF_PLAN_FILE (init first only if .terraform is absent)
+#                     preview: as plan, without taking the state lock (-lock=false): a read-only
+#                             look for `inv iam.plan`; the runbook reads the summary and deletes the plan
 #                     unset : plan, ask "Apply this plan? [y/N]" on stdin (the terminal when
 #                             run by hand), apply only on y/yes; anything else or no input: exit 1
 #   TF_PLAN_FILE      saved plan path, relative to the root module (default .terraform/runbook.tfplan)
@@ -121,8 +123,8 @@ esac
 # --- mode --------------------------------------------------------------------------------
 mode="${DEPLOY_MODE:-}"
 case "$mode" in
-    "" | plan | apply) ;;
-    *) die 2 "unknown DEPLOY_MODE '${mode}'. Valid modes: plan, apply, or unset (plan, confirm, apply)." ;;
+    "" | plan | apply | preview) ;;
+    *) die 2 "unknown DEPLOY_MODE '${mode}'. Valid modes: plan, apply, preview (plan without the state lock), or unset (plan, confirm, apply)." ;;
 esac
 
 # --- required environment -------------------------------------------------------------------
@@ -197,7 +199,9 @@ case "$lock_mode" in
 esac
 
 lock_args=()
-if [[ -n "${TF_LOCK_TIMEOUT:-}" ]]; then
+if [[ "$mode" == preview ]]; then
+    lock_args=("-lock=false") # read-only: a preview never holds up a run that applies
+elif [[ -n "${TF_LOCK_TIMEOUT:-}" ]]; then
     lock_args=("-lock-timeout=${TF_LOCK_TIMEOUT}")
 fi
 
@@ -320,7 +324,7 @@ say "root module: $(pwd)${scope:+ (scope: ${scope})}"
 say "state: s3://${TF_STATE_BUCKET}/${TF_STATE_KEY}, ${lock_text}, region ${AWS_REGION}${AWS_ENDPOINT_URL:+, endpoint ${AWS_ENDPOINT_URL}}"
 
 case "$mode" in
-    plan)
+    plan | preview)
         tf_plan
         ;;
     apply)

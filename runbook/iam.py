@@ -10,8 +10,8 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 
-from runbook import aws, backend, console, decide, git, records, terraform
-from runbook.config import Config, Environment
+from runbook import aws, backend, console, decide, git, records, snapshot, terraform
+from runbook.config import PROJECT_ROOT, Config, Environment
 from runbook.decide import Action
 from runbook.errors import Interrupted, RunbookError
 from runbook.facts import Facts, Options, examine_aws, examine_local
@@ -338,6 +338,46 @@ def preview(config: Config, environment: Environment, scopes: list[Scope], comma
         finally:  # nothing can be applied from it: it goes, whatever happened
             terraform.discard_plan(root)
         console.ok(f"{scope.label}: {found[-1]}")
+    return found
+
+
+def drift(config: Config, environment: Environment, scopes: list[Scope], command: str,
+          checkout: git.Checkout | None = None) -> dict[str, list[str]]:
+    """``inv iam.drift``: plan each applied one of *scopes* at the commit its record names, read-only (as
+    :func:`preview`), and list what AWS holds that the code does not say: someone changed the IAM by hand.
+
+    Returns scope label -> the differing resources (:func:`runbook.terraform.differences`; empty: none). Raises
+    RunbookError when it cannot tell: a scope never applied, its commit not in this clone, Terraform failing.
+    """
+    console.heading(f"IAM drift (read-only) of {' and '.join(s.label for s in scopes)}: examining")
+    facts = examine_local(config, environment, scopes, Options(), command, checkout)
+    _raise_first([f for f in decide.local_findings(facts) if f.id not in _APPLY_ONLY], command)
+    facts = examine_aws(facts, aws.session(facts.account))
+    _raise_first([f for f in decide.aws_findings(facts) if f.id not in _APPLY_ONLY], command)
+    found = {}
+    for scope in scopes:
+        record = facts.records.get(scope.name)
+        if record is None:
+            raise RunbookError(f"{scope.label} was never applied: there is no applied commit to compare AWS with",
+                               id="drift-unknown", where=f"SSM parameter {scope.parameter}",
+                               fix=f"apply it first: {scope.command(environment)}")
+        commit = str(record.get("commit") or "")
+        try:
+            trees = git.trees(commit, scope.paths, PROJECT_ROOT)
+        except RunbookError as exc:
+            raise RunbookError(f"{scope.label} was applied from commit {commit[:12]}, which this clone does not have",
+                               id="drift-unknown", fix="git fetch --all, then run the same command again") from exc
+        if record.get("inputs") != scope.inputs_digest():
+            console.warn(f"The configuration's inputs of {scope.label} changed since commit {commit[:12]} was applied: "
+                         "some differences below may come from that, not from a change by hand.")
+        console.heading(f"Terraform: plan of {scope.label} at its applied commit {commit[:12]}, without the state lock")
+        snap = snapshot.take(scope, commit, scope.trees(trees))
+        try:
+            _script(Run(replace(facts, snapshots={**facts.snapshots, scope.name: snap}), command), scope, "preview")
+            found[scope.label] = terraform.differences(snap.root)
+        finally:
+            terraform.discard_plan(snap.root)
+        console.ok(f"{scope.label}: {len(found[scope.label]) or 'no'} difference(s) from commit {commit[:12]}")
     return found
 
 

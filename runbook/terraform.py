@@ -67,6 +67,26 @@ def read_plan(root: Path) -> PlanSummary:
                         if not o.get("sensitive")})
 
 
+def differences(root: Path) -> list[str]:
+    """What the saved plan in *root* would change, one line per resource: its address, the action, and for an update
+    the attributes whose planned value differs from what AWS holds now (the plan's JSON ``resource_changes``:
+    https://developer.hashicorp.com/terraform/internals/json-format#change-representation). Raises RunbookError
+    as :func:`read_plan` does."""
+    read_plan(root)  # the same refusal when the summary is missing
+    plan = json.loads((root / (PLAN_FILE + ".json")).read_text(encoding="utf-8"))
+    found = []
+    for rc in plan.get("resource_changes", []):
+        change = rc.get("change", {})
+        actions = [a for a in change.get("actions", []) if a not in ("no-op", "read")]
+        if not actions:
+            continue
+        before, after = change.get("before") or {}, change.get("after") or {}
+        keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)
+                      and not (change.get("after_unknown") or {}).get(k)) if actions == ["update"] else []
+        found.append(f"{rc.get('address')}: {'/'.join(actions)}" + (f" ({', '.join(keys)})" if keys else ""))
+    return found
+
+
 # Every variable through which the AWS SDK in Terraform could pick credentials other than the ones handed over, or
 # Terraform a workspace, data folder, arguments or inputs other than the runbook's
 # (https://docs.aws.amazon.com/sdkref/latest/guide/settings-reference.html#EVarSettings,

@@ -186,6 +186,26 @@ def apply_through_the_runbook(shipped: Project, ci, line: str) -> None:
     assert "never applied" in runner.output("iam-gate-stg")
 
 
+def hand_changes_are_found_as_drift_and_put_back(shipped: Project, iam) -> None:
+    """Someone attaches a policy and widens a trust by hand: `inv iam.drift` names both (exit 2) and the command that
+    puts them back; `inv iam.env` does, and drift is clean again (exit 0)."""
+    iam.attach_role_policy(RoleName="acme-api-stg-lambda-api", PolicyArn="arn:aws:iam::aws:policy/ReadOnlyAccess")
+    wider = trust_lambda()
+    wider["Statement"][0]["Principal"]["Service"] = ["lambda.amazonaws.com", "ec2.amazonaws.com"]
+    iam.update_assume_role_policy(RoleName="acme-api-stg-lambda-worker", PolicyDocument=json.dumps(wider))
+    found = shipped.inv("iam.drift", "--env", "stg")
+    assert found.code == 2, found.all
+    assert "DRIFT in environment stg" in found.out and "DRIFT in account" not in found.out
+    assert 'aws_iam_role_policy_attachments_exclusive.lambda["api"]: update (policy_arns)' in found.out
+    assert 'aws_iam_role.lambda["worker"]: update (assume_role_policy)' in found.out
+    assert "To put it back as the code says (from branch staging): inv iam.env --name stg" in found.out
+    assert shipped.inv("iam.env", "--name", "stg").code == 0
+    assert [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName="acme-api-stg-lambda-api")[
+        "AttachedPolicies"]] == ["AWSLambdaBasicExecutionRole"]
+    clean = shipped.inv("iam.drift", "--env", "stg")
+    assert clean.code == 0 and "No drift" in clean.out, clean.all
+
+
 @pytest.mark.terraform
 def test_the_shipped_roots_apply_and_the_gate_opens_on_their_roles(shipped, proxy, aws, ci, terraform_release,
                                                                     tmp_path):
@@ -225,6 +245,9 @@ def test_the_shipped_roots_apply_and_the_gate_opens_on_their_roles(shipped, prox
     assert not admits(applied, {"aud": org, "sub": v2_subject("feature/x")})
     assert not admits(applied, {"aud": org, "sub": v2_subject("staging", project=USER_ID)})
     assert not admits(applied, {"aud": "sts.amazonaws.com", "sub": v2_subject("staging")})
+
+    if terraform_release.line == "1.11":  # drift: once is enough, on the faster Terraform
+        hand_changes_are_found_as_drift_and_put_back(shipped, iam)
 
     # What the deploy and the least-privilege probe touch, made by an administrator before moto enforces IAM
     s3 = aws("s3")

@@ -23,7 +23,7 @@ from runbook.errors import EXIT_BUG, EXIT_INTERRUPTED, RunbookError
 
 # Tasks that change nothing (they only read AWS, CircleCI or files): Invoke's --dry runs them as they are.
 # Any other task without a ``dry_run`` parameter is refused under --dry.
-READ_ONLY_TASKS = frozenset({"status", "diagnose", "gate", "check", "plan"})
+READ_ONLY_TASKS = frozenset({"status", "diagnose", "gate", "check", "plan", "drift"})
 # SIGTERM and SIGHUP stop a task the way Ctrl-C does: Terraform is asked to stop once and waited for.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 #: The largest number any seconds flag takes: one day (larger values overflow time.sleep and datetime arithmetic).

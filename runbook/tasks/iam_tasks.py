@@ -90,6 +90,38 @@ def plan(c, env=None):
     raise Exit(code=EXIT_CHANGES)
 
 
+@task(help={"env": "environment whose IAM is compared with AWS (default: the one whose branch is checked out)"})
+@user_errors
+def drift(c, env=None):
+    """Read-only check that AWS holds the IAM its applied commits say: finds changes made by hand.
+
+    Plans the environment and its account at the commits their records name, without the state lock, and names
+    every resource that differs. Applies nothing. Exit 0: no drift; 2: drift; 1: could not tell."""
+    from invoke import Exit
+
+    from runbook import config, console, iam
+    from runbook.errors import EXIT_CHANGES
+    from runbook.scopes import Scope, environment_for
+
+    cfg = config.load()
+    here = checkout()
+    environment = environment_for(cfg, env, here.branch)
+    scopes = [Scope.of_account(cfg, environment.account), Scope.of_environment(cfg, environment)]
+    found = iam.drift(cfg, environment, scopes, f"inv iam.drift --env {environment.name}", checkout=here)
+    console.say()
+    if not any(found.values()):
+        console.ok(f"No drift: AWS holds the IAM of {environment.name} and its account as applied.")
+        return
+    for scope in scopes:
+        if found.get(scope.label):
+            console.warn(f"DRIFT in {scope.label}: AWS differs from its applied commit (changed by hand?):")
+            for line in found[scope.label]:
+                console.say(f"    {console.one_line(line)}")
+            console.say(f"  To put it back as the code says (from branch {environment.branch}): "
+                        f"{scope.command(environment)}")
+    raise Exit(code=EXIT_CHANGES)
+
+
 @task(help={"env": "environment whose account's backend is meant (default: the one whose branch is checked out)",
             "dry_run": "show what would be created or repaired and why (read-only AWS look-ups); change nothing",
             "yes": "answer the confirmation with yes (automation)"})

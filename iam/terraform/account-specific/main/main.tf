@@ -126,6 +126,22 @@ resource "aws_iam_role_policy_attachment" "deployer" {
   policy_arn = aws_iam_policy.deployer.arn
 }
 
+# The role owns its policies exclusively: one attached or put by hand is a planned change that the next apply
+# takes away, and `inv iam.drift` reports it (environment root: the same for the lambda roles).
+resource "aws_iam_role_policy_attachments_exclusive" "deployer" {
+  count = local.use_oidc ? 1 : 0
+
+  role_name   = aws_iam_role.deployer[0].name
+  policy_arns = [aws_iam_role_policy_attachment.deployer[0].policy_arn]
+}
+
+resource "aws_iam_role_policies_exclusive" "deployer" {
+  count = local.use_oidc ? 1 : 0
+
+  role_name    = aws_iam_role.deployer[0].name
+  policy_names = []
+}
+
 # --- user (legacy): an IAM user whose key an administrator makes by hand -----------------------
 
 resource "aws_iam_user" "deployer" {
@@ -141,6 +157,20 @@ resource "aws_iam_user_policy_attachment" "deployer" {
 
   user       = aws_iam_user.deployer[0].name
   policy_arn = aws_iam_policy.deployer.arn
+}
+
+resource "aws_iam_user_policy_attachments_exclusive" "deployer" {
+  count = local.use_user ? 1 : 0
+
+  user_name   = aws_iam_user.deployer[0].name
+  policy_arns = [aws_iam_user_policy_attachment.deployer[0].policy_arn]
+}
+
+resource "aws_iam_user_policies_exclusive" "deployer" {
+  count = local.use_user ? 1 : 0
+
+  user_name    = aws_iam_user.deployer[0].name
+  policy_names = []
 }
 
 # --- what the deployer may do, either way ------------------------------------------------------

@@ -96,3 +96,21 @@ resource "aws_iam_role_policy" "lambda" {
   role   = each.value.name
   policy = data.aws_iam_policy_document.lambda_inline[each.key].json
 }
+
+# Each role owns its policies exclusively: a policy attached or put by hand is a planned change that the next
+# apply takes away, and `inv iam.drift` reports it. Without these, Terraform would only note such a policy as
+# "changed outside of Terraform" and plan nothing (AWS provider: aws_iam_role_policy_attachments_exclusive,
+# aws_iam_role_policies_exclusive).
+resource "aws_iam_role_policy_attachments_exclusive" "lambda" {
+  for_each = aws_iam_role.lambda
+
+  role_name   = each.value.name
+  policy_arns = [aws_iam_role_policy_attachment.basic_execution[each.key].policy_arn]
+}
+
+resource "aws_iam_role_policies_exclusive" "lambda" {
+  for_each = aws_iam_role.lambda
+
+  role_name    = each.value.name
+  policy_names = [aws_iam_role_policy.lambda[each.key].name]
+}

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# aws-credentials.sh ENV: give the following steps of a CircleCI job the CI deployer's AWS
-# credentials for environment ENV, the way config/environments.yml says (circleci.deployer):
+# aws-credentials.sh ENV [reader]: give the following steps of a CircleCI job the CI deployer's AWS
+# credentials for environment ENV, the way config/environments.yml says (circleci.deployer); with
+# "reader", the account's read-only role instead (AWS_READER_ROLE_ARN: the account root's output
+# reader_role_arn), for `inv iam.plan` and `inv iam.drift` (oidc only):
 #
 #   oidc  writes the job's OpenID Connect token (CIRCLE_OIDC_TOKEN_V2) to a file readable by
 #         this user only and exports, through $BASH_ENV, the standard web-identity variables
@@ -30,7 +32,13 @@ die() {
 }
 
 env_name="${1:-}"
-[[ -n "$env_name" ]] || die "usage: $PROG ENV (an environment of config/environments.yml, e.g. stg)"
+[[ -n "$env_name" ]] || die "usage: $PROG ENV [reader] (ENV: an environment of config/environments.yml, e.g. stg)"
+role_var=AWS_ROLE_ARN role_output=deployer_role_arn
+case "${2:-}" in
+    "") ;;
+    reader) role_var=AWS_READER_ROLE_ARN role_output=reader_role_arn ;;
+    *) die "usage: $PROG ENV [reader]: the second argument can only be 'reader' (the read-only role), not '$2'" ;;
+esac
 
 # "<deployer> <account id> <account name>" of the environment, or the runbook's own error.
 facts="$(python - "$env_name" <<'PY'
@@ -68,38 +76,44 @@ case "$deployer" in
                     "one. CircleCI leaves the variable out now and then (intermittent): rerun the job (inv" \
                     "ci.rerun --env $env_name). If every rerun fails the same way, the job has no context: give it" \
                     "the context of account $account_name in .circleci/config.yml (workflows: ... context: <name>)"
-            minted=""
+            # Each try is given 20 s; what it prints must be a JSON Web Token (three base64url parts), or it
+            # is not one: a CLI that prints an error and exits 0 mints nothing.
+            minted="" said=""
+            err_file="$(mktemp)"
             for try in 1 2 3; do
-                if token="$(circleci run oidc get --claims "{\"aud\":\"$org_id\"}" 2>/dev/null)" && [[ -n "$token" ]]; then
+                token="$(timeout 20 circleci run oidc get --claims "{\"aud\":\"$org_id\"}" 2>"$err_file")" || token=""
+                if [[ "$token" =~ ^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$ ]]; then
                     minted="$try"
                     break
                 fi
+                said="$(tail -n 1 -- "$err_file" | tr -c '[:print:]' ' ' | cut -c1-200)"
                 token=""
                 if ((try < 3)); then sleep 2; fi
             done
+            rm -f -- "$err_file"
             [[ -n "$minted" ]] ||
                 die "CIRCLE_OIDC_TOKEN_V2 is missing from this job, and 'circleci run oidc get' did not mint one in" \
-                    "3 tries. CircleCI leaves the variable out now and then (intermittent): rerun the job (inv" \
+                    "3 tries${said:+ (it said: $said)}. CircleCI leaves the variable out now and then (intermittent): rerun the job (inv" \
                     "ci.rerun --env $env_name). If every rerun fails the same way, the job has no context: give it" \
                     "the context of account $account_name in .circleci/config.yml (workflows: ... context: <name>)"
             printf '%s: CIRCLE_OIDC_TOKEN_V2 was missing (CircleCI leaves it out now and then); minted a token' \
                 "$PROG" >&2
             printf ' with circleci run oidc get (try %s)\n' "$minted" >&2
         fi
-        role_arn="${AWS_ROLE_ARN:-}"
+        role_arn="${!role_var:-}"
         if [[ -z "$role_arn" ]]; then
-            die "AWS_ROLE_ARN is not set. Put the account root's output deployer_role_arn of account" \
-                "$account_name in this job's context as AWS_ROLE_ARN (read it with: cd" \
-                "iam/terraform/account-specific/main && terraform output -raw deployer_role_arn)"
+            die "$role_var is not set. Put the account root's output $role_output of account" \
+                "$account_name in this job's context as $role_var (read it with: cd" \
+                "iam/terraform/account-specific/main && terraform output -raw $role_output)"
         fi
         if [[ ! "$role_arn" =~ ^arn:aws[a-z-]*:iam::([0-9]{12}):role/.+$ ]]; then
-            die "AWS_ROLE_ARN in this job's context is not an IAM role ARN (arn:aws:iam::<account>:role/...)." \
-                "Set it to the account root's output deployer_role_arn of account $account_name"
+            die "$role_var in this job's context is not an IAM role ARN (arn:aws:iam::<account>:role/...)." \
+                "Set it to the account root's output $role_output of account $account_name"
         fi
         if [[ "${BASH_REMATCH[1]}" != "$account_id" ]]; then
-            die "AWS_ROLE_ARN in this job's context is a role of account ${BASH_REMATCH[1]}, but environment" \
+            die "$role_var in this job's context is a role of account ${BASH_REMATCH[1]}, but environment" \
                 "$env_name deploys into account $account_name ($account_id). Give the job the context of" \
-                "that account, or set AWS_ROLE_ARN there to its deployer_role_arn"
+                "that account, or set $role_var there to its $role_output"
         fi
         token_dir="${AWS_TOKEN_DIR:-$HOME/.aws-oidc}"
         (umask 077 && mkdir -p "$token_dir" && printf '%s' "$token" >"$token_dir/token")
@@ -115,6 +129,9 @@ case "$deployer" in
             "$PROG" "$role_arn" "$session" >&2
         ;;
     user)
+        [[ "$role_var" == AWS_ROLE_ARN ]] ||
+            die "the read-only role exists only with circleci.deployer: oidc (config/environments.yml); with the" \
+                "legacy user there is no read-only identity for the preview and drift jobs"
         if [[ -z "${AWS_ACCESS_KEY_ID:-}" || -z "${AWS_SECRET_ACCESS_KEY:-}" ]]; then
             die "circleci.deployer is user (legacy), but this job's context lacks AWS_ACCESS_KEY_ID or" \
                 "AWS_SECRET_ACCESS_KEY. Create the key once (aws iam create-access-key --user-name" \

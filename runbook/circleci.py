@@ -132,13 +132,23 @@ def _host(config_host: str | None, env: Mapping[str, str]) -> tuple[str, str]:
                   (config_host, f"{shown_path()} field circleci.host"), (DEFAULT_HOST, "the default")]
     value, source = next((v.strip(), s) for v, s in candidates if v and v.strip())
     host = value.rstrip("/") if "://" in value else "https://" + value.rstrip("/")
-    base = re.fullmatch(r"(https?://[\w.-]+(?::\d{1,5})?)(/\S*)?", host)
-    if not base or base.group(2):
-        said = f"has a path ({base.group(2)!r}): the runbook adds /api/v2/... itself" if base else \
-            "is not an http(s) URL"
-        url = shlex.quote(base.group(1) if base else DEFAULT_HOST)
-        raise RunbookError(f"The CircleCI host {value!r} {said}", id="circleci-setting-invalid", where=source,
-                           fix=f"export {source}={url}" if source in HOST_VARIABLES else f"set it to {url}")
+    parts = urlsplit(host)
+    try:
+        port = parts.port  # ValueError: not a number from 0 to 65535
+    except ValueError:
+        port = -1
+    name = parts.hostname if parts.scheme in ("http", "https") and port != -1 and re.fullmatch(
+        r"[\w.-]+", parts.hostname or "") else None
+    base = f"{parts.scheme}://{name}" + (f":{port}" if port else "") if name else None
+    extra = [what for what, there in (("a path", parts.path), ("a query", parts.query), ("a fragment", parts.fragment),
+                                      ("user-info", "@" in parts.netloc)) if there]
+    if base is None or extra:
+        said = (f"has {' and '.join(extra)}: the runbook adds /api/v2/... itself" if base
+                else "is not an http(s) URL with a host name (and a port from 1 to 65535)")
+        url = shlex.quote(base or DEFAULT_HOST)
+        fix = f"export {source}={url}" if source in HOST_VARIABLES else f"set it to {url}"
+        raise RunbookError(f"The CircleCI host {console.mask(value)!r} {said}", id="circleci-setting-invalid",
+                           where=source, fix=fix)
     return host, source
 
 

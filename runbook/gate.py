@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -220,21 +221,35 @@ def _job_page() -> str:
     return f" Workflow {os.environ.get('CIRCLE_WORKFLOW_ID', '?')}: {page}" if page else ""
 
 
+WEBHOOK_DEADLINE_S = 5.0
+"""The longest the gate spends on one notification, in seconds, however slowly the webhook answers."""
+
+
 def post_webhook(text: str) -> None:
     """Post *text* (masked) as ``{"text": ...}`` to the Slack-compatible incoming webhook in ``$RUNBOOK_GATE_WEBHOOK``
-    (https://api.slack.com/messaging/webhooks); nothing when it is unset. One try of at most 5 seconds: a second try
-    could post twice. A failure is a warning naming the HTTP status or the error's type, never the URL (a secret),
-    and never stops the gate."""
+    (https://api.slack.com/messaging/webhooks); nothing when it is unset. One POST, no redirect followed (either could
+    post twice), given at most :data:`WEBHOOK_DEADLINE_S` seconds in all (a webhook that trickles its answer is left
+    behind). A failure is a warning naming the HTTP status or the error's type, never the URL (a secret) or any part
+    of it, and never stops the gate."""
     url = os.environ.get(WEBHOOK_VARIABLE, "").strip()
     if not url:
         return
     import requests
 
-    try:
-        answer = requests.post(url, json={"text": console.mask(text)}, timeout=5)
-        problem = None if answer.ok else f"HTTP {answer.status_code}"
-    except requests.RequestException as exc:
-        problem = type(exc).__name__
+    outcome: list[str | None] = []
+
+    def post() -> None:
+        try:
+            answer = requests.post(url, json={"text": console.mask(text)}, timeout=WEBHOOK_DEADLINE_S,
+                                   allow_redirects=False)
+            outcome.append(None if 200 <= answer.status_code < 300 else f"HTTP {answer.status_code}")
+        except Exception as exc:  # noqa: BLE001 - requests and urllib3 raise many kinds for a bad URL; all are a warning
+            outcome.append(type(exc).__name__)
+
+    worker = threading.Thread(target=post, name="gate-webhook", daemon=True)
+    worker.start()
+    worker.join(WEBHOOK_DEADLINE_S)
+    problem = outcome[0] if outcome else f"no answer within {WEBHOOK_DEADLINE_S:g} s"
     if problem:
         console.warn(f"The gate's notification to ${WEBHOOK_VARIABLE} failed ({problem}); the gate goes on.")
 

@@ -264,17 +264,18 @@ FAILURES = (
             "later run is refused until it is released; no record was written",
             "release it: {unlock}, then run the same command again (it plans against the state as it is now, applies "
             "what is missing and records)"),
-    # A lock that could not be taken though nobody holds it, by the cause AWS gave (Terraform quotes it).
-    Failure(r"Error acquiring the state lock[\s\S]*?(?:StatusCode|status code): (5\d\d)", "state-lock-failed",
-            "The {what} could not take the Terraform state lock: AWS answered the lock request with a server error "
-            "(HTTP {said}) even after the AWS SDK's retries; nothing was applied",
-            "an AWS-side failure that passes by itself: run the same command again in a minute"),
-    Failure(r"Error acquiring the state lock[\s\S]*?(AccessDenied\w*)", "state-lock-failed",
+    # A lock that could not be taken though nobody holds it, by the cause AWS gave in Terraform's message that
+# follows (AccessDenied before a 5xx: a refusal is not cured by waiting).
+    Failure(r"Error acquiring the state lock[\s\S]{0,3000}?(AccessDenied\w*)", "state-lock-failed",
             "The {what} could not take the Terraform state lock: this identity may not use the lock table or lock "
             "file ({said}); nothing was applied",
             "use an identity that may (dynamodb:GetItem, PutItem and DeleteItem on the lock table; s3:GetObject, "
             "PutObject and DeleteObject on the lock file), then run the same command again"),
-    Failure(r"Error acquiring the state lock[\s\S]*?(ResourceNotFoundException)", "state-lock-failed",
+    Failure(r"Error acquiring the state lock[\s\S]{0,3000}?(?:StatusCode|status code): (5\d\d)", "state-lock-failed",
+            "The {what} could not take the Terraform state lock: AWS answered the lock request with a server error "
+            "(HTTP {said}) even after the AWS SDK's retries; nothing was applied",
+            "an AWS-side failure that passes by itself: run the same command again in a minute"),
+    Failure(r"Error acquiring the state lock[\s\S]{0,3000}?(ResourceNotFoundException)", "state-lock-failed",
             "The {what} could not take the Terraform state lock: the lock table does not exist ({said}; deleted "
             "after this run checked it); nothing was applied",
             "run the same command again: it creates a missing lock table before the plan"),

@@ -290,3 +290,51 @@ def test_a_failed_notification_is_a_warning_never_a_failed_gate(project, aws, mo
     assert result.code == 1 and "gate-timeout" in result.err, result.all  # the gate's own verdict, not the post's
     assert "The gate's notification to $RUNBOOK_GATE_WEBHOOK failed (ConnectionError); the gate goes on." in result.all
     assert "secretpath1" not in result.all
+
+
+def test_a_webhook_gets_one_post_within_its_deadline_whatever_it_answers(monkeypatch, capsys):
+    """A bad URL, a redirect, an answer that trickles: each is one warning, within the deadline, never the URL."""
+    import http.server
+    import threading
+    import time
+
+    from runbook import gate
+
+    posts = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(self.path)
+            if self.path.endswith("/redirect"):
+                self.send_response(307)
+                self.send_header("Location", self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)  # then the headers trickle, one every 2 s
+            for n in range(10):
+                time.sleep(2)
+                self.send_header(f"X-Slow-{n}", "x")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/supersecretpath"
+    try:
+        for url, said in ((f"{base}/redirect", "HTTP 307"), (f"{base}/slow", "no answer within 5 s"),
+                          ("http://a..b/services/T0/B0/supersecretpath", "failed (")):
+            monkeypatch.setenv("RUNBOOK_GATE_WEBHOOK", url)
+            started = time.monotonic()
+            gate.post_webhook("IAM gate for stg: WAITING")
+            assert time.monotonic() - started < 6.5
+            out = capsys.readouterr()
+            assert said in out.out + out.err and "supersecretpath" not in out.out + out.err and "a..b" not in out.out
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert posts.count("/services/T0/B0/supersecretpath/redirect") == 1  # the redirect was not followed

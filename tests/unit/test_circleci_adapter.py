@@ -114,12 +114,15 @@ def test_a_host_that_is_not_an_http_url_is_refused(host):
     assert caught.value.id == "circleci-setting-invalid"
 
 
-@pytest.mark.parametrize("host", ["https://circleci.example.com/api", "https://circleci.example.com/api/v2/"])
+@pytest.mark.parametrize("host", ["https://circleci.example.com/api", "https://circleci.example.com/api/v2/",
+                                  "https://circleci.example.com?a=b", "https://circleci.example.com#frag",
+                                  "https://user:pass1234@circleci.example.com"])
 def test_a_host_with_a_path_is_refused_before_any_request_not_blamed_on_the_token(host):
     with pytest.raises(RunbookError) as caught:
         CircleCIClient(SLUG, env={"CIRCLECI_TOKEN": "t", "CIRCLECI_HOST": host})
-    assert caught.value.id == "circleci-setting-invalid" and "has a path" in caught.value.what
+    assert caught.value.id == "circleci-setting-invalid" and "the runbook adds /api/v2/... itself" in caught.value.what
     assert caught.value.fix == "export CIRCLECI_HOST=https://circleci.example.com" and "token" not in str(caught.value)
+    assert "pass1234" not in str(caught.value)
 
 
 def test_web_urls_of_circleci_and_of_a_server_installation():

@@ -314,3 +314,10 @@ def test_the_lifecycle_rule_documented_for_older_buckets_is_the_one_a_new_bucket
     text = (Path(__file__).resolve().parents[2] / "docs" / "RUNBOOK.md").read_text()
     documented = re.search(r"--lifecycle-configuration '([^']+)'", text)
     assert documented and json.loads(documented.group(1)) == backend.LIFECYCLE
+
+
+def test_a_lock_refused_is_not_called_a_server_error_for_a_5xx_further_down():
+    output = ("Error: Error acquiring the state lock\n\nError message: AccessDeniedException: not authorized, "
+              "StatusCode: 400\n" + "unrelated output\n" * 400 + "some other call: StatusCode: 500\n")
+    error = failure(output, 1)
+    assert "may not use the lock table" in error.what and "server error" not in error.what

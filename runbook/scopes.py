@@ -85,8 +85,10 @@ class Scope:
         values = {"project": self.config.project, "account_id": self.account.id, "region": self.account.region}
         if self.environment:
             values["environment"] = self.environment.name
-        else:
-            values.update(deployer_vars(self.config, self.account))
+        else:  # the account root also grants its read-only role the states and their digests
+            b = self.backend
+            values.update(deployer_vars(self.config, self.account), state_bucket=b.bucket,
+                          lock_table=b.lock_table if b.uses_table else "")
         return values
 
     def inputs(self) -> dict[str, str]:

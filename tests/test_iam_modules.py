@@ -556,7 +556,7 @@ def trust_statement(repo_root: Path, oidc_locals: dict) -> dict:
     return trust_statement_of(repo_root, oidc_locals)
 
 
-def trust_statement_of(repo_root: Path, oidc_locals: dict) -> dict:
+def trust_statement_of(repo_root: Path, oidc_locals: dict, document_name: str = "deployer_trust") -> dict:
     """The deployer role's trust statement, parsed with python-hcl2 and filled in with *oidc_locals*
     and OIDC_INPUTS: effect, actions, principals [{type, identifiers}], conditions [{test, variable,
     values}], the shape :func:`policy_statements` gives."""
@@ -564,7 +564,7 @@ def trust_statement_of(repo_root: Path, oidc_locals: dict) -> dict:
 
     parsed = hcl2.loads((repo_root / ACCOUNT_ROOT / "main.tf").read_text())
     documents = [d['"aws_iam_policy_document"'] for d in parsed["data"] if '"aws_iam_policy_document"' in d]
-    (document,) = [d['"deployer_trust"'] for d in documents if '"deployer_trust"' in d]
+    (document,) = [d[f'"{document_name}"'] for d in documents if f'"{document_name}"' in d]
     (statement,) = document["statement"]
     values = {f"local.{k}": v for k, v in oidc_locals.items()} | {f"var.{k}": v for k, v in OIDC_INPUTS.items()}
     return {
@@ -638,6 +638,22 @@ def test_deployer_role_admits_the_projects_deploy_branches_and_nothing_else(trus
     for why, sub in refused.items():
         assert not admits(trust_statement, {**good, "sub": sub}), why
     assert not admits(trust_statement, {"aud": "sts.amazonaws.com", "sub": v2_subject("staging")}), "audience"
+
+
+def test_the_read_only_role_admits_any_branch_of_this_project_and_nothing_else(repo_root: Path, oidc_locals: dict):
+    reader = trust_statement_of(repo_root, oidc_locals, "reader_trust")
+    org = OIDC_INPUTS["circleci_org_id"]
+    for branch in ("feature/x", "staging", "renovate/boto3-1.x"):
+        assert admits(reader, {"aud": org, "sub": v2_subject(branch)}), branch
+    assert not admits(reader, {"aud": org, "sub": v2_subject("staging", ref="refs/tags/v1")})
+    assert not admits(reader, {"aud": org, "sub": v2_subject("staging", project=USER_ID)})
+    assert not admits(reader, {"aud": org, "sub": v2_subject("staging", origin="github.com/acme/other")})
+    assert not admits(reader, {"aud": "sts.amazonaws.com", "sub": v2_subject("staging")})
+
+
+def test_the_read_only_role_may_only_read(account_tf: str):
+    actions = {a for s in policy_statements(account_tf, "reader") for a in s["actions"]}
+    assert actions and all(a.split(":")[1].startswith(("Get", "List", "Describe")) for a in actions), actions
 
 
 def test_a_star_for_the_user_would_let_a_crafted_branch_name_in(trust_statement: dict):

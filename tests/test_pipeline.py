@@ -87,3 +87,27 @@ def test_test_job_runs_the_projects_ci_script_rather_than_repeating_its_steps():
     commands = [step["run"]["command"] for step in steps if isinstance(step, dict) and "run" in step]
     assert any("bash .ci/run" in command for command in commands), commands
     assert not any(word in command for command in commands for word in ("pytest", "ruff", "checkov")), commands
+
+
+def test_a_pull_requests_branch_gets_the_iam_preview_as_the_read_only_role():
+    pipeline = yaml.safe_load(PIPELINE.read_text())
+    cfg = configuration.load()
+    (preview,) = [job for job in _workflow_jobs().values() if job["job"] == "iam-preview"]
+    assert sorted(preview["filters"]["branches"]["ignore"]) == sorted(e.branch for e in cfg.environments.values())
+    assert preview.get("context") and "requires" not in preview  # beside the tests, not after them
+    steps = pipeline["jobs"]["iam-preview"]["steps"]
+    assert steps[1] == {"aws-credentials": {"env": "<< parameters.env >>", "role": "reader"}}
+    assert "store_artifacts" in steps[-1]
+
+
+def test_the_nightly_drift_check_runs_only_on_its_schedule_for_every_environment():
+    pipeline = yaml.safe_load(PIPELINE.read_text())
+    cfg = configuration.load()
+    nightly = pipeline["workflows"]["iam-drift-nightly"]
+    assert {"equal": ["iam-drift-nightly", "<< pipeline.schedule.name >>"]} in nightly["when"]["and"]
+    jobs = {params["env"]: params for entry in nightly["jobs"] for job, params in entry.items() if job == "iam-drift"}
+    assert set(jobs) == set(cfg.environments) and all(job.get("context") for job in jobs.values())
+    deploys = pipeline["workflows"][cfg.circleci.workflow]["when"]
+    assert deploys == {"not": {"equal": ["scheduled_pipeline", "<< pipeline.trigger_source >>"]}}
+    assert {"aws-credentials": {"env": "<< parameters.env >>", "role": "reader"}} in pipeline["jobs"]["iam-drift"][
+        "steps"]

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -77,13 +77,56 @@ def allows(policy: list[dict], action: str, resource: str) -> bool:
                and any(iam_like(r, resource) for r in listed(s["Resource"])) for s in policy)
 
 
-def permission_of(request) -> tuple[str, str]:
-    """(IAM action, resource ARN) of one of the gate's calls as the proxy saw it: SSM GetParameter or IAM GetRole."""
+def permission_of(request, iam) -> tuple[str, str] | None:
+    """(IAM action, resource ARN) that one AWS call as the proxy saw it needs, the way IAM authorizes it; None for STS
+    (GetCallerIdentity needs no permission; AssumeRoleWithWebIdentity is the trust's). *iam*: an administrator's
+    client, to learn a role's ARN (its path) from its name. Fails the test on a call it does not know."""
+    form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
+    fields = json.loads(request.body or b"{}") if request.target else {}
+    if request.service == "sts" or form.get("Action") == "AssumeRoleWithWebIdentity":
+        return None
+    if form.get("Action") == "GetUser" and "UserName" not in form:
+        return None  # the AWS provider asking who it is; for a role AWS refuses it, and the provider goes on
     if request.service == "ssm":
-        name = json.loads(request.body)["Name"]
-        return "ssm:GetParameter", f"arn:aws:ssm:eu-west-1:{ACCOUNT_ID}:parameter/{name.lstrip('/')}"
-    (name,) = parse_qs(request.body.decode())["RoleName"]
-    return "iam:GetRole", f"arn:aws:iam::{ACCOUNT_ID}:role/acme-api/lambda/{name}"
+        return f"ssm:{request.target.split('.')[-1]}", \
+            f"arn:aws:ssm:eu-west-1:{ACCOUNT_ID}:parameter/{fields['Name'].lstrip('/')}"
+    if request.service == "dynamodb":
+        return f"dynamodb:{request.target.split('.')[-1]}", \
+            f"arn:aws:dynamodb:eu-west-1:{ACCOUNT_ID}:table/{fields['TableName']}"
+    if request.service == "s3":
+        path = urlsplit(request.path)
+        bucket, _, key = path.path.lstrip("/").partition("/")
+        if request.method in ("GET", "HEAD") and key:
+            return "s3:GetObject", f"arn:aws:s3:::{bucket}/{unquote(key)}"
+        if request.method in ("GET", "HEAD"):
+            return "s3:ListBucket", f"arn:aws:s3:::{bucket}"
+    if request.service == "iam":
+        action = form["Action"]
+        if "RoleName" in form:
+            return f"iam:{action}", iam.get_role(RoleName=form["RoleName"])["Role"]["Arn"]
+        if "PolicyArn" in form:
+            return f"iam:{action}", form["PolicyArn"]
+        if "OpenIDConnectProviderArn" in form:
+            return f"iam:{action}", form["OpenIDConnectProviderArn"]
+        if "UserName" in form:
+            return f"iam:{action}", f"arn:aws:iam::{ACCOUNT_ID}:user/{form['UserName']}"
+    raise AssertionError(f"an AWS call this test does not know: {request.method} {request.path} {request.action}")
+
+
+def run_as_ci_job(shipped: Project, tmp_path: Path, proxy: AwsProxy, command: list[str], **variables: str):
+    """Run *command* in a later step of a CircleCI job, after .circleci/aws-credentials.sh (its arguments in
+    ``variables["STEP"]``), with the job's token for *variables["BRANCH"]* and the context's *variables*."""
+    job_env = {k: v for k, v in shipped.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    home = tmp_path / f"home-{variables['CIRCLE_JOB']}"
+    job_env.update(HOME=str(home), BASH_ENV=str(home / "bash_env"), CIRCLE_BUILD_NUM="7",
+                   CIRCLE_OIDC_TOKEN_V2=fake_token(variables.pop("BRANCH")), AWS_ENDPOINT_URL=proxy.url, **variables)
+    home.mkdir()
+    Path(job_env["BASH_ENV"]).write_text("")
+    step = subprocess.run(["bash", str(SCRIPT), *job_env.pop("STEP").split()], env=job_env, cwd=shipped.path,
+                          capture_output=True, text=True, timeout=60)
+    assert step.returncode == 0, step.stderr
+    return subprocess.run(["bash", "-c", 'set -a; . "$BASH_ENV"; exec "$@"', "step", *command], env=job_env,
+                          cwd=shipped.path, capture_output=True, text=True, timeout=300)
 
 
 def trust_lambda() -> dict:
@@ -186,7 +229,7 @@ def apply_through_the_runbook(shipped: Project, ci, line: str) -> None:
     assert "never applied" in runner.output("iam-gate-stg")
 
 
-def hand_changes_are_found_as_drift_and_put_back(shipped: Project, iam) -> None:
+def hand_changes_are_found_as_drift_and_put_back(shipped: Project, iam, proxy: AwsProxy, tmp_path: Path) -> None:
     """Someone attaches a policy and widens a trust by hand: `inv iam.drift` names both (exit 2) and the command that
     puts them back; `inv iam.env` does, and drift is clean again (exit 0)."""
     iam.attach_role_policy(RoleName="acme-api-stg-lambda-api", PolicyArn="arn:aws:iam::aws:policy/ReadOnlyAccess")
@@ -202,8 +245,20 @@ def hand_changes_are_found_as_drift_and_put_back(shipped: Project, iam) -> None:
     assert shipped.inv("iam.env", "--name", "stg").code == 0
     assert [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName="acme-api-stg-lambda-api")[
         "AttachedPolicies"]] == ["AWSLambdaBasicExecutionRole"]
-    clean = shipped.inv("iam.drift", "--env", "stg")
-    assert clean.code == 0 and "No drift" in clean.out, clean.all
+    # the nightly check as CircleCI runs it: a job on a branch of no environment, as the read-only role; every AWS
+    # call it and Terraform make is one the role's policy grants (moto would not check SSM's: matched here)
+    reader = iam.get_role(RoleName="acme-api-circleci-iam-reader")["Role"]
+    policy = statements(iam.get_role_policy(RoleName=reader["RoleName"], PolicyName="acme-api-circleci-iam-reader")[
+        "PolicyDocument"])
+    assert all(a.split(":")[1].startswith(("Get", "List", "Describe")) for s in policy for a in listed(s["Action"]))
+    proxy.reset()
+    clean = run_as_ci_job(shipped, tmp_path, proxy, [str(Path(sys.executable).parent / "inv"), "iam.drift", "--env",
+                                                     "stg"], STEP="stg reader", BRANCH="feature/nightly",
+                          CIRCLE_JOB="iam-drift-stg", AWS_READER_ROLE_ARN=reader["Arn"])
+    assert clean.returncode == 0 and "No drift" in clean.stdout, clean.stdout + clean.stderr
+    needed = {p for r in proxy.requests if r.client != "other" and (p := permission_of(r, iam)) is not None}
+    assert ("s3:GetObject", "arn:aws:s3:::acme-api-tfstate-123456789012/acme-api/iam/env/stg.tfstate") in needed
+    assert [p for p in sorted(needed) if not allows(policy, *p)] == []
 
 
 @pytest.mark.terraform
@@ -247,7 +302,7 @@ def test_the_shipped_roots_apply_and_the_gate_opens_on_their_roles(shipped, prox
     assert not admits(applied, {"aud": "sts.amazonaws.com", "sub": v2_subject("staging")})
 
     if terraform_release.line == "1.11":  # drift: once is enough, on the faster Terraform
-        hand_changes_are_found_as_drift_and_put_back(shipped, iam)
+        hand_changes_are_found_as_drift_and_put_back(shipped, iam, proxy, tmp_path)
 
     # What the deploy and the least-privilege probe touch, made by an administrator before moto enforces IAM
     s3 = aws("s3")
@@ -259,19 +314,10 @@ def test_the_shipped_roots_apply_and_the_gate_opens_on_their_roles(shipped, prox
 
     # The gate as a CircleCI job runs it: the OIDC step, then `inv ci.gate` as the deployer role; then what that
     # role may and may not do, with moto checking each call's signature and the role's policy (moto_auth).
-    job_env = {k: v for k, v in shipped.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    job_env.update(HOME=str(tmp_path / "home"), BASH_ENV=str(tmp_path / "bash_env"), CIRCLE_JOB="iam-gate-stg",
-                   CIRCLE_BUILD_NUM="7", CIRCLE_OIDC_TOKEN_V2=fake_token("staging"), AWS_ROLE_ARN=deployer["Arn"],
-                   AWS_ENDPOINT_URL=proxy.url)
-    Path(job_env["BASH_ENV"]).write_text("")
-    step = subprocess.run(["bash", str(SCRIPT), "stg"], env=job_env, cwd=shipped.path, capture_output=True,
-                          text=True, timeout=60)
-    assert step.returncode == 0, step.stderr
-    later = ["bash", "-c", 'set -a; . "$BASH_ENV"; exec "$@"', "step"]
     proxy.reset()
-    gate = subprocess.run([*later, str(Path(sys.executable).parent / "inv"), "ci.gate", "--env", "stg",
-                           "--timeout-s", "60", "--poll-s", "0.5", "--settle-s", "0"],
-                          env=job_env, cwd=shipped.path, capture_output=True, text=True, timeout=120)
+    gate = run_as_ci_job(shipped, tmp_path, proxy, [str(Path(sys.executable).parent / "inv"), "ci.gate", "--env", "stg",
+                                                    "--timeout-s", "60", "--poll-s", "0.5", "--settle-s", "0"],
+                         STEP="stg", BRANCH="staging", CIRCLE_JOB="iam-gate-stg", AWS_ROLE_ARN=deployer["Arn"])
     assert gate.returncode == 0, gate.stdout + gate.stderr
     assert "IAM gate open for stg" in gate.stdout, gate.stdout
     calls = [r for r in proxy.requests if r.client == "boto3"]
@@ -283,14 +329,14 @@ def test_the_shipped_roots_apply_and_the_gate_opens_on_their_roles(shipped, prox
     version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
     policy = statements(iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"])
     for request in calls[1:]:
-        assert allows(policy, *permission_of(request)), permission_of(request)
+        assert allows(policy, *permission_of(request, iam)), permission_of(request, iam)
     assert not allows(policy, "ssm:GetParameter", f"arn:aws:ssm:eu-west-1:{ACCOUNT_ID}:parameter/acme-api/stg/api/x")
     assert not allows(policy, "ssm:PutParameter", f"arn:aws:ssm:eu-west-1:{ACCOUNT_ID}:parameter/acme-api/iam/account")
     with moto_auth(proxy.url, unchecked=1):  # the one unsigned AssumeRoleWithWebIdentity
-        probe = subprocess.run([*later, sys.executable, "-c", PROBE], env={**job_env, "PYTHONPATH": str(shipped.path)},
-                               cwd=shipped.path, capture_output=True, text=True, timeout=120)
+        probe = run_as_ci_job(shipped, tmp_path, proxy, [sys.executable, "-c", PROBE], STEP="stg", BRANCH="staging",
+                              CIRCLE_JOB="deploy-stg", AWS_ROLE_ARN=deployer["Arn"], PYTHONPATH=str(shipped.path))
     assert probe.returncode == 0, probe.stderr
     seen = json.loads(probe.stdout)
-    assert seen["identity"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{DEPLOYER}/circleci-iam-gate-stg-7"
+    assert seen["identity"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{DEPLOYER}/circleci-deploy-stg-7"
     assert seen["results"] == PROBE_EXPECTED
     shipped_roots_applied(terraform_release.version_hint)

@@ -49,6 +49,9 @@ locals {
     for branch in var.deploy_branches :
     "org/${var.circleci_org_id}/project/${var.circleci_project_id}/user/${local.circleci_user_id_pattern}/vcs-origin/${var.circleci_vcs_origin}/vcs-ref/refs/heads/${branch}"
   ]
+  # The read-only role: any branch of this project (pull requests' previews, the nightly drift check). The
+  # wildcard is the last part of sub, so it cannot stretch over the organization, project or repository.
+  circleci_any_branch = "org/${var.circleci_org_id}/project/${var.circleci_project_id}/user/${local.circleci_user_id_pattern}/vcs-origin/${var.circleci_vcs_origin}/vcs-ref/refs/heads/*"
 
   # Terraform 1.0 cannot check one variable against another in a validation
   # block: an OIDC deployer without its CircleCI IDs stops the plan here.
@@ -140,6 +143,120 @@ resource "aws_iam_role_policies_exclusive" "deployer" {
 
   role_name    = aws_iam_role.deployer[0].name
   policy_names = []
+}
+
+# --- oidc: the read-only role of `inv iam.plan` (pull requests) and `inv iam.drift` (nightly) ------------------
+
+data "aws_iam_policy_document" "reader_trust" {
+  statement {
+    sid     = "CircleCIProjectAnyBranch"
+    effect  = "Allow"
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+
+    principals {
+      type        = "Federated"
+      identifiers = ["arn:${local.partition}:iam::${var.account_id}:oidc-provider/${local.circleci_issuer}"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "${local.circleci_issuer}:aud"
+      values   = [var.circleci_org_id]
+    }
+
+    condition {
+      test     = "StringLike"
+      variable = "${local.circleci_issuer}:sub"
+      values   = [local.circleci_any_branch]
+    }
+  }
+}
+
+# What a Terraform plan of this project's IAM roots reads, and nothing it could change: the project's roles,
+# policies, OIDC provider and legacy user; the states and their digests; the applied records.
+data "aws_iam_policy_document" "reader" {
+  statement {
+    sid    = "ReadProjectIam"
+    effect = "Allow"
+    actions = [
+      "iam:GetOpenIDConnectProvider",
+      "iam:GetPolicy",
+      "iam:GetPolicyVersion",
+      "iam:GetRole",
+      "iam:GetRolePolicy",
+      "iam:GetUser",
+      "iam:GetUserPolicy",
+      "iam:ListAttachedRolePolicies",
+      "iam:ListAttachedUserPolicies",
+      "iam:ListPolicyVersions",
+      "iam:ListRolePolicies",
+      "iam:ListUserPolicies",
+    ]
+    resources = [
+      "arn:${local.partition}:iam::${var.account_id}:role/${var.project}/*",
+      "arn:${local.partition}:iam::${var.account_id}:policy/${var.project}-*",
+      "arn:${local.partition}:iam::${var.account_id}:user/${var.project}-*",
+      "arn:${local.partition}:iam::${var.account_id}:oidc-provider/${local.circleci_issuer}",
+    ]
+  }
+
+  statement {
+    sid       = "ReadStates"
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:ListBucket"]
+    resources = ["arn:${local.partition}:s3:::${var.state_bucket}", "arn:${local.partition}:s3:::${var.state_bucket}/*"]
+  }
+
+  dynamic "statement" {
+    for_each = var.lock_table == "" ? [] : [var.lock_table]
+    content {
+      sid       = "ReadStateDigests"
+      effect    = "Allow"
+      actions   = ["dynamodb:GetItem", "dynamodb:DescribeTable"]
+      resources = ["arn:${local.partition}:dynamodb:${var.region}:${var.account_id}:table/${statement.value}"]
+    }
+  }
+
+  statement {
+    sid       = "ReadIamRecords"
+    effect    = "Allow"
+    actions   = ["ssm:GetParameter", "ssm:GetParameters"]
+    resources = [local.iam_parameter_arn]
+  }
+}
+
+resource "aws_iam_role" "reader" {
+  count = local.use_oidc && var.state_bucket != "" ? 1 : 0
+
+  name                 = "${var.project}-circleci-iam-reader"
+  path                 = "/${var.project}/ci/"
+  description          = "Assumed by the ${var.project} CircleCI preview and drift jobs with their OIDC token: reads, never writes."
+  assume_role_policy   = data.aws_iam_policy_document.reader_trust.json
+  max_session_duration = 3600
+
+  depends_on = [aws_iam_openid_connect_provider.circleci]
+}
+
+resource "aws_iam_role_policy" "reader" {
+  count = length(aws_iam_role.reader)
+
+  name   = "${var.project}-circleci-iam-reader"
+  role   = aws_iam_role.reader[0].name
+  policy = data.aws_iam_policy_document.reader.json
+}
+
+resource "aws_iam_role_policy_attachments_exclusive" "reader" {
+  count = length(aws_iam_role.reader)
+
+  role_name   = aws_iam_role.reader[0].name
+  policy_arns = []
+}
+
+resource "aws_iam_role_policies_exclusive" "reader" {
+  count = length(aws_iam_role.reader)
+
+  role_name    = aws_iam_role.reader[0].name
+  policy_names = [aws_iam_role_policy.reader[0].name]
 }
 
 # --- user (legacy): an IAM user whose key an administrator makes by hand -----------------------

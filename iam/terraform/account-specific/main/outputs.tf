@@ -22,3 +22,8 @@ output "deployer_policy_arn" {
   description = "ARN of the deployer's managed policy."
   value       = aws_iam_policy.deployer.arn
 }
+
+output "reader_role_arn" {
+  description = "ARN of the read-only role of the preview and drift jobs (ci_deployer = oidc): put it in the CircleCI context as AWS_READER_ROLE_ARN. Null for the user."
+  value       = one(aws_iam_role.reader[*].arn)
+}

@@ -90,3 +90,15 @@ variable "deploy_branches" {
     error_message = "Each deploy branch must be a plain branch name: no *, ?, $ or white space."
   }
 }
+
+variable "state_bucket" {
+  description = "The S3 bucket of the Terraform states of this account (config: terraform.backend.state_bucket, rendered): the read-only role may read the states in it."
+  type        = string
+  default     = ""
+}
+
+variable "lock_table" {
+  description = "The DynamoDB lock table of this account's states, or \"\" when the states are locked with S3 lock files (config: terraform.backend): the read-only role may read the state digests in it."
+  type        = string
+  default     = ""
+}

@@ -25,7 +25,8 @@ class Options:
     """What the user asked for: ``dry_run`` (examine offline, print the actions, change nothing), ``assume_yes``
     (answer confirmations), ``skip_branch_check`` (apply from another branch, loudly), ``take_over`` (replace
     another branch's account IAM), ``lock_timeout_s`` (seconds Terraform waits for a held state lock),
-    ``only_needed`` (``inv release``: skip the scopes whose record is current)."""
+    ``only_needed`` (``inv release``: skip the scopes whose record is current), ``verbose`` (a dry run shows each
+    step's environment and credentials too)."""
 
     dry_run: bool = False
     assume_yes: bool = False
@@ -33,6 +34,7 @@ class Options:
     take_over: bool = False
     lock_timeout_s: float = 0.0
     only_needed: bool = False
+    verbose: bool = False
 
 
 @dataclass(frozen=True)

@@ -85,10 +85,16 @@ def dry_run(facts: Facts, findings: list[RunbookError], command: str) -> list[Ru
     todo = decide.actions(facts)
     console.heading(f"Dry run: IAM for {facts.scopes[-1].label} ({len(todo)} actions). Nothing is changed; AWS and "
                     "Terraform are not called.")
+    hidden = 0
     for number, action in enumerate(todo, 1):
         console.say(f"[{number}] {'run ' if action.needed else 'skip'} {action.title}: {action.reason}")
         for line in action.lines:
+            if not facts.opts.verbose and line.lstrip().startswith(("env:", "credentials:")):
+                hidden += 1
+                continue
             console.say(f"      {line}")
+    if hidden:
+        console.say("      (--verbose shows each Terraform step's environment and credentials)")
     console.say()
     if findings:
         console.warn(f"{len(findings)} finding(s) would stop a real run; fix them first:")

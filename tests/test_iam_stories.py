@@ -182,7 +182,9 @@ def test_a_dry_run_needs_no_credentials_and_shows_no_secret(tmp_path, aws_env):
     env["CIRCLECI_TOKEN"] = "SENTINEL-circleci-token-1234567890"
     config = base_config("http://127.0.0.1:9")  # a password in the URL is refused (tests/unit/test_config.py)
     project = Project.create(tmp_path, env, config, branch="main")
-    result = project.inv("iam.env", "--name", "stg", "--dry-run")
+    quiet = project.inv("iam.env", "--name", "stg", "--dry-run")
+    assert "TF_STATE_KEY=" not in quiet.out and "--verbose shows each Terraform step's environment" in quiet.out
+    result = project.inv("iam.env", "--name", "stg", "--dry-run", "--verbose")
     assert result.code == 0, result.all
     for title in ("Backend", "Terraform: plan", "Confirm", "apply", "Record"):
         assert title in result.out

@@ -14,13 +14,14 @@ COMMON_HELP = {
     "skip_branch_check": "LOUD override: apply from a branch other than the environment's",
     "lock_timeout_s": "SECONDS (a number) Terraform waits for a state lock held by a run in progress (default 0: fail "
                       "at once)",
+    "verbose": "with --dry-run: also show each Terraform step's environment and credentials",
 }
 TAKE_OVER_HELP = ("apply the shared account scope although another branch applied another fingerprint "
                   "(--yes does not answer this)")
 
 
 def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, skip_branch_check: bool,
-           take_over: bool = False, lock_timeout_s=None) -> None:
+           take_over: bool = False, lock_timeout_s=None, verbose: bool = False) -> None:
     from runbook import config, console, iam
     from runbook.facts import Options
     from runbook.scopes import Scope, environment_for
@@ -30,7 +31,7 @@ def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, 
     environment = environment_for(cfg, name, here.branch, flag=flag)
     scope = Scope.of_account(cfg, environment.account) if kind == "account" else Scope.of_environment(cfg, environment)
     opts = Options(dry_run=dry_run, assume_yes=yes, skip_branch_check=skip_branch_check, take_over=take_over,
-                   lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0))
+                   lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0), verbose=verbose)
     flags = [f for f, on in (("--yes", yes), ("--skip-branch-check", skip_branch_check), ("--take-over", take_over))
              if on]
     command = " ".join([scope.command(environment), *flags])
@@ -44,16 +45,18 @@ def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, 
 @task(help={"env": "environment whose account is meant (default: the one whose branch is checked out)",
             "take_over": TAKE_OVER_HELP, **COMMON_HELP})
 @user_errors
-def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False, take_over=False, lock_timeout_s=None):
+def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False, take_over=False, lock_timeout_s=None,
+            verbose=False):
     """Apply the account-specific IAM root module (CI deployer policy, shared roles)."""
     _apply("account", env, flag="--env", dry_run=dry_run, yes=yes, skip_branch_check=skip_branch_check,
-           take_over=take_over, lock_timeout_s=lock_timeout_s)
+           take_over=take_over, lock_timeout_s=lock_timeout_s, verbose=verbose)
 
 
 @task(name="env", help={"name": "environment to apply, e.g. stg (default: the one whose branch is checked out)",
                         "env": "the same as --name", **COMMON_HELP})
 @user_errors
-def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=False, lock_timeout_s=None):
+def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=False, lock_timeout_s=None,
+         verbose=False):
     """Apply the environment-specific IAM root module (the roles the environment's lambdas assume)."""
     from runbook.errors import RunbookError
 
@@ -61,7 +64,7 @@ def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=Fal
         raise RunbookError(f"--name {name!r} and --env {env!r} name two environments", id="flag-invalid",
                            fix=f"give one of them: inv iam.env --name {name}")
     _apply("environment", name if name is not None else env, flag="--name", dry_run=dry_run, yes=yes,
-           skip_branch_check=skip_branch_check, lock_timeout_s=lock_timeout_s)
+           skip_branch_check=skip_branch_check, lock_timeout_s=lock_timeout_s, verbose=verbose)
 
 
 @task(help={"env": "environment whose state is planned against (default: the one whose branch is checked out)"})

@@ -15,9 +15,11 @@ from runbook.tasks.iam_tasks import TAKE_OVER_HELP
     "poll_s": "SECONDS (a number, at least 2) between polls while watching the workflow (default 10)",
     "pipeline_wait_s": "SECONDS (a number) to wait for the pipeline of this commit to appear (default 120)",
     "take_over": TAKE_OVER_HELP,
+    "verbose": "with --dry-run: also show each Terraform step's environment and credentials",
 })
 @user_errors
-def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=None, take_over=False):
+def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=None, take_over=False,
+            verbose=False):
     """Apply the IAM steps that this commit needs, then get its pipeline through (rerun, watch)."""
     from runbook import config, pipeline
     from runbook import release as releasing
@@ -30,6 +32,6 @@ def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=
     here = checkout()
     environment = environment_for(cfg, env, here.branch)
     flags = [f for f, on in (("--yes", yes), ("--take-over", take_over)) if on]
-    releasing.release(cfg, environment, Options(dry_run=dry_run, assume_yes=yes, take_over=take_over),
+    releasing.release(cfg, environment, Options(dry_run=dry_run, assume_yes=yes, take_over=take_over, verbose=verbose),
                       poll_s=poll, pipeline_wait_s=wait, checkout=here,
                       command=" ".join([f"inv release --env {environment.name}", *flags]))

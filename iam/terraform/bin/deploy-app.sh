@@ -53,7 +53,7 @@
 #                       TF_VAR_circleci_org_id, TF_VAR_circleci_project_id, TF_VAR_circleci_vcs_origin
 #                       and TF_VAR_deploy_branches (a JSON list of the account's environment branches)
 # `inv iam.account` / `inv iam.env --name ENV` set all of them from the configuration; their
-# `--dry-run` prints the values on the plan step's env: line.
+# `--dry-run --verbose` prints the values on the plan step's env: line.
 #
 # Exit status:
 #   0    success

@@ -161,6 +161,35 @@ def diagnose(c, env=None, latest=False):
                                              else ""))
 
 
+@task(help={"file": "the text to post, e.g. iam-preview/comment.md (the preview job writes it)"})
+@user_errors
+def comment(c, file=None):
+    """Pipeline job: keep one comment on this build's pull request up to date with the IAM preview.
+
+    Needs GITHUB_TOKEN (from the job's context) and CircleCI's CIRCLE_PULL_REQUEST; without them, or when GitHub
+    fails, it says so and exits 0: a comment never fails the job."""
+    import os
+    from pathlib import Path
+
+    from runbook import console, github
+
+    required(file, "--file", "iam-preview/comment.md")
+    pull = github.PullRequest.from_url(os.environ.get("CIRCLE_PULL_REQUEST", ""))
+    token = os.environ.get("GITHUB_TOKEN", "").strip()
+    if not token or pull is None:
+        console.say("Not commenting: " + ("no GITHUB_TOKEN in this job's context" if not token else
+                                          "this build is for no pull request (CIRCLE_PULL_REQUEST is not set)")
+                    + "; the preview is in the job's output and its artifact.")
+        return
+    try:
+        text = Path(file).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        console.warn(f"Not commenting: {file} cannot be read ({exc.strerror}).")
+        return
+    done = github.keep_comment(pull, text, token)
+    (console.warn if done.startswith("not") else console.ok)(f"Pull request #{pull.number}: {done}.")
+
+
 @task(help={
     "env": "environment being deployed, e.g. stg",
     "timeout_s": "give up after this many SECONDS (default 1800)",

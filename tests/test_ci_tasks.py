@@ -4,6 +4,8 @@ out of every output). The decisions themselves are tested in tests/unit, the cli
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests import ci_fixtures
@@ -59,6 +61,11 @@ def test_status_of_the_checked_out_environment_shows_the_pipeline_jobs_and_url(p
     assert "waiting for approval: hold: inv ci.approve --env stg --job hold" in result.out
     assert f"/pipelines/{SLUG}/{pipeline.number}/workflows/{pipeline.workflows[0].id}" in result.out
     assert SENTINEL not in result.all
+    document = json.loads(project.inv("ci.status", "--json").out)
+    assert document["format"] == 1 and document["workflow"]["status"] == "on_hold"
+    assert document["pipeline"] == {"number": pipeline.number, "revision": head(project)}
+    assert [(j["name"], j["status"]) for j in document["jobs"]][:2] == [("test", "success"), ("hold", "on_hold")]
+    assert document["waiting_for_approval"] == ["hold"] and document["url"].endswith(pipeline.workflows[0].id)
 
 
 # -- rerun -------------------------------------------------------------------------------------------------------

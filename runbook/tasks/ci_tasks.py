@@ -31,14 +31,29 @@ def _target(env, latest):
     return cfg, environment, client, target
 
 
-@task(help={"env": ENV_HELP, "latest": LATEST_HELP})
+@task(help={"env": ENV_HELP, "latest": LATEST_HELP,
+            "json": "print the pipeline as one JSON document (format 1, README 'JSON output') instead of the lines"})
 @user_errors
-def status(c, env=None, latest=False):
+def status(c, env=None, latest=False, json=False):
     """Show the pipeline of your commit: workflow status, each job with status and duration, URL."""
     from runbook import console, pipeline
 
     cfg, environment, client, target = _target(env, latest)
     jobs = client.jobs(target.workflow.id)
+    if json:
+        import json as json_
+
+        def when(moment):
+            return moment.isoformat() if moment else None
+
+        console.say(json_.dumps({
+            "format": 1, "environment": environment.name, "branch": environment.branch, "url": target.url,
+            "pipeline": {"number": target.pipeline.number, "revision": target.pipeline.revision},
+            "workflow": {"id": target.workflow.id, "name": target.workflow.name, "status": target.workflow.status},
+            "jobs": [{"name": j.name, "status": j.status, "type": j.type, "started_at": when(j.started_at),
+                      "stopped_at": when(j.stopped_at)} for j in jobs],
+            "waiting_for_approval": pipeline.waiting_approvals(jobs)}, indent=2))
+        return
     console.say(f"pipeline #{target.pipeline.number}  {environment.branch} @ {target.pipeline.revision[:12]}")
     console.say(f"workflow {target.workflow.name}: {target.workflow.status}")
     width = max((len(j.name) for j in jobs), default=4)

@@ -9,13 +9,14 @@ import os
 import re
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from runbook import aws, backend, console, decide, git, records, snapshot, terraform
 from runbook.config import PROJECT_ROOT, Config, Environment
 from runbook.decide import Action
 from runbook.errors import Interrupted, RunbookError
 from runbook.facts import Facts, Options, examine_aws, examine_local
-from runbook.scopes import Scope, account_scopes
+from runbook.scopes import DEPLOY_SCRIPT, Scope, account_scopes
 
 
 @dataclass
@@ -315,35 +316,39 @@ _APPLY_ONLY = frozenset({"wrong-branch", "head-not-on-remote", "take-over-needed
 
 
 def preview(config: Config, environment: Environment, scopes: list[Scope], command: str,
-            checkout: git.Checkout | None = None) -> list[terraform.PlanSummary | None]:
+            checkout: git.Checkout | None = None) -> list[tuple[Scope, str, bool]]:
     """``inv iam.plan``: a read-only Terraform plan of each of *scopes* whose applied record does not match this
     commit, against *environment*'s state, from any branch. No state lock (``-lock=false``), no record, no backend
     created or repaired, nothing changed in AWS; the saved plan is deleted once summarised.
 
-    Returns one item per scope: its PlanSummary, or None when its record is current (nothing to plan). Raises
-    RunbookError for what would make the plan meaningless (the configuration, the backend gone, credentials) and
-    when Terraform fails.
+    Returns, per scope: the scope, what it would do in words, and whether that changes anything (a current
+    record: nothing planned; an account without a backend yet: a first deploy creates everything, not planned).
+    Raises RunbookError for what would make the plan meaningless (the configuration, the backend gone,
+    credentials) and when Terraform fails.
     """
     console.heading(f"IAM plan (read-only) for {' and '.join(s.label for s in scopes)}: examining")
     facts = examine_local(config, environment, scopes, Options(), command, checkout)
     _raise_first([f for f in decide.local_findings(facts) if f.id not in _APPLY_ONLY], command)
     facts = examine_aws(facts, aws.session(facts.account))
     _raise_first([f for f in decide.aws_findings(facts) if f.id not in _APPLY_ONLY], command)
-    found: list[terraform.PlanSummary | None] = []
+    found: list[tuple[Scope, str, bool]] = []
     for scope in scopes:
         status = records.compare(scope, facts.trees, facts.records.get(scope.name))
         if status.state == records.CURRENT:
-            console.ok(f"{scope.label}: current (its record matches this commit): nothing to plan")
-            found.append(None)
-            continue
-        console.heading(f"Terraform: plan of {scope.label} ({status.text}), without the state lock")
-        root = facts.snapshots[scope.name].root
-        try:
-            _script(Run(facts, command), scope, "preview")
-            found.append(terraform.read_plan(root))
-        finally:  # nothing can be applied from it: it goes, whatever happened
-            terraform.discard_plan(root)
-        console.ok(f"{scope.label}: {found[-1]}")
+            found.append((scope, "current (its record matches this commit): nothing to plan", False))
+        elif facts.state is not None and not facts.state.bucket_exists:
+            found.append((scope, f"never applied, and account {facts.account.id} has no backend yet: the first apply "
+                                 f"creates the backend and every resource of {scope.root}", True))
+        else:
+            console.heading(f"Terraform: plan of {scope.label} ({status.text}), without the state lock")
+            root = facts.snapshots[scope.name].root
+            try:
+                _script(Run(facts, command), scope, "preview")
+                summary = terraform.read_plan(root)
+            finally:  # nothing can be applied from it: it goes, whatever happened
+                terraform.discard_plan(root)
+            found.append((scope, str(summary), not summary.empty))
+        (console.warn if found[-1][2] else console.ok)(f"{scope.label}: {found[-1][1]}")
     return found
 
 
@@ -369,15 +374,22 @@ def drift(config: Config, environment: Environment, scopes: list[Scope], command
                                fix=f"apply it first: {scope.command(environment)}")
         commit = str(record.get("commit") or "")
         try:
-            trees = git.trees(commit, scope.paths, PROJECT_ROOT)
-        except RunbookError as exc:
-            raise RunbookError(f"{scope.label} was applied from commit {commit[:12]}, which this clone does not have",
-                               id="drift-unknown", fix="git fetch --all, then run the same command again") from exc
+            trees = git.trees(commit, scope.paths, PROJECT_ROOT) if re.fullmatch(r"[0-9a-f]{40}", commit) else {}
+        except RunbookError:
+            trees = {}
+        if not trees.get(scope.root):
+            raise RunbookError(f"{scope.label} was applied from commit {console.one_line(commit)[:40]!r}, which this "
+                               f"clone does not have, or which has no folder {scope.root} (the root module the "
+                               "configuration names now)", id="drift-unknown", where=f"SSM parameter {scope.parameter}",
+                               fix="git fetch --all, then run the same command again; after moving a root module, "
+                                   f"apply it once first: {scope.command(environment)}")
         if record.get("inputs") != scope.inputs_digest():
             console.warn(f"The configuration's inputs of {scope.label} changed since commit {commit[:12]} was applied: "
                          "some differences below may come from that, not from a change by hand.")
         console.heading(f"Terraform: plan of {scope.label} at its applied commit {commit[:12]}, without the state lock")
         snap = snapshot.take(scope, commit, scope.trees(trees))
+        # this checkout's deploy-app.sh, which knows the preview mode (an older commit's may not)
+        git.export(facts.checkout.head, [str(Path(DEPLOY_SCRIPT).parent)], snap.path, PROJECT_ROOT)
         try:
             _script(Run(replace(facts, snapshots={**facts.snapshots, scope.name: snap}), command), scope, "preview")
             found[scope.label] = terraform.differences(snap.root)

@@ -168,11 +168,12 @@ def run_script(root: Path, script: Path, env: dict[str, str], *, what: str, envi
         for pump in pumps:
             pump.join(timeout=5.0)
     finally:
-        if mode == "apply" or (mode == "plan" and (interrupts or proc.returncode)):
+        if mode == "apply" or (mode in ("plan", "preview") and (interrupts or proc.returncode)):
             discard_plan(root)
     if interrupts:
         state = {"plan": "Nothing was applied." if code else "Nothing was applied: the plan had finished, but it is "
-                                                             "not applied after an interrupt."}.get(mode) or (
+                                                             "not applied after an interrupt.",
+                 "preview": "Nothing was applied, and no state lock was taken (a read-only plan)."}.get(mode) or (
             "The apply had finished before the interrupt took effect; the run stopped before its record." if code == 0
             else "The apply may be partial: Terraform saved the state of what it finished and released its state lock.")
         raise Interrupted(f"Interrupted during the {what}; Terraform was asked to stop and exited with code {code}. "

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.project import ACCOUNT_ID, Project, base_config, git
 
@@ -334,6 +335,8 @@ def test_status_on_a_pull_requests_branch_says_what_merging_it_would_need(projec
            "changed))" in result.out
     assert "merged into prod (prod): inv iam.env --name prod" in result.out
     assert "git checkout" not in result.out  # checking out staging applies nothing from this branch
+    only = project.inv("iam.status", "--env", "stg")  # an environment not examined is not said to need nothing
+    assert "merged into staging (stg): inv iam.env --name stg" in only.out and "merged into prod" not in only.out
 
 
 def test_status_as_json_for_one_environment_parses_with_a_row_per_scope(project, aws):
@@ -377,6 +380,36 @@ def test_plan_from_a_pull_requests_branch_shows_the_change_and_changes_nothing(p
     assert "-lock=false" in planned.err and "Merged into staging, commit" in planned.out
     assert everything() == before  # no lock taken, no state written, no record, no backend touched
     assert not list((project.path.parent / "xdg-cache").rglob("runbook.tfplan"))  # the saved plan is gone
+
+
+def test_plan_of_a_first_deploy_says_so_and_creates_nothing(project, aws):
+    planned = project.inv("iam.plan", "--env", "stg")
+    assert planned.code == 2, planned.all
+    assert "has no backend yet: the first apply creates the backend and every resource" in planned.out
+    assert "Traceback" not in planned.all and buckets(aws) == []
+
+
+@pytest.mark.terraform
+def test_drift_uses_this_checkouts_script_and_cannot_tell_for_a_moved_root(project, aws):
+    script = project.path / "iam" / "terraform" / "bin" / "deploy-app.sh"
+    current = script.read_text()
+    script.write_text(current.replace('"" | plan | apply | preview) ;;', '"" | plan | apply) ;;'))  # before iam.plan
+    git(project.path, "commit", "-q", "-am", "an older deploy-app.sh")
+    git(project.path, "push", "-q")
+    assert project.inv("iam.account").code == 0 and project.inv("iam.env", "--name", "stg").code == 0
+    script.write_text(current)
+    git(project.path, "commit", "-q", "-am", "today's deploy-app.sh")
+    git(project.path, "push", "-q")
+    clean = project.inv("iam.drift", "--env", "stg")
+    assert clean.code == 0 and "No drift" in clean.out, clean.all
+    git(project.path, "mv", "roots/environment", "roots/env2")
+    config = base_config(aws("s3").meta.endpoint_url)
+    config["terraform"]["roots"]["environment"] = "roots/env2"
+    (project.path / "config" / "environments.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    git(project.path, "commit", "-q", "-am", "the environment root moved")
+    moved = project.inv("iam.drift", "--env", "stg")
+    assert moved.code == 1 and "ERROR [drift-unknown]" in moved.err and "has no folder roots/env2" in moved.err, \
+        moved.all
 
 
 def test_status_prints_record_text_from_outside_harmlessly(project, aws):

@@ -84,7 +84,7 @@ def plan(c, env=None):
     environment = environment_for(cfg, env, here.branch)
     scopes = [Scope.of_account(cfg, environment.account), Scope.of_environment(cfg, environment)]
     plans = iam.preview(cfg, environment, scopes, f"inv iam.plan --env {environment.name}", checkout=here)
-    changes = [f"{s.label}: {p}" for s, p in zip(scopes, plans, strict=True) if p is not None and not p.empty]
+    changes = [f"{scope.label}: {text}" for scope, text, changing in plans if changing]
     console.say()
     if not changes:
         console.ok(f"No change: merged into {environment.branch}, commit {here.head[:12]} would apply nothing.")
@@ -233,7 +233,8 @@ def _if_merged(cfg, statuses, branch: str) -> None:
 
     console.say()
     console.say(f"{branch} deploys no environment. Merged into an environment's branch, this commit would need:")
-    for env in cfg.environments.values():
+    examined = {st.scope.environment.name for st in statuses if st.scope.environment}
+    for env in (e for e in cfg.environments.values() if e.name in examined):  # --env: that one only
         scopes = for_environment(cfg, env)
         mine = [st for st in statuses if st.scope in scopes]
         todo = [st for st in mine if st.state in (state.PENDING, state.NEVER_APPLIED)]

@@ -29,12 +29,12 @@ REGIONS = ["eu-west-1", "eu-west-2", "eu-central-1", "us-east-2"]
 
 def config_with(endpoint: str, environments: int, accounts: int) -> dict:
     config = base_config(endpoint)
-    # moto keeps one AWS account per access key, so the "accounts" live in different regions
-    # (SSM parameters are regional): each has its own /acme-api/iam/account record.
-    config["accounts"] = {
-        f"acct{i}": {"id": f"{100000000000 + i}", "region": REGIONS[i], "endpoint_url": endpoint}
-        for i in range(accounts)
-    }
+    # moto is one AWS account (123456789012) for these keys, and iam.status checks whose keys it holds, so the
+    # "accounts" share its ID and live in different regions (SSM parameters are regional: each has its own
+    # /acme-api/iam/account record; the state bucket names carry the region to stay apart).
+    config["accounts"] = {f"acct{i}": {"id": "123456789012", "region": REGIONS[i], "endpoint_url": endpoint}
+                          for i in range(accounts)}
+    config["terraform"].setdefault("backend", {})["state_bucket"] = "{project}-tfstate-{account_id}-{region}"
     config["environments"] = {
         f"env{i}": {"branch": f"branch-{i}", "account": f"acct{i % accounts}"} for i in range(environments)
     }

@@ -307,7 +307,9 @@ def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None =
         session_for: Account -> boto3 Session (default :func:`runbook.aws.session`, one per account).
         use_profile: passed to the default session factory (the pipeline ignores profiles).
 
-    One SSM GetParameter per scope. A scope whose record cannot be read is "unknown" with the reason; once an
+    One STS GetCallerIdentity per account: the records of an account read with another account's credentials
+    (every account names them alike) would pass for its own, so those scopes are "unknown". Then one SSM
+    GetParameter per scope. A scope whose record cannot be read is "unknown" with the reason; once an
     account's SSM does not answer (:class:`~runbook.errors.Transient`), its remaining scopes are "unknown"
     without asking again, nor are those of other accounts at the same endpoint (or region), so an unresponsive
     endpoint costs one call's time-out, not one per scope or account. Raises only for a fingerprint that cannot
@@ -325,7 +327,12 @@ def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None =
                 raise Transient(gone[ssm_at])
             if account.name not in clients:
                 sess = session_for(account) if session_for else aws.session(account, use_profile=use_profile)
-                clients[account.name] = aws.client(sess, "ssm", account)
+                who = aws.caller_identity(sess, account)  # every account keeps its records under the same names
+                clients[account.name] = aws.client(sess, "ssm", account) if who.account_id == account.id else \
+                    RunbookError(f"the credentials are for account {who.account_id}, not {account.id}",
+                                 id="wrong-account")
+            if isinstance(clients[account.name], RunbookError):
+                raise clients[account.name]
             out.append(compare(scope, trees, read(clients[account.name], scope.parameter, scope.name, account)))
         except RunbookError as exc:
             reason = exc.what.split(". ")[0].rstrip(".")

@@ -239,7 +239,8 @@ def _if_merged(cfg, statuses, branch: str) -> None:
         mine = [st for st in statuses if st.scope in scopes]
         todo = [st for st in mine if st.state in (state.PENDING, state.NEVER_APPLIED)]
         unknown = [st for st in mine if st.state == state.UNKNOWN]
-        needs = " && ".join(dict.fromkeys(st.scope.command(env, env.branch) for st in todo)) or "nothing"
+        needs = " && ".join(dict.fromkeys(st.scope.command(env, env.branch) for st in todo)) or (
+            "cannot tell" if unknown else "nothing")
         why = "; ".join(f"{st.scope.label.split(' (')[0]}: {st.text}" for st in todo + unknown)
         console.say(f"  merged into {env.branch} ({env.name}): {needs}" + (f"  ({console.one_line(why)})" if why
                                                                           else ""))

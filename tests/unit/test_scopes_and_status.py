@@ -128,6 +128,7 @@ def test_an_ssm_that_does_not_answer_is_asked_once_for_all_the_accounts_behind_i
     ssm, stubber = stub("ssm")
     stubber.add_client_error("get_parameter", "InternalError", "down", http_status_code=500)
     monkeypatch.setattr(records.aws, "client", lambda *args, **kwargs: ssm)
+    monkeypatch.setattr(records.aws, "caller_identity", lambda _, account: records.aws.Identity("a", account.id, "u"))
     statuses = records.examine(all_scopes(cfg), trees=TREES, session_for=lambda account: None)
     assert {st.state for st in statuses} == {records.UNKNOWN}
     assert all("not asked, the same SSM did not answer" in st.reason for st in statuses[1:])
@@ -149,3 +150,18 @@ def test_what_merging_would_need_names_each_environments_own_account_only(cfg, c
     assert "merged into staging (stg): inv iam.env --name stg  (environment stg: change pending" in out
     assert "merged into prod (prod): inv iam.account --env prod && inv iam.env --name prod  (account prod: never " \
            "applied; environment prod: change pending" in out
+
+
+def test_records_read_with_another_accounts_credentials_are_unknown_not_that_accounts(cfg, stub, monkeypatch):
+    # every account names its records alike: nonprod's keys would read nonprod's records as prod's
+    ssm, stubber = stub("ssm")
+    for _ in range(3):  # account nonprod, dev, stg: read with nonprod's own credentials
+        stubber.add_client_error("get_parameter", "ParameterNotFound", http_status_code=400)
+    monkeypatch.setattr(records.aws, "client", lambda *args, **kwargs: ssm)
+    monkeypatch.setattr(records.aws, "caller_identity",
+                        lambda sess, account: records.aws.Identity("arn", cfg.accounts["nonprod"].id, "u"))
+    statuses = records.examine(all_scopes(cfg), trees=TREES, session_for=lambda account: None)
+    by = {st.scope.label.split(" (")[0]: st for st in statuses}
+    assert by["account prod"].state == by["environment prod"].state == records.UNKNOWN
+    assert by["environment prod"].reason == "the credentials are for account 123456789012, not 210987654321"
+    assert by["environment stg"].state == records.NEVER_APPLIED

@@ -34,8 +34,9 @@ die() {
 env_name="${1:-}"
 [[ -n "$env_name" ]] || die "usage: $PROG ENV [reader] (ENV: an environment of config/environments.yml, e.g. stg)"
 role_var=AWS_ROLE_ARN role_output=deployer_role_arn
-case "${2:-}" in
-    "") ;;
+(($# <= 2)) || die "usage: $PROG ENV [reader]: one or two arguments, not $#"
+case "${2-}" in
+    "") (($# == 1)) || die "usage: $PROG ENV [reader]: the second argument is empty" ;;
     reader) role_var=AWS_READER_ROLE_ARN role_output=reader_role_arn ;;
     *) die "usage: $PROG ENV [reader]: the second argument can only be 'reader' (the read-only role), not '$2'" ;;
 esac
@@ -106,7 +107,7 @@ case "$deployer" in
                 "$account_name in this job's context as $role_var (read it with: cd" \
                 "iam/terraform/account-specific/main && terraform output -raw $role_output)"
         fi
-        if [[ ! "$role_arn" =~ ^arn:aws[a-z-]*:iam::([0-9]{12}):role/.+$ ]]; then
+        if [[ ! "$role_arn" =~ ^arn:aws[a-z-]*:iam::([0-9]{12}):role/[^[:space:]]+$ ]]; then
             die "$role_var in this job's context is not an IAM role ARN (arn:aws:iam::<account>:role/...)." \
                 "Set it to the account root's output $role_output of account $account_name"
         fi

@@ -92,8 +92,9 @@ def test_oidc_step_writes_the_token_file_and_the_web_identity_variables(job_env:
                                          "CircleCI leaves the variable out now and then (intermittent): rerun the job"),
         ({"AWS_ROLE_ARN": None}, "terraform output -raw deployer_role_arn"),
         ({"AWS_ROLE_ARN": "acme-api-circleci-deployer"}, "is not an IAM role ARN"),
+        ({"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/acme-api/ci/x\nexport EVIL=1"}, "is not an IAM role ARN"),
     ],
-    ids=["key-left-in-context", "no-token", "no-role", "not-an-arn"],
+    ids=["key-left-in-context", "no-token", "no-role", "not-an-arn", "newline-in-arn"],
 )
 def test_oidc_step_refuses_what_would_not_be_the_role(change: dict, expected: str, job_env: dict, tmp_path: Path):
     env = {k: v for k, v in {**job_env, **change}.items() if v is not None}

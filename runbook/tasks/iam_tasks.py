@@ -211,9 +211,10 @@ def _document(here, statuses, todo) -> str:
     """``inv iam.status --json``: the commit and branch, one object per scope, the commands (JSON, 2-space indent)."""
     import json
 
-    def applied(record):
-        return None if record is None else {key: record.get(key) for key in (
-            "commit", "branch", "applied_by", "applied_at", "fingerprint")}
+    def applied(record):  # outside text: a lone surrogate would make JSON that other parsers refuse
+        return None if record is None else {key: None if record.get(key) is None else str(record.get(key)).encode(
+            "utf-8", "replace").decode("utf-8") for key in ("commit", "branch", "applied_by", "applied_at",
+                                                            "fingerprint")}
 
     return json.dumps({
         "format": STATUS_FORMAT, "commit": here.head, "branch": here.branch,

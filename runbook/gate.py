@@ -210,8 +210,12 @@ def _unblock(environment: Environment, statuses: list[records.ScopeStatus], prob
 
 
 def _commit() -> str:
-    """The commit the gate is for: CircleCI's CIRCLE_SHA1, else HEAD."""
-    return (os.environ.get("CIRCLE_SHA1") or git.head_commit())[:12]
+    """The commit the gate is for: CircleCI's CIRCLE_SHA1, else HEAD ("?" when git cannot say: a notification
+    never stops the gate)."""
+    try:
+        return (os.environ.get("CIRCLE_SHA1") or git.head_commit())[:12]
+    except RunbookError:
+        return "?"
 
 
 def _job_page() -> str:

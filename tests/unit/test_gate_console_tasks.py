@@ -238,3 +238,20 @@ def test_a_tokens_claims_are_read_never_the_token(tmp_path, monkeypatch):
         token.write_text(text)
         assert aws.token_claims(str(token)) == {}
     assert aws.token_claims(str(tmp_path / "missing")) == {}
+
+
+def test_a_notification_that_cannot_name_its_commit_never_stops_the_gate(cfg, stub, monkeypatch):
+    def no_git():
+        raise RunbookError("not a checkout", id="not-a-git-checkout")
+
+    monkeypatch.delenv("CIRCLE_SHA1", raising=False)
+    monkeypatch.setattr(gate.git, "head_commit", no_git)
+    ssm, ssm_stub = stub("ssm")
+    for _ in range(4):
+        ssm_stub.add_client_error("get_parameter", "ParameterNotFound", http_status_code=400)
+    told, clock = [], Clock()
+    with pytest.raises(RunbookError) as caught:
+        gate.wait(cfg, cfg.environments["stg"], timeout_s=20, poll_s=15, settle_s=0, session=FakeSession({"ssm": ssm}),
+                  sleep=clock.sleep, clock=clock, trees=TREES, notify=told.append)
+    assert caught.value.id == "gate-timeout"  # the gate's own verdict
+    assert told[0].startswith("IAM gate for stg at commit ?: WAITING") and "GAVE UP" in told[1]

@@ -53,6 +53,9 @@ def local_findings(facts: Facts) -> list[RunbookError]:
                 f"There is no {ours} (remote {team.name}: {team.why}): the branch was never pushed there, or (in a dry "
                 "run, which does not fetch) not fetched since", id="head-not-on-remote",
                 fix=f"git fetch {remote}, then run again (a dry run compares with the last fetch)" if facts.opts.dry_run
+                else ("a rehearsal against a local AWS: never push to the team's repository for it; give this clone "
+                      "a local bare remote: git init --bare /tmp/rehearsal.git && git remote add rehearsal "
+                      f"/tmp/rehearsal.git && git push -u rehearsal {branch}") if facts.rehearsal
                 else f"put the branch on {team.name} through the team's usual review (a first push of a reviewed "
                      f"commit: git push -u {remote} {branch}), then run again"))
         elif facts.remote_head != co.head:

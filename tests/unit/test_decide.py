@@ -50,6 +50,13 @@ def test_a_branch_never_pushed_says_merge_through_review_and_a_dry_run_says_fetc
     assert dry.fix.startswith("git fetch origin, then run again")
     [ahead] = decide.local_findings(make_facts(cfg, remote_head="0" * 40))
     assert "merge them through the usual review" in ahead.fix and "push your commits" not in ahead.fix
+    # a rehearsal (every account a local AWS) is never told to push to the team's repository
+    local = replace(cfg, accounts={name: replace(a, endpoint_url="http://127.0.0.1:5000")
+                                   for name, a in cfg.accounts.items()})
+    local = replace(local, environments={name: replace(e, account=local.accounts[e.account.name])
+                                         for name, e in cfg.environments.items()})
+    [rehearsal] = decide.local_findings(make_facts(local, remote_head=None))
+    assert "git push -u rehearsal staging" in rehearsal.fix and "origin" not in rehearsal.fix
 
 
 def test_a_head_unlike_the_teams_branch_names_both_commits(cfg):

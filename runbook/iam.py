@@ -315,6 +315,18 @@ ACT = {"backend": _act_backend, "take-over": _act_take_over, "plan": _act_plan, 
 _APPLY_ONLY = frozenset({"wrong-branch", "head-not-on-remote", "take-over-needed", "credentials-expiring"})
 
 
+def _examine_read_only(config: Config, environment: Environment, scopes: list[Scope], command: str,
+                       checkout: git.Checkout | None, title: str) -> Facts:
+    """The facts of a read-only run (:func:`preview`, :func:`drift`): as a real run examines them, stopping at the
+    findings that matter when nothing is applied (all but :data:`_APPLY_ONLY`)."""
+    console.heading(f"{title} {' and '.join(s.label for s in scopes)}: examining")
+    facts = examine_local(config, environment, scopes, Options(), command, checkout)
+    _raise_first([f for f in decide.local_findings(facts) if f.id not in _APPLY_ONLY], command)
+    facts = examine_aws(facts, aws.session(facts.account))
+    _raise_first([f for f in decide.aws_findings(facts) if f.id not in _APPLY_ONLY], command)
+    return facts
+
+
 def preview(config: Config, environment: Environment, scopes: list[Scope], command: str,
             checkout: git.Checkout | None = None) -> list[tuple[Scope, str, bool]]:
     """``inv iam.plan``: a read-only Terraform plan of each of *scopes* whose applied record does not match this
@@ -326,11 +338,7 @@ def preview(config: Config, environment: Environment, scopes: list[Scope], comma
     Raises RunbookError for what would make the plan meaningless (the configuration, the backend gone,
     credentials) and when Terraform fails.
     """
-    console.heading(f"IAM plan (read-only) for {' and '.join(s.label for s in scopes)}: examining")
-    facts = examine_local(config, environment, scopes, Options(), command, checkout)
-    _raise_first([f for f in decide.local_findings(facts) if f.id not in _APPLY_ONLY], command)
-    facts = examine_aws(facts, aws.session(facts.account))
-    _raise_first([f for f in decide.aws_findings(facts) if f.id not in _APPLY_ONLY], command)
+    facts = _examine_read_only(config, environment, scopes, command, checkout, "IAM plan (read-only) for")
     found: list[tuple[Scope, str, bool]] = []
     for scope in scopes:
         status = records.compare(scope, facts.trees, facts.records.get(scope.name))
@@ -360,11 +368,7 @@ def drift(config: Config, environment: Environment, scopes: list[Scope], command
     Returns scope label -> the differing resources (:func:`runbook.terraform.differences`; empty: none). Raises
     RunbookError when it cannot tell: a scope never applied, its commit not in this clone, Terraform failing.
     """
-    console.heading(f"IAM drift (read-only) of {' and '.join(s.label for s in scopes)}: examining")
-    facts = examine_local(config, environment, scopes, Options(), command, checkout)
-    _raise_first([f for f in decide.local_findings(facts) if f.id not in _APPLY_ONLY], command)
-    facts = examine_aws(facts, aws.session(facts.account))
-    _raise_first([f for f in decide.aws_findings(facts) if f.id not in _APPLY_ONLY], command)
+    facts = _examine_read_only(config, environment, scopes, command, checkout, "IAM drift (read-only) of")
     found = {}
     for scope in scopes:
         record = facts.records.get(scope.name)

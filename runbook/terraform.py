@@ -51,14 +51,20 @@ class PlanSummary:
         return text + (f"; {self.outputs_changed} output(s) change" if self.outputs_changed else "")
 
 
-def read_plan(root: Path) -> PlanSummary:
-    """Summarise the plan JSON that the script's ``plan`` mode wrote in *root*. Raises RunbookError when absent."""
+def _plan_json(root: Path) -> dict:
+    """The plan JSON that the script's ``plan`` (or ``preview``) mode wrote in *root*. Raises RunbookError when
+    absent or unreadable."""
     path = root / (PLAN_FILE + ".json")
     try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RunbookError(f"The plan summary {path} is missing or unreadable", id="plan-failed",
                            fix="run the same command again; deploy-app.sh writes it in plan mode") from exc
+
+
+def read_plan(root: Path) -> PlanSummary:
+    """Summarise the plan JSON that the script's ``plan`` mode wrote in *root*. Raises RunbookError when absent."""
+    plan = _plan_json(root)
     actions = [rc.get("change", {}).get("actions", []) for rc in plan.get("resource_changes", [])]
     return PlanSummary(sum("create" in a for a in actions), sum(a == ["update"] for a in actions),
                        sum("delete" in a for a in actions),
@@ -71,11 +77,9 @@ def differences(root: Path) -> list[str]:
     """What the saved plan in *root* would change, one line per resource: its address, the action, and for an update
     the attributes whose planned value differs from what AWS holds now (the plan's JSON ``resource_changes``:
     https://developer.hashicorp.com/terraform/internals/json-format#change-representation). Raises RunbookError
-    as :func:`read_plan` does."""
-    read_plan(root)  # the same refusal when the summary is missing
-    plan = json.loads((root / (PLAN_FILE + ".json")).read_text(encoding="utf-8"))
+    when the plan JSON is missing or unreadable."""
     found = []
-    for rc in plan.get("resource_changes", []):
+    for rc in _plan_json(root).get("resource_changes", []):
         change = rc.get("change", {})
         actions = [a for a in change.get("actions", []) if a not in ("no-op", "read")]
         if not actions:

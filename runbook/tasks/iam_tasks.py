@@ -67,6 +67,18 @@ def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=Fal
            skip_branch_check=skip_branch_check, lock_timeout_s=lock_timeout_s, verbose=verbose)
 
 
+def _read_only_target(env):
+    """(configuration, checkout, environment, [its account scope, its scope]) of ``iam.plan`` and ``iam.drift``:
+    *env*, or the environment of the branch checked out."""
+    from runbook import config
+    from runbook.scopes import Scope, environment_for
+
+    cfg = config.load()
+    here = checkout()
+    environment = environment_for(cfg, env, here.branch)
+    return cfg, here, environment, [Scope.of_account(cfg, environment.account), Scope.of_environment(cfg, environment)]
+
+
 @task(help={"env": "environment whose state is planned against (default: the one whose branch is checked out)"})
 @user_errors
 def plan(c, env=None):
@@ -75,14 +87,10 @@ def plan(c, env=None):
     From any branch; no state lock, no record, nothing changed in AWS. Exit 0: no change; 2: changes; 1: failed."""
     from invoke import Exit
 
-    from runbook import config, console, iam
+    from runbook import console, iam
     from runbook.errors import EXIT_CHANGES
-    from runbook.scopes import Scope, environment_for
 
-    cfg = config.load()
-    here = checkout()
-    environment = environment_for(cfg, env, here.branch)
-    scopes = [Scope.of_account(cfg, environment.account), Scope.of_environment(cfg, environment)]
+    cfg, here, environment, scopes = _read_only_target(env)
     plans = iam.preview(cfg, environment, scopes, f"inv iam.plan --env {environment.name}", checkout=here)
     changes = [f"{scope.label}: {text}" for scope, text, changing in plans if changing]
     console.say()
@@ -102,14 +110,10 @@ def drift(c, env=None):
     every resource that differs. Applies nothing. Exit 0: no drift; 2: drift; 1: could not tell."""
     from invoke import Exit
 
-    from runbook import config, console, iam
+    from runbook import console, iam
     from runbook.errors import EXIT_CHANGES
-    from runbook.scopes import Scope, environment_for
 
-    cfg = config.load()
-    here = checkout()
-    environment = environment_for(cfg, env, here.branch)
-    scopes = [Scope.of_account(cfg, environment.account), Scope.of_environment(cfg, environment)]
+    cfg, here, environment, scopes = _read_only_target(env)
     found = iam.drift(cfg, environment, scopes, f"inv iam.drift --env {environment.name}", checkout=here)
     console.say()
     if not any(found.values()):

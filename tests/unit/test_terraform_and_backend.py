@@ -321,3 +321,21 @@ def test_a_lock_refused_is_not_called_a_server_error_for_a_5xx_further_down():
               "StatusCode: 400\n" + "unrelated output\n" * 400 + "some other call: StatusCode: 500\n")
     error = failure(output, 1)
     assert "may not use the lock table" in error.what and "server error" not in error.what
+
+
+def test_differences_name_each_changed_resource_and_the_attributes_that_differ(tmp_path):
+    (tmp_path / ".terraform").mkdir()
+    (tmp_path / (terraform.PLAN_FILE + ".json")).write_text(json.dumps({"resource_changes": [
+        {"address": 'aws_iam_role.lambda["api"]', "change": {"actions": ["update"],
+         "before": {"name": "r", "assume_role_policy": "a", "tags": {}},
+         "after": {"name": "r", "assume_role_policy": "b", "tags": {}, "arn": None}, "after_unknown": {"arn": True}}},
+        {"address": "aws_iam_role_policy.gone", "change": {"actions": ["create"], "before": None, "after": {}}},
+        {"address": "data.aws_partition.current", "change": {"actions": ["read"]}},
+        {"address": "aws_iam_policy.same", "change": {"actions": ["no-op"]}},
+    ]}))
+    assert terraform.differences(tmp_path) == ['aws_iam_role.lambda["api"]: update (assume_role_policy)',
+                                               "aws_iam_role_policy.gone: create"]
+    (tmp_path / (terraform.PLAN_FILE + ".json")).write_text("{not json")
+    with pytest.raises(RunbookError) as caught:
+        terraform.differences(tmp_path)
+    assert caught.value.id == "plan-failed"

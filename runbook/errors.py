@@ -16,6 +16,7 @@ ID_FORM = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 EXIT_FAILED = 1  # refused or failed: the message says why and what to run
 EXIT_CHANGES = 2  # `inv iam.plan`: the plan has changes (Terraform's own -detailed-exitcode uses 2 too)
 EXIT_NOT_CURRENT = 3  # `inv iam.status --check`: something is not current
+EXIT_WOULD_STOP = 4  # a dry run found what would stop the real run
 EXIT_ON_HOLD = 5  # a watch stopped because the workflow waits at an approval job
 EXIT_BUG = 70  # a defect of the runbook (BSD sysexits EX_SOFTWARE): please report it
 EXIT_LOCKED = 75  # another run holds the Terraform state lock (BSD sysexits EX_TEMPFAIL)

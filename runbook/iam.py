@@ -14,7 +14,7 @@ from pathlib import Path
 from runbook import aws, backend, console, decide, git, records, snapshot, terraform
 from runbook.config import PROJECT_ROOT, Config, Environment
 from runbook.decide import Action
-from runbook.errors import Interrupted, RunbookError
+from runbook.errors import EXIT_WOULD_STOP, Interrupted, RunbookError
 from runbook.facts import Facts, Options, examine_aws, examine_local
 from runbook.scopes import DEPLOY_SCRIPT, Scope, account_scopes
 
@@ -47,12 +47,14 @@ class Run:
 
 
 def run(config: Config, environment: Environment, scopes: list[Scope], opts: Options, *, command: str,
-        before_aws=None, checkout: git.Checkout | None = None) -> Run | None:
-    """Apply *scopes* (in order) for *environment*'s branch; None after a dry run.
+        before_aws=None, checkout: git.Checkout | None = None, then: str = "") -> Run | DryRun:
+    """Apply *scopes* (in order) for *environment*'s branch; with ``opts.dry_run``, print them and return a
+    :class:`DryRun` instead (its :meth:`DryRun.check` gives the exit).
 
     *command* is the command line that resumes the run (the user's own, with their flags); *before_aws*, when
     given, is called with the local facts before any AWS call (``inv release`` checks its CircleCI token there);
-    *checkout*, when given, is the checkout the caller inspected (so that ``git status`` runs once per run).
+    *checkout*, when given, is the checkout the caller inspected (so that ``git status`` runs once per run);
+    *then*, what a dry run says comes after the IAM steps (``inv release``: the pipeline).
     Raises RunbookError at the first finding, before anything changes, or at the first failure of an action,
     naming what was and was not done and the command that resumes; Interrupted on Ctrl-C.
     """
@@ -60,8 +62,7 @@ def run(config: Config, environment: Environment, scopes: list[Scope], opts: Opt
     facts = examine_local(config, environment, scopes, opts, command, checkout)
     findings = decide.local_findings(facts)
     if opts.dry_run:
-        dry_run(facts, findings, command)
-        return None
+        return dry_run(facts, findings, command, then)
     _raise_first(findings, command)
     if before_aws is not None:
         before_aws(facts)
@@ -81,8 +82,42 @@ def _raise_first(findings: list[RunbookError], command: str) -> None:
         raise first
 
 
-def dry_run(facts: Facts, findings: list[RunbookError], command: str) -> list[RunbookError]:
-    """Print every action, why, and its exact commands, then every finding that would stop a real run."""
+@dataclass(frozen=True)
+class DryRun:
+    """What a dry run found: the actions a real run would take (:class:`runbook.decide.Action`), the findings that
+    would stop it (RunbookErrors) and the command that runs it for real."""
+
+    actions: list[Action]
+    findings: list[RunbookError]
+    command: str
+
+    def check(self) -> None:
+        """Raise the ``dry-run-findings`` RunbookError (exit :data:`runbook.errors.EXIT_WOULD_STOP`) when a finding
+        would stop the real run; return when it would go ahead."""
+        if self.findings:
+            ids = ", ".join(dict.fromkeys(exc.id for exc in self.findings))
+            raise RunbookError(f"The dry run found {len(self.findings)} finding(s) that would stop a real run ({ids}; "
+                               "listed above): nothing was done", id="dry-run-findings", code=EXIT_WOULD_STOP,
+                               fix=f"fix them as each says, then run it again: {self.command} --dry-run")
+
+    def document(self, verbose: bool = False) -> dict:
+        """The dry run as ``--json`` prints it (format 1, README "JSON output"): ``would_stop``, the actions, the
+        findings. Without *verbose*, an action's ``env:`` and ``credentials:`` lines are left out, as on screen."""
+        return {"format": 1, "command": self.command, "would_stop": bool(self.findings),
+                "actions": [{"kind": a.kind, "title": a.title, "needed": a.needed, "reason": a.reason,
+                             "lines": [line for line in a.lines if verbose or not _detail(line)]}
+                            for a in self.actions],
+                "findings": [{"id": e.id, "what": e.what, "where": e.where, "fix": e.fix} for e in self.findings]}
+
+
+def _detail(line: str) -> bool:
+    """Whether a dry run's line is one that only ``--verbose`` shows: a step's environment or credentials."""
+    return line.lstrip().startswith(("env:", "credentials:"))
+
+
+def dry_run(facts: Facts, findings: list[RunbookError], command: str, then: str = "") -> DryRun:
+    """Print every action, why, and its exact commands, then *then*, then every finding that would stop a real
+    run; return them as a :class:`DryRun`."""
     todo = decide.actions(facts)
     console.heading(f"Dry run: IAM for {facts.scopes[-1].label} ({len(todo)} actions). Nothing is changed; AWS and "
                     "Terraform are not called.")
@@ -90,12 +125,14 @@ def dry_run(facts: Facts, findings: list[RunbookError], command: str) -> list[Ru
     for number, action in enumerate(todo, 1):
         console.say(f"[{number}] {'run ' if action.needed else 'skip'} {action.title}: {action.reason}")
         for line in action.lines:
-            if not facts.opts.verbose and line.lstrip().startswith(("env:", "credentials:")):
+            if not facts.opts.verbose and _detail(line):
                 hidden += 1
                 continue
             console.say(f"      {line}")
     if hidden:
         console.say("      (--verbose shows each Terraform step's environment and credentials)")
+    if then:
+        console.say(then)
     console.say()
     if findings:
         console.warn(f"{len(findings)} finding(s) would stop a real run; fix them first:")
@@ -104,8 +141,8 @@ def dry_run(facts: Facts, findings: list[RunbookError], command: str) -> list[Ru
     else:
         console.ok("No finding would stop a real run (the AWS identity, the backend and the records are checked at "
                    "run time).")
-    console.say(f"{'Once they are fixed, run' if findings else 'To run'} it for real: {command}")
-    return findings
+        console.say(f"To run it for real: {command}")
+    return DryRun(todo, findings, command)
 
 
 def perform(state: Run, todo: list[Action]) -> Run:

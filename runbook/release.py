@@ -16,7 +16,7 @@ from runbook.scopes import for_environment
 
 
 def release(config: Config, environment: Environment, opts: Options, *, poll_s: float, pipeline_wait_s: float,
-            command: str, checkout: git.Checkout | None = None) -> None:
+            command: str, checkout: git.Checkout | None = None) -> iam.DryRun | None:
     """Apply what this commit's IAM needs for *environment*, then get its pipeline through.
 
     Args:
@@ -26,7 +26,8 @@ def release(config: Config, environment: Environment, opts: Options, *, poll_s: 
         command: the command line that resumes the release.
         checkout: the checkout as the task layer inspected it (default: inspected here).
 
-    Raises RunbookError for any finding or failure (exit 5 when the watched workflow waits at an approval job).
+    Returns the :class:`runbook.iam.DryRun` of a dry run, else None. Raises RunbookError for any finding or failure
+    (exit 5 when the watched workflow waits at an approval job).
     """
     client = None if opts.dry_run else pipeline.client_for(config)  # a dry run calls no CircleCI: no token needed
     urls: list[str] = []
@@ -38,11 +39,11 @@ def release(config: Config, environment: Environment, opts: Options, *, poll_s: 
                     f"{config.circleci.project_slug}")
 
     done = iam.run(config, environment, for_environment(config, environment), replace(opts, only_needed=True),
-                   command=command, before_aws=prove_token, checkout=checkout)
-    if done is None:
-        console.say("Then the pipeline of this commit (looked up at run time): a succeeded one needs nothing, a "
-                    "running one is watched, one that failed at the IAM gate or the deploy is rerun from failed.")
-        return
+                   command=command, before_aws=prove_token, checkout=checkout,
+                   then="Then the pipeline of this commit (looked up at run time): a succeeded one needs nothing, a "
+                        "running one is watched, one that failed at the IAM gate or the deploy is rerun from failed.")
+    if isinstance(done, iam.DryRun):
+        return done
     try:
         _pipeline(client, config, environment, done, poll_s, pipeline_wait_s, urls)
     finally:

@@ -186,14 +186,25 @@ def test_a_dry_run_needs_no_credentials_and_shows_no_secret(tmp_path, aws_env):
     quiet = project.inv("iam.env", "--name", "stg", "--dry-run")
     assert "TF_STATE_KEY=" not in quiet.out and "--verbose shows each Terraform step's environment" in quiet.out
     result = project.inv("iam.env", "--name", "stg", "--dry-run", "--verbose")
-    assert result.code == 0, result.all
+    assert result.code == 4, result.all  # on main: a real run would stop (wrong-branch)
     for title in ("Backend", "Terraform: plan", "Confirm", "apply", "Record"):
         assert title in result.out
     assert "would stop a real run" in result.out and "git checkout staging" in result.out
-    assert "Once they are fixed, run it for real: inv iam.env --name stg" in result.out
+    assert "ERROR [dry-run-findings]: The dry run found 1 finding(s) that would stop a real run (wrong-branch" in \
+        result.err and "then run it again: inv iam.env --name stg --dry-run" in result.err
     assert "TF_STATE_KEY=acme-api/iam/env/stg.tfstate" in result.out
     assert "the keys that pass the caller identity check" in result.out
     assert "SENTINEL" not in result.all and "AWS_SECRET_ACCESS_KEY=" not in result.out
+    scripted = project.inv("iam.env", "--env", "stg", "--dry-run", "--json")  # stdout: the document alone
+    document = json.loads(scripted.out)
+    assert scripted.code == 4 and document["would_stop"] and [f["id"] for f in document["findings"]] == [
+        "wrong-branch"], scripted.all
+    assert [a["kind"] for a in document["actions"]] == ["backend", "plan", "confirm", "apply", "record"]
+    assert "Dry run: IAM for environment stg" in scripted.err and "SENTINEL" not in scripted.all
+    assert not any(line.lstrip().startswith(("env:", "credentials:")) for a in document["actions"]
+                   for line in a["lines"])  # as on screen: only --verbose shows them
+    refused = project.inv("iam.env", "--name", "stg", "--json")
+    assert refused.code == 1 and "ERROR [flag-invalid]: --json is for a dry run's findings" in refused.err
 
 
 @pytest.mark.terraform
@@ -373,11 +384,17 @@ def test_plan_from_a_pull_requests_branch_shows_the_change_and_changes_nothing(p
                 sorted(b["Name"] for b in s3.list_buckets()["Buckets"]))
 
     before = everything()
-    planned = project.inv("iam.plan", "--env", "stg")
+    planned = project.inv("iam.plan", "--env", "stg", "--json")  # the plan for a person on stderr, JSON on stdout
     assert planned.code == 2, planned.all
-    assert "account nonprod (123456789012): current (its record matches this commit): nothing to plan" in planned.out
-    assert "environment stg: 0 to add, 0 to change, 0 to destroy; 1 output(s) change" in planned.out
-    assert "-lock=false" in planned.err and "Merged into staging, commit" in planned.out
+    assert "account nonprod (123456789012): current (its record matches this commit): nothing to plan" in planned.err
+    assert "environment stg: 0 to add, 0 to change, 0 to destroy; 1 output(s) change" in planned.err
+    assert "-lock=false" in planned.err and "Merged into staging, commit" in planned.err
+    document = json.loads(planned.out)
+    assert (document["format"], document["branch"], document["environment"], document["changes"]) == (
+        1, "feature/outputs", "stg", True)
+    assert [(s["kind"], s["changes"], s["text"]) for s in document["scopes"]] == [
+        ("account", False, "current (its record matches this commit): nothing to plan"),
+        ("environment", True, "0 to add, 0 to change, 0 to destroy; 1 output(s) change")]
     assert everything() == before  # no lock taken, no state written, no record, no backend touched
     assert not list((project.path.parent / "xdg-cache").rglob("runbook.tfplan"))  # the saved plan is gone
 
@@ -400,8 +417,13 @@ def test_drift_uses_this_checkouts_script_and_cannot_tell_for_a_moved_root(proje
     script.write_text(current)
     git(project.path, "commit", "-q", "-am", "today's deploy-app.sh")
     git(project.path, "push", "-q")
-    clean = project.inv("iam.drift", "--env", "stg")
-    assert clean.code == 0 and "No drift" in clean.out, clean.all
+    clean = project.inv("iam.drift", "--env", "stg", "--json")
+    assert clean.code == 0 and "No drift" in clean.err, clean.all
+    assert json.loads(clean.out) == {"format": 1, "environment": "stg", "drift": False, "scopes": [
+        {"kind": "account", "environment": None, "account": "nonprod", "account_id": "123456789012",
+         "differences": [], "fix": None},
+        {"kind": "environment", "environment": "stg", "account": "nonprod", "account_id": "123456789012",
+         "differences": [], "fix": None}]}
     git(project.path, "mv", "roots/environment", "roots/env2")
     config = base_config(aws("s3").meta.endpoint_url)
     config["terraform"]["roots"]["environment"] = "roots/env2"

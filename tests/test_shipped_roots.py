@@ -236,12 +236,16 @@ def hand_changes_are_found_as_drift_and_put_back(shipped: Project, iam, proxy: A
     wider = trust_lambda()
     wider["Statement"][0]["Principal"]["Service"] = ["lambda.amazonaws.com", "ec2.amazonaws.com"]
     iam.update_assume_role_policy(RoleName="acme-api-stg-lambda-worker", PolicyDocument=json.dumps(wider))
-    found = shipped.inv("iam.drift", "--env", "stg")
+    found = shipped.inv("iam.drift", "--env", "stg", "--json")
     assert found.code == 2, found.all
-    assert "DRIFT in environment stg" in found.out and "DRIFT in account" not in found.out
-    assert 'aws_iam_role_policy_attachments_exclusive.lambda["api"]: update (policy_arns)' in found.out
-    assert 'aws_iam_role.lambda["worker"]: update (assume_role_policy)' in found.out
-    assert "To put it back as the code says (from branch staging): inv iam.env --name stg" in found.out
+    assert "DRIFT in environment stg" in found.err and "DRIFT in account" not in found.err
+    assert "To put it back as the code says (from branch staging): inv iam.env --name stg" in found.err
+    document = json.loads(found.out)
+    account, stg = document["scopes"]
+    assert document["drift"] and (account["differences"], account["fix"]) == ([], None)
+    assert stg["fix"] == "inv iam.env --name stg" and {
+        'aws_iam_role.lambda["worker"]: update (assume_role_policy)',
+        'aws_iam_role_policy_attachments_exclusive.lambda["api"]: update (policy_arns)'} <= set(stg["differences"])
     assert shipped.inv("iam.env", "--name", "stg").code == 0
     assert [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName="acme-api-stg-lambda-api")[
         "AttachedPolicies"]] == ["AWSLambdaBasicExecutionRole"]

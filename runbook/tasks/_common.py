@@ -7,8 +7,10 @@ RunbookError's own code (1 unless it says otherwise); 128 + the signal's number 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import json
 import logging
 import math
 import os
@@ -176,3 +178,26 @@ def pick_environment(config, name: str | None, *, flag: str = "--env"):
     from runbook.scopes import environment_for
 
     return environment_for(config, name, None if name is not None else checkout().branch, flag=flag)
+
+
+@contextlib.contextmanager
+def for_a_person(json_wanted: bool):
+    """With *json_wanted* (a task's ``--json``), send what the task prints for a person, Terraform's output
+    included, to stderr while the block runs, so that stdout carries only the document :func:`print_json` prints
+    after it; otherwise change nothing."""
+    with contextlib.redirect_stdout(sys.stderr) if json_wanted else contextlib.nullcontext():
+        yield
+
+
+def print_json(document) -> None:
+    """Print *document* on stdout as JSON (2-space indent, ASCII, masked like every line). Outside text in it is as
+    recorded, except that a lone surrogate becomes "?" (other JSON parsers refuse it)."""
+    text = json.dumps(document, ensure_ascii=False).encode("utf-8", "replace").decode("utf-8")
+    console.say(json.dumps(json.loads(text), indent=2))
+
+
+def dry_run_only(json_wanted: bool, dry_run: bool) -> None:
+    """Refuse ``--json`` without ``--dry-run`` (``flag-invalid``): a real run's output is for a person."""
+    if json_wanted and not dry_run:
+        raise RunbookError("--json is for a dry run's findings (--dry-run --json); a real run prints for a person",
+                           id="flag-invalid", fix="add --dry-run, or leave out --json")

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from invoke import task
 
-from runbook.tasks._common import checkout, pick_environment, seconds, user_errors
+from runbook.tasks._common import (
+    checkout,
+    dry_run_only,
+    for_a_person,
+    pick_environment,
+    print_json,
+    seconds,
+    user_errors,
+)
 
 COMMON_HELP = {
     "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
@@ -15,17 +23,20 @@ COMMON_HELP = {
     "lock_timeout_s": "SECONDS (a number) Terraform waits for a state lock held by a run in progress (default 0: fail "
                       "at once)",
     "verbose": "with --dry-run: also show each Terraform step's environment and credentials",
+    "json": "with --dry-run: print the actions and findings as one JSON document (format 1, README 'JSON output') "
+            "on stdout; the listing goes to stderr",
 }
 TAKE_OVER_HELP = ("apply the shared account scope although another branch applied another fingerprint "
                   "(--yes does not answer this)")
 
 
 def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, skip_branch_check: bool,
-           take_over: bool = False, lock_timeout_s=None, verbose: bool = False) -> None:
+           take_over: bool = False, lock_timeout_s=None, verbose: bool = False, json: bool = False) -> None:
     from runbook import config, console, iam
     from runbook.facts import Options
     from runbook.scopes import Scope, environment_for
 
+    dry_run_only(json, dry_run)
     cfg = config.load()
     here = checkout()
     environment = environment_for(cfg, name, here.branch, flag=flag)
@@ -35,8 +46,13 @@ def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, 
     flags = [f for f, on in (("--yes", yes), ("--skip-branch-check", skip_branch_check), ("--take-over", take_over))
              if on]
     command = " ".join([scope.command(environment), *flags])
-    done = iam.run(cfg, environment, [scope], opts, command=command, checkout=here)
-    if done is not None:
+    with for_a_person(json):
+        done = iam.run(cfg, environment, [scope], opts, command=command, checkout=here)
+    if dry_run:
+        if json:
+            print_json(done.document(verbose))
+        done.check()
+    else:
         console.say()
         console.ok(f"IAM for {scope.label} is applied and recorded.")
         done.summary()
@@ -46,17 +62,17 @@ def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, 
             "take_over": TAKE_OVER_HELP, **COMMON_HELP})
 @user_errors
 def account(c, env=None, dry_run=False, yes=False, skip_branch_check=False, take_over=False, lock_timeout_s=None,
-            verbose=False):
+            verbose=False, json=False):
     """Apply the account-specific IAM root module (CI deployer policy, shared roles)."""
     _apply("account", env, flag="--env", dry_run=dry_run, yes=yes, skip_branch_check=skip_branch_check,
-           take_over=take_over, lock_timeout_s=lock_timeout_s, verbose=verbose)
+           take_over=take_over, lock_timeout_s=lock_timeout_s, verbose=verbose, json=json)
 
 
 @task(name="env", help={"name": "environment to apply, e.g. stg (default: the one whose branch is checked out)",
                         "env": "the same as --name", **COMMON_HELP})
 @user_errors
 def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=False, lock_timeout_s=None,
-         verbose=False):
+         verbose=False, json=False):
     """Apply the environment-specific IAM root module (the roles the environment's lambdas assume)."""
     from runbook.errors import RunbookError
 
@@ -64,7 +80,7 @@ def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=Fal
         raise RunbookError(f"--name {name!r} and --env {env!r} name two environments", id="flag-invalid",
                            fix=f"give one of them: inv iam.env --name {name}")
     _apply("environment", name if name is not None else env, flag="--name", dry_run=dry_run, yes=yes,
-           skip_branch_check=skip_branch_check, lock_timeout_s=lock_timeout_s, verbose=verbose)
+           skip_branch_check=skip_branch_check, lock_timeout_s=lock_timeout_s, verbose=verbose, json=json)
 
 
 def _read_only_target(env):
@@ -79,9 +95,13 @@ def _read_only_target(env):
     return cfg, here, environment, [Scope.of_account(cfg, environment.account), Scope.of_environment(cfg, environment)]
 
 
-@task(help={"env": "environment whose state is planned against (default: the one whose branch is checked out)"})
+JSON_HELP = "print the result as one JSON document (format 1, README 'JSON output') on stdout; the rest to stderr"
+
+
+@task(help={"env": "environment whose state is planned against (default: the one whose branch is checked out)",
+            "json": JSON_HELP})
 @user_errors
-def plan(c, env=None):
+def plan(c, env=None, json=False):
     """Read-only Terraform plan of this commit's changed scopes against an environment's state.
 
     From any branch; no state lock, no record, nothing changed in AWS. Exit 0: no change; 2: changes; 1: failed."""
@@ -91,19 +111,27 @@ def plan(c, env=None):
     from runbook.errors import EXIT_CHANGES
 
     cfg, here, environment, scopes = _read_only_target(env)
-    plans = iam.preview(cfg, environment, scopes, f"inv iam.plan --env {environment.name}", checkout=here)
-    changes = [f"{scope.label}: {text}" for scope, text, changing in plans if changing]
-    console.say()
-    if not changes:
-        console.ok(f"No change: merged into {environment.branch}, commit {here.head[:12]} would apply nothing.")
-        return
-    console.warn(f"Merged into {environment.branch}, commit {here.head[:12]} would change: " + "; ".join(changes))
-    raise Exit(code=EXIT_CHANGES)
+    with for_a_person(json):
+        plans = iam.preview(cfg, environment, scopes, f"inv iam.plan --env {environment.name}", checkout=here)
+        changes = [f"{scope.label}: {text}" for scope, text, changing in plans if changing]
+        console.say()
+        if changes:
+            console.warn(f"Merged into {environment.branch}, commit {here.head[:12]} would change: " +
+                         "; ".join(changes))
+        else:
+            console.ok(f"No change: merged into {environment.branch}, commit {here.head[:12]} would apply nothing.")
+    if json:
+        print_json({"format": 1, "commit": here.head, "branch": here.branch, "environment": environment.name,
+                    "changes": bool(changes), "scopes": [{**_scope_fields(scope), "changes": changing, "text": text}
+                                                         for scope, text, changing in plans]})
+    if changes:
+        raise Exit(code=EXIT_CHANGES)
 
 
-@task(help={"env": "environment whose IAM is compared with AWS (default: the one whose branch is checked out)"})
+@task(help={"env": "environment whose IAM is compared with AWS (default: the one whose branch is checked out)",
+            "json": JSON_HELP})
 @user_errors
-def drift(c, env=None):
+def drift(c, env=None, json=False):
     """Read-only check that AWS holds the IAM its applied commits say: finds changes made by hand.
 
     Plans the environment and its account at the commits their records name, without the state lock, and names
@@ -114,19 +142,30 @@ def drift(c, env=None):
     from runbook.errors import EXIT_CHANGES
 
     cfg, here, environment, scopes = _read_only_target(env)
-    found = iam.drift(cfg, environment, scopes, f"inv iam.drift --env {environment.name}", checkout=here)
-    console.say()
-    if not any(found.values()):
-        console.ok(f"No drift: AWS holds the IAM of {environment.name} and its account as applied.")
-        return
-    for scope in scopes:
-        if found.get(scope.label):
+    with for_a_person(json):
+        found = iam.drift(cfg, environment, scopes, f"inv iam.drift --env {environment.name}", checkout=here)
+        console.say()
+        if not any(found.values()):
+            console.ok(f"No drift: AWS holds the IAM of {environment.name} and its account as applied.")
+        for scope in (s for s in scopes if found.get(s.label)):
             console.warn(f"DRIFT in {scope.label}: AWS differs from its applied commit (changed by hand?):")
             for line in found[scope.label]:
                 console.say(f"    {console.one_line(line)}")
             console.say(f"  To put it back as the code says (from branch {environment.branch}): "
                         f"{scope.command(environment)}")
-    raise Exit(code=EXIT_CHANGES)
+    if json:
+        print_json({"format": 1, "environment": environment.name, "drift": any(found.values()),
+                    "scopes": [{**_scope_fields(scope), "differences": found[scope.label],
+                                "fix": scope.command(environment) if found[scope.label] else None}
+                               for scope in scopes]})
+    if any(found.values()):
+        raise Exit(code=EXIT_CHANGES)
+
+
+def _scope_fields(scope) -> dict:
+    """The fields that name a scope in every JSON document: kind, environment (None for the account), account."""
+    return {"kind": scope.kind, "environment": scope.environment.name if scope.environment else None,
+            "account": scope.account.name, "account_id": scope.account.id}
 
 
 @task(help={"env": "environment whose account's backend is meant (default: the one whose branch is checked out)",
@@ -148,7 +187,7 @@ def bootstrap(c, env=None, dry_run=False, yes=False):
 @user_errors
 def status(c, check=False, env=None, json=False):
     """Show, per account and environment, whether the IAM for this commit is applied."""
-    from runbook import config, console
+    from runbook import config
     from runbook import records as state
     from runbook.errors import EXIT_NOT_CURRENT, RunbookError
     from runbook.scopes import all_scopes, for_environment
@@ -159,7 +198,7 @@ def status(c, check=False, env=None, json=False):
     todo = state.commands(statuses, branch=here.branch)
     unknown = [st for st in statuses if st.state == state.UNKNOWN]
     if json:
-        console.say(_document(here, statuses, todo))
+        print_json(_document(here, statuses, todo))
     else:
         _table(cfg, here, statuses, todo, unknown)
     if unknown and len(unknown) == len(statuses):
@@ -211,22 +250,16 @@ STATUS_FORMAT = 1
 or goes away; new fields may be added within a version."""
 
 
-def _document(here, statuses, todo) -> str:
-    """``inv iam.status --json``: the commit and branch, one object per scope, the commands (JSON, 2-space indent)."""
-    import json
-
-    def applied(record):  # outside text: a lone surrogate would make JSON that other parsers refuse
-        return None if record is None else {key: None if record.get(key) is None else str(record.get(key)).encode(
-            "utf-8", "replace").decode("utf-8") for key in ("commit", "branch", "applied_by", "applied_at",
-                                                            "fingerprint")}
-
-    return json.dumps({
-        "format": STATUS_FORMAT, "commit": here.head, "branch": here.branch,
-        "scopes": [{"kind": st.scope.kind, "environment": st.scope.environment.name if st.scope.environment else None,
-                    "account": st.scope.account.name, "account_id": st.scope.account.id, "state": st.state,
-                    "text": st.text, "changed": list(st.changed), "fingerprint": st.fingerprint,
-                    "applied": applied(st.record)} for st in statuses],
-        "commands": todo}, indent=2)
+def _document(here, statuses, todo) -> dict:
+    """``inv iam.status --json``: the commit and branch, one object per scope, the commands."""
+    fields = ("commit", "branch", "applied_by", "applied_at", "fingerprint")
+    return {"format": STATUS_FORMAT, "commit": here.head, "branch": here.branch,
+            "scopes": [{**_scope_fields(st.scope), "state": st.state, "text": st.text, "changed": list(st.changed),
+                        "fingerprint": st.fingerprint,
+                        "applied": None if st.record is None else {key: None if st.record.get(key) is None else
+                                                                   str(st.record.get(key)) for key in fields}}
+                       for st in statuses],
+            "commands": todo}
 
 
 def _if_merged(cfg, statuses, branch: str) -> None:

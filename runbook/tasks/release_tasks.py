@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from invoke import task
 
-from runbook.tasks._common import checkout, seconds, user_errors
-from runbook.tasks.iam_tasks import TAKE_OVER_HELP
+from runbook.tasks._common import checkout, dry_run_only, for_a_person, print_json, seconds, user_errors
+from runbook.tasks.iam_tasks import COMMON_HELP, TAKE_OVER_HELP
 
 
 @task(help={
@@ -15,23 +15,31 @@ from runbook.tasks.iam_tasks import TAKE_OVER_HELP
     "poll_s": "SECONDS (a number, at least 2) between polls while watching the workflow (default 10)",
     "pipeline_wait_s": "SECONDS (a number) to wait for the pipeline of this commit to appear (default 120)",
     "take_over": TAKE_OVER_HELP,
-    "verbose": "with --dry-run: also show each Terraform step's environment and credentials",
+    "verbose": COMMON_HELP["verbose"],
+    "json": COMMON_HELP["json"],
 })
 @user_errors
 def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=None, take_over=False,
-            verbose=False):
+            verbose=False, json=False):
     """Apply the IAM steps that this commit needs, then get its pipeline through (rerun, watch)."""
     from runbook import config, pipeline
     from runbook import release as releasing
     from runbook.facts import Options
     from runbook.scopes import environment_for
 
+    dry_run_only(json, dry_run)
     poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=pipeline.MIN_POLL_S)
     wait = seconds(pipeline_wait_s, "--pipeline-wait-s", 120)
     cfg = config.load()
     here = checkout()
     environment = environment_for(cfg, env, here.branch)
     flags = [f for f, on in (("--yes", yes), ("--take-over", take_over)) if on]
-    releasing.release(cfg, environment, Options(dry_run=dry_run, assume_yes=yes, take_over=take_over, verbose=verbose),
-                      poll_s=poll, pipeline_wait_s=wait, checkout=here,
-                      command=" ".join([f"inv release --env {environment.name}", *flags]))
+    with for_a_person(json):
+        dry = releasing.release(cfg, environment, Options(dry_run=dry_run, assume_yes=yes, take_over=take_over,
+                                                          verbose=verbose),
+                                poll_s=poll, pipeline_wait_s=wait, checkout=here,
+                                command=" ".join([f"inv release --env {environment.name}", *flags]))
+    if dry is not None:
+        if json:
+            print_json(dry.document(verbose))
+        dry.check()

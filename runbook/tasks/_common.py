@@ -18,7 +18,9 @@ import signal
 import sys
 import traceback
 
+import invoke
 from invoke import Exit
+from invoke.parser import Argument
 
 from runbook import console
 from runbook.errors import EXIT_BUG, EXIT_INTERRUPTED, RunbookError
@@ -30,6 +32,31 @@ READ_ONLY_TASKS = frozenset({"status", "diagnose", "gate", "check", "plan", "dri
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 #: The largest number any seconds flag takes: one day (larger values overflow time.sleep and datetime arithmetic).
 MAX_SECONDS = 86400.0
+
+
+class _Number(Argument):
+    """A seconds or minutes flag: kept as written (its task checks it with :func:`seconds`, naming the flag and its
+    bounds; Invoke's own cast would end a bad value with a traceback), shown as a number in ``--help``."""
+
+    def set_value(self, value, cast: bool = True) -> None:
+        super().set_value(value, cast=False)
+
+
+class NumberFlags(invoke.Task):
+    """Invoke's Task whose flags named ``*_s`` (seconds) or ``*_min`` (minutes) are :class:`_Number` s: ``--help``
+    shows ``--poll-s=INT`` (the only numeric form Invoke's help knows; decimals are taken too), not ``STRING``."""
+
+    def get_arguments(self, ignore_unknown_help=None):
+        arguments = super().get_arguments(ignore_unknown_help)
+        for argument in arguments:
+            if argument.name.endswith(("_s", "_min")):
+                argument.__class__, argument.kind = _Number, int
+        return arguments
+
+
+def task(**options):
+    """``invoke.task`` making a :class:`NumberFlags` task (*options* as Invoke's: ``help``, ``name``, ...)."""
+    return invoke.task(klass=NumberFlags, **options)
 
 
 def debugging() -> bool:

@@ -4,8 +4,6 @@ loads only this file."""
 
 from __future__ import annotations
 
-from invoke import task
-
 from runbook.tasks._common import (
     checkout,
     dry_run_only,
@@ -13,6 +11,7 @@ from runbook.tasks._common import (
     pick_environment,
     print_json,
     seconds,
+    task,
     user_errors,
 )
 
@@ -20,7 +19,7 @@ COMMON_HELP = {
     "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
     "yes": "answer the confirmation (protected environment, or anything destroyed) with yes",
     "skip_branch_check": "LOUD override: apply from a branch other than the environment's",
-    "lock_timeout_s": "SECONDS (a number) Terraform waits for a state lock held by a run in progress (default 0: fail "
+    "lock_timeout_s": "SECONDS (decimals too) Terraform waits for a state lock held by a run in progress (default 0: fail "
                       "at once)",
     "verbose": "with --dry-run: also show each Terraform step's environment and credentials",
     "json": "with --dry-run: print the actions and findings as one JSON document (format 1, README 'JSON output') "

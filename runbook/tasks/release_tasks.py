@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
-
-from runbook.tasks._common import checkout, dry_run_only, for_a_person, print_json, seconds, user_errors
+from runbook.tasks._common import checkout, dry_run_only, for_a_person, print_json, seconds, task, user_errors
 from runbook.tasks.iam_tasks import COMMON_HELP, TAKE_OVER_HELP
 
 
@@ -12,8 +10,8 @@ from runbook.tasks.iam_tasks import COMMON_HELP, TAKE_OVER_HELP
     "env": "environment to release, e.g. stg (default: the one whose branch is checked out)",
     "dry_run": "show every step and why; change nothing (calls neither AWS nor Terraform nor CircleCI)",
     "yes": "answer the confirmation (protected environment, or anything destroyed) with yes",
-    "poll_s": "SECONDS (a number, at least 2) between polls while watching the workflow (default 10)",
-    "pipeline_wait_s": "SECONDS (a number) to wait for the pipeline of this commit to appear (default 120)",
+    "poll_s": "SECONDS (at least 2; decimals too) between polls while watching the workflow (default 10)",
+    "pipeline_wait_s": "SECONDS (decimals too) to wait for the pipeline of this commit to appear (default 120)",
     "take_over": TAKE_OVER_HELP,
     "verbose": COMMON_HELP["verbose"],
     "json": COMMON_HELP["json"],

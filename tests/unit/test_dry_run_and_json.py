@@ -54,3 +54,16 @@ def test_json_sends_everything_else_to_stderr_and_needs_a_dry_run_on_the_apply_t
     with pytest.raises(RunbookError, match="--json is for a dry run's findings") as raised:
         dry_run_only(True, False)
     assert raised.value.id == "flag-invalid"
+
+
+def test_seconds_flags_show_as_numbers_in_help_and_reach_the_task_as_written():
+    from invoke.parser import ParserContext
+
+    from runbook.tasks import iam_tasks, release_tasks
+
+    context = ParserContext(args=release_tasks.release.get_arguments())
+    assert context.help_for("--poll-s")[0] == "-p INT, --poll-s=INT"
+    assert context.help_for("--env")[0] == "-e STRING, --env=STRING"
+    flag = next(a for a in iam_tasks.env_.get_arguments() if a.name == "lock_timeout_s")
+    flag.value = "2.5"  # Invoke's own int() would end in a traceback; the task's seconds() names the bounds
+    assert flag.value == "2.5"

@@ -27,13 +27,12 @@ APPROVAL = "approval"  # the type of a job that waits for a person
 @dataclass(frozen=True)
 class Pipeline:
     """One run of the CI configuration for one commit of a branch: its *id*, its *number* as the web app shows it
-    (``#412``), the commit (*revision*, 40 hex) and *branch* ("" when unknown), *created_at* (timezone-aware, None
-    when unknown) and its *state* (CircleCI's: ``created``, or ``errored`` when its configuration did not compile)."""
+    (``#412``), the commit (*revision*, 40 hex; "" when unknown), *created_at* (timezone-aware, None when unknown)
+    and its *state* (CircleCI's: ``created``, or ``errored`` when its configuration did not compile)."""
 
     id: str
     number: int
     revision: str = ""
-    branch: str = ""
     created_at: datetime | None = None
     state: str = ""
 
@@ -55,13 +54,12 @@ class Workflow:
 @dataclass(frozen=True)
 class Job:
     """A job of a workflow: *name* (unique in it), *status* (the workflow statuses, ``blocked``, ``queued``...),
-    *type* (``build`` or ``approval``), *id*, *job_number* (None until a build job starts), *approval_request_id*
+    *type* (``build`` or ``approval``), *job_number* (None until a build job starts), *approval_request_id*
     (what approves an approval job), *started_at* and *stopped_at* (timezone-aware, None until known)."""
 
     name: str
     status: str
     type: str = "build"
-    id: str = ""
     job_number: int | None = None
     approval_request_id: str | None = None
     started_at: datetime | None = None

@@ -50,13 +50,13 @@ def _page(item: dict) -> Draft202012Validator:
     return Draft202012Validator(_object({"items": {"type": "array", "items": item}}, {"next_page_token": _TEXT}))
 
 
-_VCS = {"type": ["object", "null"], "properties": {"revision": _TEXT, "branch": _TEXT}}
+_VCS = {"type": ["object", "null"], "properties": {"revision": _TEXT}}
 _PIPELINES = _page(_object({"id": _STR, "number": _INT}, {"created_at": _TEXT, "state": _TEXT, "vcs": _VCS}))
 _WORKFLOW = _object({"id": _STR, "name": _STR, "status": _STR, "pipeline_id": _STR, "pipeline_number": _INT},
                     {"created_at": _TEXT})
 _WORKFLOWS, _ONE_WORKFLOW = _page(_WORKFLOW), Draft202012Validator(_WORKFLOW)
 _JOBS = _page(_object({"name": _STR, "status": _STR}, dict.fromkeys(
-    ("id", "type", "approval_request_id", "started_at", "stopped_at"), _TEXT) | {"job_number": _NUMBER}))
+    ("type", "approval_request_id", "started_at", "stopped_at"), _TEXT) | {"job_number": _NUMBER}))
 _RERUN = Draft202012Validator(_object({"workflow_id": _STR}))
 _ACTION = _object({}, {"status": _TEXT, "output_url": _TEXT, "exit_code": _NUMBER,
                        "failed": {"type": ["boolean", "null"]}})
@@ -158,7 +158,7 @@ def _workflow(item: dict) -> Workflow:
 
 
 def _job(item: dict) -> Job:
-    return Job(item["name"], item["status"], item.get("type") or "build", item.get("id") or "", item.get("job_number"),
+    return Job(item["name"], item["status"], item.get("type") or "build", item.get("job_number"),
                item.get("approval_request_id"), _when(item.get("started_at")), _when(item.get("stopped_at")))
 
 
@@ -365,9 +365,8 @@ class CircleCIClient:
         path = f"/project/{quote(self.slug, safe='/')}/pipeline"  # opaque: its slashes stay as they are
         for item in self._paged(path, {"branch": branch} if branch else None, max_pages, self._project_not_found,
                                 _PIPELINES, pages):
-            vcs = item.get("vcs") or {}
-            yield Pipeline(item["id"], item["number"], vcs.get("revision") or "", vcs.get("branch") or "",
-                           _when(item.get("created_at")), item.get("state") or "")
+            revision = (item.get("vcs") or {}).get("revision") or ""
+            yield Pipeline(item["id"], item["number"], revision, _when(item.get("created_at")), item.get("state") or "")
 
     def workflows(self, pipeline_id: str) -> list[Workflow]:
         """The workflows of a pipeline (``GET /pipeline/{id}/workflow``, up to 10 pages); none while it is set up."""

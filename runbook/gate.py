@@ -203,8 +203,7 @@ def wait(config: Config, environment: Environment, *, timeout_s: float = 1800.0,
 def _unblock(environment: Environment, statuses: list[records.ScopeStatus], problems: list[str]) -> str:
     """What is pending and the commands that unblock the gate, on one line."""
     pending = [f"{st.scope.label}: {st.text}" for st in statuses if st.needed] + problems
-    commands = list(dict.fromkeys(st.scope.command(environment) for st in statuses if st.needed)) or [
-        statuses[-1].scope.command(environment)]
+    commands = records.commands(statuses, environment) or [statuses[-1].scope.command(environment)]
     return (f"Pending: {'; '.join(pending)}. Unblock (an administrator, from branch {environment.branch}): "
             f"{' && '.join(commands)}, or inv release --env {environment.name}." + _job_page())
 

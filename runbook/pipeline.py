@@ -213,16 +213,15 @@ def decide_rerun(workflow: ci.Workflow, jobs: Sequence[ci.Job], *, iam: Sequence
                        "the same way", f"fix it and push a new commit; `inv ci.diagnose --env {env}` says why it "
                        "failed (--force reruns it anyway)", "workflow-failed")
     unknown = "; ".join(f"{s.scope.label}: {s.reason}" for s in iam or () if s.state == records.UNKNOWN)
-    pending = [s for s in iam or () if s.needed and s.state != records.UNKNOWN]
+    pending = "; ".join(f"{s.scope.label}: {s.text}" for s in iam or () if s.needed and s.state != records.UNKNOWN)
     if unknown and not force:
         return refused(f"{st}, but whether the IAM for this commit is applied cannot be told ({unknown})",
                        "get read access to the records (aws sso login, AWS_PROFILE), or add --force if you are sure",
                        "iam-pending")
     if pending and not force:
-        return refused(f"{st}, but the IAM for this commit is not applied (" + "; ".join(
-            f"{s.scope.label}: {s.text}" for s in pending) + "): a rerun would fail the same way",
-            f"as an administrator on {environment.branch}: " + " && ".join(records.commands(pending, environment))
-            + f", then `inv ci.rerun --env {env}`", "iam-pending")
+        return refused(f"{st}, but the IAM for this commit is not applied ({pending}): a rerun would fail the same way",
+                       f"as an administrator on {environment.branch}: {' && '.join(records.commands(iam, environment))}"
+                       f", then `inv ci.rerun --env {env}`", "iam-pending")
     how = RERUN_FROM_START if from_start else RERUN_FROM_FAILED
     return RerunDecision(how, f"{st}: {how}", f"inv ci.rerun --env {env}" + (" --from-start" if from_start else ""))
 

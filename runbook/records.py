@@ -292,9 +292,9 @@ def compare(scope: Scope, trees: Mapping[str, str | None], record: dict | None) 
     return ScopeStatus(scope, PENDING, fingerprint, record, changed=tuple(scope.changed(record, trees)))
 
 
-def head_trees(scopes: Iterable[Scope], commit: str = "HEAD") -> dict[str, str | None]:
-    """The tree ids of every path of *scopes* at *commit* (one ``git ls-tree`` in this repository)."""
-    return git.trees(commit, [p for s in scopes for p in s.paths], PROJECT_ROOT)
+def head_trees(scopes: Iterable[Scope]) -> dict[str, str | None]:
+    """The tree ids of every path of *scopes* at HEAD (one ``git ls-tree`` in this repository)."""
+    return git.trees("HEAD", [p for s in scopes for p in s.paths], PROJECT_ROOT)
 
 
 def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None = None,

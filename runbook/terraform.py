@@ -367,8 +367,7 @@ def unlock_command(env: dict[str, str], lock_id: str, environment: str | None = 
             f"--lock-id {shlex.quote(lock_id)}")
 
 
-def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] | None,
-                 root: Path | None = None) -> float | None:
+def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] | None, root: Path) -> float | None:
     """Seconds from the start of the Terraform command to *lock*'s creation when *lock* looks taken by that very
     command, else None.
 
@@ -397,7 +396,7 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
         return None
     if not ran[0] - 1.0 <= created <= ran[1] + 1.0:  # a second for clocks read in two processes
         return None
-    if root is not None and other_terraform_in(root):
+    if other_terraform_in(root):
         return None  # this command's Terraform has exited: a Terraform still running here is another run's
     return max(0.0, created - ran[0])
 

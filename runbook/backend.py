@@ -268,12 +268,13 @@ def create(sess: Any, account: Account, backend: Backend, state: BackendState) -
 
 def digests(sess: Any, account: Account, backend: Backend) -> list[str]:
     """The state objects (``bucket/key``) whose MD5 Terraform keeps in the lock table (items ``<bucket>/<key>-md5``):
-    any means state was written before. One paginated DynamoDB Scan (keys only)."""
+    any means state was written before; none when the table does not exist. One paginated DynamoDB Scan (keys
+    only)."""
     pages = aws.client(sess, "dynamodb", account).get_paginator("scan").paginate(
         TableName=backend.lock_table, ProjectionExpression=LOCK_KEY)
     return sorted(aws.call("DynamoDB Scan", f"lock table {backend.lock_table}", account, lambda: [
         item[LOCK_KEY]["S"][:-4] for page in pages for item in page.get("Items", [])
-        if item.get(LOCK_KEY, {}).get("S", "").endswith("-md5")]))
+        if item.get(LOCK_KEY, {}).get("S", "").endswith("-md5")], absent=("ResourceNotFoundException",)) or [])
 
 
 def objects(sess: Any, account: Account, backend: Backend, *, limit: int = 100) -> list[str]:

@@ -354,3 +354,11 @@ def test_in_migration_mode_a_table_item_of_another_lock_is_left_alone_once_the_l
     with pytest.raises(RunbookError) as caught:  # a lock read from the table that changed meanwhile: refused
         backend.release_lock(FakeSession({"dynamodb": ddb}), ACCOUNT, both, backend.LockInfo("x-1"))
     assert caught.value.id == "unlock-refused" and "changed while you confirmed" in caught.value.what
+
+
+def test_a_lock_table_that_does_not_exist_holds_no_digests(stub):
+    # facts._state_hint asks for digests where the backend locks with a table, whether or not the table exists: a
+    # missing table (a backend half gone) is no digest, not an AWS failure that hides the backend's findings
+    ddb, ddb_stub = stub("dynamodb")
+    ddb_stub.add_client_error("scan", "ResourceNotFoundException", http_status_code=400)
+    assert backend.digests(FakeSession({"dynamodb": ddb}), ACCOUNT, BACKEND) == []

@@ -323,12 +323,10 @@ def caller_identity(sess: Any, account: Account) -> Identity:
     Raises RunbookError as :func:`failure` maps the failure, or (``not-an-aws-endpoint``) when the answer has
     no account. Whether the identity is in the right account is decided by the caller.
     """
-    sts = client(sess, "sts", account, attempts=1)
+    found = call("STS GetCallerIdentity", f"account {account.name} ({account.id})", account,
+                 client(sess, "sts", account, attempts=1).get_caller_identity)
     try:
-        found = sts.get_caller_identity()
         return Identity(arn=found["Arn"], account_id=found["Account"], user_id=found["UserId"])
-    except errors() as exc:
-        raise failure(exc, "STS GetCallerIdentity", f"account {account.name} ({account.id})", account) from exc
     except (KeyError, TypeError) as exc:
         raise RunbookError(f"AWS ({account.endpoint_url or 'STS'}) answered GetCallerIdentity without an account",
                            id="not-an-aws-endpoint",

@@ -268,12 +268,13 @@ def create(sess: Any, account: Account, backend: Backend, state: BackendState) -
 
 def digests(sess: Any, account: Account, backend: Backend) -> list[str]:
     """The state objects (``bucket/key``) whose MD5 Terraform keeps in the lock table (items ``<bucket>/<key>-md5``):
-    any means state was written before. One paginated DynamoDB Scan (keys only)."""
+    any means state was written before; none when the table does not exist. One paginated DynamoDB Scan (keys
+    only)."""
     pages = aws.client(sess, "dynamodb", account).get_paginator("scan").paginate(
         TableName=backend.lock_table, ProjectionExpression=LOCK_KEY)
     return sorted(aws.call("DynamoDB Scan", f"lock table {backend.lock_table}", account, lambda: [
         item[LOCK_KEY]["S"][:-4] for page in pages for item in page.get("Items", [])
-        if item.get(LOCK_KEY, {}).get("S", "").endswith("-md5")]))
+        if item.get(LOCK_KEY, {}).get("S", "").endswith("-md5")], absent=("ResourceNotFoundException",)) or [])
 
 
 def objects(sess: Any, account: Account, backend: Backend, *, limit: int = 100) -> list[str]:
@@ -372,7 +373,9 @@ def read_lock(sess: Any, account: Account, backend: Backend) -> LockInfo | None:
                 raise aws.failure(exc, "reading the state lock", where, account) from exc
             if not backend.uses_table:
                 return None
-    item = _lock_item(sess, account, backend)
+    item = aws.call("reading the state lock", f"lock table {backend.lock_table}", account, lambda: aws.client(
+        sess, "dynamodb", account).get_item(TableName=backend.lock_table, ConsistentRead=True,
+                                            Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}})).get("Item")
     if item is None:
         return None
     info = LockInfo.parse(item.get("Info", {}).get("S", ""))
@@ -384,31 +387,25 @@ def read_lock(sess: Any, account: Account, backend: Backend) -> LockInfo | None:
     return info
 
 
-def _lock_item(sess: Any, account: Account, backend: Backend) -> dict | None:
-    return aws.call("reading the state lock", f"lock table {backend.lock_table}", account, lambda: aws.client(
-        sess, "dynamodb", account).get_item(TableName=backend.lock_table, ConsistentRead=True,
-                                            Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}})).get("Item")
-
-
 def release_lock(sess: Any, account: Account, backend: Backend, lock: LockInfo) -> None:
     """Release *lock* (as :func:`read_lock` found it): what ``terraform force-unlock`` does. Each delete is
     conditional on the lock still being *lock* (DynamoDB: its ID in ``Info``; S3: the same ETag, DeleteObject
     If-Match), so a lock taken again by another run meanwhile is never released. Raises RunbookError
     (``unlock-refused``) when it changed, or on an AWS error."""
-    changed = RunbookError(f"The state lock of {backend.key} changed while you confirmed: it is no longer lock "
-                           f"{lock.id}; nothing was released", id="unlock-refused",
-                           fix="run the run's command again: it reports the lock that is held now")
     try:
         if lock.etag:
             aws.client(sess, "s3", account).delete_object(Bucket=backend.bucket, Key=backend.lock_object,
                                                           IfMatch=lock.etag)
-            item = _lock_item(sess, account, backend) if backend.uses_table else None
-            if item is None or lock.id not in item.get("Info", {}).get("S", ""):
-                return
-        aws.client(sess, "dynamodb", account).delete_item(
-            TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}},
-            ConditionExpression="contains(Info, :id)", ExpressionAttributeValues={":id": {"S": json.dumps(lock.id)}})
+        if backend.uses_table:
+            aws.client(sess, "dynamodb", account).delete_item(
+                TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}},
+                ConditionExpression="contains(Info, :id)",
+                ExpressionAttributeValues={":id": {"S": json.dumps(lock.id)}})
     except aws.errors() as exc:
+        if lock.etag and aws.code_of(exc) == "ConditionalCheckFailedException":
+            return  # the lock file was the lock; the table holds none of that ID
         if aws.code_of(exc) in ("ConditionalCheckFailedException", "PreconditionFailed", "412", "NoSuchKey"):
-            raise changed from exc
+            raise RunbookError(f"The state lock of {backend.key} changed while you confirmed: it is no longer lock "
+                               f"{lock.id}; nothing was released", id="unlock-refused",
+                               fix="run the run's command again: it reports the lock that is held now") from exc
         raise aws.failure(exc, "releasing the state lock", f"{backend.lock_text}", account) from exc

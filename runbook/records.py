@@ -292,9 +292,9 @@ def compare(scope: Scope, trees: Mapping[str, str | None], record: dict | None) 
     return ScopeStatus(scope, PENDING, fingerprint, record, changed=tuple(scope.changed(record, trees)))
 
 
-def head_trees(scopes: Iterable[Scope], commit: str = "HEAD") -> dict[str, str | None]:
-    """The tree ids of every path of *scopes* at *commit* (one ``git ls-tree`` in this repository)."""
-    return git.trees(commit, [p for s in scopes for p in s.paths], PROJECT_ROOT)
+def head_trees(scopes: Iterable[Scope]) -> dict[str, str | None]:
+    """The tree ids of every path of *scopes* at HEAD (one ``git ls-tree`` in this repository)."""
+    return git.trees("HEAD", [p for s in scopes for p in s.paths], PROJECT_ROOT)
 
 
 def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None = None,
@@ -325,12 +325,15 @@ def examine(scopes: Iterable[Scope], *, trees: Mapping[str, str | None] | None =
         try:
             if ssm_at in gone:
                 raise Transient(gone[ssm_at])
-            if account.name not in clients:
-                sess = session_for(account) if session_for else aws.session(account, use_profile=use_profile)
-                who = aws.caller_identity(sess, account)  # every account keeps its records under the same names
-                clients[account.name] = aws.client(sess, "ssm", account) if who.account_id == account.id else \
-                    RunbookError(f"the credentials are for account {who.account_id}, not {account.id}",
-                                 id="wrong-account")
+            if account.name not in clients:  # once per account: its client, or why there is none
+                try:
+                    sess = session_for(account) if session_for else aws.session(account, use_profile=use_profile)
+                    who = aws.caller_identity(sess, account)  # every account keeps its records under the same names
+                    clients[account.name] = aws.client(sess, "ssm", account) if who.account_id == account.id else \
+                        RunbookError(f"the credentials are for account {who.account_id}, not {account.id}",
+                                     id="wrong-account")
+                except RunbookError as exc:
+                    clients[account.name] = exc
             if isinstance(clients[account.name], RunbookError):
                 raise clients[account.name]
             out.append(compare(scope, trees, read(clients[account.name], scope.parameter, scope.name, account)))

@@ -232,16 +232,6 @@ def discard_plan(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
-class StateLocked(RunbookError):
-    """Another run holds the state lock; nothing was applied. Exit code 75 (:data:`EXIT_LOCKED`)."""
-
-    default_id = "state-lock-held"
-
-    def __init__(self, what: str, *, lock: LockInfo, fix: str):
-        super().__init__(what, fix=fix, code=EXIT_LOCKED)
-        self.lock = lock
-
-
 @dataclass(frozen=True)
 class Failure:
     """One row of :data:`FAILURES`: Terraform's (or the script's) words, the error id, its text and its fix
@@ -319,7 +309,7 @@ FAILURES = (
 def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: str,
             ran: tuple[float, float] | None = None, environment: str | None = None) -> RunbookError:
     """The error for a run of ``deploy-app.sh`` in *root* that exited *code* after printing *output*: a state lock
-    held by another run is :class:`StateLocked` (exit 75) naming the release command, a lock this very run took
+    held by another run is ``state-lock-held`` (exit 75) naming the release command, a lock this very run took
     (:func:`own_lock_age`; *ran*: start and end, seconds since the epoch) is named as such, the digest mismatch
     gets the exact ``put-item``, anything else is the first row of :data:`FAILURES` that matches, or bash dying
     without a message."""
@@ -328,16 +318,16 @@ def failure(root: Path, env: dict[str, str], *, what: str, code: int, output: st
         unlock = unlock_command(env, lock.id, environment)
         age = own_lock_age(lock, env, ran, root)
         if age is not None:
-            return StateLocked(
+            return RunbookError(
                 f"The {what} could not start: the Terraform state lock is held, by every sign by this very run: "
                 f"{lock.describe()}, taken {age:.1f} s after this command started Terraform, by this machine's user, "
                 "with this Terraform version and for this operation. Terraform's lock write succeeded but its answer "
                 "was lost, the AWS SDK sent it again, and the second write found Terraform's own lock; nothing was "
-                "applied", lock=lock, fix="check that no other Terraform runs for this state (`pgrep -a terraform` "
-                f"here; ask your team), then release the lock: {unlock}")
-        return StateLocked(
+                "applied", id="state-lock-held", code=EXIT_LOCKED, fix="check that no other Terraform runs for this "
+                f"state (`pgrep -a terraform` here; ask your team), then release the lock: {unlock}")
+        return RunbookError(
             f"The {what} could not start: the Terraform state is locked by another run, {lock.describe()}; nothing "
-            "was applied", lock=lock,
+            "was applied", id="state-lock-held", code=EXIT_LOCKED,
             fix="if that run is still going, wait for it (add --lock-timeout-s 300 to the command to wait up to 5 "
                 f"minutes); if it has died (its Terraform process is gone), release the lock after checking: {unlock}")
     if "does not have the expected content" in output:
@@ -377,8 +367,7 @@ def unlock_command(env: dict[str, str], lock_id: str, environment: str | None = 
             f"--lock-id {shlex.quote(lock_id)}")
 
 
-def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] | None,
-                 root: Path | None = None) -> float | None:
+def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] | None, root: Path) -> float | None:
     """Seconds from the start of the Terraform command to *lock*'s creation when *lock* looks taken by that very
     command, else None.
 
@@ -407,7 +396,7 @@ def own_lock_age(lock: LockInfo, env: dict[str, str], ran: tuple[float, float] |
         return None
     if not ran[0] - 1.0 <= created <= ran[1] + 1.0:  # a second for clocks read in two processes
         return None
-    if root is not None and other_terraform_in(root):
+    if other_terraform_in(root):
         return None  # this command's Terraform has exited: a Terraform still running here is another run's
     return max(0.0, created - ran[0])
 

@@ -110,6 +110,20 @@ def test_a_mistyped_bucket_or_a_deleted_lock_table_is_no_first_deploy(applied, a
     assert f"acme-api-tfstaet-{ACCOUNT_ID}" not in buckets(aws)
 
 
+@pytest.mark.terraform
+def test_a_deleted_lock_table_and_state_object_are_no_first_deploy_not_an_aws_failure(applied, aws):
+    # with no delete marker to restore, the way back to the state looks for digests in the lock table: a table that
+    # is gone holds none (it was an AWS failure that hid the findings)
+    s3 = aws("s3")
+    aws("dynamodb").delete_table(TableName=TABLE)
+    for version in s3.list_object_versions(Bucket=BUCKET, Prefix=STG_KEY).get("Versions", []):
+        s3.delete_object(Bucket=BUCKET, Key=STG_KEY, VersionId=version["VersionId"])
+    both = applied.inv("iam.env", "--name", "stg")
+    assert_user_error(both, f"DynamoDB lock table {TABLE}", "NOT a first deploy", "environment stg has an applied "
+                      "record")
+    assert "ResourceNotFoundException" not in both.all and TABLE not in aws("dynamodb").list_tables()["TableNames"]
+
+
 def test_bootstrap_in_an_empty_account_twice_at_once(project, aws):
     results = {}
 

@@ -203,3 +203,21 @@ def test_every_session_reads_botocore_data_through_one_loader():
     second = aws.session(ACCOUNT, credentials=aws.Credentials("AKIA", "secret"))
     assert first is not second
     assert first._session.get_component("data_loader") is second._session.get_component("data_loader")
+
+
+def test_an_account_whose_credentials_fail_is_asked_once_not_once_per_scope(cfg, monkeypatch):
+    # each look-up once: the account scope and the environments of one account share its caller identity check
+    from runbook.scopes import all_scopes
+    from tests.unit.conftest import TREES as ALL_TREES
+
+    asked = []
+
+    def rejected(sess, account):
+        asked.append(account.name)
+        raise RunbookError("AWS rejected the credentials during STS GetCallerIdentity", id="aws-credentials-rejected")
+
+    monkeypatch.setattr(records.aws, "caller_identity", rejected)
+    statuses = records.examine(all_scopes(cfg), trees=ALL_TREES, session_for=lambda account: None)
+    assert {st.state for st in statuses} == {records.UNKNOWN} and len(statuses) == 5
+    assert all("rejected the credentials" in st.reason for st in statuses)
+    assert sorted(asked) == ["nonprod", "prod"]

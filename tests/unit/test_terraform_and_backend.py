@@ -339,3 +339,26 @@ def test_differences_name_each_changed_resource_and_the_attributes_that_differ(t
     with pytest.raises(RunbookError) as caught:
         terraform.differences(tmp_path)
     assert caught.value.id == "plan-failed"
+
+
+def test_in_migration_mode_a_table_item_of_another_lock_is_left_alone_once_the_lock_file_is_released(stub):
+    # dynamodb+s3: the lock read from the lock file is released there; the table's item is deleted only while it
+    # holds that lock's ID (the condition), and a failed condition then is no error
+    s3, s3_stub = stub("s3")
+    ddb, ddb_stub = stub("dynamodb")
+    both = Backend("b", "k.tfstate", "locks", "eu-west-1", lock="dynamodb+s3")
+    s3_stub.add_response("delete_object", {}, {"Bucket": "b", "Key": "k.tfstate.tflock", "IfMatch": '"e1"'})
+    ddb_stub.add_client_error("delete_item", "ConditionalCheckFailedException", http_status_code=400)
+    backend.release_lock(FakeSession({"s3": s3, "dynamodb": ddb}), ACCOUNT, both, backend.LockInfo("x-1", etag='"e1"'))
+    ddb_stub.add_client_error("delete_item", "ConditionalCheckFailedException", http_status_code=400)
+    with pytest.raises(RunbookError) as caught:  # a lock read from the table that changed meanwhile: refused
+        backend.release_lock(FakeSession({"dynamodb": ddb}), ACCOUNT, both, backend.LockInfo("x-1"))
+    assert caught.value.id == "unlock-refused" and "changed while you confirmed" in caught.value.what
+
+
+def test_a_lock_table_that_does_not_exist_holds_no_digests(stub):
+    # facts._state_hint asks for digests where the backend locks with a table, whether or not the table exists: a
+    # missing table (a backend half gone) is no digest, not an AWS failure that hides the backend's findings
+    ddb, ddb_stub = stub("dynamodb")
+    ddb_stub.add_client_error("scan", "ResourceNotFoundException", http_status_code=400)
+    assert backend.digests(FakeSession({"dynamodb": ddb}), ACCOUNT, BACKEND) == []

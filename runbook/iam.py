@@ -211,8 +211,7 @@ def verify_backend(facts: Facts, after: backend.BackendState) -> None:
     if after.verified:
         return
     b = facts.backend
-    gaps = [n for n, ok in ((f"S3 bucket {b.bucket}", after.bucket_exists),
-                            (f"DynamoDB table {b.lock_table}", after.table_exists or not after.table_needed)) if not ok]
+    gaps = [f"S3 bucket {b.bucket}" if part == "bucket" else f"DynamoDB table {b.lock_table}" for part in after.absent]
     gaps += [f"the bucket's {name}" for name in after.missing]
     gaps += [f"the lock table is {after.table_status}"] if after.table_exists and not after.table_ready else []
     gaps += ["the lock table's key is not LockID (string)"] if not after.key_schema_ok else []

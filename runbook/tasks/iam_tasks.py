@@ -19,8 +19,8 @@ COMMON_HELP = {
     "dry_run": "print every step, why, and the exact commands; call neither AWS nor Terraform",
     "yes": "answer the confirmation (protected environment, or anything destroyed) with yes",
     "skip_branch_check": "LOUD override: apply from a branch other than the environment's",
-    "lock_timeout_s": "SECONDS (decimals too) Terraform waits for a state lock held by a run in progress (default 0: fail "
-                      "at once)",
+    "lock_timeout_s": "SECONDS (decimals too) Terraform waits for a state lock held by a run in progress (default "
+                      "0: fail at once)",
     "verbose": "with --dry-run: also show each Terraform step's environment and credentials",
     "json": "with --dry-run: print the actions and findings as one JSON document (format 1, README 'JSON output') "
             "on stdout; the listing goes to stderr",

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import string
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -356,17 +355,6 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
     if ACCOUNT in environments:
         add("environments", ACCOUNT, text="'account' is reserved (its applied record would be the account scope's); "
             "choose another name")
-    allowed = ("project", "account_id", "region", "environment")
-    for key, template in backend.items():
-        try:  # exactly {name}: an index, attribute, conversion or format spec can build any text, of any size
-            wrong = any(name is not None and (name not in allowed or spec or conversion)
-                        for _, name, spec, conversion in string.Formatter().parse(template))
-        except ValueError:  # a lone { or }
-            wrong = True
-        if wrong:
-            add("terraform", "backend", key, text=f"{_shown(template)} is not a valid name template: the only "
-                "placeholders are {project}, {account_id}, {region}, {environment}, as written (no index, attribute, "
-                "conversion or format spec; a literal brace is {{ or }})")
     slug = circleci.get("project_slug")
     if circleci.get("deployer") == "oidc" and not circleci.get("vcs_origin") \
             and CircleCI(str(slug or ""), "").repository_origin is None:

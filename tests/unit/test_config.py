@@ -304,7 +304,7 @@ def test_a_branch_git_accepts_is_accepted(tmp_path, branch):
 
 
 @pytest.mark.parametrize("template", ["{account_id[0]}x{project!r:>99999999}", "{project.real}", "{project!s}",
-                                      "{project:>9}", "{0}", "x{}x", "{project:{region}}", "{project"])
+                                      "{project:>9}", "{0}", "x{}x", "{project:{region}}", "{project", "{project:}"])
 def test_a_backend_template_takes_only_the_plain_placeholders(tmp_path, template):
     message = error(tmp_path, GOOD + f'terraform:\n  backend:\n    state_bucket: "{template}"\n')
     assert "line 19, field terraform.backend.state_bucket" in message and len(message) < 1000

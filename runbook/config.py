@@ -287,11 +287,9 @@ def _explain(error: Any, at: tuple, lines: dict[tuple, int], plain: dict[tuple, 
     line, field, value, leaf = _line(lines, at), _field(lines, at), error.instance, str(at[-1]) if at else _dotted(at)
     schema = error.schema if isinstance(error.schema, dict) else {}
     known = schema.get("properties") or {}
-    if len(at) == 3 and at[0] == "accounts" and at[2] == "id":
-        if at in plain or not isinstance(value, str):
-            return line, (f"{field}: the account ID must be quoted, e.g. id: \"012345678901\" (unquoted, YAML reads "
-                          f"{value!r} as a number and drops any leading zero)")
-        return line, f"{field}: {value!r} is not a 12-digit AWS account ID"
+    if len(at) == 3 and at[0] == "accounts" and at[2] == "id" and not isinstance(value, str):
+        return line, (f"{field}: the account ID must be quoted, e.g. id: \"012345678901\" (unquoted, YAML reads "
+                      f"{value!r} as a number and drops any leading zero)")
     if error.validator == "additionalProperties":
         extras, texts = sorted(set(value) - set(known), key=str), []
         for extra in extras:

@@ -74,7 +74,7 @@ def test_unquoted_account_id_even_when_it_survives(tmp_path):
     assert "line 4, field accounts.nonprod.id: quote the account ID" in message
 
 
-@pytest.mark.parametrize("bad", ['"12345678901"', '"1234567890123"', '"12345678901a"'])
+@pytest.mark.parametrize("bad", ['"12345678901"', '"1234567890123"', '"12345678901a"', "12345678901a"])
 def test_account_id_must_have_twelve_digits(tmp_path, bad):
     message = error(tmp_path, GOOD.replace('"012345678901"', bad))
     assert "line 4, field accounts.nonprod.id" in message and "12-digit" in message

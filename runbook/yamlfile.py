@@ -1,7 +1,7 @@
 """A YAML file read safely, with the line of every value: what the configuration check needs to name a line.
 
 Only a regular UTF-8 file of a few KB is read, node by node with PyYAML's safe loader
-(https://pyyaml.org/wiki/PyYAMLDocumentation) under limits of depth, aliases and nodes. Every error names the file
+(https://pyyaml.org/wiki/PyYAMLDocumentation) under limits of depth and nodes. Every error names the file
 and the line.
 """
 
@@ -20,8 +20,6 @@ MAX_BYTES = 256 * 1024
 """Largest configuration file read, in bytes (the shipped one is under 3 KB)."""
 MAX_DEPTH = 16
 """Deepest nesting of YAML collections accepted (the schema needs 4)."""
-MAX_ALIASES = 50
-"""Most YAML aliases (``*name``) accepted in the file."""
 MAX_NODES = 10_000
 """Most YAML nodes accepted once aliases are expanded (an "alias bomb" of 1 KB expands to billions)."""
 Lines = dict[tuple, int]
@@ -85,18 +83,13 @@ def _read(path: Path, where: str | None, other: str, missing: str, restore: str)
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with limits: nesting at most :data:`MAX_DEPTH`, at most :data:`MAX_ALIASES`
-    aliases (the composer's recursion and an alias bomb both stop with a ComposerError at a line)."""
+    """PyYAML's safe loader with nesting at most :data:`MAX_DEPTH` (the composer's recursion stops with a
+    ComposerError at a line). Aliases cost nothing here: the composer shares the node, and walking it counts."""
 
     def compose_node(self, parent, index):
         depth, event = getattr(self, "_depth", 0) + 1, self.peek_event()
         if depth > MAX_DEPTH:
             raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
-        if isinstance(event, yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > MAX_ALIASES:
-                raise yaml.composer.ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)",
-                                                  event.start_mark)
         self._depth = depth
         try:
             return super().compose_node(parent, index)
@@ -119,7 +112,7 @@ def _parse(text: str, path: Path, restore: str, missing: str) -> tuple[Any, Line
                            where=f"{path} line {text[:exc.position].count(chr(10)) + 1}", fix=restore) from None
     except yaml.YAMLError as exc:
         problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
-        limit = "deeper" in problem or "aliases" in problem
+        limit = "deeper" in problem
         raise _yaml_error(path, getattr(exc, "problem_mark", None), problem, restore if limit else
                           "correct the indentation or quoting there (a value with ':' or '#' needs quotes)") from None
     if root is None:

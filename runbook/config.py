@@ -413,25 +413,28 @@ def _name_problems(config: Config) -> list[str]:
             add(("project",) if scope == ACCOUNT else ("environments", scope),
                 f"The {'project' if scope == ACCOUNT else 'environment'} name cannot be used in the applied record's "
                 f"name: {problem}")
-    known, buckets = _known_regions(), {}
+    known = _known_regions()
     for account in config.accounts.values():
         if known and account.region not in known:  # a typo such as eu-wset-1 passes the schema's pattern
             close = difflib.get_close_matches(account.region, sorted(known), n=1)
             add(("accounts", account.name, "region"),
                 f"{account.region!r} is not an AWS region{f'; did you mean {close[0]!r}?' if close else ''} (the "
                 "regions of the installed botocore; for a region newer than it: pip install -U boto3)")
-        bucket = config.backend(ACCOUNT, account).bucket
-        other = buckets.setdefault(bucket, account)
-        if other.region != account.region:
-            add(("accounts", account.name, "region"),
-                f"the state bucket {bucket} would be in {account.region} for account {account.name} and in "
-                f"{other.region} for account {other.name}: S3 bucket names are global, so one of the two cannot be "
-                "created or used; give both the same region, correct the ID, or put {region} in state_bucket")
     built = [("account", a, None) for a in config.accounts.values()]
     built += [("environment", e.account, e.name) for e in config.environments.values()]
     states: dict[tuple[str, str], str] = {}
+    buckets: dict[str, Account] = {}
     for kind, account, env_name in built:
         backend = config.backend(kind, account, env_name)
+        first = buckets.setdefault(backend.bucket, account)
+        if (first.id, first.region) != (account.id, account.region):  # one name, one bucket: one account, one region
+            same_id = first.id == account.id
+            add(("accounts", account.name, "region") if same_id else ("terraform", "backend", "state_bucket"),
+                f"the state bucket {backend.bucket} would be in {account.region} of AWS account {account.id} for "
+                f"account {account.name} and in {first.region} of AWS account {first.id} for account {first.name}: "
+                "S3 bucket names are global, so one of the two cannot be created or used; " +
+                ("give both the same region, correct the ID, or put {region} in state_bucket" if same_id else
+                 "put {account_id} in state_bucket"))
         label = f"environment {env_name}" if env_name else f"the account scope of {account.name}"
         other = states.setdefault((backend.bucket, backend.key), label)
         if other != label and (env_name or not other.startswith("the account scope")):

@@ -231,6 +231,15 @@ def test_two_accounts_with_one_id_in_two_regions_are_refused_one_bucket_name_can
                 "    state_bucket: \"{project}-tfstate-{account_id}-{region}\"\n")
 
 
+def test_two_accounts_with_one_state_bucket_name_are_refused_a_bucket_is_in_one_account(tmp_path):
+    text = TWO_ACCOUNTS.replace("REGION", "eu-west-1").replace('    id: "012345678901"\n    region: eu-west-1\nenv',
+                                                               '    id: "112345678901"\n    region: eu-west-1\nenv')
+    message = error(tmp_path, text + 'terraform:\n  backend:\n    state_bucket: "{project}-tfstate"\n')
+    assert "line 22, field terraform.backend.state_bucket: the state bucket acme-api-tfstate" in message
+    assert "S3 bucket names are global" in message and "put {account_id} in state_bucket" in message
+    assert load(tmp_path, text)  # the default name has the account ID in it
+
+
 def test_environment_name_too_long_for_the_iam_role_names(tmp_path):
     name = "staging-environment-for-the-long-running-tests"
     message = error(tmp_path, GOOD.replace("  stg:\n", f"  {name}:\n"))

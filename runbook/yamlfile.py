@@ -118,7 +118,7 @@ def _parse(text: str, path: Path, restore: str, missing: str) -> tuple[Any, Line
     if root is None:
         raise RunbookError("The configuration file is empty", id="config-unreadable", where=str(path), fix=missing)
     lines, plain, dupes = {}, {}, []
-    constructor, inside, count = yaml.SafeLoader(""), set(), [0]
+    constructor, inside = yaml.SafeLoader(""), set()
 
     def scalar(node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
@@ -141,11 +141,10 @@ def _parse(text: str, path: Path, restore: str, missing: str) -> tuple[Any, Line
         if id(node) in inside:
             raise _yaml_error(path, node.start_mark, "an alias refers to the collection that contains it",
                               "remove the alias there")
-        count[0] += 1
-        if count[0] > MAX_NODES:
+        lines[at] = node.start_mark.line + 1
+        if len(lines) > MAX_NODES:  # every value walked has a path of its own, aliases expanded
             raise _yaml_error(path, node.start_mark, f"more than {MAX_NODES} values once aliases are expanded "
                               "(an alias bomb?)", restore)
-        lines[at] = node.start_mark.line + 1
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             if node.tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
                 raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here", "remove the tag")

@@ -219,7 +219,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
     Raises RunbookError when the file is missing, is not YAML, or breaks a rule; the message lists
     every problem with its line and field.
     """
-    explicit, path = path, Path(path or os.environ.get(ENV_VAR) or DEFAULT_CONFIG)
+    explicit, path = path, Path(path or shown_path())
     default, resolved = DEFAULT_CONFIG.relative_to(PROJECT_ROOT), path.resolve()
     restore = (f", or restore it: git checkout -- {resolved.relative_to(PROJECT_ROOT)}"
                if resolved.is_relative_to(PROJECT_ROOT) else "")

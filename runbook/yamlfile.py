@@ -54,23 +54,17 @@ def _read(path: Path, where: str | None, other: str, missing: str, restore: str)
         return RunbookError(what, id="config-unreadable", where=where, fix=fix)
 
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK | os.O_NOCTTY)) as stream:
+            mode = os.fstat(stream.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                        stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode))
+                raise refuse(f"The configuration file {path} is {kind or 'not a regular file'}, not a regular file")
+            data = stream.read(MAX_BYTES + 1)  # buffered: reads until MAX_BYTES + 1 or the end
     except FileNotFoundError:
         raise refuse(f"The configuration file {path} does not exist", missing) from None
-    except OSError as exc:
+    except OSError as exc:  # a directory too (open refuses it)
         raise refuse(f"Cannot read the configuration file {path}: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK:
-                    "a block device", stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode))
-            raise refuse(f"The configuration file {path} is {kind or 'not a regular file'}, not a regular file")
-        with open(fd, "rb", closefd=False) as stream:  # buffered: reads until MAX_BYTES + 1 or the end
-            data = stream.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise refuse(f"Cannot read the configuration file {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
     if len(data) > MAX_BYTES:
         raise refuse(f"The configuration file {path} is larger than {MAX_BYTES // 1024} KB; a configuration is a "
                      "few KB")

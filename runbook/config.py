@@ -362,13 +362,12 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
         if ("accounts", name, "id") in plain:
             add("accounts", name, "id", text=f'quote the account ID, e.g. id: "{account["id"]}" (unquoted, YAML may '
                 "read it as a number and drop a leading zero)")
-    required, minimum = terraform.get("required_version"), versions.Terraform.s3_lock_min
-    problem = versions.constraint_problem(required) if required else None
+    required, minimum = terraform.get("required_version", DEFAULTS["required_version"]), versions.Terraform.s3_lock_min
+    problem = versions.constraint_problem(required)
     if problem:
         add("terraform", "required_version", text=problem)
     elif backend.get("lock", "dynamodb") != "dynamodb" and not any(
-            versions.satisfies(v, required or DEFAULTS["required_version"])
-            for v in (minimum, "1.11.4", "1.12.0", "1.14.0", "2.0.0")):
+            versions.satisfies(v, required) for v in (minimum, "1.11.4", "1.12.0", "1.14.0", "2.0.0")):
         add("terraform", "backend", "lock", text=f"lock {backend['lock']} (S3 lock files, use_lockfile) needs "
             f"Terraform {minimum} or later, but terraform.required_version {required!r} admits no such release; set "
             f'required_version: ">= {minimum}", or lock: dynamodb')

@@ -279,14 +279,12 @@ def test_iam_name_table_matches_the_root_modules():
 def test_two_scopes_on_one_state_object_are_refused(tmp_path, backend):
     import yaml
 
-    from runbook import config as configuration
-
-    data = yaml.safe_load(configuration.DEFAULT_CONFIG.read_text())
+    data = yaml.safe_load(config.DEFAULT_CONFIG.read_text())
     data["terraform"]["backend"].update(backend)
     path = tmp_path / "environments.yml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(RunbookError) as caught:
-        configuration.load(path)
+        config.load(path)
     assert "two root modules would replace each other's state" in caught.value.message
 
 

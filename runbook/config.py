@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import string
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -220,7 +219,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
     Raises RunbookError when the file is missing, is not YAML, or breaks a rule; the message lists
     every problem with its line and field.
     """
-    explicit, path = path, Path(path or os.environ.get(ENV_VAR) or DEFAULT_CONFIG)
+    explicit, path = path, Path(path or shown_path())
     default, resolved = DEFAULT_CONFIG.relative_to(PROJECT_ROOT), path.resolve()
     restore = (f", or restore it: git checkout -- {resolved.relative_to(PROJECT_ROOT)}"
                if resolved.is_relative_to(PROJECT_ROOT) else "")
@@ -288,11 +287,9 @@ def _explain(error: Any, at: tuple, lines: dict[tuple, int], plain: dict[tuple, 
     line, field, value, leaf = _line(lines, at), _field(lines, at), error.instance, str(at[-1]) if at else _dotted(at)
     schema = error.schema if isinstance(error.schema, dict) else {}
     known = schema.get("properties") or {}
-    if len(at) == 3 and at[0] == "accounts" and at[2] == "id":
-        if at in plain or not isinstance(value, str):
-            return line, (f"{field}: the account ID must be quoted, e.g. id: \"012345678901\" (unquoted, YAML reads "
-                          f"{value!r} as a number and drops any leading zero)")
-        return line, f"{field}: {value!r} is not a 12-digit AWS account ID"
+    if len(at) == 3 and at[0] == "accounts" and at[2] == "id" and not isinstance(value, str):
+        return line, (f"{field}: the account ID must be quoted, e.g. id: \"012345678901\" (unquoted, YAML reads "
+                      f"{value!r} as a number and drops any leading zero)")
     if error.validator == "additionalProperties":
         extras, texts = sorted(set(value) - set(known), key=str), []
         for extra in extras:
@@ -356,17 +353,6 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
     if ACCOUNT in environments:
         add("environments", ACCOUNT, text="'account' is reserved (its applied record would be the account scope's); "
             "choose another name")
-    allowed = ("project", "account_id", "region", "environment")
-    for key, template in backend.items():
-        try:  # exactly {name}: an index, attribute, conversion or format spec can build any text, of any size
-            wrong = any(name is not None and (name not in allowed or spec or conversion)
-                        for _, name, spec, conversion in string.Formatter().parse(template))
-        except ValueError:  # a lone { or }
-            wrong = True
-        if wrong:
-            add("terraform", "backend", key, text=f"{_shown(template)} is not a valid name template: the only "
-                "placeholders are {project}, {account_id}, {region}, {environment}, as written (no index, attribute, "
-                "conversion or format spec; a literal brace is {{ or }})")
     slug = circleci.get("project_slug")
     if circleci.get("deployer") == "oidc" and not circleci.get("vcs_origin") \
             and CircleCI(str(slug or ""), "").repository_origin is None:
@@ -376,13 +362,12 @@ def _rule_problems(data: dict, lines: dict[tuple, int], plain: dict[tuple, str])
         if ("accounts", name, "id") in plain:
             add("accounts", name, "id", text=f'quote the account ID, e.g. id: "{account["id"]}" (unquoted, YAML may '
                 "read it as a number and drop a leading zero)")
-    required, minimum = terraform.get("required_version"), versions.Terraform.s3_lock_min
-    problem = versions.constraint_problem(required) if required else None
+    required, minimum = terraform.get("required_version", DEFAULTS["required_version"]), versions.Terraform.s3_lock_min
+    problem = versions.constraint_problem(required)
     if problem:
         add("terraform", "required_version", text=problem)
     elif backend.get("lock", "dynamodb") != "dynamodb" and not any(
-            versions.satisfies(v, required or DEFAULTS["required_version"])
-            for v in (minimum, "1.11.4", "1.12.0", "1.14.0", "2.0.0")):
+            versions.satisfies(v, required) for v in (minimum, "1.11.4", "1.12.0", "1.14.0", "2.0.0")):
         add("terraform", "backend", "lock", text=f"lock {backend['lock']} (S3 lock files, use_lockfile) needs "
             f"Terraform {minimum} or later, but terraform.required_version {required!r} admits no such release; set "
             f'required_version: ">= {minimum}", or lock: dynamodb')
@@ -427,25 +412,28 @@ def _name_problems(config: Config) -> list[str]:
             add(("project",) if scope == ACCOUNT else ("environments", scope),
                 f"The {'project' if scope == ACCOUNT else 'environment'} name cannot be used in the applied record's "
                 f"name: {problem}")
-    known, buckets = _known_regions(), {}
+    known = _known_regions()
     for account in config.accounts.values():
         if known and account.region not in known:  # a typo such as eu-wset-1 passes the schema's pattern
             close = difflib.get_close_matches(account.region, sorted(known), n=1)
             add(("accounts", account.name, "region"),
                 f"{account.region!r} is not an AWS region{f'; did you mean {close[0]!r}?' if close else ''} (the "
                 "regions of the installed botocore; for a region newer than it: pip install -U boto3)")
-        bucket = config.backend(ACCOUNT, account).bucket
-        other = buckets.setdefault(bucket, account)
-        if other.region != account.region:
-            add(("accounts", account.name, "region"),
-                f"the state bucket {bucket} would be in {account.region} for account {account.name} and in "
-                f"{other.region} for account {other.name}: S3 bucket names are global, so one of the two cannot be "
-                "created or used; give both the same region, correct the ID, or put {region} in state_bucket")
     built = [("account", a, None) for a in config.accounts.values()]
     built += [("environment", e.account, e.name) for e in config.environments.values()]
     states: dict[tuple[str, str], str] = {}
+    buckets: dict[str, Account] = {}
     for kind, account, env_name in built:
         backend = config.backend(kind, account, env_name)
+        first = buckets.setdefault(backend.bucket, account)
+        if (first.id, first.region) != (account.id, account.region):  # one name, one bucket: one account, one region
+            same_id = first.id == account.id
+            add(("accounts", account.name, "region") if same_id else ("terraform", "backend", "state_bucket"),
+                f"the state bucket {backend.bucket} would be in {account.region} of AWS account {account.id} for "
+                f"account {account.name} and in {first.region} of AWS account {first.id} for account {first.name}: "
+                "S3 bucket names are global, so one of the two cannot be created or used; " +
+                ("give both the same region, correct the ID, or put {region} in state_bucket" if same_id else
+                 "put {account_id} in state_bucket"))
         label = f"environment {env_name}" if env_name else f"the account scope of {account.name}"
         other = states.setdefault((backend.bucket, backend.key), label)
         if other != label and (env_name or not other.startswith("the account scope")):

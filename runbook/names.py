@@ -77,17 +77,10 @@ def s3_bucket(name: str) -> str | None:
     return None
 
 
-def s3_key(key: str) -> str | None:
-    """Why *key* cannot be an S3 object key, or None: 1 to 1024 bytes of UTF-8 (Amazon S3 user guide,
-    "Naming Amazon S3 objects", https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html)."""
-    size = len(key.encode("utf-8"))
-    if not key or size > 1024:
-        return f"the S3 object key {key[:40]!r} is {size} bytes; keys take 1 to 1024 ({S3_KEY_URL})"
-    return None
-
-
 def state_key(key: str) -> str | None:
-    """Why *key* cannot be the key of a Terraform state in an S3 backend, or None: an S3 key (:func:`s3_key`) that
+    """Why *key* cannot be the key of a Terraform state in an S3 backend, or None: an S3 key, 1 to 1024 bytes of UTF-8
+    (Amazon S3 user guide, "Naming Amazon S3 objects",
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html), that
     neither begins nor ends with ``/`` and has no empty path segment (``//``), which Terraform's S3 backend refuses
     at ``init`` (https://developer.hashicorp.com/terraform/language/backend/s3, ``key``): after the state bucket and
     the lock table were created."""
@@ -95,7 +88,10 @@ def state_key(key: str) -> str | None:
         return (f"the state key {key[:60]!r} begins or ends with '/' or has an empty path segment ('//', often a "
                 "placeholder that is empty for this scope, such as {environment} in the account's key): Terraform's "
                 "S3 backend refuses it")
-    return s3_key(key)
+    size = len(key.encode("utf-8"))
+    if not key or size > 1024:
+        return f"the S3 object key {key[:40]!r} is {size} bytes; keys take 1 to 1024 ({S3_KEY_URL})"
+    return None
 
 
 def dynamodb_table(name: str) -> str | None:

@@ -48,11 +48,10 @@ def satisfies(version: str, constraints: str) -> bool:
     https://github.com/hashicorp/go-version): a pre-release such as ``1.10.0-alpha20240606`` satisfies only a
     constraint naming a pre-release of the same version, never ``>= 1.10``."""
     numbers, release, _ = parse(version)
-    for part in constraints.split(","):
-        found = _PART.match(part)
-        if not found:
-            raise ValueError(f"{constraints!r} is not a version constraint")
-        op, (w_numbers, w_release, segments) = found.group(1) or "=", parse(found.group(2))
+    parts = [_PART.match(part) for part in constraints.split(",")]
+    if not all(parts):
+        raise ValueError(f"{constraints!r} is not a version constraint")
+    for op, (w_numbers, w_release, segments) in [(p.group(1) or "=", parse(p.group(2))) for p in parts]:
         if release[1] and (not w_release[1] or numbers != w_numbers):
             return False  # go-version: a pre-release matches only a constraint on a pre-release of the same version
         if not _COMPARE[op]((numbers, release), (w_numbers, w_release)) \

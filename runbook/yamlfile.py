@@ -1,7 +1,7 @@
 """A YAML file read safely, with the line of every value: what the configuration check needs to name a line.
 
 Only a regular UTF-8 file of a few KB is read, node by node with PyYAML's safe loader
-(https://pyyaml.org/wiki/PyYAMLDocumentation) under limits of depth, aliases and nodes. Every error names the file
+(https://pyyaml.org/wiki/PyYAMLDocumentation) under limits of depth and nodes. Every error names the file
 and the line.
 """
 
@@ -20,8 +20,6 @@ MAX_BYTES = 256 * 1024
 """Largest configuration file read, in bytes (the shipped one is under 3 KB)."""
 MAX_DEPTH = 16
 """Deepest nesting of YAML collections accepted (the schema needs 4)."""
-MAX_ALIASES = 50
-"""Most YAML aliases (``*name``) accepted in the file."""
 MAX_NODES = 10_000
 """Most YAML nodes accepted once aliases are expanded (an "alias bomb" of 1 KB expands to billions)."""
 Lines = dict[tuple, int]
@@ -56,23 +54,17 @@ def _read(path: Path, where: str | None, other: str, missing: str, restore: str)
         return RunbookError(what, id="config-unreadable", where=where, fix=fix)
 
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK | os.O_NOCTTY)) as stream:
+            mode = os.fstat(stream.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                        stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode))
+                raise refuse(f"The configuration file {path} is {kind or 'not a regular file'}, not a regular file")
+            data = stream.read(MAX_BYTES + 1)  # buffered: reads until MAX_BYTES + 1 or the end
     except FileNotFoundError:
         raise refuse(f"The configuration file {path} does not exist", missing) from None
-    except OSError as exc:
+    except OSError as exc:  # a directory too (open refuses it)
         raise refuse(f"Cannot read the configuration file {path}: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK:
-                    "a block device", stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode))
-            raise refuse(f"The configuration file {path} is {kind or 'not a regular file'}, not a regular file")
-        with open(fd, "rb", closefd=False) as stream:  # buffered: reads until MAX_BYTES + 1 or the end
-            data = stream.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise refuse(f"Cannot read the configuration file {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
     if len(data) > MAX_BYTES:
         raise refuse(f"The configuration file {path} is larger than {MAX_BYTES // 1024} KB; a configuration is a "
                      "few KB")
@@ -85,18 +77,13 @@ def _read(path: Path, where: str | None, other: str, missing: str, restore: str)
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with limits: nesting at most :data:`MAX_DEPTH`, at most :data:`MAX_ALIASES`
-    aliases (the composer's recursion and an alias bomb both stop with a ComposerError at a line)."""
+    """PyYAML's safe loader with nesting at most :data:`MAX_DEPTH` (the composer's recursion stops with a
+    ComposerError at a line). Aliases cost nothing here: the composer shares the node, and walking it counts."""
 
     def compose_node(self, parent, index):
         depth, event = getattr(self, "_depth", 0) + 1, self.peek_event()
         if depth > MAX_DEPTH:
             raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
-        if isinstance(event, yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > MAX_ALIASES:
-                raise yaml.composer.ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)",
-                                                  event.start_mark)
         self._depth = depth
         try:
             return super().compose_node(parent, index)
@@ -119,13 +106,13 @@ def _parse(text: str, path: Path, restore: str, missing: str) -> tuple[Any, Line
                            where=f"{path} line {text[:exc.position].count(chr(10)) + 1}", fix=restore) from None
     except yaml.YAMLError as exc:
         problem = " ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
-        limit = "deeper" in problem or "aliases" in problem
+        limit = "deeper" in problem
         raise _yaml_error(path, getattr(exc, "problem_mark", None), problem, restore if limit else
                           "correct the indentation or quoting there (a value with ':' or '#' needs quotes)") from None
     if root is None:
         raise RunbookError("The configuration file is empty", id="config-unreadable", where=str(path), fix=missing)
     lines, plain, dupes = {}, {}, []
-    constructor, inside, count = yaml.SafeLoader(""), set(), [0]
+    constructor, inside = yaml.SafeLoader(""), set()
 
     def scalar(node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
@@ -148,11 +135,10 @@ def _parse(text: str, path: Path, restore: str, missing: str) -> tuple[Any, Line
         if id(node) in inside:
             raise _yaml_error(path, node.start_mark, "an alias refers to the collection that contains it",
                               "remove the alias there")
-        count[0] += 1
-        if count[0] > MAX_NODES:
+        lines[at] = node.start_mark.line + 1
+        if len(lines) > MAX_NODES:  # every value walked has a path of its own, aliases expanded
             raise _yaml_error(path, node.start_mark, f"more than {MAX_NODES} values once aliases are expanded "
                               "(an alias bomb?)", restore)
-        lines[at] = node.start_mark.line + 1
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             if node.tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
                 raise _yaml_error(path, node.start_mark, f"the tag {node.tag} is not supported here", "remove the tag")

@@ -74,7 +74,7 @@ def test_unquoted_account_id_even_when_it_survives(tmp_path):
     assert "line 4, field accounts.nonprod.id: quote the account ID" in message
 
 
-@pytest.mark.parametrize("bad", ['"12345678901"', '"1234567890123"', '"12345678901a"'])
+@pytest.mark.parametrize("bad", ['"12345678901"', '"1234567890123"', '"12345678901a"', "12345678901a"])
 def test_account_id_must_have_twelve_digits(tmp_path, bad):
     message = error(tmp_path, GOOD.replace('"012345678901"', bad))
     assert "line 4, field accounts.nonprod.id" in message and "12-digit" in message
@@ -231,6 +231,15 @@ def test_two_accounts_with_one_id_in_two_regions_are_refused_one_bucket_name_can
                 "    state_bucket: \"{project}-tfstate-{account_id}-{region}\"\n")
 
 
+def test_two_accounts_with_one_state_bucket_name_are_refused_a_bucket_is_in_one_account(tmp_path):
+    text = TWO_ACCOUNTS.replace("REGION", "eu-west-1").replace('    id: "012345678901"\n    region: eu-west-1\nenv',
+                                                               '    id: "112345678901"\n    region: eu-west-1\nenv')
+    message = error(tmp_path, text + 'terraform:\n  backend:\n    state_bucket: "{project}-tfstate"\n')
+    assert "line 22, field terraform.backend.state_bucket: the state bucket acme-api-tfstate" in message
+    assert "S3 bucket names are global" in message and "put {account_id} in state_bucket" in message
+    assert load(tmp_path, text)  # the default name has the account ID in it
+
+
 def test_environment_name_too_long_for_the_iam_role_names(tmp_path):
     name = "staging-environment-for-the-long-running-tests"
     message = error(tmp_path, GOOD.replace("  stg:\n", f"  {name}:\n"))
@@ -270,14 +279,12 @@ def test_iam_name_table_matches_the_root_modules():
 def test_two_scopes_on_one_state_object_are_refused(tmp_path, backend):
     import yaml
 
-    from runbook import config as configuration
-
-    data = yaml.safe_load(configuration.DEFAULT_CONFIG.read_text())
+    data = yaml.safe_load(config.DEFAULT_CONFIG.read_text())
     data["terraform"]["backend"].update(backend)
     path = tmp_path / "environments.yml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(RunbookError) as caught:
-        configuration.load(path)
+        config.load(path)
     assert "two root modules would replace each other's state" in caught.value.message
 
 
@@ -304,7 +311,7 @@ def test_a_branch_git_accepts_is_accepted(tmp_path, branch):
 
 
 @pytest.mark.parametrize("template", ["{account_id[0]}x{project!r:>99999999}", "{project.real}", "{project!s}",
-                                      "{project:>9}", "{0}", "x{}x", "{project:{region}}", "{project"])
+                                      "{project:>9}", "{0}", "x{}x", "{project:{region}}", "{project", "{project:}"])
 def test_a_backend_template_takes_only_the_plain_placeholders(tmp_path, template):
     message = error(tmp_path, GOOD + f'terraform:\n  backend:\n    state_bucket: "{template}"\n')
     assert "line 19, field terraform.backend.state_bucket" in message and len(message) < 1000

@@ -23,9 +23,16 @@ def test_terraforms_version_constraints(version, constraint, expected):
     assert versions.satisfies(version, constraint) is expected
 
 
-@pytest.mark.parametrize("constraint", ["latest", ">= one", "~>", ""])
+@pytest.mark.parametrize("constraint", ["latest", ">= one", "~>", "", "< 1.0, garbage", "> 9.0, ~> 1.0, x"])
 def test_an_unreadable_constraint_is_named(constraint):
     assert "is not a Terraform version constraint" in versions.constraint_problem(constraint)
+
+
+def test_a_constraint_is_read_whole_whatever_the_version():
+    """A part that cannot be read is refused even after a part the version fails (it was once never read, so the
+    configuration check passed "< 1.0, garbage" and the run with Terraform 0.15 raised a ValueError)."""
+    with pytest.raises(ValueError):
+        versions.satisfies("1.5.0", "< 1.0, garbage")
 
 
 def test_a_terraform_that_does_not_satisfy_the_configuration_is_refused():

@@ -171,11 +171,9 @@ def needed(facts: Facts, scope: Scope) -> tuple[bool, str]:
     if scope.name not in facts.records or not facts.trees:  # a dry run reads no record; iam.bootstrap no commit
         return True, "decided by the applied record at run time" if facts.opts.only_needed else "requested"
     st = records.compare(scope, facts.trees, facts.records[scope.name])
-    if st.state == records.CURRENT:
-        rec = st.record or {}
-        reason = (f"record current: applied at {str(rec.get('commit', '?'))[:12]} by "
-                  f"{console.one_line(str(rec.get('applied_by', '?'))).rsplit('/', 1)[-1]}")
-        return not facts.opts.only_needed, reason
+    if st.state == records.CURRENT:  # a record as records.read gives it: every field is there
+        who = console.one_line(st.record["applied_by"]).rsplit("/", 1)[-1]
+        return not facts.opts.only_needed, f"record current: applied at {st.record['commit'][:12]} by {who}"
     return True, st.text
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from runbook import console, records, terraform, versions
 from runbook.errors import RunbookError
 from runbook.facts import Facts
-from runbook.scopes import ACCOUNT, DEPLOY_SCRIPT, Scope
+from runbook.scopes import ACCOUNT, Scope
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
     if soon is not None:
         return [soon]
     state, b, found = facts.state, facts.backend, []
-    if state is None or not any(needed(facts, s)[0] for s in facts.scopes):
+    applied = [s for s in facts.scopes if needed(facts, s)[0]]
+    if state is None or not applied:
         return found  # no scope is applied: the backend is not used
     if not state.key_schema_ok:
         found.append(RunbookError(
@@ -134,9 +135,7 @@ def aws_findings(facts: Facts) -> list[RunbookError]:
             where="config fields terraform.backend.state_bucket and terraform.backend.lock_table",
             fix=hint + "if it was deleted, restore it; to create it deliberately, see what would be created and why, "
                 f"then create it: {bootstrap_command(facts)} --dry-run, then {bootstrap_command(facts)}"))
-    for scope in facts.scopes:
-        if not needed(facts, scope)[0]:
-            continue
+    for scope in applied:
         key, record = scope.backend.key, facts.records.get(scope.name)
         where = f"s3://{scope.backend.bucket}/{key}"
         if state.bucket_exists and key not in state.states and record:
@@ -172,11 +171,9 @@ def needed(facts: Facts, scope: Scope) -> tuple[bool, str]:
     if scope.name not in facts.records or not facts.trees:  # a dry run reads no record; iam.bootstrap no commit
         return True, "decided by the applied record at run time" if facts.opts.only_needed else "requested"
     st = records.compare(scope, facts.trees, facts.records[scope.name])
-    if st.state == records.CURRENT:
-        rec = st.record or {}
-        reason = (f"record current: applied at {str(rec.get('commit', '?'))[:12]} by "
-                  f"{console.one_line(str(rec.get('applied_by', '?'))).rsplit('/', 1)[-1]}")
-        return not facts.opts.only_needed, reason
+    if st.state == records.CURRENT:  # a record as records.read gives it: every field is there
+        who = console.one_line(st.record["applied_by"]).rsplit("/", 1)[-1]
+        return not facts.opts.only_needed, f"record current: applied at {st.record['commit'][:12]} by {who}"
     return True, st.text
 
 
@@ -201,7 +198,7 @@ def take_over_text(facts: Facts) -> str | None:
 
 
 def backend_action(facts: Facts) -> Action:
-    """What the backend needs: nothing (verified), creating (a true first deploy), repairing, or waiting."""
+    """What the backend needs: nothing (verified, or unused), creating (a true first deploy), repairing, or waiting."""
     b, state = facts.backend, facts.state
     lock = (f"DynamoDB lock table {b.lock_table} (hash key LockID, string)" if b.uses_table else
             f"state lock: S3 lock file s3://{b.bucket}/{b.lock_object} (use_lockfile; no DynamoDB table)")
@@ -211,6 +208,8 @@ def backend_action(facts: Facts) -> Action:
         return Action("backend", title, "verified at run time (versioning, encryption, public access block, lock "
                                         "table keyed LockID); created only on a true first deploy into the account, "
                                         f"otherwise `{bootstrap_command(facts)}`", lines=lines)
+    if not any(needed(facts, s)[0] for s in facts.scopes):
+        return Action("backend", title, "no IAM step is needed, so the backend is not used", needed=False)
     words = f"bucket {b.bucket} and table {b.lock_table} exist" if b.uses_table else \
         f"bucket {b.bucket} exists (state locked with S3 lock files, no lock table)"
     if state.verified:
@@ -231,8 +230,6 @@ def actions(facts: Facts) -> list[Action]:
     """The ordered actions of the run: the backend, taking over the shared account scope where needed, then per
     scope plan, confirm, apply and record (shown as skipped when the scope needs nothing)."""
     todo = [backend_action(facts)]
-    if facts.state is not None and not any(needed(facts, s)[0] for s in facts.scopes):
-        todo[0] = Action("backend", todo[0].title, "no IAM step is needed, so the backend is not used", needed=False)
     take_over = take_over_text(facts)
     if take_over:
         given = "--take-over given: " if facts.opts.take_over else ""
@@ -240,8 +237,7 @@ def actions(facts: Facts) -> list[Action]:
     for scope in facts.scopes:
         is_needed, why = needed(facts, scope)
         snap = facts.snapshots.get(scope.name)
-        where = f"$ cd {shlex.quote(str(snap.root))} && bash {shlex.quote(str(snap.path / DEPLOY_SCRIPT))}" \
-            if snap else ""
+        where = f"$ cd {shlex.quote(str(snap.root))} && bash {shlex.quote(str(snap.script))}" if snap else ""
         env_line = "  env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in console.mask_env(terraform.script_env(
             scope.backend, mode="plan", tf_vars=scope.tf_vars(), lock_timeout_s=facts.opts.lock_timeout_s)).items())
         keys = ("  credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN = the keys that pass the "

@@ -54,8 +54,8 @@ class Facts:
         identity, credentials: the caller identity and the frozen keys it was asked with.
         state: the backend as looked at; ``records``: scope name -> applied record (None: never applied) for
             the scopes read; ``evidence``: signs of an earlier deploy when the backend is incomplete;
-            ``digests``: the lock table's state digests then; ``hints``: scope name -> how to bring back a state
-            object that has gone.
+            ``digests``: the lock table's state digests then, or when a state has gone; ``hints``: scope name ->
+            how to bring back a state object that has gone.
     """
 
     config: Config
@@ -181,47 +181,48 @@ def examine_aws(facts: Facts, sess) -> Facts:
     if identity.account_id != account.id:
         return facts
     b = facts.backend
-    keys = [s.backend.key for s in facts.scopes if s.backend.bucket == b.bucket]
-    state = backend.look(sess, account, b, keys)
+    state = backend.look(sess, account, b, [s.backend.key for s in facts.scopes if s.backend.bucket == b.bucket])
     ssm = aws.client(sess, "ssm", account)
     read = {s.name: records.read(ssm, s.parameter, s.name, s.account) for s in facts.scopes}
-    facts = earlier_deploys(facts, sess, state, read)
-    hints = {s.name: _state_hint(sess, facts, s) for s in facts.scopes
-             if read.get(s.name) and state.bucket_exists and s.backend.key not in state.states}
+    lost = [s for s in facts.scopes if read[s.name] and state.bucket_exists and s.backend.key not in state.states]
+    listed = bool(lost) or not state.complete  # the listings serve only a backend or a state that has gone, once
+    digests = tuple(backend.digests(sess, account, b)) if listed and state.table_exists else ()
+    objects = backend.objects(sess, account, b, limit=1000) if listed and state.bucket_exists else []
     fact("backend", f"bucket {b.bucket}: {'exists' if state.bucket_exists else 'absent'}"
                     + (f"; lock table {b.lock_table}: {state.table_status or 'absent'}" if b.uses_table else "")
                     + (f"; lacks {', '.join(state.missing)}" if state.missing else ""))
-    return replace(facts, state=state, records=read, hints=hints)
+    return replace(facts, state=state, records=read, digests=digests,
+                   evidence=earlier_deploys(facts, ssm, state, read, digests, objects),
+                   hints={s.name: _state_hint(sess, facts, s, objects, digests) for s in lost})
 
 
-def earlier_deploys(facts: Facts, sess, state: backend.BackendState, read: Mapping[str, dict | None]) -> Facts:
-    """*facts* with the signs that IAM was deployed into the account before, when the backend (*state*) is
-    incomplete: the applied records of the account's scopes (*read*: those already read), the lock table's state
-    digests, objects in the bucket. A backend is created only when there are none (a true first deploy)."""
+def earlier_deploys(facts: Facts, ssm, state: backend.BackendState, read: Mapping[str, dict | None],
+                    digests: tuple[str, ...], objects: list[str]) -> tuple[str, ...]:
+    """The signs that IAM was deployed into the account before, when the backend (*state*) is incomplete: the
+    applied records of the account's scopes (*read*: those already read), the lock table's state *digests*, the
+    *objects* in the bucket. A backend is created only when there are none (a true first deploy)."""
     if state.complete:
-        return facts
+        return ()
     account, b, evidence = facts.account, facts.backend, []
-    ssm = aws.client(sess, "ssm", account)
     for scope in account_scopes(facts.config, account):
         rec = read[scope.name] if scope.name in read else records.read(ssm, scope.parameter, scope.name, account)
         if rec:
             evidence.append(f"{scope.label} has an applied record ({scope.parameter}: commit "
                             f"{str(rec.get('commit', '?'))[:12]} at {rec.get('applied_at', '?')})")
-    digests = tuple(backend.digests(sess, account, b)) if state.table_exists else ()
     if digests:
         evidence.append(f"the lock table {b.lock_table} holds {len(digests)} state digest(s) ("
                         + ", ".join(f"s3://{console.one_line(d)}" for d in digests[:3])
                         + (", ..." if len(digests) > 3 else "") + "): Terraform wrote state through it")
-    objects = backend.objects(sess, account, b, limit=4) if state.bucket_exists else []
     if objects:
         evidence.append(f"the bucket {b.bucket} holds state objects ({', '.join(map(console.one_line, objects[:3]))}"
                         + (", ..." if len(objects) > 3 else "") + ")")
-    return replace(facts, evidence=tuple(evidence), digests=digests)
+    return tuple(evidence)
 
 
-def _state_hint(sess, facts: Facts, scope: Scope) -> str:
+def _state_hint(sess, facts: Facts, scope: Scope, objects: list[str], digests: tuple[str, ...]) -> str:
     """How to bring back the state object of *scope*, which has a record but no state at the configured key: the
-    delete marker that hides it, else the one object or digest elsewhere that is probably it, else a backup."""
+    delete marker that hides it, else the one object (of *objects*, the bucket's) or state digest (of *digests*,
+    the lock table's) elsewhere that is probably it, else a backup."""
     b, account = scope.backend, scope.account
     target = f"s3://{b.bucket}/{b.key}"
     marker = backend.deleted_version(sess, account, b, b.key)
@@ -230,11 +231,9 @@ def _state_hint(sess, facts: Facts, scope: Scope) -> str:
                 + aws.aws_command(account, "s3api", "delete-object", "--bucket", b.bucket, "--key", b.key,
                                   "--version-id", marker))
     configured = {s.backend.key for s in account_scopes(facts.config, account) if s.backend.bucket == b.bucket}
-    candidates = [f"s3://{b.bucket}/{k}" for k in backend.objects(sess, account, b, limit=1000)
-                  if k not in configured and k.isprintable()]
-    if b.uses_table:
-        candidates += [f"s3://{d}" for d in backend.digests(sess, account, b) if f"s3://{d}" not in candidates
-                       and f"s3://{d}" != target and d.isprintable() and d.split("/", 1)[-1] not in configured]
+    candidates = [f"s3://{b.bucket}/{k}" for k in objects if k not in configured and k.isprintable()]
+    candidates += [f"s3://{d}" for d in digests if f"s3://{d}" not in candidates and f"s3://{d}" != target
+                   and d.isprintable() and d.split("/", 1)[-1] not in configured]
     if candidates:
         return (f"the state of {scope.label} is probably {' or '.join(candidates[:5])}: copy the right one to the "
                 "configured key, e.g. " + aws.aws_command(account, "s3", "cp", candidates[0], target)

@@ -541,3 +541,20 @@ def test_a_configuration_that_is_not_the_committed_one_is_refused_for_a_real_acc
     git(project.path, "checkout", "--", "config")
     result = project.inv("iam.env", "--name", "stg", env={**project.env, "RUNBOOK_CONFIG": str(outside)})
     assert_user_error(result, "config-not-committed", "nonprod")
+
+
+def test_a_record_without_its_state_and_without_the_lock_table_is_no_first_deploy(project, aws):
+    # the lock table gone and the state object never there (or deleted): the way back to the state once scanned the
+    # missing table and stopped on DynamoDB's ResourceNotFoundException instead of the backend finding
+    from tests.runs import make_backend
+
+    make_backend(aws("s3").meta.endpoint_url, table=False)
+    from runbook.records import Record
+
+    aws("ssm").put_parameter(Name=STG_RECORD, Type="String", Value=Record.create(
+        fingerprint="f" * 64, commit="c" * 40, branch="staging", applied_by="arn:aws:iam::123456789012:user/x",
+        scope="stg", trees={}, inputs="").to_json())
+    result = project.inv("iam.env", "--name", "stg")
+    assert_user_error(result, f"The DynamoDB lock table {TABLE}", "NOT a first deploy",
+                      "environment stg has an applied record", "inv iam.bootstrap --env stg --dry-run")
+    assert "ResourceNotFound" not in result.all and "Terraform: plan" not in result.out

@@ -243,12 +243,12 @@ def deploy(c, env=None):
 
     required(env, "--env", "stg")
     cfg = configuration.load()
-    environment = cfg.environment(env)
+    environment, where = cfg.environment(env), cfg.where("environments", env, "deploy_command")
     if not environment.deploy_command:
         raise RunbookError(
             f"No deploy_command is configured for environment {env}; nothing was deployed",
             id="deploy-command-missing",
-            where=f"{cfg.path}, field environments.{env}.deploy_command",
+            where=where,
             fix=f"add deploy_command (the command that deploys {env}, e.g. `npx serverless deploy --stage {env}`)",
         )
     console.heading(f"Deploying {env}: {environment.deploy_command}")
@@ -258,7 +258,7 @@ def deploy(c, env=None):
         raise RunbookError(
             f"The deploy command of {env} exited {code}" + (" (command not found)" if code == 127 else ""),
             id="deploy-command-failed",
-            where=f"{cfg.path}, field environments.{env}.deploy_command",
+            where=where,
             fix="read its output above; fix the command or what it deploys",
             code=code,
         )

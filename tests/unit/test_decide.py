@@ -221,8 +221,9 @@ def test_a_release_skips_a_scope_whose_record_is_current(cfg):
 
 def test_iam_env_applies_a_current_scope_too(cfg):
     scope = Scope.of_environment(cfg, cfg.environments["stg"])
-    facts = make_facts(cfg, records={"stg": {"fingerprint": scope.fingerprint(TREES)}})
-    assert decide.needed(facts, scope)[0]
+    current = {"fingerprint": scope.fingerprint(TREES), "commit": "d" * 40, "applied_by": "arn:x:user/alice"}
+    facts = make_facts(cfg, records={"stg": current})
+    assert decide.needed(facts, scope) == (True, "record current: applied at dddddddddddd by alice")
 
 
 def test_actions_come_in_order_with_their_commands(cfg):

@@ -199,6 +199,17 @@ def checkout():
                                '"Initial commit"') from None
 
 
+def target(name: str | None, flag: str = "--env"):
+    """(configuration, checkout, environment) of a task that works on this commit: the environment *name* (from
+    the task's *flag*), else the one whose branch is checked out. Raises RunbookError as :func:`checkout`,
+    :func:`runbook.config.load` and :func:`runbook.scopes.environment_for` do."""
+    from runbook import config
+    from runbook.scopes import environment_for
+
+    cfg, here = config.load(), checkout()
+    return cfg, here, environment_for(cfg, name, here.branch, flag=flag)
+
+
 def pick_environment(config, name: str | None, *, flag: str = "--env"):
     """The environment *name*, else the one whose branch is checked out (:func:`runbook.scopes.environment_for`):
     only then is the checkout read, so that a task given its environment needs none."""

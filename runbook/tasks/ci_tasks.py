@@ -5,30 +5,23 @@ from __future__ import annotations
 
 import subprocess
 
-from invoke import task
-
-from runbook.tasks._common import required, seconds, user_errors
+from runbook.tasks._common import print_json, required, seconds, target, task, user_errors
 
 ENV_HELP = "environment (default: the one whose branch is checked out)"
 LATEST_HELP = "use the branch's newest pipeline when none is for your HEAD"
 
 
 def _target(env, latest):
-    from runbook import config as configuration
     from runbook import console, git, pipeline
-    from runbook.scopes import environment_for
-    from runbook.tasks._common import checkout
 
-    cfg = configuration.load()
-    here = checkout()
-    environment = environment_for(cfg, env, here.branch)
+    cfg, here, environment = target(env)
     client = pipeline.client_for(cfg)
-    target = pipeline.find_workflow(client, cfg, environment, here.head, latest=latest,
-                                    head_time=git.commit_time(here.head))
-    if not target.matches_head:
-        console.warn(f"--latest: pipeline #{target.pipeline.number} is for {target.pipeline.revision[:12]}, "
+    found = pipeline.find_workflow(client, cfg, environment, here.head, latest=latest,
+                                   head_time=git.commit_time(here.head))
+    if not found.matches_head:
+        console.warn(f"--latest: pipeline #{found.pipeline.number} is for {found.pipeline.revision[:12]}, "
                      "not your HEAD")
-    return cfg, environment, client, target
+    return cfg, environment, client, found
 
 
 @task(help={"env": ENV_HELP, "latest": LATEST_HELP,
@@ -41,18 +34,16 @@ def status(c, env=None, latest=False, json=False):
     cfg, environment, client, target = _target(env, latest)
     jobs = client.jobs(target.workflow.id)
     if json:
-        import json as json_
-
         def when(moment):
             return moment.isoformat() if moment else None
 
-        console.say(json_.dumps({
+        print_json({
             "format": 1, "environment": environment.name, "branch": environment.branch, "url": target.url,
             "pipeline": {"number": target.pipeline.number, "revision": target.pipeline.revision},
             "workflow": {"id": target.workflow.id, "name": target.workflow.name, "status": target.workflow.status},
             "jobs": [{"name": j.name, "status": j.status, "type": j.type, "started_at": when(j.started_at),
                       "stopped_at": when(j.stopped_at)} for j in jobs],
-            "waiting_for_approval": pipeline.waiting_approvals(jobs)}, indent=2))
+            "waiting_for_approval": pipeline.waiting_approvals(jobs)})
         return
     console.say(f"pipeline #{target.pipeline.number}  {environment.branch} @ {target.pipeline.revision[:12]}")
     console.say(f"workflow {target.workflow.name}: {target.workflow.status}")
@@ -72,7 +63,7 @@ def status(c, env=None, latest=False, json=False):
             "succeeds; exit 5 when it stops at an approval)",
     "force": "rerun although a job other than the IAM gate or the deploy failed, or the applied records say an IAM "
              "step is pending (or cannot be read)",
-    "poll_s": "with --wait: SECONDS between polls (default 10: at most 12 requests a minute; at least 2)",
+    "poll_s": "with --wait: SECONDS between polls (default 10: at most 12 requests a minute; at least 2; decimals too)",
     "from_start": "rerun the whole workflow from the start (the only rerun for status error or canceled)",
 })
 @user_errors
@@ -207,10 +198,10 @@ def comment(c, file=None):
 
 @task(help={
     "env": "environment being deployed, e.g. stg",
-    "timeout_s": "give up after this many SECONDS (default 1800)",
-    "poll_s": "SECONDS between polls of the applied records (default 15)",
-    "settle_s": "SECONDS to wait for IAM propagation once everything matches (default 10)",
-    "report_min": "MINUTES between 'still waiting' lines (default 5)",
+    "timeout_s": "give up after this many SECONDS (default 1800; decimals too)",
+    "poll_s": "SECONDS between polls of the applied records (default 15; decimals too)",
+    "settle_s": "SECONDS to wait for IAM propagation once everything matches (default 10; decimals too)",
+    "report_min": "MINUTES between 'still waiting' lines (default 5; decimals too)",
 })
 @user_errors
 def gate(c, env=None, timeout_s=None, poll_s=None, settle_s=None, report_min=None):

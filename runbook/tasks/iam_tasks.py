@@ -11,6 +11,7 @@ from runbook.tasks._common import (
     pick_environment,
     print_json,
     seconds,
+    target,
     task,
     user_errors,
 )
@@ -31,14 +32,12 @@ TAKE_OVER_HELP = ("apply the shared account scope although another branch applie
 
 def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, skip_branch_check: bool,
            take_over: bool = False, lock_timeout_s=None, verbose: bool = False, json: bool = False) -> None:
-    from runbook import config, console, iam
+    from runbook import console, iam
     from runbook.facts import Options
-    from runbook.scopes import Scope, environment_for
+    from runbook.scopes import Scope
 
     dry_run_only(json, dry_run)
-    cfg = config.load()
-    here = checkout()
-    environment = environment_for(cfg, name, here.branch, flag=flag)
+    cfg, here, environment = target(name, flag)
     scope = Scope.of_account(cfg, environment.account) if kind == "account" else Scope.of_environment(cfg, environment)
     opts = Options(dry_run=dry_run, assume_yes=yes, skip_branch_check=skip_branch_check, take_over=take_over,
                    lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0), verbose=verbose)
@@ -85,13 +84,10 @@ def env_(c, name=None, env=None, dry_run=False, yes=False, skip_branch_check=Fal
 def _read_only_target(env):
     """(configuration, checkout, environment, [its account scope, its scope]) of ``iam.plan`` and ``iam.drift``:
     *env*, or the environment of the branch checked out."""
-    from runbook import config
-    from runbook.scopes import Scope, environment_for
+    from runbook.scopes import for_environment
 
-    cfg = config.load()
-    here = checkout()
-    environment = environment_for(cfg, env, here.branch)
-    return cfg, here, environment, [Scope.of_account(cfg, environment.account), Scope.of_environment(cfg, environment)]
+    cfg, here, environment = target(env)
+    return cfg, here, environment, for_environment(cfg, environment)
 
 
 JSON_HELP = "print the result as one JSON document (format 1, README 'JSON output') on stdout; the rest to stderr"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runbook.tasks._common import checkout, dry_run_only, for_a_person, print_json, seconds, task, user_errors
+from runbook.tasks._common import dry_run_only, for_a_person, print_json, seconds, target, task, user_errors
 from runbook.tasks.iam_tasks import COMMON_HELP, TAKE_OVER_HELP
 
 
@@ -20,17 +20,14 @@ from runbook.tasks.iam_tasks import COMMON_HELP, TAKE_OVER_HELP
 def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=None, take_over=False,
             verbose=False, json=False):
     """Apply the IAM steps that this commit needs, then get its pipeline through (rerun, watch)."""
-    from runbook import config, pipeline
+    from runbook import pipeline
     from runbook import release as releasing
     from runbook.facts import Options
-    from runbook.scopes import environment_for
 
     dry_run_only(json, dry_run)
     poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=pipeline.MIN_POLL_S)
     wait = seconds(pipeline_wait_s, "--pipeline-wait-s", 120)
-    cfg = config.load()
-    here = checkout()
-    environment = environment_for(cfg, env, here.branch)
+    cfg, here, environment = target(env)
     flags = [f for f, on in (("--yes", yes), ("--take-over", take_over)) if on]
     with for_a_person(json):
         dry = releasing.release(cfg, environment, Options(dry_run=dry_run, assume_yes=yes, take_over=take_over,

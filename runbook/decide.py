@@ -179,10 +179,11 @@ def needed(facts: Facts, scope: Scope) -> tuple[bool, str]:
 
 def take_over_text(facts: Facts) -> str | None:
     """Why applying the shared account scope replaces another branch's account IAM, or None when it does not:
-    its record came from another branch with another fingerprint (record values printed safely)."""
+    its record came from another branch with another fingerprint (record values printed safely). None without a
+    commit (``iam.bootstrap`` applies nothing)."""
     scope = facts.scopes[0]
     applied = facts.records.get(ACCOUNT) if scope.name == ACCOUNT else None
-    if not applied or applied.get("branch") == facts.checkout.branch or not needed(facts, scope)[0]:
+    if not applied or not facts.trees or applied.get("branch") == facts.checkout.branch or not needed(facts, scope)[0]:
         return None
     ours = scope.fingerprint(facts.trees)
     if applied.get("fingerprint") == ours:

@@ -198,6 +198,12 @@ def test_take_over_given_makes_it_an_action(cfg):
     assert [a.kind for a in decide.actions(facts)][:2] == ["backend", "take-over"]
 
 
+def test_bootstrap_which_has_no_commit_is_no_take_over(cfg):
+    # iam.bootstrap examines without a commit: it once stopped on root-module-missing fingerprinting no tree
+    facts = make_facts(cfg, kinds=("account",), records={"account": account_record(cfg, "develop")}, trees={})
+    assert decide.take_over_text(facts) is None and decide.aws_findings(facts) == []
+
+
 def test_the_same_branch_or_the_same_fingerprint_is_no_take_over(cfg):
     same_branch = make_facts(cfg, kinds=("account",), records={"account": account_record(cfg, "staging")})
     assert decide.take_over_text(same_branch) is None

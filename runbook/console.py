@@ -98,7 +98,16 @@ def guard(stream):
 
 def guard_std_streams() -> None:
     """Make ``sys.stdout`` and ``sys.stderr`` :func:`guard`-ed (idempotent): every print of the run, Invoke's own
-    included, survives a reader that has gone."""
+    included, survives a reader that has gone. A stream that was closed when the run started (``2>&-``: Python
+    then sets it to None) writes to ``/dev/null`` instead, on its own file descriptor, so that no file the run opens
+    later takes that descriptor and receives its output."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 - the process's own stream
     sys.stdout, sys.stderr = guard(sys.stdout), guard(sys.stderr)
 
 

@@ -120,7 +120,8 @@ def script_env(backend: Backend, *, mode: str, tf_vars: dict[str, str], terrafor
            "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
     optional = {"TF_LOCK_TABLE": backend.lock_table if backend.uses_table else None,
                 "AWS_ENDPOINT_URL": backend.endpoint_url, "TERRAFORM_VERSION": terraform_version,
-                "TERRAFORM_BIN": terraform_bin, "TF_LOCK_TIMEOUT": f"{lock_timeout_s:.0f}s" if lock_timeout_s else None,
+                "TERRAFORM_BIN": terraform_bin, "TF_LOCK_TIMEOUT": f"{lock_timeout_s:.3f}".rstrip("0").rstrip(".") + "s"
+                if lock_timeout_s else None,
                 "TF_CLI_ARGS": "-no-color" if not sys.stdout.isatty() or os.environ.get("NO_COLOR") else None}
     env.update({k: v for k, v in optional.items() if v})
     env.update(credentials.env() if credentials is not None else {})

@@ -3,11 +3,17 @@ job, and a status that can read no record at all."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from invoke import Program
 
 from runbook.tasks import namespace
-from tests.project import base_config
+from tests.project import base_config, git
 
 TASKS = sorted(namespace().task_names)
 
@@ -55,3 +61,16 @@ def test_a_status_that_can_read_no_record_is_a_failure_not_a_state(project):
     result = project.inv("iam.status", "--check", env=env)
     assert result.code == 1, result.all
     assert "unknown: No AWS credentials" in result.out and "ERROR [record-unreadable]" in result.err
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_stream_closed_before_the_run_is_no_defect(project, closed):
+    """``inv ... 2>&-``: Python starts with sys.stderr None; the dry run still prints its JSON (exit 4: a feature
+    branch is the wrong branch), and with stdout closed it still ends with its own exit code, not a defect (70)."""
+    git(project.path, "checkout", "-q", "-b", "feature/x")
+    args = ["iam.env", "--name", "stg", "--dry-run", *(["--json"] if closed == 2 else [])]
+    done = subprocess.run([str(Path(sys.executable).parent / "inv"), *args], cwd=project.path, env=project.env,
+                          capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.close(closed))
+    assert done.returncode == 4, done.stdout + done.stderr
+    if closed == 2:
+        assert json.loads(done.stdout)["findings"][0]["id"] == "wrong-branch"

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import traceback
@@ -32,14 +33,19 @@ READ_ONLY_TASKS = frozenset({"status", "diagnose", "gate", "check", "plan", "dri
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 #: The largest number any seconds flag takes: one day (larger values overflow time.sleep and datetime arithmetic).
 MAX_SECONDS = 86400.0
+PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class _Number(Argument):
     """A seconds or minutes flag: kept as written (its task checks it with :func:`seconds`, naming the flag and its
-    bounds; Invoke's own cast would end a bad value with a traceback), shown as a number in ``--help``."""
+    bounds; Invoke's own cast would end a bad value with a traceback), shown as a number in ``--help`` and as an
+    ``<Argument: ...>`` in Invoke's own messages ("needed value and was not given one")."""
 
     def set_value(self, value, cast: bool = True) -> None:
         super().set_value(value, cast=False)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace(type(self).__name__, "Argument", 1)
 
 
 class NumberFlags(invoke.Task):
@@ -169,14 +175,12 @@ def required(value, flag: str, example: str) -> None:
 def seconds(value, flag: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS,
             unit: str = "seconds") -> float:
     """A number of seconds (or of *unit*) from a command-line flag (a string, or None for *default*). Raises
-    RunbookError naming the flag and its bounds when *value* is not a number, or is below *minimum* (a floor,
-    named) or above *maximum* (default one day)."""
-    if value is None or value == "":
+    RunbookError naming the flag and its bounds when *value* is not a plain decimal number written in ASCII ("2.5",
+    "1e3"; not "", " 5", "1_000", "٣" or "nan", all of which Python's float() would take), or is below *minimum* (a
+    floor, named) or above *maximum* (default one day)."""
+    if value is None:
         return float(default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan  # refused below, as NaN itself is: it is in no range
+    number = float(value) if PLAIN_NUMBER.fullmatch(str(value)) else math.nan  # NaN is in no range: refused
     if not minimum <= number <= maximum:
         raise RunbookError(f"{flag} takes a number of {unit} from {minimum:g} to {maximum:g}, not {value!r}",
                            id="flag-invalid", fix=f"for example {flag} {default:g}")

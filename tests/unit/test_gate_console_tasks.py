@@ -133,8 +133,10 @@ def test_the_resume_command_is_named_once():
     assert iam.with_resume("run inv x again", "inv x") == "run inv x again"
 
 
-@pytest.mark.parametrize("value, ok", [("300", 300.0), (None, 5.0), ("1e9", None), ("nan", None), ("-1", None),
-                                        ("five", None)])
+@pytest.mark.parametrize("value, ok", [("300", 300.0), (None, 5.0), ("2.5", 2.5), (".5", 0.5), ("1e3", 1000.0),
+                                        ("1e9", None), ("nan", None), ("-1", None), ("five", None), ("", None),
+                                        (" 5", None), ("1_000", None), ("\u0663", None), ("\uff11\uff10", None),
+                                        ("inf", None), ("0x10", None)])
 def test_seconds_flags_are_numbers_within_bounds(value, ok):
     if ok is None:
         with pytest.raises(RunbookError, match="takes a number of seconds"):

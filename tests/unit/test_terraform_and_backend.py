@@ -162,6 +162,9 @@ def test_s3_lock_mode_passes_no_lock_table():
     env = terraform.script_env(Backend("b", "k", "t", "eu-west-1", lock="s3"), mode="plan", tf_vars={},
                                lock_timeout_s=300)
     assert "TF_LOCK_TABLE" not in env and env["TF_LOCK_MODE"] == "s3" and env["TF_LOCK_TIMEOUT"] == "300s"
+    for seconds, duration in ((0.5, "0.5s"), (2.25, "2.25s"), (86400, "86400s")):  # Go durations, never rounded
+        assert terraform.script_env(BACKEND, mode="plan", tf_vars={}, lock_timeout_s=seconds)[
+            "TF_LOCK_TIMEOUT"] == duration
 
 
 def test_lock_info_from_the_table_and_from_terraforms_message():

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import traceback
@@ -232,10 +233,25 @@ def for_a_person(json_wanted: bool):
 
 
 def print_json(document) -> None:
-    """Print *document* on stdout as JSON (2-space indent, ASCII, masked like every line). Outside text in it is as
-    recorded, except that a lone surrogate becomes "?" (other JSON parsers refuse it)."""
-    text = json.dumps(document, ensure_ascii=False).encode("utf-8", "replace").decode("utf-8")
-    console.say(json.dumps(json.loads(text), indent=2))
+    """Print *document* on stdout as JSON (2-space indent, ASCII). Each string in it is masked on its own
+    (:func:`runbook.console.mask`; masking the escaped text would miss a secret with non-ASCII characters) and is
+    otherwise as recorded, except that a lone surrogate becomes "?" (other JSON parsers refuse it)."""
+
+    def clean(value):
+        if isinstance(value, str):
+            return console.mask(value.encode("utf-8", "replace").decode("utf-8"))
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        return [clean(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+    console.say(json.dumps(clean(document), indent=2))
+
+
+def given(**flags) -> list[str]:
+    """The flags as the user gave them, to be typed again (a resume command): ``yes=True`` is ``--yes``,
+    ``poll_s="3"`` is ``--poll-s 3`` (quoted for a shell); False and None are left out."""
+    typed = [("--" + name.replace("_", "-"), value) for name, value in flags.items() if value not in (None, False)]
+    return [flag if value is True else f"{flag} {shlex.quote(str(value))}" for flag, value in typed]
 
 
 def dry_run_only(json_wanted: bool, dry_run: bool) -> None:

@@ -8,6 +8,7 @@ from runbook.tasks._common import (
     checkout,
     dry_run_only,
     for_a_person,
+    given,
     pick_environment,
     print_json,
     seconds,
@@ -41,9 +42,8 @@ def _apply(kind: str, name: str | None, *, flag: str, dry_run: bool, yes: bool, 
     scope = Scope.of_account(cfg, environment.account) if kind == "account" else Scope.of_environment(cfg, environment)
     opts = Options(dry_run=dry_run, assume_yes=yes, skip_branch_check=skip_branch_check, take_over=take_over,
                    lock_timeout_s=seconds(lock_timeout_s, "--lock-timeout-s", 0), verbose=verbose)
-    flags = [f for f, on in (("--yes", yes), ("--skip-branch-check", skip_branch_check), ("--take-over", take_over))
-             if on]
-    command = " ".join([scope.command(environment), *flags])
+    command = " ".join([scope.command(environment), *given(yes=yes, skip_branch_check=skip_branch_check,
+                                                           take_over=take_over, lock_timeout_s=lock_timeout_s)])
     with for_a_person(json):
         done = iam.run(cfg, environment, [scope], opts, command=command, checkout=here)
     if dry_run:

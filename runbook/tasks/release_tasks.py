@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runbook.tasks._common import dry_run_only, for_a_person, print_json, seconds, target, task, user_errors
+from runbook.tasks._common import dry_run_only, for_a_person, given, print_json, seconds, target, task, user_errors
 from runbook.tasks.iam_tasks import COMMON_HELP, TAKE_OVER_HELP
 
 
@@ -28,12 +28,12 @@ def release(c, env=None, dry_run=False, yes=False, poll_s=None, pipeline_wait_s=
     poll = seconds(poll_s, "--poll-s", pipeline.WATCH_POLL_S, minimum=pipeline.MIN_POLL_S)
     wait = seconds(pipeline_wait_s, "--pipeline-wait-s", 120)
     cfg, here, environment = target(env)
-    flags = [f for f, on in (("--yes", yes), ("--take-over", take_over)) if on]
     with for_a_person(json):
         dry = releasing.release(cfg, environment, Options(dry_run=dry_run, assume_yes=yes, take_over=take_over,
                                                           verbose=verbose),
                                 poll_s=poll, pipeline_wait_s=wait, checkout=here,
-                                command=" ".join([f"inv release --env {environment.name}", *flags]))
+                                command=" ".join([f"inv release --env {environment.name}", *given(
+                                    yes=yes, take_over=take_over, poll_s=poll_s, pipeline_wait_s=pipeline_wait_s)]))
     if dry is not None:
         if json:
             print_json(dry.document(verbose))

@@ -38,9 +38,10 @@ def test_the_dry_run_document_shows_what_the_screen_shows():
 
 def test_json_is_printed_parseable_masked_and_without_a_lone_surrogate(capsys, monkeypatch):
     monkeypatch.setenv("CIRCLECI_TOKEN", "SENTINEL-token-1234567890")
-    print_json({"branch": "evil\ud800\x1b[2J", "by": "SENTINEL-token-1234567890"})
+    monkeypatch.setenv("FOO_PASSWORD", "p\u00e4ssw\u00f6rd-geheim-123")  # escaped as \u00e4 it escaped the masker
+    print_json({"branch": "evil\ud800\x1b[2J", "by": ["SENTINEL-token-1234567890", "p\u00e4ssw\u00f6rd-geheim-123"]})
     out = capsys.readouterr().out
-    assert json.loads(out) == {"branch": "evil?\x1b[2J", "by": "****"} and "\x1b" not in out
+    assert json.loads(out) == {"branch": "evil?\x1b[2J", "by": ["****", "****"]} and "\x1b" not in out
 
 
 def test_json_sends_everything_else_to_stderr_and_needs_a_dry_run_on_the_apply_tasks(capsys):
@@ -67,3 +68,10 @@ def test_seconds_flags_show_as_numbers_in_help_and_reach_the_task_as_written():
     flag = next(a for a in iam_tasks.env_.get_arguments() if a.name == "lock_timeout_s")
     flag.value = "2.5"  # Invoke's own int() would end in a traceback; the task's seconds() names the bounds
     assert flag.value == "2.5"
+
+
+def test_the_resume_command_keeps_the_flags_as_given():
+    from runbook.tasks._common import given
+
+    assert given(yes=True, take_over=False, lock_timeout_s="2.5", poll_s=None, pipeline_wait_s="1 0") == [
+        "--yes", "--lock-timeout-s 2.5", "--pipeline-wait-s '1 0'"]

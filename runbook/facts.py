@@ -26,7 +26,7 @@ class Options:
     (answer confirmations), ``skip_branch_check`` (apply from another branch, loudly), ``take_over`` (replace
     another branch's account IAM), ``lock_timeout_s`` (seconds Terraform waits for a held state lock),
     ``only_needed`` (``inv release``: skip the scopes whose record is current), ``verbose`` (a dry run shows each
-    step's environment and credentials too)."""
+    step's environment and credentials too), ``read_only`` (``inv iam.plan``, ``inv iam.drift``: plans only)."""
 
     dry_run: bool = False
     assume_yes: bool = False
@@ -35,6 +35,7 @@ class Options:
     lock_timeout_s: float = 0.0
     only_needed: bool = False
     verbose: bool = False
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,9 @@ def examine_local(config: Config, environment: Environment, scopes: list[Scope],
                      f"{environment.branch!r}. The pipeline of {environment.branch!r} will not match what you apply.")
     dirty = checkout.changed_under([p for s in scopes for p in s.paths])
     if dirty:
-        console.warn(f"UNCOMMITTED CHANGES ARE NOT APPLIED: {', '.join(dirty[:5])}{' ...' if len(dirty) > 5 else ''}: "
-                     f"the apply uses commit {checkout.head[:12]} as committed, never the working tree")
+        verb, run = ("PLANNED", "plan") if opts.read_only else ("APPLIED", "apply")
+        console.warn(f"UNCOMMITTED CHANGES ARE NOT {verb}: {', '.join(dirty[:5])}{' ...' if len(dirty) > 5 else ''}: "
+                     f"the {run} uses commit {checkout.head[:12]} as committed, never the working tree")
     remote = remote_head = None
     blocked = [found for s in scopes if (found := snapshot.leftovers(s, command)) is not None]
     if checkout.branch is not None and checkout.branch == facts.target_branch:

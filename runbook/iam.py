@@ -356,7 +356,7 @@ def _examine_read_only(config: Config, environment: Environment, scopes: list[Sc
     """The facts of a read-only run (:func:`preview`, :func:`drift`): as a real run examines them, stopping at the
     findings that matter when nothing is applied (all but :data:`_APPLY_ONLY`)."""
     console.heading(f"{title} {' and '.join(s.label for s in scopes)}: examining")
-    facts = examine_local(config, environment, scopes, Options(), command, checkout)
+    facts = examine_local(config, environment, scopes, Options(read_only=True), command, checkout)
     _raise_first([f for f in decide.local_findings(facts) if f.id not in _APPLY_ONLY], command)
     facts = examine_aws(facts, aws.session(facts.account))
     _raise_first([f for f in decide.aws_findings(facts) if f.id not in _APPLY_ONLY], command)

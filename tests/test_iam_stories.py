@@ -384,8 +384,11 @@ def test_plan_from_a_pull_requests_branch_shows_the_change_and_changes_nothing(p
                 sorted(b["Name"] for b in s3.list_buckets()["Buckets"]))
 
     before = everything()
+    main_tf = project.path / "roots" / "environment" / "main.tf"
+    main_tf.write_text(main_tf.read_text() + "# not committed\n")
     planned = project.inv("iam.plan", "--env", "stg", "--json")  # the plan for a person on stderr, JSON on stdout
     assert planned.code == 2, planned.all
+    assert "UNCOMMITTED CHANGES ARE NOT PLANNED: roots/environment/main.tf: the plan uses commit" in planned.err
     assert "account nonprod (123456789012): current (its record matches this commit): nothing to plan" in planned.err
     assert "environment stg: 0 to add, 0 to change, 0 to destroy; 1 output(s) change" in planned.err
     assert "-lock=false" in planned.err and "Merged into staging, commit" in planned.err

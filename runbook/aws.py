@@ -292,12 +292,14 @@ def _token_refused(code: str, message: str, said: str) -> RunbookError:
 
 def token_claims(path: str) -> dict[str, str]:
     """The ``aud`` and ``sub`` claims of the JSON Web Token in file *path* (RFC 7519: the payload is the second
-    base64url part), as strings; {} when the file or the token cannot be read. Never the token itself."""
+    base64url part), as strings (a list of audiences joined with ", "); {} when the file or the token cannot be
+    read. Never the token itself."""
     try:
         with open(path, encoding="ascii") as file:
             payload = file.read(16384).strip().split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return {k: str(claims[k])[:300] for k in ("aud", "sub") if k in claims}
+        return {k: (", ".join(map(str, claims[k])) if isinstance(claims[k], list) else str(claims[k]))[:300]
+                for k in ("aud", "sub") if k in claims}
     except (OSError, IndexError, ValueError, TypeError, AttributeError):
         return {}
 

@@ -236,6 +236,8 @@ def test_a_tokens_claims_are_read_never_the_token(tmp_path, monkeypatch):
     token = tmp_path / "token"
     token.write_text(f"{part({'alg': 'RS256'})}.{part({'aud': 'org', 'sub': 'org/o/project/p', 'x': 1})}.sig")
     assert aws.token_claims(str(token)) == {"aud": "org", "sub": "org/o/project/p"}
+    token.write_text(f"{part({'alg': 'RS256'})}.{part({'aud': ['org', 'other'], 'sub': 's'})}.sig")
+    assert aws.token_claims(str(token))["aud"] == "org, other"  # a list of audiences, shown once, not as repr
     for text in ("", "not-a-jwt", "a.!!!.c", f"a.{part(['list'])}.c"):
         token.write_text(text)
         assert aws.token_claims(str(token)) == {}

@@ -209,7 +209,9 @@ def test_a_state_key_terraform_refuses_is_refused_before_anything_is_created(tmp
     assert "field terraform.backend.account_state_key" in message and "Terraform's S3 backend refuses it" in message
 
 
-@pytest.mark.parametrize("host", ["https://", "https:///api", "https://:443", "https://circleci.example.com/api"])
+@pytest.mark.parametrize("host", ["https://", "https:///api", "https://:443", "https://circleci.example.com/api",
+                                  "https://circleci.example.com:99999", "https://circleci.example.com:0",
+                                  "https://circleci.example.com:65536"])
 def test_a_circleci_host_without_a_host_name_is_refused_at_its_line(tmp_path, host):
     message = error(tmp_path, GOOD + f"  host: {host}\n")
     assert "line 17, field circleci.host" in message and "a host name" in message
@@ -217,6 +219,8 @@ def test_a_circleci_host_without_a_host_name_is_refused_at_its_line(tmp_path, ho
 
 def test_a_circleci_server_host_is_accepted(tmp_path):
     assert load(tmp_path, GOOD + "  host: https://circleci.example.com:8443/\n").circleci.host.endswith(":8443/")
+    for port in ("1", "80", "9999", "10000", "59999", "64999", "65499", "65529", "65535"):
+        assert load(tmp_path, GOOD + f"  host: https://ci.example.com:{port}\n").circleci.host.endswith(port)
 
 
 TWO_ACCOUNTS = GOOD.replace("    region: eu-west-1\n", "    region: eu-west-1\n  other:\n    id: \"012345678901\"\n"

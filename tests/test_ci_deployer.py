@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -108,7 +110,7 @@ def test_oidc_step_refuses_what_would_not_be_the_role(change: dict, expected: st
 
 def fake_circleci_cli(tmp_path: Path, answers: list[str]) -> Path:
     """A ``circleci`` on PATH that notes its arguments and answers ``run oidc get`` with the next of *answers*
-    ("" fails with exit 1, as the CLI does when CircleCI's token service does not answer)."""
+    ("" fails with exit 1, as the CLI does when CircleCI's token service does not answer; "HANG" never answers)."""
     folder = tmp_path / "cli"
     folder.mkdir()
     (folder / "answers").write_text("\n".join(answers) + "\n")
@@ -116,6 +118,7 @@ def fake_circleci_cli(tmp_path: Path, answers: list[str]) -> Path:
     script.write_text(f"""#!/usr/bin/env bash
 printf '%s\\n' "$*" >> {folder}/calls
 answer="$(head -n 1 {folder}/answers)"; sed -i 1d {folder}/answers
+[[ "$answer" != HANG ]] || exec sleep 300
 [[ -n "$answer" ]] || {{ echo "Error: failed to get OIDC token" >&2; exit 1; }}
 printf '%s' "$answer"
 """)
@@ -145,6 +148,25 @@ def test_a_missing_token_is_minted_with_the_circleci_cli_a_few_times(answers, jo
         assert "did not mint one in 3 tries" in text and "CircleCI leaves the variable out now and then " \
                "(intermittent): rerun the job (inv ci.rerun --env stg)" in text
         assert Path(env["BASH_ENV"]).read_text() == ""
+
+
+def test_a_circleci_cli_that_hangs_is_given_up_on_after_each_tries_limit(job_env: dict, tmp_path: Path):
+    cli = fake_circleci_cli(tmp_path, ["HANG"] * 3)
+    shim = cli / "timeout"  # the script gives each try `timeout 20`: noted, and shortened to 1 s here
+    shim.write_text(f"""#!/usr/bin/env bash
+printf '%s\\n' "$*" >> {cli}/limits
+shift
+exec {shutil.which("timeout")} 1 "$@"
+""")
+    shim.chmod(0o755)
+    env = {k: v for k, v in job_env.items() if k != "CIRCLE_OIDC_TOKEN_V2"}
+    env["PATH"] = f"{cli}{os.pathsep}{env['PATH']}"
+    started = time.monotonic()
+    done = run_step(env)
+    assert done.returncode == 2 and "did not mint one in 3 tries" in " ".join(done.stderr.split()), done.stderr
+    assert [line.split()[:4] for line in (cli / "limits").read_text().splitlines()] == [
+        ["20", "circleci", "run", "oidc"]] * 3
+    assert time.monotonic() - started < 60  # three 1 s tries and two 2 s pauses, not three hangs
 
 
 def test_oidc_step_refuses_a_role_of_another_account(job_env: dict):

@@ -220,7 +220,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
     every problem with its line and field.
     """
     explicit, path = path, Path(path or shown_path())
-    default, resolved = DEFAULT_CONFIG.relative_to(PROJECT_ROOT), path.resolve()
+    default, resolved = DEFAULT_CONFIG.relative_to(PROJECT_ROOT), Path(os.path.realpath(path))  # a loop: as is
     restore = (f", or restore it: git checkout -- {resolved.relative_to(PROJECT_ROOT)}"
                if resolved.is_relative_to(PROJECT_ROOT) else "")
     source = (f"--path {explicit}" if explicit else f"{ENV_VAR}={os.environ[ENV_VAR]}" if os.environ.get(ENV_VAR)

@@ -217,10 +217,11 @@ def backend_action(facts: Facts) -> Action:
         table = "; lock table keyed LockID" if b.uses_table else ""
         return Action("backend", title, f"{words} (verified: versioned, encrypted, public access blocked{table})",
                       lines=lines, needed=False)
-    if not state.complete:
-        return Action("backend", title, f"first deploy into account {facts.account.id} (no applied record, no state "
-                                        f"digest, no state): the {' and '.join(state.absent)} must be created",
-                      lines=lines)
+    if not state.complete:  # with evidence, only iam.bootstrap gets here (a run stops at backend-missing)
+        why = (f"NOT a first deploy into account {facts.account.id} (see below): the {' and '.join(state.absent)} "
+               "must be created again" if facts.evidence else f"first deploy into account {facts.account.id} (no "
+               f"applied record, no state digest, no state): the {' and '.join(state.absent)} must be created")
+        return Action("backend", title, why, lines=lines)
     todo = [f"the bucket lacks {', '.join(state.missing)}: switch it on"] if state.missing else []
     todo += [f"the lock table is {state.table_status} (another run is creating it): wait for it"] \
         if not state.table_ready else []

@@ -482,6 +482,7 @@ def bootstrap(config: Config, environment: Environment, *, dry_run: bool = False
         console.say(f"  - {line}")
     if facts.evidence:
         console.warn("This is NOT a first deploy into the account: " + "; ".join(facts.evidence) + ".")
+    if facts.evidence and not state.bucket_exists:
         console.warn("State that lived in a deleted bucket does not come back: afterwards each scope that has a record "
                      "but no state is refused until its state is restored (the refusal names the commands).")
     command = decide.bootstrap_command(facts)

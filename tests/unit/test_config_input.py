@@ -124,6 +124,12 @@ def test_fifo_is_refused_without_blocking(tmp_path):
     refused(tmp_path, fifo, "FIFO", "not a regular file", "RUNBOOK_CONFIG")
 
 
+def test_a_symlink_loop_is_refused_as_unreadable(tmp_path):
+    (tmp_path / "a.yml").symlink_to(tmp_path / "b.yml")
+    (tmp_path / "b.yml").symlink_to(tmp_path / "a.yml")  # it was a defect (pathlib's RuntimeError, exit 70)
+    refused(tmp_path, tmp_path / "a.yml", "Cannot read the configuration file", "symbolic links", "RUNBOOK_CONFIG")
+
+
 def test_dev_urandom_is_refused(tmp_path):
     refused(tmp_path, "/dev/urandom", "character device", "not a regular file")
 

@@ -142,6 +142,8 @@ def test_a_missing_backend_with_signs_of_an_earlier_deploy_is_refused(cfg):
     [found] = decide.aws_findings(facts)
     assert found.id == "backend-missing" and "NOT a first deploy" in found.what
     assert "other-bucket" in found.fix and "inv iam.bootstrap --env stg --dry-run" in found.fix
+    reason = decide.backend_action(facts).reason  # what iam.bootstrap lists: never "no applied record"
+    assert reason == "NOT a first deploy into account 123456789012 (see below): the bucket must be created again"
 
 
 @pytest.mark.parametrize("state, words", [

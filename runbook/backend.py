@@ -356,56 +356,62 @@ class LockInfo:
 
 def read_lock(sess: Any, account: Account, backend: Backend) -> LockInfo | None:
     """Who holds the state lock of *backend*, or None when nobody does: the S3 lock file (one GetObject) where
-    used, else (or then) the lock table's item (one strongly consistent GetItem). Raises RunbookError
-    (``unlock-refused``) when a lock holds something that is not Terraform's lock info, or on an AWS error."""
+    used, and the lock table's item (one strongly consistent GetItem) where used; in "dynamodb+s3" mode Terraform
+    writes both with one ID. Raises RunbookError (``unlock-refused``) when a lock holds something that is not
+    Terraform's lock info, when the two places hold two different locks, or on an AWS error."""
+    in_file = in_table = None
     if backend.uses_lockfile:
         where = f"s3://{backend.bucket}/{backend.lock_object}"
         try:
             found = aws.client(sess, "s3", account).get_object(Bucket=backend.bucket, Key=backend.lock_object)
-            info = LockInfo.parse(found["Body"].read(65536).decode("utf-8", "replace"), etag=str(found.get("ETag", "")))
-            if info is None:
+            in_file = LockInfo.parse(found["Body"].read(65536).decode("utf-8", "replace"),
+                                     etag=str(found.get("ETag", "")))
+            if in_file is None:
                 raise RunbookError(f"The lock file {where} is not Terraform's lock info", id="unlock-refused",
                                    where=where, fix="look at it before removing anything: "
                                    + aws.aws_command(account, "s3", "cp", where, "-"))
-            return info
         except aws.errors() as exc:
             if aws.code_of(exc) not in aws.NOT_FOUND_CODES:
                 raise aws.failure(exc, "reading the state lock", where, account) from exc
-            if not backend.uses_table:
-                return None
-    item = aws.call("reading the state lock", f"lock table {backend.lock_table}", account, lambda: aws.client(
-        sess, "dynamodb", account).get_item(TableName=backend.lock_table, ConsistentRead=True,
-                                            Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}})).get("Item")
-    if item is None:
-        return None
-    info = LockInfo.parse(item.get("Info", {}).get("S", ""))
-    if info is None:
-        raise RunbookError(f"The lock table {backend.lock_table} holds an item for {backend.bucket}/{backend.key} that "
-                           "is not Terraform's lock info", id="unlock-refused",
-                           where=f"DynamoDB table {backend.lock_table}, LockID {backend.bucket}/{backend.key}",
-                           fix="look at it (aws dynamodb get-item) before removing anything")
-    return info
+    if backend.uses_table:
+        where = f"DynamoDB table {backend.lock_table}, LockID {backend.bucket}/{backend.key}"
+        item = aws.call("reading the state lock", f"lock table {backend.lock_table}", account, lambda: aws.client(
+            sess, "dynamodb", account).get_item(TableName=backend.lock_table, ConsistentRead=True,
+                                                Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}})).get("Item")
+        in_table = None if item is None else LockInfo.parse(item.get("Info", {}).get("S", ""))
+        if item is not None and in_table is None:
+            raise RunbookError(f"The lock table {backend.lock_table} holds an item for {backend.bucket}/{backend.key} "
+                               "that is not Terraform's lock info", id="unlock-refused", where=where,
+                               fix="look at it (aws dynamodb get-item) before removing anything")
+    if in_file and in_table and in_file.id != in_table.id:
+        raise RunbookError(f"The lock file holds lock {in_file.id} and the lock table lock {in_table.id}: two runs, "
+                           "one of them with the other lock mode?; nothing was released", id="unlock-refused",
+                           where=backend.lock_text, fix="find both runs (Who above in their errors) and wait for "
+                           "them; release each lock only once its run has stopped, in each place, by hand")
+    return in_file or in_table
 
 
 def release_lock(sess: Any, account: Account, backend: Backend, lock: LockInfo) -> None:
-    """Release *lock* (as :func:`read_lock` found it): what ``terraform force-unlock`` does. Each delete is
-    conditional on the lock still being *lock* (DynamoDB: its ID in ``Info``; S3: the same ETag, DeleteObject
-    If-Match), so a lock taken again by another run meanwhile is never released. Raises RunbookError
-    (``unlock-refused``) when it changed, or on an AWS error."""
+    """Release *lock* (as :func:`read_lock` found it) in every place the backend locks: what ``terraform
+    force-unlock`` does. Each delete is conditional on the lock still being *lock* (S3: the same ETag,
+    DeleteObject If-Match; DynamoDB: no item, or its ID in ``Info``), so a lock taken again by another run meanwhile
+    is never released. Raises RunbookError (``unlock-refused``) when it changed, saying whether the lock file was
+    released already, or on an AWS error."""
+    released = ""
     try:
         if lock.etag:
             aws.client(sess, "s3", account).delete_object(Bucket=backend.bucket, Key=backend.lock_object,
                                                           IfMatch=lock.etag)
+            released = f"the lock file s3://{backend.bucket}/{backend.lock_object} WAS released, but "
         if backend.uses_table:
             aws.client(sess, "dynamodb", account).delete_item(
                 TableName=backend.lock_table, Key={LOCK_KEY: {"S": f"{backend.bucket}/{backend.key}"}},
-                ConditionExpression="contains(Info, :id)",
+                ConditionExpression=f"attribute_not_exists({LOCK_KEY}) OR contains(Info, :id)",
                 ExpressionAttributeValues={":id": {"S": json.dumps(lock.id)}})
     except aws.errors() as exc:
-        if lock.etag and aws.code_of(exc) == "ConditionalCheckFailedException":
-            return  # the lock file was the lock; the table holds none of that ID
         if aws.code_of(exc) in ("ConditionalCheckFailedException", "PreconditionFailed", "412", "NoSuchKey"):
-            raise RunbookError(f"The state lock of {backend.key} changed while you confirmed: it is no longer lock "
-                               f"{lock.id}; nothing was released", id="unlock-refused",
+            raise RunbookError(f"The state lock of {backend.key} changed while you confirmed: {released}it is no "
+                               f"longer lock {lock.id}; nothing {'else ' if released else ''}was released",
+                               id="unlock-refused", where=backend.lock_text,
                                fix="run the run's command again: it reports the lock that is held now") from exc
         raise aws.failure(exc, "releasing the state lock", f"{backend.lock_text}", account) from exc

@@ -110,6 +110,7 @@ def test_unlock_refuses_a_lock_file_that_changed_after_it_was_read(moto_reset, a
 
 def test_in_migration_mode_unlock_releases_the_lock_file_and_the_table_item(moto_reset, aws_credentials):
     from runbook import aws, backend
+    from runbook.errors import RunbookError
 
     account, both = backend_of(moto_reset, "dynamodb+s3")
     runs.make_backend(moto_reset)
@@ -124,6 +125,13 @@ def test_in_migration_mode_unlock_releases_the_lock_file_and_the_table_item(moto
     assert LOCK_FILE not in runs.keys(moto_reset)
     assert runs.held_locks(moto_reset) == []
     assert backend.read_lock(session, account, both) is None
+    # two locks, one per place (a run in each lock mode): refused before anything is released
+    runs.client(moto_reset, "s3").put_object(Bucket=BUCKET, Key=LOCK_FILE, Body=info.encode())
+    runs.client(moto_reset, "dynamodb").put_item(TableName=runs.TABLE, Item={
+        "LockID": {"S": f"{BUCKET}/{STG_KEY}"}, "Info": {"S": json.dumps({"ID": "other-run", "Who": "carol@ci"})}})
+    with pytest.raises(RunbookError, match=f"holds lock {LOCK_ID} and the lock table lock other-run") as two:
+        backend.read_lock(session, account, both)
+    assert two.value.id == "unlock-refused" and LOCK_FILE in runs.keys(moto_reset)
 
 
 @pytest.mark.terraform
@@ -168,3 +176,16 @@ def test_lock_s3_with_a_required_version_before_1_10_is_a_configuration_error(tm
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with pytest.raises(RunbookError, match="terraform.backend.lock"):
         configuration.load(path)
+
+
+@pytest.mark.terraform_release("1.11", "dynamodb+s3")
+def test_in_migration_mode_the_unlock_dry_run_names_both_places_it_would_release(project, moto_reset):
+    runs.make_backend(moto_reset)
+    info = json.dumps(runs.lock_info(LOCK_ID, who="bob@laptop-9", version="1.11.4"))
+    runs.client(moto_reset, "s3").put_object(Bucket=BUCKET, Key=LOCK_FILE, Body=info.encode())
+    runs.client(moto_reset, "dynamodb").put_item(TableName=runs.TABLE, Item={
+        "LockID": {"S": f"{BUCKET}/{STG_KEY}"}, "Info": {"S": info}})
+    looked = project.inv("iam.unlock", "--env", "stg", "--lock-id", LOCK_ID, "--dry-run")
+    assert looked.code == 0, looked.all  # it named the lock file only, then released both
+    assert f"would delete the lock file s3://{BUCKET}/{LOCK_FILE}" in looked.out
+    assert f"and the lock item {BUCKET}/{STG_KEY} of table {runs.TABLE}" in looked.out

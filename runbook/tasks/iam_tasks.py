@@ -318,9 +318,10 @@ def unlock(c, lock_id=None, env=None, account=False, yes=False, dry_run=False):
             fix=f"once you know the run that holds it has stopped: {again}" if lock_id is None else
             f"wait for that run; if it has died too, release its lock with {again}")
     if dry_run:
-        item = (f"the lock file s3://{b.bucket}/{b.lock_object} (ETag {held.etag})" if held.etag else
-                f"the lock item {b.bucket}/{b.key} of table {b.lock_table}")
-        console.say(f"Dry run: would delete {item} if it still holds lock {held.id} (released nothing).")
+        items = [f"the lock file s3://{b.bucket}/{b.lock_object} (ETag {held.etag})"] if held.etag else []
+        items += [f"the lock item {b.bucket}/{b.key} of table {b.lock_table}"] if b.uses_table else []
+        console.say(f"Dry run: would delete {' and '.join(items)} while it still holds lock {held.id} (released "
+                    "nothing).")
         return
     console.warn("Release it only if that run has stopped (its Terraform process is gone): releasing the lock of a "
                  "run in progress lets two runs write the same state.")

@@ -344,15 +344,19 @@ def test_differences_name_each_changed_resource_and_the_attributes_that_differ(t
     assert caught.value.id == "plan-failed"
 
 
-def test_in_migration_mode_a_table_item_of_another_lock_is_left_alone_once_the_lock_file_is_released(stub):
-    # dynamodb+s3: the lock read from the lock file is released there; the table's item is deleted only while it
-    # holds that lock's ID (the condition), and a failed condition then is no error
+def test_in_migration_mode_a_table_item_of_another_lock_is_left_alone_and_said(stub):
+    # dynamodb+s3: the lock file is released, then the table's item only while there is none or it holds that
+    # lock's ID (the condition); a failed condition means another lock holds the state: said, never a success
     s3, s3_stub = stub("s3")
     ddb, ddb_stub = stub("dynamodb")
     both = Backend("b", "k.tfstate", "locks", "eu-west-1", lock="dynamodb+s3")
     s3_stub.add_response("delete_object", {}, {"Bucket": "b", "Key": "k.tfstate.tflock", "IfMatch": '"e1"'})
     ddb_stub.add_client_error("delete_item", "ConditionalCheckFailedException", http_status_code=400)
-    backend.release_lock(FakeSession({"s3": s3, "dynamodb": ddb}), ACCOUNT, both, backend.LockInfo("x-1", etag='"e1"'))
+    with pytest.raises(RunbookError) as partly:
+        backend.release_lock(FakeSession({"s3": s3, "dynamodb": ddb}), ACCOUNT, both,
+                             backend.LockInfo("x-1", etag='"e1"'))
+    assert "the lock file s3://b/k.tfstate.tflock WAS released, but it is no longer lock x-1; nothing else was " \
+        "released" in partly.value.what
     ddb_stub.add_client_error("delete_item", "ConditionalCheckFailedException", http_status_code=400)
     with pytest.raises(RunbookError) as caught:  # a lock read from the table that changed meanwhile: refused
         backend.release_lock(FakeSession({"dynamodb": ddb}), ACCOUNT, both, backend.LockInfo("x-1"))

@@ -61,12 +61,16 @@ def satisfies(version: str, constraints: str) -> bool:
 
 
 def constraint_problem(constraints: str) -> str | None:
-    """Why *constraints* is not a Terraform version constraint, or None."""
+    """Why *constraints* cannot be a ``required_version``, or None: it is not a Terraform version constraint, or it
+    names a pre-release, which Terraform refuses there ("Prerelease version constraints are not supported",
+    Terraform 1.11; 1.0 fails such a constraint at ``init``)."""
     try:
         satisfies("1.0.0", constraints)
     except ValueError:
         return f'{constraints!r} is not a Terraform version constraint such as "~> 1.0" or ">= 1.0.0, < 2.0.0"'
-    return None
+    pre = [part.strip() for part in constraints.split(",") if parse(_PART.match(part).group(2))[1][1]]
+    return (f"{constraints!r} names a pre-release ({pre[0]!r}), which Terraform refuses in required_version; name "
+            'releases, such as "~> 1.0"') if pre else None
 
 
 @dataclass(frozen=True)

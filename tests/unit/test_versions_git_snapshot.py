@@ -28,6 +28,12 @@ def test_an_unreadable_constraint_is_named(constraint):
     assert "is not a Terraform version constraint" in versions.constraint_problem(constraint)
 
 
+@pytest.mark.parametrize("constraint", ["~> 1.0.0-beta", ">= 1.0.0-beta", ">= 1.0, < 2.0.0-rc1"])
+def test_a_constraint_on_a_pre_release_is_refused_as_terraform_refuses_it(constraint):
+    assert "names a pre-release" in versions.constraint_problem(constraint)
+    assert versions.constraint_problem("~> 1.0") is None
+
+
 def test_a_constraint_is_read_whole_whatever_the_version():
     """A part that cannot be read is refused even after a part the version fails (it was once never read, so the
     configuration check passed "< 1.0, garbage" and the run with Terraform 0.15 raised a ValueError)."""

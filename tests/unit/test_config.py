@@ -340,3 +340,15 @@ def test_an_endpoint_url_with_a_password_is_refused_and_not_shown(tmp_path):
 ])
 def test_an_account_is_local_only_at_a_loopback_endpoint(url, local):
     assert config.Account("a", "012345678901", "eu-west-1", endpoint_url=url).local is local
+
+
+@pytest.mark.parametrize("section, needle", [
+    ('terraform:\n  required_version: ""\n',
+     "field terraform.required_version: '' is not a Terraform version constraint (the same pin as the root modules' "
+     'versions.tf); for example required_version: "~> 1.0"'),
+    ('terraform:\n  backend:\n    state_bucket: "}}"\n',
+     "field terraform.backend.state_bucket: '}}' is not a name template of 3 characters or more for the S3 state "
+     'bucket; for example state_bucket: "{project}-tfstate-{account_id}"'),
+])
+def test_a_value_too_short_is_explained_with_an_example(tmp_path, section, needle):
+    assert needle in error(tmp_path, GOOD + section)  # it was jsonschema's "should be non-empty", with no example

@@ -25,7 +25,7 @@ from invoke import Exit
 from invoke.parser import Argument
 
 from runbook import console
-from runbook.errors import EXIT_BUG, EXIT_INTERRUPTED, RunbookError
+from runbook.errors import EXIT_BUG, EXIT_INTERRUPTED, Interrupted, RunbookError
 
 # Tasks that change nothing (they only read AWS, CircleCI or files): Invoke's --dry runs them as they are.
 # Any other task without a ``dry_run`` parameter is refused under --dry.
@@ -92,8 +92,8 @@ def user_errors(func):
                     raise RunbookError(
                         f"Invoke's --dry (-R, or run.dry in Invoke's configuration) asks for a dry run, and this task "
                         f"({func.__name__.rstrip('_')}) has none: nothing was done", id="dry-not-supported",
-                        fix="run it without --dry when you mean it (INVOKE_RUN_DRY must be unset too); the iam.* tasks "
-                            "and release take --dry-run")
+                        fix="run it without --dry when you mean it (INVOKE_RUN_DRY must be unset too); iam.account, "
+                            "iam.env, iam.bootstrap, iam.unlock and release take --dry-run")
             return func(*args, **kwargs)
         except RunbookError as exc:
             code, said = _signal_exit(received, exc.code)
@@ -104,7 +104,7 @@ def user_errors(func):
             raise
         except KeyboardInterrupt:
             code, said = _signal_exit(received, EXIT_INTERRUPTED)
-            raise Exit(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'}).", code) from None
+            raise Exit(Interrupted(f"Interrupted ({said.rstrip(': ') or 'Ctrl-C'})").report(), code) from None
         except Exception as exc:  # noqa: BLE001 - a defect of the runbook: say so, never a bare traceback
             if debugging():
                 traceback.print_exc()

@@ -214,7 +214,7 @@ def gate(c, env=None, timeout_s=None, poll_s=None, settle_s=None, report_min=Non
 
     required(env, "--env", "stg")
     limits = dict(
-        timeout_s=seconds(timeout_s, "--timeout-s", 1800),
+        timeout_s=seconds(timeout_s, "--timeout-s", 1800, minimum=1),
         poll_s=seconds(poll_s, "--poll-s", 15, minimum=0.01),
         settle_s=seconds(settle_s, "--settle-s", iam_gate.DEFAULT_SETTLE_S),
         report_s=60 * seconds(report_min, "--report-min", iam_gate.DEFAULT_REPORT_S / 60, minimum=0.01, maximum=1440,

@@ -145,6 +145,21 @@ def test_seconds_flags_are_numbers_within_bounds(value, ok):
         assert _common.seconds(value, "--poll-s", 5) == ok
 
 
+def test_ctrl_c_outside_an_iam_step_ends_with_its_id_and_section():
+    from types import SimpleNamespace
+
+    from invoke import Exit
+
+    @_common.user_errors
+    def status(c):
+        raise KeyboardInterrupt  # a watch or a look-up stopped by Ctrl-C: no step turned it into Interrupted
+
+    with pytest.raises(Exit) as caught:
+        status(SimpleNamespace(config=SimpleNamespace(run=SimpleNamespace(dry=False))))
+    assert caught.value.code == 130  # it printed only "Interrupted (Ctrl-C).", without the id and the section
+    assert caught.value.message == "ERROR [interrupted]: Interrupted (Ctrl-C).\nSee TROUBLESHOOTING.md#interrupted"
+
+
 def test_a_signal_gives_128_plus_its_number():
     assert _common._signal_exit([signal.SIGTERM], 130) == (143, "stopped by SIGTERM: ")
     assert _common._signal_exit([], 75) == (75, "")

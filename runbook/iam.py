@@ -232,19 +232,19 @@ def _act_take_over(state: Run, action: Action) -> str:
     return "taken over (answered yes)"
 
 
-def _script(state: Run, scope: Scope, mode: str) -> None:
-    facts = state.facts
+def _script(facts: Facts, scope: Scope, mode: str, snap: snapshot.Snapshot | None = None) -> None:
+    """Run *scope*'s deploy-app.sh in *mode* in its snapshot (*snap*: another snapshot, ``iam.drift``'s)."""
     env = terraform.script_env(scope.backend, mode=mode, tf_vars=scope.tf_vars(), terraform_bin=facts.terraform.path,
                                terraform_version=facts.terraform.version, credentials=facts.credentials,
                                lock_timeout_s=facts.opts.lock_timeout_s)
-    snap = facts.snapshots[scope.name]
+    snap = snap or facts.snapshots[scope.name]
     terraform.run_script(snap.root, snap.script, env, what=f"{mode} {'to' if mode == 'apply' else 'of'} {scope.label}",
-                         environment=state.facts.environment.name)
+                         environment=facts.environment.name)
 
 
 def _act_plan(state: Run, action: Action) -> str:
     scope = action.scope
-    _script(state, scope, "plan")
+    _script(state.facts, scope, "plan")
     summary = terraform.read_plan(state.facts.snapshots[scope.name].root)
     problem = _record(state, scope, summary).size_problem()
     if problem:
@@ -278,7 +278,7 @@ def _act_apply(state: Run, action: Action) -> str:
     summary = state.plans[action.scope.name]
     if summary.empty:
         console.say("  the plan has no changes; applying it confirms the state matches this commit")
-    _script(state, action.scope, "apply")
+    _script(state.facts, action.scope, "apply")
     state.applied[action.scope.name] = backend.state_tag(state.facts.session, action.scope.account,
                                                          action.scope.backend)
     return f"applied to {action.scope.label}: {summary}"
@@ -387,7 +387,7 @@ def preview(config: Config, environment: Environment, scopes: list[Scope], comma
             console.heading(f"Terraform: plan of {scope.label} ({status.text}), without the state lock")
             root = facts.snapshots[scope.name].root
             try:
-                _script(Run(facts, command), scope, "preview")
+                _script(facts, scope, "preview")
                 summary = terraform.read_plan(root)
             finally:  # nothing can be applied from it: it goes, whatever happened
                 terraform.discard_plan(root)
@@ -431,7 +431,7 @@ def drift(config: Config, environment: Environment, scopes: list[Scope], command
         # this checkout's deploy-app.sh, which knows the preview mode (an older commit's may not)
         git.export(facts.checkout.head, [str(Path(DEPLOY_SCRIPT).parent)], snap.path, PROJECT_ROOT)
         try:
-            _script(Run(replace(facts, snapshots={**facts.snapshots, scope.name: snap}), command), scope, "preview")
+            _script(facts, scope, "preview", snap)
             found[scope.label] = terraform.differences(snap.root)
         finally:
             terraform.discard_plan(snap.root)

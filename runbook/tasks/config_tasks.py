@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
-
-from runbook.tasks._common import user_errors
+from runbook.tasks._common import task, user_errors
 
 
 @task(help={"path": "configuration file (default: $RUNBOOK_CONFIG or config/environments.yml)"})

@@ -369,3 +369,22 @@ def test_a_lock_table_that_does_not_exist_holds_no_digests(stub):
     ddb, ddb_stub = stub("dynamodb")
     ddb_stub.add_client_error("scan", "ResourceNotFoundException", http_status_code=400)
     assert backend.digests(FakeSession({"dynamodb": ddb}), ACCOUNT, BACKEND) == []
+
+
+def test_in_migration_mode_a_lock_file_and_a_table_item_of_two_locks_are_refused_before_any_release(stub):
+    import io
+
+    from botocore.response import StreamingBody
+
+    s3, s3_stub = stub("s3")
+    ddb, ddb_stub = stub("dynamodb")
+    both = Backend("b", "k.tfstate", "locks", "eu-west-1", lock="dynamodb+s3")
+    body = json.dumps({"ID": "run-a", "Who": "bob@laptop"}).encode()
+    s3_stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(body), len(body)), "ETag": '"e1"'},
+                         {"Bucket": "b", "Key": "k.tfstate.tflock"})
+    ddb_stub.add_response("get_item", {"Item": {"LockID": {"S": "b/k.tfstate"}, "Info": {"S": json.dumps(
+        {"ID": "run-b", "Who": "carol@ci"})}}}, {"TableName": "locks", "ConsistentRead": True,
+                                                 "Key": {"LockID": {"S": "b/k.tfstate"}}})
+    with pytest.raises(RunbookError) as caught:
+        backend.read_lock(FakeSession({"s3": s3, "dynamodb": ddb}), ACCOUNT, both)
+    assert caught.value.id == "unlock-refused" and "holds lock run-a and the lock table lock run-b" in caught.value.what
